@@ -1,0 +1,34 @@
+use async_trait::async_trait;
+
+use crate::{Comment, CommentId, ConnectorError, Cursor, Page};
+
+/// How the comment field of an ITSM renders text, so untrusted ticket text quoted in a comment
+/// can be made inert.
+pub trait Markup: Send + Sync {
+    /// Returns `text` escaped so that it renders as the same plain text in the target field.
+    fn escape(&self, text: &str) -> String;
+}
+
+/// One configured ITSM instance.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// The instance id from configuration (`[[connectors]] id`).
+    fn id(&self) -> &str;
+
+    /// The connector kind (`servicenow`, `jira`).
+    fn kind(&self) -> &'static str;
+
+    /// Reads the next page of tickets changed after `cursor`. Pages never skip or repeat a
+    /// ticket version at timestamp boundaries.
+    async fn poll(&self, cursor: &Cursor) -> Result<Page, ConnectorError>;
+
+    /// Writes `comment` to the ticket `key`. Callers check [`Connector::find_comment`] first.
+    async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError>;
+
+    /// Looks for a comment this connector posted earlier carrying `marker`.
+    async fn find_comment(&self, key: &str, marker: &str)
+        -> Result<Option<CommentId>, ConnectorError>;
+
+    /// The markup of the field comments are written to.
+    fn markup(&self) -> &dyn Markup;
+}

@@ -1,0 +1,17 @@
+//! The deskbridge connector contract.
+//!
+//! A connector moves tickets and comments between one ITSM and deskbridge, nothing else: it never
+//! sees the access-request schema, the store or the HTTP server. This crate holds the contract
+//! ([`Connector`]), the values it moves ([`Ticket`], [`Cursor`], [`Page`], [`Comment`]), the error
+//! type every connector returns ([`ConnectorError`]) and the HTTP plumbing connectors share:
+//! authentication ([`auth`]), retries with jittered backoff and `Retry-After` ([`http`]).
+
+pub mod auth;
+mod connector;
+mod error;
+pub mod http;
+mod ticket;
+
+pub use connector::{Connector, Markup};
+pub use error::ConnectorError;
+pub use ticket::{Comment, CommentId, Cursor, Page, Ticket};

@@ -1,0 +1,255 @@
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{NaiveDateTime, TimeZone, Utc};
+use deskbridge_connector::auth::Auth;
+use deskbridge_connector::http::HttpClient;
+use deskbridge_connector::{Comment, CommentId, Connector, ConnectorError, Cursor, Markup, Page, Ticket};
+use serde_json::{Map, Value};
+
+use crate::config::ServiceNowConfig;
+use crate::cursor::Keyset;
+use crate::markup::JournalMarkup;
+
+/// `sys_updated_on` format: second resolution, UTC.
+const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+/// sys_ids per `IN` clause when reading variables and approvals for a page.
+const IN_CHUNK: usize = 100;
+/// Rows per page when reading variables and approvals.
+const SIDE_PAGE: usize = 1000;
+
+/// A ServiceNow instance behind the [`Connector`] contract.
+pub struct ServiceNow {
+    id: String,
+    config: ServiceNowConfig,
+    fields: String,
+    http: HttpClient,
+}
+
+type Record = Map<String, Value>;
+
+impl ServiceNow {
+    /// Builds the connector `id` from its configuration; every invalid key is reported at once.
+    pub fn new(id: &str, config: ServiceNowConfig) -> Result<Self, ConnectorError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConnectorError::Config { connector: id.to_owned(), message: problems.join("; ") });
+        }
+        let auth = Auth::from_config(&config.auth, id)?;
+        let http = HttpClient::new(id, config.http.clone(), auth, crate::error_message)?;
+        let mut fields = config.fields.clone();
+        for required in ["sys_id", "number", "sys_updated_on", "sys_mod_count"] {
+            if !fields.iter().any(|f| f == required) {
+                fields.push(required.into());
+            }
+        }
+        Ok(Self { id: id.to_owned(), fields: fields.join(","), config, http })
+    }
+
+    fn table_url(&self, table: &str) -> String {
+        format!("{}/api/now/table/{table}", self.config.base_url.as_str().trim_end_matches('/'))
+    }
+
+    fn permanent(&self, message: String) -> ConnectorError {
+        ConnectorError::Permanent { connector: self.id.clone(), message }
+    }
+
+    /// One Table API list call; returns the `result` rows.
+    async fn list(&self, table: &str, query: &str, fields: &str, limit: usize, offset: usize) -> Result<Vec<Record>, ConnectorError> {
+        let url = self.table_url(table);
+        let (limit, offset) = (limit.to_string(), offset.to_string());
+        let response = self
+            .http
+            .send(|c| {
+                c.get(&url).header("Accept", "application/json").query(&[
+                    ("sysparm_query", query),
+                    ("sysparm_fields", fields),
+                    ("sysparm_limit", limit.as_str()),
+                    ("sysparm_offset", offset.as_str()),
+                    ("sysparm_display_value", "false"),
+                    ("sysparm_exclude_reference_link", "true"),
+                    ("sysparm_no_count", "true"),
+                ])
+            })
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            result: Vec<Record>,
+        }
+        Ok(response.json::<Envelope>(&self.id)?.result)
+    }
+
+    /// Reads every row of `table` whose `column` is one of `ids`, in chunks, fully paged.
+    async fn side_rows(&self, table: &str, column: &str, ids: &[&str], fields: &str) -> Result<Vec<Record>, ConnectorError> {
+        let mut rows = Vec::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let query = format!("{column}IN{}^ORDERBYsys_id", chunk.join(","));
+            let mut offset = 0;
+            loop {
+                let page = self.list(table, &query, fields, SIDE_PAGE, offset).await?;
+                let n = page.len();
+                rows.extend(page);
+                if n < SIDE_PAGE {
+                    break;
+                }
+                offset += n;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Catalog variables of each record, `{ritm sys_id: {variable name: value}}`.
+    async fn variables(&self, ids: &[&str]) -> Result<BTreeMap<String, Map<String, Value>>, ConnectorError> {
+        let rows = self
+            .side_rows(
+                "sc_item_option_mtom",
+                "request_item",
+                ids,
+                "request_item,sc_item_option.item_option_new.name,sc_item_option.value",
+            )
+            .await?;
+        let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+        for row in rows {
+            let (Some(item), Some(name)) = (str_field(&row, "request_item"), str_field(&row, "sc_item_option.item_option_new.name")) else {
+                continue;
+            };
+            let value = row.get("sc_item_option.value").cloned().unwrap_or(Value::String(String::new()));
+            out.entry(item.to_owned()).or_default().insert(name.to_owned(), value);
+        }
+        Ok(out)
+    }
+
+    /// Approvals recorded in ServiceNow for each record (informational only).
+    async fn approvals(&self, ids: &[&str]) -> Result<BTreeMap<String, Vec<Value>>, ConnectorError> {
+        let rows = self
+            .side_rows("sysapproval_approver", "sysapproval", ids, "sysapproval,approver.user_name,state,sys_updated_on")
+            .await?;
+        let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for row in rows {
+            let Some(item) = str_field(&row, "sysapproval") else { continue };
+            out.entry(item.to_owned()).or_default().push(serde_json::json!({
+                "approver": row.get("approver.user_name").cloned().unwrap_or_default(),
+                "state": row.get("state").cloned().unwrap_or_default(),
+                "updated": row.get("sys_updated_on").cloned().unwrap_or_default(),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn ticket(&self, mut record: Record, variables: Option<Map<String, Value>>, approvals: Option<Vec<Value>>) -> Result<Ticket, ConnectorError> {
+        let sys_id = str_field(&record, "sys_id").ok_or_else(|| self.permanent("a record without sys_id".into()))?.to_owned();
+        let updated_raw = str_field(&record, "sys_updated_on").unwrap_or_default();
+        let updated = NaiveDateTime::parse_from_str(updated_raw, TIME_FORMAT)
+            .map(|t| Utc.from_utc_datetime(&t))
+            .map_err(|e| self.permanent(format!("record {sys_id}: sys_updated_on {updated_raw:?}: {e}")))?;
+        let number = str_field(&record, "number").unwrap_or(&sys_id).to_owned();
+        let version = str_field(&record, "sys_mod_count").unwrap_or("0").to_owned();
+        if self.config.read_variables {
+            record.insert("variables".into(), Value::Object(variables.unwrap_or_default()));
+        }
+        if self.config.read_approvals {
+            record.insert("approvals".into(), Value::Array(approvals.unwrap_or_default()));
+        }
+        let mut url = self.config.base_url.clone();
+        url.set_path("nav_to.do");
+        url.query_pairs_mut().clear().append_pair("uri", &format!("{}.do?sys_id={sys_id}", self.config.table));
+        Ok(Ticket { source: self.id.clone(), key: sys_id, number, url: url.to_string(), updated, version, raw: Value::Object(record) })
+    }
+
+    fn filtered(&self, query: String) -> String {
+        match &self.config.filter {
+            Some(filter) if !filter.trim().is_empty() => format!("{filter}^{query}"),
+            _ => query,
+        }
+    }
+
+    fn journal_query(&self, key: &str, marker: &str) -> String {
+        let mut query = format!("element_id={key}^element={}^valueLIKE{marker}", self.config.comment_field.as_str());
+        // Only our own entries count: a requester who pastes a marker into a comment must not
+        // be able to suppress the decision.
+        if let Some(user) = self.http.auth().username() {
+            query.push_str(&format!("^sys_created_by={user}"));
+        }
+        query
+    }
+}
+
+fn str_field<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
+    record.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+#[async_trait]
+impl Connector for ServiceNow {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> &'static str {
+        crate::KIND
+    }
+
+    async fn poll(&self, cursor: &Cursor) -> Result<Page, ConnectorError> {
+        let keyset = Keyset::decode(cursor).map_err(|m| self.permanent(m))?;
+        let lag = chrono::Duration::seconds(i64::try_from(self.config.lag_secs).unwrap_or(i64::MAX / 2));
+        let upper = (Utc::now() - lag).format(TIME_FORMAT).to_string();
+        let limit = self.config.page_size as usize;
+        let table = self.config.table.as_str();
+        let mut rows = Vec::new();
+        if let Some(k) = &keyset {
+            // Drain the rest of the second the cursor stopped in, in sys_id order.
+            let q = self.filtered(format!("sys_updated_on={}^sys_id>{}^ORDERBYsys_id", k.t, k.id));
+            rows = self.list(table, &q, &self.fields, limit, 0).await?;
+        }
+        if rows.len() < limit {
+            let lower = keyset.as_ref().map(|k| format!("sys_updated_on>{}^", k.t)).unwrap_or_default();
+            let q = self.filtered(format!("{lower}sys_updated_on<={upper}^ORDERBYsys_updated_on^ORDERBYsys_id"));
+            rows.extend(self.list(table, &q, &self.fields, limit - rows.len(), 0).await?);
+        }
+        let more = rows.len() == limit;
+        let next = match rows.last() {
+            Some(last) => Keyset {
+                t: str_field(last, "sys_updated_on").unwrap_or_default().to_owned(),
+                id: str_field(last, "sys_id").unwrap_or_default().to_owned(),
+            }
+            .encode(),
+            None => cursor.clone(),
+        };
+        let ids: Vec<&str> = rows.iter().filter_map(|r| str_field(r, "sys_id")).collect();
+        let mut variables = if self.config.read_variables && !ids.is_empty() { self.variables(&ids).await? } else { BTreeMap::new() };
+        let mut approvals = if self.config.read_approvals && !ids.is_empty() { self.approvals(&ids).await? } else { BTreeMap::new() };
+        let tickets = rows
+            .into_iter()
+            .map(|record| {
+                let id = str_field(&record, "sys_id").unwrap_or_default().to_owned();
+                self.ticket(record, variables.remove(&id), approvals.remove(&id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { tickets, next, more })
+    }
+
+    async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError> {
+        let field = self.config.comment_field.as_str();
+        let url = format!("{}/{key}", self.table_url(&self.config.table));
+        let body = serde_json::json!({ field: comment.body });
+        self.http
+            .send(|c| c.patch(&url).header("Accept", "application/json").query(&[("sysparm_fields", "sys_id")]).json(&body))
+            .await?;
+        match self.find_comment(key, &comment.marker).await {
+            Ok(Some(id)) => Ok(id),
+            // Posted, but the journal row is not readable (ACL): keep a stable reference.
+            Ok(None) | Err(_) => {
+                tracing::warn!(connector = %self.id, ticket = %key, "posted comment not found in sys_journal_field; check the integration user can read it");
+                Ok(CommentId(format!("{}/{key}#{field}", self.config.table)))
+            }
+        }
+    }
+
+    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
+        let rows = self.list("sys_journal_field", &self.journal_query(key, marker), "sys_id", 1, 0).await?;
+        Ok(rows.first().and_then(|r| str_field(r, "sys_id")).map(|id| CommentId(id.to_owned())))
+    }
+
+    fn markup(&self) -> &dyn Markup {
+        &JournalMarkup
+    }
+}
