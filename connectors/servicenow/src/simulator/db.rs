@@ -1,0 +1,186 @@
+//! The simulator's tables: string-valued records, references between tables, dot-walking and
+//! the Table API's value rendering (`sysparm_display_value`, reference links).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{json, Map, Value};
+
+pub type Record = BTreeMap<String, String>;
+
+/// `(table, field) → referenced table`.
+pub fn reference_target(table: &str, field: &str) -> Option<&'static str> {
+    Some(match (table, field) {
+        ("sc_req_item", "request") => "sc_request",
+        ("sc_req_item", "cat_item") => "sc_cat_item",
+        ("sc_req_item" | "sc_request", "opened_by" | "requested_for") => "sys_user",
+        ("sc_req_item" | "sc_request", "assignment_group") => "sys_user_group",
+        ("sc_item_option_mtom", "request_item") => "sc_req_item",
+        ("sc_item_option_mtom", "sc_item_option") => "sc_item_option",
+        ("sc_item_option", "item_option_new") => "item_option_new",
+        ("sysapproval_approver", "approver") => "sys_user",
+        ("sysapproval_approver", "sysapproval") => "sc_req_item",
+        ("sys_user_group", "manager") => "sys_user",
+        _ => return None,
+    })
+}
+
+/// The field shown as a record's display value.
+pub fn display_field(table: &str) -> &'static str {
+    match table {
+        "sc_request" | "sc_req_item" => "number",
+        "item_option_new" => "question_text",
+        "sc_item_option" => "value",
+        "sys_journal_field" | "sc_item_option_mtom" | "sysapproval_approver" => "sys_id",
+        _ => "name",
+    }
+}
+
+/// Write-only journal fields: appended to `sys_journal_field`, read back as `""`.
+pub fn journal_fields(table: &str) -> &'static [&'static str] {
+    match table {
+        "sc_req_item" | "sc_request" => &["work_notes", "comments"],
+        _ => &[],
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    False,
+    True,
+    All,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    pub rows: Vec<Record>,
+    index: HashMap<String, usize>,
+    /// Every column any row has had, plus the columns an empty table declares.
+    pub columns: BTreeSet<String>,
+}
+
+impl Table {
+    pub fn get(&self, sys_id: &str) -> Option<&Record> {
+        self.index.get(sys_id).map(|&i| &self.rows[i])
+    }
+
+    pub fn get_mut(&mut self, sys_id: &str) -> Option<&mut Record> {
+        self.index.get(sys_id).map(|&i| &mut self.rows[i])
+    }
+
+    pub fn insert(&mut self, record: Record) {
+        let id = record.get("sys_id").cloned().unwrap_or_default();
+        self.columns.extend(record.keys().cloned());
+        match self.index.get(&id) {
+            Some(&i) => self.rows[i] = record,
+            None => {
+                self.index.insert(id, self.rows.len());
+                self.rows.push(record);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Db {
+    pub tables: BTreeMap<String, Table>,
+}
+
+impl Db {
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.get(name)
+    }
+
+    /// Whether `path` (dot-walked through references) names a column.
+    pub fn field_exists(&self, table: &str, path: &str) -> bool {
+        let mut table = table.to_owned();
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let known = journal_fields(&table).contains(&part)
+                || self.tables.get(&table).is_some_and(|t| t.columns.contains(part));
+            if !known {
+                return false;
+            }
+            if parts.peek().is_some() {
+                match reference_target(&table, part) {
+                    Some(next) => table = next.to_owned(),
+                    None => return false,
+                }
+            }
+        }
+        true
+    }
+
+    /// Walks `path` from `record`; returns the owning table, the last field name and its raw value.
+    pub fn resolve<'a>(&'a self, table: &'a str, record: &'a Record, path: &'a str) -> Option<(&'a str, &'a str, String)> {
+        let mut table: &str = table;
+        let mut record = record;
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                let value = if journal_fields(table).contains(&part) { String::new() } else { record.get(part)?.clone() };
+                return Some((table, part, value));
+            }
+            let target = reference_target(table, part)?;
+            let id = record.get(part)?;
+            record = self.tables.get(target)?.get(id)?;
+            table = target;
+        }
+        None
+    }
+
+    /// The raw value of a (dot-walked) field, `""` when it does not resolve.
+    pub fn raw(&self, table: &str, record: &Record, path: &str) -> String {
+        self.resolve(table, record, path).map(|(_, _, v)| v).unwrap_or_default()
+    }
+
+    fn display_of(&self, table: &str, id: &str) -> String {
+        self.tables
+            .get(table)
+            .and_then(|t| t.get(id))
+            .and_then(|r| r.get(display_field(table)))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Renders one record as the Table API does.
+    pub fn render(&self, table: &str, record: &Record, fields: Option<&[String]>, display: Display, exclude_link: bool, base: &str) -> Map<String, Value> {
+        let all: Vec<String>;
+        let fields = match fields {
+            Some(f) => f,
+            None => {
+                all = record
+                    .keys()
+                    .cloned()
+                    .chain(journal_fields(table).iter().map(|s| s.to_string()))
+                    .collect();
+                &all
+            }
+        };
+        let mut out = Map::new();
+        for path in fields {
+            let Some((owner, field, value)) = self.resolve(table, record, path) else {
+                // Unknown or unresolvable fields come back empty, as on an instance.
+                out.insert(path.clone(), Value::String(String::new()));
+                continue;
+            };
+            let rendered = match reference_target(owner, field) {
+                Some(target) if !value.is_empty() => {
+                    let shown = self.display_of(target, &value);
+                    let link = format!("{base}/api/now/table/{target}/{value}");
+                    match (display, exclude_link) {
+                        (Display::False, true) => json!(value),
+                        (Display::False, false) => json!({"link": link, "value": value}),
+                        (Display::True, true) => json!(shown),
+                        (Display::True, false) => json!({"link": link, "display_value": shown}),
+                        (Display::All, true) => json!({"display_value": shown, "value": value}),
+                        (Display::All, false) => json!({"display_value": shown, "value": value, "link": link}),
+                    }
+                }
+                _ if display == Display::All => json!({"display_value": value, "value": value}),
+                _ => json!(value),
+            };
+            out.insert(path.clone(), rendered);
+        }
+        out
+    }
+}

@@ -1,0 +1,207 @@
+//! The encoded query language of `sysparm_query`: `^` (AND), `^OR`, `^NQ`, the comparison
+//! operators, `ORDERBY` and `ORDERBYDESC`. `^^` is a literal `^` inside a value.
+
+use std::cmp::Ordering;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    In,
+    NotIn,
+    Like,
+    NotLike,
+    StartsWith,
+    EndsWith,
+    IsEmpty,
+    IsNotEmpty,
+}
+
+/// Operators in the order they are tried: longer spellings first.
+const OPS: &[(&str, Op)] = &[
+    ("!=", Op::Ne),
+    (">=", Op::Ge),
+    ("<=", Op::Le),
+    ("=", Op::Eq),
+    (">", Op::Gt),
+    ("<", Op::Lt),
+    ("NOT IN", Op::NotIn),
+    ("IN", Op::In),
+    ("NOT LIKE", Op::NotLike),
+    ("LIKE", Op::Like),
+    ("STARTSWITH", Op::StartsWith),
+    ("ENDSWITH", Op::EndsWith),
+    ("ISNOTEMPTY", Op::IsNotEmpty),
+    ("ISEMPTY", Op::IsEmpty),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub field: String,
+    pub op: Op,
+    pub value: String,
+}
+
+/// A parsed query: `alternatives` are `^NQ`-joined; each is an AND of OR-groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pub alternatives: Vec<Vec<Vec<Term>>>,
+    pub order: Vec<(String, bool)>,
+}
+
+/// Splits on `^`, keeping `^^` as a literal caret.
+fn split_carets(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '^' {
+            if chars.peek() == Some(&'^') {
+                chars.next();
+                parts.last_mut().map(|p| p.push('^'));
+            } else {
+                parts.push(String::new());
+            }
+        } else {
+            parts.last_mut().map(|p| p.push(c));
+        }
+    }
+    parts
+}
+
+fn parse_term(segment: &str) -> Result<Term, String> {
+    let field_len = segment
+        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'))
+        .unwrap_or(segment.len());
+    let (field, rest) = segment.split_at(field_len);
+    if field.is_empty() {
+        return Err(format!("no field name in {segment:?}"));
+    }
+    let (spelling, op) = OPS
+        .iter()
+        .find(|(spelling, _)| rest.starts_with(spelling))
+        .ok_or_else(|| format!("no operator in {segment:?}"))?;
+    Ok(Term { field: field.to_owned(), op: *op, value: rest[spelling.len()..].to_owned() })
+}
+
+impl Query {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut query = Query { alternatives: vec![Vec::new()], order: Vec::new() };
+        for segment in split_carets(s) {
+            let segment = segment.as_str();
+            if segment.is_empty() {
+                continue;
+            }
+            if let Some(rest) = segment.strip_prefix("NQ").filter(|r| r.is_empty() || r.starts_with(|c: char| c.is_ascii_lowercase())) {
+                query.alternatives.push(Vec::new());
+                if !rest.is_empty() {
+                    let term = parse_term(rest)?;
+                    query.alternatives.last_mut().ok_or("empty query")?.push(vec![term]);
+                }
+            } else if let Some(field) = segment.strip_prefix("ORDERBYDESC") {
+                query.order.push((field.to_owned(), true));
+            } else if let Some(field) = segment.strip_prefix("ORDERBY") {
+                query.order.push((field.to_owned(), false));
+            } else if segment.starts_with("OR") && segment[2..].starts_with(|c: char| c.is_ascii_lowercase()) {
+                let term = parse_term(&segment[2..])?;
+                let current = query.alternatives.last_mut().ok_or("empty query")?;
+                match current.last_mut() {
+                    Some(group) => group.push(term),
+                    None => return Err(format!("{segment:?} has nothing to OR with")),
+                }
+            } else {
+                let term = parse_term(segment)?;
+                query.alternatives.last_mut().ok_or("empty query")?.push(vec![term]);
+            }
+        }
+        Ok(query)
+    }
+
+    /// Every field the query names, for validation.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.alternatives
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|t| t.field.as_str())
+            .chain(self.order.iter().map(|(f, _)| f.as_str()))
+    }
+
+    /// Whether a record matches, `get` resolving a (possibly dot-walked) field to its raw value.
+    pub fn matches(&self, get: &dyn Fn(&str) -> String) -> bool {
+        self.alternatives
+            .iter()
+            .any(|and| and.iter().all(|or| or.iter().any(|term| term.matches(&get(&term.field)))))
+    }
+}
+
+/// Compares numerically when both sides are numbers, else as strings (which orders
+/// `yyyy-MM-dd HH:mm:ss` timestamps correctly).
+pub fn compare(a: &str, b: &str) -> Ordering {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+        _ => a.cmp(b),
+    }
+}
+
+impl Term {
+    fn matches(&self, actual: &str) -> bool {
+        let v = self.value.as_str();
+        let lower = |s: &str| s.to_lowercase();
+        match self.op {
+            Op::Eq => actual == v,
+            Op::Ne => actual != v,
+            Op::Gt => compare(actual, v) == Ordering::Greater,
+            Op::Ge => compare(actual, v) != Ordering::Less,
+            Op::Lt => compare(actual, v) == Ordering::Less,
+            Op::Le => compare(actual, v) != Ordering::Greater,
+            Op::In => v.split(',').any(|x| x == actual),
+            Op::NotIn => !v.split(',').any(|x| x == actual),
+            Op::Like => lower(actual).contains(&lower(v)),
+            Op::NotLike => !lower(actual).contains(&lower(v)),
+            Op::StartsWith => lower(actual).starts_with(&lower(v)),
+            Op::EndsWith => lower(actual).ends_with(&lower(v)),
+            Op::IsEmpty => actual.is_empty(),
+            Op::IsNotEmpty => !actual.is_empty(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> String + 'a {
+        move |f| pairs.iter().find(|(k, _)| *k == f).map(|(_, v)| v.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_keyset_queries_parse_and_match() {
+        let q = Query::parse("sys_updated_on=2026-11-20 09:00:00^sys_id>b^ORDERBYsys_id").expect("parses");
+        assert_eq!(q.order, vec![("sys_id".to_string(), false)]);
+        assert!(q.matches(&get(&[("sys_updated_on", "2026-11-20 09:00:00"), ("sys_id", "c")])));
+        assert!(!q.matches(&get(&[("sys_updated_on", "2026-11-20 09:00:00"), ("sys_id", "a")])));
+    }
+
+    #[test]
+    fn or_nq_in_like_and_escaped_carets_work() {
+        let q = Query::parse("state=1^ORstate=2^short_descriptionLIKEa^^b^NQnumberINX,Y").expect("parses");
+        assert!(q.matches(&get(&[("state", "2"), ("short_description", "xA^By")])));
+        assert!(!q.matches(&get(&[("state", "3"), ("short_description", "a^b")])));
+        assert!(q.matches(&get(&[("number", "Y")])));
+    }
+
+    #[test]
+    fn numbers_compare_as_numbers() {
+        let q = Query::parse("sys_mod_count>9").expect("parses");
+        assert!(q.matches(&get(&[("sys_mod_count", "10")])));
+    }
+
+    #[test]
+    fn a_term_without_operator_is_rejected() {
+        assert!(Query::parse("bogus").is_err());
+    }
+}
