@@ -1,0 +1,5 @@
+//! deskbridge: connects service desks to identity decision points. Tickets are intake and
+//! evidence; the decision belongs to the policy owner.
+
+pub mod mapping;
+pub mod schema;

@@ -1,0 +1,307 @@
+//! The common access-request schema every connector's tickets are normalized into, and the
+//! decision a decision point returns. `deskbridge schema` prints both as JSON Schema; the
+//! committed copy is `src/schema.json`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a request came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTicket {
+    /// Connector instance id.
+    pub connector: String,
+    /// The ITSM's stable id of the ticket.
+    pub key: String,
+    /// Human-facing number (`RITM0010001`).
+    pub number: String,
+    /// Link to the ticket, built by the connector.
+    pub url: String,
+    /// The ticket version this request was read from.
+    pub version: String,
+}
+
+/// What is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// New access.
+    Grant,
+    /// Remove access.
+    Revoke,
+    /// Change existing access.
+    Modify,
+    /// Keep existing access for longer.
+    Extend,
+    /// Create a (non-human) identity.
+    CreateIdentity,
+    /// Rotate a credential (API key, secret).
+    RotateCredential,
+}
+
+/// A person known to the ITSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    /// Stable user id (ServiceNow `user_name`, Jira `accountId`).
+    pub id: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Email address.
+    pub email: Option<String>,
+}
+
+/// The kind of identity that receives the access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// A human.
+    Person,
+    /// A service account.
+    ServiceAccount,
+    /// A workload identity (pod, function, VM).
+    Workload,
+    /// An API key.
+    ApiKey,
+}
+
+/// Who receives the access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Beneficiary {
+    /// Person or non-human identity.
+    #[serde(rename = "type")]
+    pub kind: IdentityKind,
+    /// Stable id of the identity.
+    pub id: String,
+    /// Display name.
+    pub display_name: Option<String>,
+}
+
+/// Deployment environment of the target system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// Production.
+    Prod,
+    /// Staging / pre-production.
+    Staging,
+    /// Test / QA.
+    Test,
+    /// Development.
+    Dev,
+}
+
+/// The system the access is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// System or application id.
+    pub system: String,
+    /// Its environment.
+    pub environment: Environment,
+}
+
+/// The entitlement (role, group, permission set) asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Entitlement {
+    /// Entitlement id in the target system.
+    pub id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Administrative or otherwise privileged.
+    pub privileged: bool,
+}
+
+/// How urgent the requester says it is (evidence only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Urgency {
+    /// Low.
+    Low,
+    /// Medium.
+    Medium,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+/// One approval recorded in the ITSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedApproval {
+    /// Who approved or was asked.
+    pub approver: String,
+    /// The ITSM's state (`requested`, `approved`, `rejected`).
+    pub state: String,
+}
+
+/// Approval context from the ticket. Informational only: it never decides anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverContext {
+    /// Assignment group of the ticket.
+    pub assignment_group: Option<String>,
+    /// The approver named in the ticket.
+    pub named_approver: Option<String>,
+    /// The ticket's own approval field (e.g. ServiceNow `approval`).
+    pub itsm_approval: Option<String>,
+    /// Approvals recorded in the ITSM.
+    pub recorded: Vec<RecordedApproval>,
+}
+
+/// Details that matter for non-human identities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NhiDetails {
+    /// Accountable human owner.
+    pub owner: Option<String>,
+    /// What the identity is for.
+    pub purpose: Option<String>,
+    /// When it must be reviewed or removed.
+    pub expires_at: Option<NaiveDate>,
+}
+
+/// One normalized access request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    /// The ticket it came from.
+    pub source: SourceTicket,
+    /// What is asked for.
+    pub kind: RequestKind,
+    /// Who asked.
+    pub requester: Person,
+    /// Who receives the access.
+    pub beneficiary: Beneficiary,
+    /// Where.
+    pub target: Target,
+    /// What.
+    pub entitlement: Entitlement,
+    /// Free text from the requester: evidence only, never a decision input beyond presence.
+    pub justification: Option<String>,
+    /// Requested duration in days.
+    pub duration_days: Option<u32>,
+    /// Requested end date.
+    pub expires_at: Option<NaiveDate>,
+    /// Stated urgency.
+    pub urgency: Option<Urgency>,
+    /// Approval context (informational).
+    pub approver_context: ApproverContext,
+    /// Non-human identity details, when the beneficiary is not a person.
+    pub nhi: Option<NhiDetails>,
+    /// Further attributes the mapping extracts.
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+/// One field the mapping could not fill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldProblem {
+    /// The schema field (`entitlement.id`).
+    pub field: String,
+    /// Why (`missing: variables.role is empty`).
+    pub reason: String,
+}
+
+/// What a ticket normalizes into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Normalized {
+    /// A complete access request.
+    AccessRequest {
+        /// The request.
+        request: Box<AccessRequest>,
+    },
+    /// An access request missing required fields.
+    Incomplete {
+        /// The source ticket.
+        source: SourceTicket,
+        /// Every missing or invalid field.
+        problems: Vec<FieldProblem>,
+    },
+    /// Plain support work.
+    NotAnAccessRequest {
+        /// The source ticket.
+        source: SourceTicket,
+        /// Why it is not one.
+        reason: String,
+    },
+}
+
+/// What the decision point decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Access may be provisioned (within the obligations).
+    Approve,
+    /// Access must not be provisioned.
+    Deny,
+    /// A named control owner must approve.
+    Review,
+    /// The request lacks information.
+    NeedsInfo,
+}
+
+impl Outcome {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Deny => "deny",
+            Self::Review => "review",
+            Self::NeedsInfo => "needs_info",
+        }
+    }
+}
+
+/// Conditions attached to a decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Obligations {
+    /// Access must end within this many days.
+    #[serde(default)]
+    pub max_duration_days: Option<u32>,
+    /// Step-up (phishing-resistant MFA) is required to use the access.
+    #[serde(default)]
+    pub step_up: bool,
+}
+
+/// A decision on one access request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Why, in words an approver understands.
+    pub reasons: Vec<String>,
+    /// For `review`: the approver or group that must approve.
+    pub route_to: Option<String>,
+    /// For `needs_info`: the fields that are missing.
+    pub missing: Vec<String>,
+    /// Conditions on the access.
+    pub obligations: Obligations,
+    /// Which policy decided.
+    pub policy_id: String,
+    /// Which version of it.
+    pub policy_version: String,
+    /// Unique id of this decision.
+    pub decision_id: String,
+    /// When.
+    pub decided_at: DateTime<Utc>,
+}
+
+/// The JSON Schema of the request and decision contract.
+pub fn contract_schema() -> serde_json::Value {
+    serde_json::json!({
+        "$comment": "deskbridge contract: generated by `deskbridge schema`; do not edit by hand",
+        "access_request": schemars::schema_for!(AccessRequest),
+        "normalized": schemars::schema_for!(Normalized),
+        "decision": schemars::schema_for!(Decision),
+    })
+}
