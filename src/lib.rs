@@ -1,5 +1,6 @@
 //! deskbridge: connects service desks to identity decision points. Tickets are intake and
 //! evidence; the decision belongs to the policy owner.
 
+pub mod decision;
 pub mod mapping;
 pub mod schema;

@@ -1,0 +1,48 @@
+//! Decision points: whatever returns a [`Decision`] for an [`AccessRequest`]. Every error,
+//! timeout or malformed answer is a [`DecisionError`]; callers keep the request pending and
+//! retry. Nothing here approves by default.
+
+mod output;
+pub mod rego;
+
+use async_trait::async_trait;
+
+use crate::schema::{AccessRequest, Decision};
+
+pub use output::PolicyOutput;
+
+/// A decision and the decision point's raw answer, kept as evidence.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The validated decision.
+    pub decision: Decision,
+    /// What the decision point returned, verbatim.
+    pub raw: serde_json::Value,
+}
+
+/// Why no decision was made. Every variant fails closed.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    /// The evaluation ran past its time limit.
+    #[error("decision point timed out: {0}")]
+    Timeout(String),
+    /// The policy produced no value for the entrypoint.
+    #[error("decision point returned an undefined result for {0}")]
+    Undefined(String),
+    /// The answer does not have the shape of a decision.
+    #[error("decision point returned a malformed decision: {0}")]
+    Malformed(String),
+    /// The engine failed.
+    #[error("decision point failed: {0}")]
+    Engine(String),
+}
+
+/// An IAM/IGA decision point.
+#[async_trait]
+pub trait DecisionPoint: Send + Sync {
+    /// Names the decision point in logs and evidence (`rego:deskbridge.access`).
+    fn describe(&self) -> String;
+
+    /// Decides one request.
+    async fn decide(&self, request: &AccessRequest) -> Result<Decided, DecisionError>;
+}
