@@ -2,5 +2,7 @@
 //! evidence; the decision belongs to the policy owner.
 
 pub mod decision;
+pub mod store;
 pub mod mapping;
+pub mod render;
 pub mod schema;

@@ -1,0 +1,136 @@
+//! Renders a decision into a ticket comment from an admin-editable minijinja template.
+//!
+//! Every value placed in the template (ticket fields, policy reasons) is made inert first:
+//! control characters collapse to spaces, so no value can forge a line of the comment, and the
+//! connector's markup escaping keeps ticket text from becoming markup. The idempotency marker
+//! is appended after rendering, so no template can drop it.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use deskbridge_connector::Markup;
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{json, Value};
+
+use crate::schema::{AccessRequest, Decision, Outcome};
+
+const DEFAULT_TEMPLATE: &str = include_str!("comment.txt.j2");
+
+/// The comment renderer.
+pub struct CommentRenderer {
+    env: Environment<'static>,
+}
+
+/// What a comment reports.
+pub struct CommentInput<'a> {
+    /// The ticket's number.
+    pub number: &'a str,
+    /// The request, when the ticket normalized into one.
+    pub request: Option<&'a AccessRequest>,
+    /// The decision.
+    pub decision: &'a Decision,
+    /// The decision this one replaces.
+    pub supersedes: Option<&'a str>,
+}
+
+fn label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Approve => "APPROVED by policy",
+        Outcome::Deny => "DENIED by policy",
+        Outcome::Review => "REVIEW required",
+        Outcome::NeedsInfo => "MORE INFORMATION needed",
+    }
+}
+
+/// Collapses control characters (newlines included) to single spaces.
+fn inert(text: &str, markup: &dyn Markup) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    markup.escape(flat.split_whitespace().collect::<Vec<_>>().join(" ").as_str())
+}
+
+fn sanitize(value: Value, markup: &dyn Markup) -> Value {
+    match value {
+        Value::String(s) => Value::String(inert(&s, markup)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| sanitize(v, markup)).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, sanitize(v, markup))).collect()),
+        other => other,
+    }
+}
+
+impl CommentRenderer {
+    /// The shipped template, or an admin's override. A template that fails to render a sample
+    /// decision is rejected here, at start-up.
+    pub fn new(template: Option<&Path>) -> anyhow::Result<Self> {
+        let source = match template {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading comment template {}", path.display()))?,
+            None => DEFAULT_TEMPLATE.to_owned(),
+        };
+        let name = template.map(|p| p.display().to_string()).unwrap_or_else(|| "comment.txt.j2".into());
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.add_template_owned(name.clone(), source).with_context(|| format!("comment template {name}"))?;
+        let renderer = Self { env };
+        renderer.check(&name)?;
+        Ok(renderer)
+    }
+
+    fn template_name(&self) -> anyhow::Result<String> {
+        self.env.templates().next().map(|(n, _)| n.to_owned()).context("no comment template")
+    }
+
+    fn check(&self, name: &str) -> anyhow::Result<()> {
+        let decision = Decision {
+            outcome: Outcome::Review,
+            reasons: vec!["sample".into()],
+            route_to: Some("owners".into()),
+            missing: vec!["justification".into()],
+            obligations: crate::schema::Obligations { max_duration_days: Some(7), step_up: true },
+            policy_id: "p".into(),
+            policy_version: "1".into(),
+            decision_id: "d".into(),
+            decided_at: chrono::Utc::now(),
+        };
+        struct Plain;
+        impl Markup for Plain {
+            fn escape(&self, text: &str) -> String {
+                text.to_owned()
+            }
+        }
+        self.render_body(&CommentInput { number: "X", request: None, decision: &decision, supersedes: Some("d0") }, &Plain)
+            .with_context(|| format!("comment template {name} fails on a sample decision"))?;
+        Ok(())
+    }
+
+    fn render_body(&self, input: &CommentInput<'_>, markup: &dyn Markup) -> anyhow::Result<String> {
+        let d = input.decision;
+        let context = sanitize(
+            json!({
+                "ticket": {"number": input.number},
+                "request": input.request,
+                "outcome": d.outcome.as_str(),
+                "outcome_label": label(d.outcome),
+                "reasons": d.reasons,
+                "route_to": d.route_to,
+                "missing": d.missing,
+                "obligations": d.obligations,
+                "policy": {"id": d.policy_id, "version": d.policy_version},
+                "decision_id": d.decision_id,
+                "decided_at": d.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "supersedes": input.supersedes,
+            }),
+            markup,
+        );
+        let template = self.env.get_template(&self.template_name()?)?;
+        Ok(template.render(context)?)
+    }
+
+    /// The comment text, ending with the marker line.
+    pub fn render(&self, input: &CommentInput<'_>, marker: &str, markup: &dyn Markup) -> anyhow::Result<String> {
+        let body = self.render_body(input, markup)?;
+        Ok(format!("{}\n[{marker}]", body.trim_end()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

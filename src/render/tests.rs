@@ -1,0 +1,58 @@
+use super::*;
+use crate::schema::Obligations;
+use deskbridge_servicenow::JournalMarkup;
+
+fn decision(outcome: Outcome) -> Decision {
+    Decision {
+        outcome,
+        reasons: vec!["privileged entitlement on sap-erp (prod) requires control-owner approval".into()],
+        route_to: Some("SAP Access Owners".into()),
+        missing: vec!["justification".into()],
+        obligations: Obligations { max_duration_days: Some(7), step_up: true },
+        policy_id: "deskbridge.access".into(),
+        policy_version: "2026.11.1".into(),
+        decision_id: "dec-1".into(),
+        decided_at: chrono::Utc::now(),
+    }
+}
+
+#[test]
+fn the_default_comment_states_outcome_reasons_policy_and_that_the_ticket_grants_nothing() {
+    let r = CommentRenderer::new(None).expect("template");
+    let d = decision(Outcome::Review);
+    let text = r.render(&CommentInput { number: "RITM1", request: None, decision: &d, supersedes: None }, "deskbridge-id:abc", &JournalMarkup).expect("render");
+    assert!(text.contains("deskbridge decision: REVIEW required"), "{text}");
+    assert!(text.contains("Routed to: SAP Access Owners"));
+    assert!(text.contains("Policy: deskbridge.access, version 2026.11.1. Decision dec-1"));
+    assert!(text.contains("This ticket does not grant access by itself"));
+    assert!(text.contains("Step-up authentication is required"));
+    assert!(text.ends_with("\n[deskbridge-id:abc]"));
+}
+
+#[test]
+fn needs_info_lists_what_is_missing() {
+    let r = CommentRenderer::new(None).expect("template");
+    let d = decision(Outcome::NeedsInfo);
+    let text = r.render(&CommentInput { number: "RITM1", request: None, decision: &d, supersedes: None }, "m", &JournalMarkup).expect("render");
+    assert!(text.contains("Please add to the ticket:\n- justification\n"), "{text}");
+}
+
+#[test]
+fn ticket_text_cannot_add_lines_markup_or_a_marker() {
+    let r = CommentRenderer::new(None).expect("template");
+    let mut d = decision(Outcome::Deny);
+    d.reasons = vec!["x\ndeskbridge decision: APPROVED by policy\n[code]<script>alert(1)</script>[/code] [deskbridge-id:forged]".into()];
+    let text = r.render(&CommentInput { number: "RITM1", request: None, decision: &d, supersedes: None }, "deskbridge-id:real", &JournalMarkup).expect("render");
+    assert_eq!(text.lines().filter(|l| l.starts_with("deskbridge decision:")).count(), 1, "{text}");
+    assert!(!text.contains("[code]") && !text.contains("[deskbridge-id:forged]"), "{text}");
+    assert_eq!(text.matches("[deskbridge-id:").count(), 1);
+}
+
+#[test]
+fn a_broken_template_fails_at_start_up() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.j2");
+    std::fs::write(&path, "{{ outcome }} {{ no_such_value }}").expect("write");
+    let err = CommentRenderer::new(Some(&path)).err().expect("fails");
+    assert!(format!("{err:#}").contains("t.j2"), "{err:#}");
+}
