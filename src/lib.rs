@@ -1,8 +1,13 @@
 //! deskbridge: connects service desks to identity decision points. Tickets are intake and
 //! evidence; the decision belongs to the policy owner.
 
+mod backoff;
+pub mod commands;
+pub mod config;
 pub mod decision;
-pub mod store;
 pub mod mapping;
+pub mod pipeline;
+pub mod registry;
 pub mod render;
 pub mod schema;
+pub mod store;

@@ -213,6 +213,17 @@ impl Store {
         .await?)
     }
 
+    /// Whether a later version of the same ticket is already in the inbox.
+    pub async fn has_newer_version(&self, row: &InboxRow) -> anyhow::Result<bool> {
+        let newer: Option<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE connector = ? AND ticket_key = ? AND id > ? LIMIT 1")
+            .bind(&row.connector)
+            .bind(&row.ticket_key)
+            .bind(row.id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(newer.is_some())
+    }
+
     /// The latest decision on a ticket.
     pub async fn latest_decision(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Option<LatestDecision>> {
         Ok(sqlx::query_as("SELECT request_hash, decision_id, outcome FROM decisions WHERE connector = ? AND ticket_key = ? ORDER BY id DESC LIMIT 1")

@@ -1,0 +1,87 @@
+//! `deskbridge demo`: the whole path on embedded defaults, nothing installed. A seeded
+//! ServiceNow simulator, the shipped mapping and Rego policy, SQLite in a temporary folder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deskbridge_connector::auth::AuthConfig;
+use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
+use deskbridge_servicenow::{ServiceNow, ServiceNowConfig};
+
+use crate::decision::rego::RegoDecisionPoint;
+use crate::mapping::Mapping;
+use crate::pipeline::{Instance, Pipeline, Settings};
+use crate::render::CommentRenderer;
+use crate::store::Store;
+
+/// The shipped ServiceNow mapping, embedded so the demo runs from any folder.
+pub const SERVICENOW_MAPPING: &str = include_str!("../../mappings/servicenow/sc_req_item.toml");
+/// The shipped access policy.
+pub const ACCESS_POLICY: &str = include_str!("../../examples/policies/access.rego");
+/// Its entrypoint.
+pub const ENTRYPOINT: &str = "data.deskbridge.access.decision";
+
+/// The connector configuration the demo uses against a simulator.
+pub fn servicenow_config(base_url: &str) -> anyhow::Result<ServiceNowConfig> {
+    let mut config: ServiceNowConfig = serde_json::from_value(serde_json::json!({
+        "base_url": base_url,
+        "auth": {"type": "basic", "username": INTEGRATION_USER, "password": INTEGRATION_PASSWORD},
+        "lag_secs": 0,
+        "page_size": 100,
+    }))?;
+    config.auth = AuthConfig::Basic { username: INTEGRATION_USER.into(), password: INTEGRATION_PASSWORD.to_string().into() };
+    Ok(config)
+}
+
+/// The shipped mapping and policy.
+pub fn shipped() -> anyhow::Result<(Mapping, RegoDecisionPoint)> {
+    let mapping = Mapping::parse(SERVICENOW_MAPPING, "mappings/servicenow/sc_req_item.toml")?;
+    let policy = RegoDecisionPoint::from_sources(
+        vec![("examples/policies/access.rego".into(), ACCESS_POLICY.into())],
+        ENTRYPOINT,
+        Duration::from_millis(100),
+    )?;
+    Ok((mapping, policy))
+}
+
+/// Runs the demo and returns what it prints.
+pub async fn run() -> anyhow::Result<String> {
+    let sim = Simulator::start(SimConfig::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("deskbridge.db")).await?;
+    let connector = Arc::new(ServiceNow::new("servicenow-demo", servicenow_config(sim.base_url())?)?);
+    let (mapping, policy) = shipped()?;
+    let pipeline = Pipeline::new(
+        store.clone(),
+        vec![Instance { connector, mapping: Arc::new(mapping) }],
+        Arc::new(policy),
+        CommentRenderer::new(None)?,
+        Settings::default(),
+    );
+    let report = pipeline.run_once().await?;
+    if !report.connector_errors.is_empty() {
+        anyhow::bail!("the demo could not talk to its simulator: {}", report.connector_errors.join("; "));
+    }
+    let mut out = format!(
+        "deskbridge demo: ServiceNow simulator at {} → mapping servicenow-sc_req_item → embedded Rego policy deskbridge.access → work notes\n\n",
+        sim.base_url()
+    );
+    out.push_str(&super::table::render(&store.summaries().await?));
+    let counts = store.counts().await?;
+    out.push_str(&format!(
+        "\n{} ticket versions read, {} decisions, {} comments posted, {} pending. The tickets granted nothing: each outcome above is the policy's.\n",
+        counts.inbox, counts.decisions, counts.posted, counts.pending
+    ));
+    let sample = sim.sys_id_of("sc_req_item", "RITM0010002").map(|id| sim.journal(&id)).unwrap_or_default();
+    if let Some(entry) = sample.first() {
+        out.push_str(&format!("\nWork note posted on RITM0010002 (journal entry {}):\n\n{}\n", entry.sys_id, indent(&entry.value)));
+    }
+    if counts.pending > 0 || counts.queued > 0 {
+        anyhow::bail!("{out}\nthe demo left {} requests pending and {} comments queued", counts.pending, counts.queued);
+    }
+    Ok(out)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}

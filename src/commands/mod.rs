@@ -1,0 +1,14 @@
+//! What each CLI subcommand does. `main.rs` only parses arguments and calls these.
+
+pub mod demo;
+mod mapping_test;
+mod run;
+mod table;
+
+pub use mapping_test::mapping_test;
+pub use run::{serve, sync};
+
+/// `deskbridge schema`: the request/decision contract as JSON Schema.
+pub fn schema() -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(&crate::schema::contract_schema())? + "\n")
+}

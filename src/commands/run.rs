@@ -1,0 +1,129 @@
+//! `deskbridge serve` and `deskbridge sync`: the pipeline from a config file.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pipeline::{Pipeline, Report};
+use crate::store::Store;
+
+async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)> {
+    let config = Config::load(config_path)?;
+    let built = config.build(&config_path.display().to_string())?;
+    let store = Store::open(&config.store.path).await.with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings);
+    Ok((config, pipeline))
+}
+
+fn summarize(report: &Report) -> String {
+    format!(
+        "{} new ticket versions, {} decided, {} settled without a decision, {} left pending (decision point failed), {} comments posted, {} comment posts failed",
+        report.ingested, report.decided, report.settled, report.failed_decisions, report.posted, report.failed_posts
+    )
+}
+
+/// `deskbridge sync [--once] --config FILE`. With `once`, one pass; fails when a connector
+/// could not be reached or refused the credentials.
+pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
+    let (config, pipeline) = pipeline_from(config_path).await?;
+    if once {
+        let report = pipeline.run_once().await?;
+        let mut out = summarize(&report) + "\n";
+        out.push_str(&super::table::render(&pipeline.store().summaries().await?));
+        if !report.connector_errors.is_empty() {
+            anyhow::bail!("{out}\nconnector errors:\n  {}", report.connector_errors.join("\n  "));
+        }
+        return Ok(out);
+    }
+    let (tx, rx) = watch::channel(false);
+    let worker = tokio::spawn(work(Arc::new(pipeline), Duration::from_secs(config.pipeline.poll_interval_secs), rx));
+    shutdown_signal().await;
+    let _ = tx.send(true);
+    worker.await?;
+    Ok("stopped\n".into())
+}
+
+/// `deskbridge serve --config FILE`: the pipeline on an interval plus a small HTTP API
+/// (`/healthz`, `/status`), stopped gracefully on SIGTERM or Ctrl-C: the pass in flight
+/// finishes, so no post is cut in half.
+pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let (config, pipeline) = pipeline_from(config_path).await?;
+    let pipeline = Arc::new(pipeline);
+    let listener = tokio::net::TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "deskbridge serving");
+    let (tx, rx) = watch::channel(false);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status))
+        .with_state(pipeline.clone());
+    let mut server_rx = rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let worker = tokio::spawn(work(pipeline, Duration::from_secs(config.pipeline.poll_interval_secs), rx));
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing the pass in flight");
+    let _ = tx.send(true);
+    worker.await?;
+    server.await??;
+    Ok(())
+}
+
+async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, &'static str)> {
+    match pipeline.store().counts().await {
+        Ok(c) => Ok(Json(serde_json::json!({
+            "inbox": c.inbox, "decisions": c.decisions, "comments_posted": c.posted,
+            "comments_queued": c.queued, "pending_decisions": c.pending,
+        }))),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "status query failed");
+            Err((axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+        }
+    }
+}
+
+async fn work(pipeline: Arc<Pipeline>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        match pipeline.run_once().await {
+            Ok(report) => tracing::info!(summary = %summarize(&report), "pass complete"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "pass failed; retrying next interval"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

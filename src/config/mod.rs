@@ -1,0 +1,208 @@
+//! The configuration file: one TOML file, `${VAR}` for secrets, unknown keys rejected, every
+//! problem reported at once with the file and key. Relative paths are relative to the file.
+
+mod vars;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::decision::rego::{RegoDecisionPoint, RegoSettings};
+use crate::decision::DecisionPoint;
+use crate::mapping::Mapping;
+use crate::pipeline::{Instance, Settings};
+use crate::render::CommentRenderer;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where deskbridge keeps its state.
+    pub store: StoreConfig,
+    /// The decision point.
+    pub decision: DecisionConfig,
+    /// Pipeline tuning.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The HTTP server of `deskbridge serve`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// ITSM instances.
+    pub connectors: Vec<ConnectorEntry>,
+}
+
+/// `[store]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file (created if missing).
+    pub path: PathBuf,
+}
+
+/// `[decision]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DecisionConfig {
+    /// Embedded Rego (regorus).
+    Rego {
+        /// Policy files.
+        policies: Vec<PathBuf>,
+        /// The rule returning the decision object.
+        #[serde(default = "default_entrypoint")]
+        entrypoint: String,
+        /// Evaluation time limit in milliseconds.
+        #[serde(default = "default_rego_timeout")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_entrypoint() -> String {
+    "data.deskbridge.access.decision".into()
+}
+fn default_rego_timeout() -> u64 {
+    100
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Seconds between polls in `serve`.
+    pub poll_interval_secs: u64,
+    /// Tickets and comments handled per batch.
+    pub batch_size: i64,
+    /// First wait before a failed decision is retried, in seconds; doubles per attempt.
+    pub decision_retry_base_secs: u64,
+    /// Longest wait between decision retries, in seconds.
+    pub decision_retry_max_secs: u64,
+    /// A minijinja template replacing the shipped comment template.
+    pub comment_template: Option<PathBuf>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { poll_interval_secs: 30, batch_size: 500, decision_retry_base_secs: 5, decision_retry_max_secs: 600, comment_template: None }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address of the health/status API.
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+/// One `[[connectors]]` entry. Keys other than these belong to the connector kind, which
+/// rejects unknown ones.
+#[derive(Debug, Deserialize)]
+pub struct ConnectorEntry {
+    /// Instance id, unique; names the instance in logs, evidence and errors.
+    pub id: String,
+    /// Connector kind (`servicenow`).
+    pub kind: String,
+    /// Mapping file for this instance's tickets.
+    pub mapping: PathBuf,
+    /// Kind-specific settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// Everything built from a config file.
+pub struct Built {
+    /// Connector instances with mappings.
+    pub instances: Vec<Instance>,
+    /// The decision point.
+    pub decision_point: Arc<dyn DecisionPoint>,
+    /// The comment renderer.
+    pub renderer: CommentRenderer,
+    /// Pipeline settings.
+    pub settings: Settings,
+}
+
+impl Config {
+    /// Reads, interpolates and parses a config file; paths become relative to its folder.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading config {file}: {e}"))?;
+        let text = vars::interpolate(&text, &file, &|name| std::env::var(name).ok())
+            .map_err(|problems| anyhow::anyhow!("config {file} is invalid:\n  {}", problems.join("\n  ")))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {file} is invalid:\n  {}", e.to_string().trim_end()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.rebase(base);
+        Ok(config)
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.store.path);
+        let DecisionConfig::Rego { policies, .. } = &mut self.decision;
+        policies.iter_mut().for_each(fix);
+        if let Some(t) = &mut self.pipeline.comment_template {
+            fix(t);
+        }
+        for c in &mut self.connectors {
+            fix(&mut c.mapping);
+        }
+    }
+
+    /// Builds connectors, mappings, the decision point and the renderer, reporting every
+    /// problem at once.
+    pub fn build(&self, file: &str) -> anyhow::Result<Built> {
+        let mut problems = Vec::new();
+        let mut instances = Vec::new();
+        if self.connectors.is_empty() {
+            problems.push(format!("{file}: connectors: at least one [[connectors]] entry is needed"));
+        }
+        for (i, entry) in self.connectors.iter().enumerate() {
+            let key = format!("{file}: connectors[{i}] (id {:?})", entry.id);
+            if self.connectors.iter().filter(|c| c.id == entry.id).count() > 1 {
+                problems.push(format!("{key}: id is used more than once"));
+            }
+            let mapping = Mapping::load(&entry.mapping).map_err(|e| problems.push(format!("{key}: mapping: {e}"))).ok();
+            let connector = crate::registry::build(&entry.kind, &entry.id, entry.settings.clone()).map_err(|e| problems.push(format!("{key}: {e}"))).ok();
+            if let (Some(mapping), Some(connector)) = (mapping, connector) {
+                instances.push(Instance { connector, mapping: Arc::new(mapping) });
+            }
+        }
+        let decision_point: Option<Arc<dyn DecisionPoint>> = match &self.decision {
+            DecisionConfig::Rego { policies, entrypoint, timeout_ms } => RegoDecisionPoint::load(&RegoSettings {
+                policies: policies.clone(),
+                entrypoint: entrypoint.clone(),
+                timeout: Duration::from_millis(*timeout_ms),
+            })
+            .map(|dp| Arc::new(dp) as Arc<dyn DecisionPoint>)
+            .map_err(|e| problems.push(format!("{file}: decision: {e:#}")))
+            .ok(),
+        };
+        let renderer = CommentRenderer::new(self.pipeline.comment_template.as_deref())
+            .map_err(|e| problems.push(format!("{file}: pipeline.comment_template: {e:#}")))
+            .ok();
+        match (decision_point, renderer) {
+            (Some(decision_point), Some(renderer)) if problems.is_empty() => Ok(Built {
+                instances,
+                decision_point,
+                renderer,
+                settings: Settings {
+                    batch_size: self.pipeline.batch_size.max(1),
+                    decision_retry_base: Duration::from_secs(self.pipeline.decision_retry_base_secs),
+                    decision_retry_max: Duration::from_secs(self.pipeline.decision_retry_max_secs),
+                    ..Settings::default()
+                },
+            }),
+            _ => anyhow::bail!("configuration {file} has {} problem(s):\n  {}", problems.len(), problems.join("\n  ")),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `${VAR}` interpolation of environment variables into the config text, for secrets.
+//!
+//! Only inside double-quoted strings; the value is escaped for a TOML basic string, so a
+//! secret can never change the structure of the file. Unset variables and values with newlines
+//! or other control characters are errors naming the line. `$${` writes a literal `${`.
+
+use regex::Regex;
+
+/// Interpolates `text`; `lookup` reads a variable. Every problem is reported.
+pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+    let pattern = Regex::new(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{").expect("static regex");
+    let mut problems = Vec::new();
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let line_no = n + 1;
+        let mut last = 0;
+        for caps in pattern.captures_iter(line) {
+            let m = caps.get(0).expect("whole match");
+            out.push_str(&line[last..m.start()]);
+            last = m.end();
+            if m.as_str() == "$${" {
+                out.push_str("${");
+                continue;
+            }
+            let Some(name) = caps.get(1).map(|g| g.as_str()) else {
+                problems.push(format!("{file}:{line_no}: `${{` must start a variable like ${{NAME}} (write $${{ for a literal)"));
+                continue;
+            };
+            if !inside_basic_string(&line[..m.start()]) {
+                problems.push(format!("{file}:{line_no}: ${{{name}}} must be inside a double-quoted string"));
+                continue;
+            }
+            match lookup(name) {
+                None => problems.push(format!("{file}:{line_no}: environment variable {name} is not set")),
+                Some(value) if value.chars().any(char::is_control) => {
+                    problems.push(format!("{file}:{line_no}: environment variable {name} contains a newline or control character"))
+                }
+                Some(value) => out.push_str(&value.replace('\\', "\\\\").replace('"', "\\\"")),
+            }
+        }
+        out.push_str(&line[last..]);
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Whether the position after `prefix` is inside a `"…"` string on this line.
+fn inside_basic_string(prefix: &str) -> bool {
+    let mut inside = false;
+    let mut escaped = false;
+    for c in prefix.chars() {
+        match c {
+            '\\' if inside && !escaped => {
+                escaped = true;
+                continue;
+            }
+            '"' if !escaped => inside = !inside,
+            '#' if !inside => return false,
+            _ => {}
+        }
+        escaped = false;
+    }
+    inside
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PASS" => Some(r#"p"a\ss"#.into()),
+            "MULTI" => Some("a\nb".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn secrets_are_escaped_into_the_string() {
+        let out = interpolate("password = \"${PASS}\"\nliteral = \"$${HOME}\"\n", "c.toml", &env).expect("ok");
+        assert_eq!(out, "password = \"p\\\"a\\\\ss\"\nliteral = \"${HOME}\"\n");
+        let parsed: toml::Table = toml::from_str(&out).expect("valid toml");
+        assert_eq!(parsed["password"].as_str(), Some(r#"p"a\ss"#));
+    }
+
+    #[test]
+    fn every_problem_names_its_line() {
+        let problems = interpolate("a = \"${NOPE}\"\nb = \"${MULTI}\"\nc = ${PASS}\n", "c.toml", &env).expect_err("problems");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("c.toml:1: environment variable NOPE is not set"));
+        assert!(problems[1].starts_with("c.toml:2:") && problems[1].contains("newline"));
+        assert!(problems[2].starts_with("c.toml:3:") && problems[2].contains("double-quoted"));
+    }
+}

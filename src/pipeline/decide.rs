@@ -1,0 +1,118 @@
+//! Normalize and decide every due inbox row.
+
+use serde_json::json;
+
+use super::{Pipeline, Report};
+use crate::decision::Decided;
+use crate::mapping::Mapping;
+use crate::render::CommentInput;
+use crate::schema::{AccessRequest, Decision, FieldProblem, Normalized, Obligations, Outcome};
+use crate::store::{sha256_hex, InboxRow};
+
+/// What identifies a request version: everything a decision may depend on. Source version,
+/// ITSM approval context, urgency and extra attributes are left out, so a status change or our
+/// own comment (which bumps the ticket's version) does not re-decide.
+pub fn request_hash(request: &AccessRequest) -> String {
+    let material = json!({
+        "kind": request.kind,
+        "requester": request.requester.id,
+        "beneficiary": request.beneficiary,
+        "target": request.target,
+        "entitlement": request.entitlement,
+        "justification": request.justification,
+        "duration_days": request.duration_days,
+        "expires_at": request.expires_at,
+        "nhi": request.nhi,
+    });
+    sha256_hex(material.to_string().as_bytes())
+}
+
+fn problems_hash(problems: &[FieldProblem]) -> String {
+    sha256_hex(json!({"incomplete": problems}).to_string().as_bytes())
+}
+
+/// The marker that identifies one comment per (ticket, request version).
+pub fn marker(connector: &str, ticket_key: &str, request_hash: &str) -> String {
+    let digest = sha256_hex(format!("{connector}\n{ticket_key}\n{request_hash}").as_bytes());
+    format!("deskbridge-id:{}", &digest[..20])
+}
+
+/// A needs-info decision made by deskbridge itself when the mapping finds required fields
+/// missing. It decides nothing about access; it asks for what the policy needs.
+fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided {
+    let decision = Decision {
+        outcome: Outcome::NeedsInfo,
+        reasons: problems.iter().map(|p| format!("{}: {}", p.field, p.reason)).collect(),
+        route_to: None,
+        missing: problems.iter().map(|p| p.field.clone()).collect(),
+        obligations: Obligations::default(),
+        policy_id: format!("deskbridge.mapping/{}", mapping.name),
+        policy_version: mapping.version.clone(),
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        decided_at: chrono::Utc::now(),
+    };
+    Decided { raw: json!({"incomplete": problems}), decision }
+}
+
+impl Pipeline {
+    pub(super) async fn decide_due(&self, report: &mut Report) -> anyhow::Result<()> {
+        for row in self.store.due_inbox(self.settings.batch_size).await? {
+            self.decide_row(&row, report).await?;
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(connector = %row.connector, ticket = %row.number))]
+    async fn decide_row(&self, row: &InboxRow, report: &mut Report) -> anyhow::Result<()> {
+        let Some(instance) = self.instances.get(&row.connector) else {
+            tracing::warn!("no configured connector for this stored ticket; left in the inbox");
+            return Ok(());
+        };
+        if self.store.has_newer_version(row).await? {
+            self.store.settle(row, "stale", &json!({"status": "stale"}), None).await?;
+            report.settled += 1;
+            return Ok(());
+        }
+        let ticket = row.ticket()?;
+        let normalized = instance.mapping.normalize(&ticket);
+        let normalized_json = serde_json::to_value(&normalized)?;
+        let (hash, request) = match &normalized {
+            Normalized::NotAnAccessRequest { reason, .. } => {
+                tracing::debug!(%reason, "not an access request");
+                self.store.settle(row, "not_access", &normalized_json, None).await?;
+                report.settled += 1;
+                return Ok(());
+            }
+            Normalized::Incomplete { problems, .. } => (problems_hash(problems), None),
+            Normalized::AccessRequest { request } => (request_hash(request), Some(request.as_ref())),
+        };
+        let latest = self.store.latest_decision(&row.connector, &row.ticket_key).await?;
+        if latest.as_ref().is_some_and(|l| l.request_hash == hash) {
+            self.store.settle(row, "unchanged", &normalized_json, Some(&hash)).await?;
+            report.settled += 1;
+            return Ok(());
+        }
+        let decided = match (&normalized, request) {
+            (Normalized::Incomplete { problems, .. }, _) => incomplete_decision(&instance.mapping, problems),
+            (_, Some(request)) => match self.decision_point.decide(request).await {
+                Ok(decided) => decided,
+                Err(e) => {
+                    let delay = crate::backoff::delay(row.attempts, self.settings.decision_retry_base, self.settings.decision_retry_max);
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "decision failed; request stays pending");
+                    self.store.decision_failed(row, &normalized_json, &e.to_string(), delay).await?;
+                    report.failed_decisions += 1;
+                    return Ok(());
+                }
+            },
+            _ => return Ok(()),
+        };
+        let marker = marker(&row.connector, &row.ticket_key, &hash);
+        let supersedes = latest.as_ref().map(|l| l.decision_id.as_str());
+        let input = CommentInput { number: &row.number, request, decision: &decided.decision, supersedes };
+        let body = self.renderer.render(&input, &marker, instance.connector.markup())?;
+        self.store.record_decision(row, &normalized_json, &hash, &decided.decision, &decided.raw, &marker, &body).await?;
+        tracing::info!(outcome = decided.decision.outcome.as_str(), decision = %decided.decision.decision_id, "decided");
+        report.decided += 1;
+        Ok(())
+    }
+}

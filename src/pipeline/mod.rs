@@ -1,0 +1,146 @@
+//! The pipeline: poll → inbox → normalize → decide → outbox → post.
+//!
+//! Each stage reads durable state and writes durable state, so a crash between any two
+//! resumes where it stopped. A decision-point failure leaves the request pending (retried with
+//! backoff), never approved. A comment is posted only after its marker is not found on the
+//! ticket.
+
+mod decide;
+mod post;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deskbridge_connector::{Connector, ConnectorError};
+
+use crate::decision::DecisionPoint;
+use crate::mapping::Mapping;
+use crate::render::CommentRenderer;
+use crate::store::Store;
+
+/// One configured connector instance with its mapping.
+#[derive(Clone)]
+pub struct Instance {
+    /// The connector.
+    pub connector: Arc<dyn Connector>,
+    /// The mapping its tickets go through.
+    pub mapping: Arc<Mapping>,
+}
+
+/// Tuning.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Inbox rows and outbox comments handled per batch.
+    pub batch_size: i64,
+    /// First wait before retrying a failed decision; doubles per attempt.
+    pub decision_retry_base: Duration,
+    /// Longest wait between decision retries.
+    pub decision_retry_max: Duration,
+    /// Pages polled per connector in one pass (bounds one pass over a large backlog).
+    pub max_pages_per_pass: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            decision_retry_base: Duration::from_secs(5),
+            decision_retry_max: Duration::from_secs(600),
+            max_pages_per_pass: 1000,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// New ticket versions stored.
+    pub ingested: usize,
+    /// Decisions made (policy and needs-info).
+    pub decided: usize,
+    /// Ticket versions that were not access requests or changed nothing material.
+    pub settled: usize,
+    /// Requests left pending after a decision-point failure.
+    pub failed_decisions: usize,
+    /// Comments posted (or found already posted).
+    pub posted: usize,
+    /// Comments whose posting failed this pass.
+    pub failed_posts: usize,
+    /// Connector errors, as `connector: message`.
+    pub connector_errors: Vec<String>,
+}
+
+/// The pipeline over a set of connector instances.
+pub struct Pipeline {
+    store: Store,
+    instances: HashMap<String, Instance>,
+    order: Vec<String>,
+    decision_point: Arc<dyn DecisionPoint>,
+    renderer: CommentRenderer,
+    settings: Settings,
+}
+
+impl Pipeline {
+    /// Assembles a pipeline.
+    pub fn new(store: Store, instances: Vec<Instance>, decision_point: Arc<dyn DecisionPoint>, renderer: CommentRenderer, settings: Settings) -> Self {
+        let order = instances.iter().map(|i| i.connector.id().to_owned()).collect();
+        let instances = instances.into_iter().map(|i| (i.connector.id().to_owned(), i)).collect();
+        Self { store, instances, order, decision_point, renderer, settings }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Polls every connector until it has nothing more (or the per-pass page bound).
+    pub async fn poll(&self, report: &mut Report) -> anyhow::Result<()> {
+        for id in &self.order {
+            let Some(instance) = self.instances.get(id) else { continue };
+            let mut cursor = self.store.cursor(id).await?;
+            for _ in 0..self.settings.max_pages_per_pass {
+                let page = match instance.connector.poll(&cursor).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(connector = %id, error = %e, "poll failed; will retry next pass");
+                        report.connector_errors.push(e.to_string());
+                        break;
+                    }
+                };
+                report.ingested += self.store.ingest_page(id, &page.tickets, &page.next).await?;
+                cursor = page.next;
+                if !page.more {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One full pass: poll, decide everything due, post everything due.
+    pub async fn run_once(&self) -> anyhow::Result<Report> {
+        let mut report = Report::default();
+        self.poll(&mut report).await?;
+        loop {
+            let before = (report.decided, report.settled, report.failed_decisions);
+            self.decide_due(&mut report).await?;
+            if (report.decided, report.settled, report.failed_decisions) == before {
+                break;
+            }
+        }
+        loop {
+            let before = (report.posted, report.failed_posts);
+            self.post_due(&mut report).await?;
+            if (report.posted, report.failed_posts) == before {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Whether a connector error means nothing will work until an admin acts.
+pub fn is_fatal(error: &ConnectorError) -> bool {
+    matches!(error, ConnectorError::Unauthorized { .. } | ConnectorError::Config { .. })
+}

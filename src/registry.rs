@@ -1,0 +1,27 @@
+//! Connector kinds, each registered by its crate's `KIND`. An unknown kind fails start-up and
+//! lists the known ones.
+
+use std::sync::Arc;
+
+use deskbridge_connector::Connector;
+
+type Factory = fn(&str, toml::Table) -> Result<Arc<dyn Connector>, String>;
+
+/// Every connector kind deskbridge knows.
+pub const KINDS: &[(&str, Factory)] = &[(deskbridge_servicenow::KIND, servicenow)];
+
+fn servicenow(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
+    let config: deskbridge_servicenow::ServiceNowConfig = settings.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    Ok(Arc::new(deskbridge_servicenow::ServiceNow::new(id, config).map_err(|e| e.to_string())?))
+}
+
+/// Builds connector `id` of `kind` from its settings table.
+pub fn build(kind: &str, id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
+    match KINDS.iter().find(|(k, _)| *k == kind) {
+        Some((_, factory)) => factory(id, settings),
+        None => {
+            let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+            Err(format!("unknown connector kind {kind:?}; known kinds: {}", known.join(", ")))
+        }
+    }
+}
