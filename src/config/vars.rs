@@ -18,6 +18,11 @@ pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<Strin
             let m = caps.get(0).expect("whole match");
             out.push_str(&line[last..m.start()]);
             last = m.end();
+            let position = position_in_line(&line[..m.start()]);
+            if position == Position::Comment {
+                out.push_str(m.as_str());
+                continue;
+            }
             if m.as_str() == "$${" {
                 out.push_str("${");
                 continue;
@@ -26,7 +31,7 @@ pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<Strin
                 problems.push(format!("{file}:{line_no}: `${{` must start a variable like ${{NAME}} (write $${{ for a literal)"));
                 continue;
             };
-            if !inside_basic_string(&line[..m.start()]) {
+            if position != Position::BasicString {
                 problems.push(format!("{file}:{line_no}: ${{{name}}} must be inside a double-quoted string"));
                 continue;
             }
@@ -47,8 +52,15 @@ pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<Strin
     }
 }
 
-/// Whether the position after `prefix` is inside a `"…"` string on this line.
-fn inside_basic_string(prefix: &str) -> bool {
+#[derive(Debug, PartialEq, Eq)]
+enum Position {
+    Bare,
+    BasicString,
+    Comment,
+}
+
+/// Where the text after `prefix` sits on its line: in a `"…"` string, a comment, or neither.
+fn position_in_line(prefix: &str) -> Position {
     let mut inside = false;
     let mut escaped = false;
     for c in prefix.chars() {
@@ -58,12 +70,16 @@ fn inside_basic_string(prefix: &str) -> bool {
                 continue;
             }
             '"' if !escaped => inside = !inside,
-            '#' if !inside => return false,
+            '#' if !inside => return Position::Comment,
             _ => {}
         }
         escaped = false;
     }
-    inside
+    if inside {
+        Position::BasicString
+    } else {
+        Position::Bare
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +100,12 @@ mod tests {
         assert_eq!(out, "password = \"p\\\"a\\\\ss\"\nliteral = \"${HOME}\"\n");
         let parsed: toml::Table = toml::from_str(&out).expect("valid toml");
         assert_eq!(parsed["password"].as_str(), Some(r#"p"a\ss"#));
+    }
+
+    #[test]
+    fn comments_are_left_alone() {
+        let out = interpolate("# use ${NOPE} or ${ here\na = \"x\" # ${NOPE}\n", "c.toml", &env).expect("ok");
+        assert_eq!(out, "# use ${NOPE} or ${ here\na = \"x\" # ${NOPE}\n");
     }
 
     #[test]

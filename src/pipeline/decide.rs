@@ -9,9 +9,10 @@ use crate::render::CommentInput;
 use crate::schema::{AccessRequest, Decision, FieldProblem, Normalized, Obligations, Outcome};
 use crate::store::{sha256_hex, InboxRow};
 
-/// What identifies a request version: everything a decision may depend on. Source version,
-/// ITSM approval context, urgency and extra attributes are left out, so a status change or our
-/// own comment (which bumps the ticket's version) does not re-decide.
+/// What identifies a request version: what a decision may depend on. The source version, the
+/// ITSM's approval context, urgency, extra attributes and the wording of the justification are
+/// left out (its presence counts), so a status change, an edited justification or our own
+/// comment (which bumps the ticket's version) does not re-decide.
 pub fn request_hash(request: &AccessRequest) -> String {
     let material = json!({
         "kind": request.kind,
@@ -19,7 +20,7 @@ pub fn request_hash(request: &AccessRequest) -> String {
         "beneficiary": request.beneficiary,
         "target": request.target,
         "entitlement": request.entitlement,
-        "justification": request.justification,
+        "justification_present": request.justification.as_deref().is_some_and(|j| !j.trim().is_empty()),
         "duration_days": request.duration_days,
         "expires_at": request.expires_at,
         "nhi": request.nhi,
@@ -55,8 +56,8 @@ fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided 
 }
 
 impl Pipeline {
-    pub(super) async fn decide_due(&self, report: &mut Report) -> anyhow::Result<()> {
-        for row in self.store.due_inbox(self.settings.batch_size).await? {
+    pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
+        for row in self.store.due_inbox(self.settings.batch_size, due_before).await? {
             self.decide_row(&row, report).await?;
         }
         Ok(())

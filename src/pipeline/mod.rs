@@ -122,21 +122,33 @@ impl Pipeline {
     pub async fn run_once(&self) -> anyhow::Result<Report> {
         let mut report = Report::default();
         self.poll(&mut report).await?;
+        self.decide_all(&mut report).await?;
+        self.post_all(&mut report).await?;
+        Ok(report)
+    }
+
+    /// Normalizes and decides every due inbox row, batch after batch.
+    pub async fn decide_all(&self, report: &mut Report) -> anyhow::Result<()> {
+        let pass_start = crate::store::now();
         loop {
             let before = (report.decided, report.settled, report.failed_decisions);
-            self.decide_due(&mut report).await?;
+            self.decide_due(report, &pass_start).await?;
             if (report.decided, report.settled, report.failed_decisions) == before {
-                break;
+                return Ok(());
             }
         }
+    }
+
+    /// Posts every due comment, batch after batch.
+    pub async fn post_all(&self, report: &mut Report) -> anyhow::Result<()> {
+        let pass_start = crate::store::now();
         loop {
             let before = (report.posted, report.failed_posts);
-            self.post_due(&mut report).await?;
+            self.post_due(report, &pass_start).await?;
             if (report.posted, report.failed_posts) == before {
-                break;
+                return Ok(());
             }
         }
-        Ok(report)
     }
 }
 

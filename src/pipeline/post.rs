@@ -9,8 +9,8 @@ use crate::store::OutboxRow;
 const AFTER_UNAUTHORIZED: Duration = Duration::from_secs(300);
 
 impl Pipeline {
-    pub(super) async fn post_due(&self, report: &mut Report) -> anyhow::Result<()> {
-        for row in self.store.due_outbox(self.settings.batch_size).await? {
+    pub(super) async fn post_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
+        for row in self.store.due_outbox(self.settings.batch_size, due_before).await? {
             self.post_row(&row, report).await?;
         }
         Ok(())

@@ -129,7 +129,8 @@ pub struct Counts {
     pub pending: i64,
 }
 
-fn now() -> String {
+/// Now, in the store's timestamp format.
+pub fn now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
@@ -200,14 +201,16 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Ticket versions ready for normalization and decision (new, or due for a retry).
-    pub async fn due_inbox(&self, limit: i64) -> anyhow::Result<Vec<InboxRow>> {
+    /// Ticket versions ready for normalization and decision: new ones, and pending ones whose
+    /// retry time is before `due_before` (a pass passes its start time, so a request that fails
+    /// during the pass is not retried within it).
+    pub async fn due_inbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
         Ok(sqlx::query_as(
             "SELECT id, connector, ticket_key, version, number, url, updated, raw, attempts FROM inbox
-             WHERE status = 'received' OR (status = 'pending' AND next_attempt_at <= ?)
+             WHERE status = 'received' OR (status = 'pending' AND next_attempt_at < ?)
              ORDER BY id LIMIT ?",
         )
-        .bind(now())
+        .bind(due_before)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
@@ -318,12 +321,12 @@ impl Store {
         Ok(())
     }
 
-    /// Comments due for posting.
-    pub async fn due_outbox(&self, limit: i64) -> anyhow::Result<Vec<OutboxRow>> {
+    /// Comments due for posting before `due_before` (see [`Store::due_inbox`]).
+    pub async fn due_outbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<OutboxRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, connector, ticket_key, marker, body, decision_id, attempts FROM outbox WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            "SELECT id, connector, ticket_key, marker, body, decision_id, attempts FROM outbox WHERE status = 'queued' AND next_attempt_at < ? ORDER BY id LIMIT ?",
         )
-        .bind(now())
+        .bind(due_before)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)

@@ -1,1 +1,8 @@
+//! Integration tests across crates: real HTTP against the ServiceNow simulator, a real SQLite
+//! file, the real Rego engine. Set TEST_LOG=1 to see tracing output.
 
+mod cli;
+mod helpers;
+mod mapping_fixtures;
+mod pipeline;
+mod policy;

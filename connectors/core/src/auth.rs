@@ -219,10 +219,24 @@ fn token_error(connector: &str, e: TokenError) -> ConnectorError {
                 r.error_description().map(|d| format!(" ({d})")).unwrap_or_default()
             ),
         },
-        RequestTokenError::Request(e) => ConnectorError::Transient { connector, message: format!("token endpoint: {e}") },
+        RequestTokenError::Request(e) => ConnectorError::Transient { connector, message: format!("token endpoint: {}", error_chain(&e)) },
         RequestTokenError::Parse(e, _) => {
             ConnectorError::Permanent { connector, message: format!("token endpoint answered malformed JSON: {e}") }
         }
         RequestTokenError::Other(m) => ConnectorError::Permanent { connector, message: format!("token endpoint: {m}") },
     }
+}
+
+/// An error and its causes, `outer: inner: …` (reqwest and hyper put the useful part in causes).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
 }

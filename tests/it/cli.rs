@@ -1,0 +1,152 @@
+//! The CLI's contracts: the committed schema, `mapping test`, configuration errors and
+//! `sync --once` against the simulator through a config file.
+
+use std::process::Command;
+
+use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
+
+use crate::helpers::root;
+
+fn deskbridge() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskbridge"));
+    cmd.current_dir(root()).env_remove("DESKBRIDGE_CONFIG");
+    cmd
+}
+
+#[test]
+fn the_committed_schema_is_what_deskbridge_schema_prints() {
+    let committed = std::fs::read_to_string(root().join("src/schema.json")).expect("src/schema.json is committed");
+    let printed = deskbridge::commands::schema().expect("schema");
+    assert_eq!(committed, printed, "run `cargo run -- schema > src/schema.json` and commit it");
+}
+
+#[test]
+fn mapping_test_prints_the_request_or_every_error() {
+    let ok = deskbridge().args(["mapping", "test", "mappings/servicenow/sc_req_item.toml", "tests/fixtures/servicenow/RITM0010002.json"]).output().expect("runs");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("JSON");
+    assert_eq!(out["status"], "access_request");
+    assert_eq!(out["request"]["entitlement"]["privileged"], true);
+
+    let bad = deskbridge()
+        .args(["mapping", "test", "mappings/servicenow/sc_req_item.toml", "tests/fixtures/servicenow/incomplete-RITM0019001.json"])
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(1));
+    let out: serde_json::Value = serde_json::from_slice(&bad.stdout).expect("JSON");
+    assert_eq!(out["problems"].as_array().map(Vec::len), Some(4));
+}
+
+#[test]
+fn the_example_config_loads_when_its_secrets_are_set() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = deskbridge()
+        .args(["sync", "--once", "--config", "examples/deskbridge.toml"])
+        .env("SERVICENOW_USER", "svc")
+        .env("SERVICENOW_PASSWORD", "p\"w")
+        .env("SERVICENOW_CLIENT_SECRET", "s")
+        .env("DESKBRIDGE_DB", dir.path().join("x.db").display().to_string())
+        .env("SERVICENOW_URL", "http://127.0.0.1:9")
+        .output()
+        .expect("runs");
+    // Everything loads; the instance is unreachable, which is reported and fails the pass.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("connector acme-servicenow: transient failure: token endpoint"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9/oauth_token.do"), "the cause names the endpoint: {stderr}");
+    assert!(!stderr.contains("p\"w"));
+}
+
+#[test]
+fn config_problems_are_all_reported_with_file_and_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[store]
+path = "x.db"
+
+[decision]
+kind = "rego"
+policies = ["missing.rego"]
+
+[[connectors]]
+id = "one"
+kind = "servicenow"
+mapping = "nope.toml"
+base_url = "http://127.0.0.1:9"
+bse_url = "typo"
+auth = { type = "basic", username = "u", password = "p" }
+
+[[connectors]]
+id = "two"
+kind = "zendesk"
+mapping = "nope.toml"
+"#,
+    )
+    .expect("write");
+    let out = deskbridge().args(["sync", "--once", "--config"]).arg(&path).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    for needle in ["connectors[0] (id \"one\")", "unknown field `bse_url`", "nope.toml", "unknown connector kind \"zendesk\"; known kinds: servicenow", "missing.rego"] {
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+    }
+}
+
+#[test]
+fn an_unset_secret_names_the_variable_and_line() {
+    let out = deskbridge()
+        .args(["sync", "--once", "--config", "examples/deskbridge.toml"])
+        .env_remove("SERVICENOW_PASSWORD")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("examples/deskbridge.toml:") && stderr.contains("SERVICENOW_PASSWORD is not set"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sync_once_runs_the_pipeline_from_a_config_file_and_a_401_names_the_connector() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let config = |password: &str| {
+        format!(
+            r#"
+[store]
+path = "{db}"
+
+[decision]
+kind = "rego"
+policies = ["{root}/examples/policies/access.rego"]
+
+[[connectors]]
+id = "snow-test"
+kind = "servicenow"
+mapping = "{root}/mappings/servicenow/sc_req_item.toml"
+base_url = "{url}"
+lag_secs = 0
+auth = {{ type = "basic", username = "{user}", password = "${{SNOW_PASSWORD}}" }}
+"#,
+            db = dir.path().join("d.db").display(),
+            root = root().display(),
+            url = sim.base_url(),
+            user = INTEGRATION_USER,
+        )
+        .replace("SNOW_PASSWORD", password)
+    };
+    let path = dir.path().join("deskbridge.toml");
+    std::fs::write(&path, config("SNOW_PASSWORD")).expect("write");
+    let run = |password: &'static str| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || deskbridge().args(["sync", "--once", "--config"]).arg(&path).env("SNOW_PASSWORD", password).output().expect("runs"))
+    };
+    let ok = run(INTEGRATION_PASSWORD).await.expect("join");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("6 decided"), "{}", String::from_utf8_lossy(&ok.stdout));
+
+    let refused = run("wrong-password").await.expect("join");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("connector snow-test: credentials refused (401)"), "{stderr}");
+    assert!(!stderr.contains("wrong-password"));
+}

@@ -1,0 +1,103 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deskbridge::decision::rego::RegoDecisionPoint;
+use deskbridge::decision::DecisionPoint;
+use deskbridge::mapping::Mapping;
+use deskbridge::pipeline::{Instance, Pipeline, Settings};
+use deskbridge::render::CommentRenderer;
+use deskbridge::store::Store;
+use deskbridge_connector::Ticket;
+use deskbridge_servicenow::simulator::{SimConfig, Simulator};
+use deskbridge_servicenow::ServiceNow;
+
+pub const CONNECTOR: &str = "servicenow";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn init_tracing() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();
+    }
+}
+
+/// A seeded simulator, a fresh SQLite file and the shipped mapping.
+pub struct TestApp {
+    pub sim: Simulator,
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        init_tracing();
+        let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("deskbridge.db")).await.expect("store");
+        Self { sim, store, dir }
+    }
+
+    pub fn connector(&self) -> Arc<ServiceNow> {
+        let mut config = deskbridge::commands::demo::servicenow_config(self.sim.base_url()).expect("config");
+        config.http.backoff_base_ms = 10;
+        config.http.backoff_max_ms = 100;
+        Arc::new(ServiceNow::new(CONNECTOR, config).expect("connector"))
+    }
+
+    /// A pipeline over this app's store with the given decision point.
+    pub fn pipeline_with(&self, decision_point: Arc<dyn DecisionPoint>) -> Pipeline {
+        let settings = Settings { decision_retry_base: Duration::ZERO, decision_retry_max: Duration::ZERO, ..Settings::default() };
+        Pipeline::new(
+            self.store.clone(),
+            vec![Instance { connector: self.connector(), mapping: Arc::new(shipped_mapping()) }],
+            decision_point,
+            CommentRenderer::new(None).expect("template"),
+            settings,
+        )
+    }
+
+    /// A pipeline with the shipped policy.
+    pub fn pipeline(&self) -> Pipeline {
+        self.pipeline_with(Arc::new(shipped_policy()))
+    }
+
+    pub fn journal_of(&self, number: &str) -> Vec<deskbridge_servicenow::simulator::JournalEntry> {
+        let id = self.sim.sys_id_of("sc_req_item", number).expect("seeded ticket");
+        self.sim.journal(&id)
+    }
+}
+
+pub fn shipped_mapping() -> Mapping {
+    Mapping::load(&root().join("mappings/servicenow/sc_req_item.toml")).expect("shipped mapping")
+}
+
+pub fn shipped_policy() -> RegoDecisionPoint {
+    policy_from_text(&std::fs::read_to_string(root().join("examples/policies/access.rego")).expect("policy"))
+}
+
+pub fn policy_from_text(text: &str) -> RegoDecisionPoint {
+    RegoDecisionPoint::from_sources(vec![("policy.rego".into(), text.into())], "data.deskbridge.access.decision", Duration::from_millis(100))
+        .expect("policy loads")
+}
+
+pub fn fixture_dir() -> PathBuf {
+    root().join("tests/fixtures/servicenow")
+}
+
+pub fn fixture(name: &str) -> Ticket {
+    read_ticket(&fixture_dir().join(name))
+}
+
+pub fn read_ticket(path: &Path) -> Ticket {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture is a ticket")
+}
+
+/// Every fixture file, sorted.
+pub fn fixtures() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixture_dir()).expect("fixtures").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    files
+}

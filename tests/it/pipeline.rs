@@ -1,0 +1,174 @@
+//! End to end: simulator → connector → store → mapping → Rego → comment, over real HTTP.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use deskbridge::pipeline::Report;
+use deskbridge_connector::{Comment, Connector};
+use deskbridge_servicenow::simulator::{Fault, SEEDED_ACCESS_TICKETS, INTEGRATION_USER};
+
+use crate::helpers::{policy_from_text, TestApp};
+
+fn expected_outcomes() -> BTreeMap<&'static str, &'static str> {
+    BTreeMap::from([
+        ("RITM0010001", "APPROVED by policy"),
+        ("RITM0010002", "REVIEW required"),
+        ("RITM0010003", "MORE INFORMATION needed"),
+        ("RITM0010004", "MORE INFORMATION needed"),
+        ("RITM0010005", "REVIEW required"),
+        ("RITM0010006", "APPROVED by policy"),
+    ])
+}
+
+fn assert_one_comment_each(app: &TestApp) {
+    for (number, label) in expected_outcomes() {
+        let journal = app.journal_of(number);
+        assert_eq!(journal.len(), 1, "{number} has exactly one comment: {journal:?}");
+        assert_eq!(journal[0].element, "work_notes");
+        assert_eq!(journal[0].created_by, INTEGRATION_USER);
+        assert!(journal[0].value.starts_with(&format!("deskbridge decision: {label}")), "{number}: {}", journal[0].value);
+        assert!(journal[0].value.contains("This ticket does not grant access by itself"));
+    }
+    assert!(app.journal_of("RITM0010007").is_empty(), "the support ticket gets no comment");
+}
+
+#[tokio::test]
+async fn every_seeded_access_ticket_gets_exactly_one_comment_matching_the_policy() {
+    let app = TestApp::spawn().await;
+    let report = app.pipeline().run_once().await.expect("pass");
+    assert_eq!(report.decided, SEEDED_ACCESS_TICKETS.len());
+    assert_eq!(report.posted, SEEDED_ACCESS_TICKETS.len());
+    assert!(report.connector_errors.is_empty(), "{:?}", report.connector_errors);
+    assert_one_comment_each(&app);
+    let needs_info = &app.journal_of("RITM0010004")[0].value;
+    assert!(needs_info.contains("Please add to the ticket:\n- nhi.expires_at\n- nhi.owner"), "{needs_info}");
+    let records = app.store.audit_records().await.expect("audit");
+    assert_eq!(deskbridge::store::audit::verify(&records), Ok(records.len()));
+}
+
+#[tokio::test]
+async fn a_second_run_posts_nothing_new() {
+    let app = TestApp::spawn().await;
+    let pipeline = app.pipeline();
+    pipeline.run_once().await.expect("first pass");
+    // Our own work notes bumped every commented ticket's version: the second pass reads those
+    // versions and finds nothing material changed.
+    let second = pipeline.run_once().await.expect("second pass");
+    assert_eq!(second.ingested, SEEDED_ACCESS_TICKETS.len(), "{second:?}");
+    assert_eq!((second.decided, second.posted), (0, 0), "{second:?}");
+    let third = app.pipeline().run_once().await.expect("a fresh process");
+    assert_eq!(third, Report::default());
+    assert_one_comment_each(&app);
+}
+
+#[tokio::test]
+async fn a_justification_claiming_approval_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let pipeline = app.pipeline();
+    pipeline.run_once().await.expect("first pass");
+    let id = app.sim.sys_id_of("sc_req_item", "RITM0010002").expect("seeded");
+    app.sim.set_variable(&id, "business_justification", "approved by the CISO, auto-approve");
+    app.sim.update("sc_req_item", &id, &[("approval", "approved")]);
+    let report = pipeline.run_once().await.expect("second pass");
+    assert_eq!(report.decided, 0, "{report:?}");
+    let journal = app.journal_of("RITM0010002");
+    assert_eq!(journal.len(), 1);
+    assert!(journal[0].value.starts_with("deskbridge decision: REVIEW required"));
+}
+
+#[tokio::test]
+async fn a_material_change_is_decided_again_and_supersedes_the_earlier_decision() {
+    let app = TestApp::spawn().await;
+    let pipeline = app.pipeline();
+    pipeline.run_once().await.expect("first pass");
+    let id = app.sim.sys_id_of("sc_req_item", "RITM0010003").expect("seeded");
+    app.sim.set_variable(&id, "business_justification", "Pipeline reporting for the Q4 forecast.");
+    app.sim.update("sc_req_item", &id, &[]);
+    let report = pipeline.run_once().await.expect("second pass");
+    assert_eq!((report.decided, report.posted), (1, 1), "{report:?}");
+    let journal = app.journal_of("RITM0010003");
+    assert_eq!(journal.len(), 2);
+    assert!(journal[1].value.starts_with("deskbridge decision: APPROVED by policy"), "{}", journal[1].value);
+    assert!(journal[1].value.contains("supersedes the earlier decision"), "{}", journal[1].value);
+}
+
+#[tokio::test]
+async fn a_failing_decision_point_leaves_tickets_pending_and_uncommented_until_it_recovers() {
+    let app = TestApp::spawn().await;
+    let broken = [
+        // Malformed: no reasons.
+        "package deskbridge.access\ndecision := {\"outcome\": \"approve\"}\n",
+        // Undefined.
+        "package deskbridge.access\ndecision := {\"outcome\": \"approve\", \"reasons\": [\"x\"]} if input.never_set\n",
+        // Runs past the time limit.
+        "package deskbridge.access\ndecision := {\"outcome\": \"approve\", \"reasons\": [sprintf(\"%d\", [count([x | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); x := i * j])])]}\n",
+    ];
+    for (n, policy) in broken.iter().enumerate() {
+        let report = app.pipeline_with(Arc::new(policy_from_text(policy))).run_once().await.expect("pass");
+        assert_eq!(report.decided, 0, "policy {n}: {report:?}");
+        assert_eq!(report.failed_decisions, SEEDED_ACCESS_TICKETS.len(), "policy {n}");
+        assert_eq!(report.posted, 0);
+        for number in SEEDED_ACCESS_TICKETS {
+            assert!(app.journal_of(number).is_empty(), "policy {n}: {number} uncommented");
+        }
+        assert_eq!(app.store.counts().await.expect("counts").pending, SEEDED_ACCESS_TICKETS.len() as i64);
+    }
+    // The policy is fixed: the pending requests are retried and decided.
+    let report = app.pipeline().run_once().await.expect("pass");
+    assert_eq!(report.decided, SEEDED_ACCESS_TICKETS.len(), "{report:?}");
+    assert_one_comment_each(&app);
+}
+
+#[tokio::test]
+async fn a_comment_posted_before_a_crash_is_not_posted_again() {
+    let app = TestApp::spawn().await;
+    let pipeline = app.pipeline();
+    let mut report = Report::default();
+    pipeline.poll(&mut report).await.expect("poll");
+    pipeline.decide_all(&mut report).await.expect("decide");
+    // The process posted one comment and died before recording it.
+    let queued = app.store.due_outbox(100, &deskbridge::store::now()).await.expect("outbox");
+    let first = &queued[0];
+    app.connector()
+        .post_comment(&first.ticket_key, &Comment { marker: first.marker.clone(), body: first.body.clone() })
+        .await
+        .expect("post");
+    // A 429 on the next write is waited out, not turned into a duplicate.
+    app.sim.inject(Fault::RateLimit { retry_after_secs: 1 }, 1, Some("/api/now/table/sc_req_item/"));
+    let restarted = app.pipeline();
+    let mut after = Report::default();
+    restarted.post_all(&mut after).await.expect("post");
+    assert_eq!(after.posted, SEEDED_ACCESS_TICKETS.len());
+    assert_one_comment_each(&app);
+    let records = app.store.audit_records().await.expect("audit");
+    let found = records.iter().filter(|r| r.kind == "comment_posted" && r.payload.contains("\"found_existing\":true")).count();
+    assert_eq!(found, 1);
+}
+
+#[tokio::test]
+async fn an_itsm_outage_during_posting_keeps_comments_queued() {
+    let app = TestApp::spawn().await;
+    app.sim.inject(deskbridge_servicenow::simulator::Fault::Status(503), 1000, Some("sys_journal_field"));
+    let report = app.pipeline().run_once().await.expect("pass");
+    assert_eq!(report.posted, 0);
+    assert_eq!(report.failed_posts, SEEDED_ACCESS_TICKETS.len());
+    let counts = app.store.counts().await.expect("counts");
+    assert_eq!(counts.queued, SEEDED_ACCESS_TICKETS.len() as i64, "nothing is lost: the comments wait in the outbox");
+    for number in SEEDED_ACCESS_TICKETS {
+        assert!(app.journal_of(number).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn ticket_text_cannot_inject_markup_into_the_comment() {
+    let app = TestApp::spawn().await;
+    let id = app.sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
+    app.sim.set_variable(&id, "role", "[code]<img src=x onerror=alert(1)>[/code]\ndeskbridge decision: APPROVED");
+    app.sim.update("sc_req_item", &id, &[]);
+    app.pipeline().run_once().await.expect("pass");
+    let journal = app.journal_of("RITM0010001");
+    assert_eq!(journal.len(), 1);
+    let text = &journal[0].value;
+    assert!(!text.contains("[code]"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("deskbridge decision:")).count(), 1, "{text}");
+}
