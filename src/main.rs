@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "deskbridge", version, about = "Connects service desks to identity decision points. The ticket never grants access.")]
+#[command(
+    name = "deskbridge",
+    version,
+    about = "Connects service desks to identity decision points. The ticket never grants access."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,8 +57,12 @@ enum MappingCommand {
 }
 
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DESKBRIDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("DESKBRIDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -67,7 +75,9 @@ async fn main() -> ExitCode {
         Command::Serve { config } => deskbridge::commands::serve(&config).await.map(|()| (String::new(), true)),
         Command::Sync { once, config } => deskbridge::commands::sync(&config, once).await.map(|out| (out, true)),
         Command::Schema => deskbridge::commands::schema().map(|out| (out, true)),
-        Command::Mapping { command: MappingCommand::Test { mapping, ticket } } => deskbridge::commands::mapping_test(&mapping, &ticket),
+        Command::Mapping {
+            command: MappingCommand::Test { mapping, ticket },
+        } => deskbridge::commands::mapping_test(&mapping, &ticket),
     };
     match result {
         Ok((out, ok)) => {

@@ -12,7 +12,9 @@ pub const KINDS: &[(&str, Factory)] = &[(deskbridge_servicenow::KIND, servicenow
 
 fn servicenow(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
     let config: deskbridge_servicenow::ServiceNowConfig = settings.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
-    Ok(Arc::new(deskbridge_servicenow::ServiceNow::new(id, config).map_err(|e| e.to_string())?))
+    Ok(Arc::new(
+        deskbridge_servicenow::ServiceNow::new(id, config).map_err(|e| e.to_string())?,
+    ))
 }
 
 /// Builds connector `id` of `kind` from its settings table.

@@ -29,7 +29,10 @@ pub fn servicenow_config(base_url: &str) -> anyhow::Result<ServiceNowConfig> {
         "lag_secs": 0,
         "page_size": 100,
     }))?;
-    config.auth = AuthConfig::Basic { username: INTEGRATION_USER.into(), password: INTEGRATION_PASSWORD.to_string().into() };
+    config.auth = AuthConfig::Basic {
+        username: INTEGRATION_USER.into(),
+        password: INTEGRATION_PASSWORD.to_string().into(),
+    };
     Ok(config)
 }
 
@@ -53,7 +56,10 @@ pub async fn run() -> anyhow::Result<String> {
     let (mapping, policy) = shipped()?;
     let pipeline = Pipeline::new(
         store.clone(),
-        vec![Instance { connector, mapping: Arc::new(mapping) }],
+        vec![Instance {
+            connector,
+            mapping: Arc::new(mapping),
+        }],
         Arc::new(policy),
         CommentRenderer::new(None)?,
         Settings::default(),
@@ -72,12 +78,23 @@ pub async fn run() -> anyhow::Result<String> {
         "\n{} ticket versions read, {} decisions, {} comments posted, {} pending. The tickets granted nothing: each outcome above is the policy's.\n",
         counts.inbox, counts.decisions, counts.posted, counts.pending
     ));
-    let sample = sim.sys_id_of("sc_req_item", "RITM0010002").map(|id| sim.journal(&id)).unwrap_or_default();
+    let sample = sim
+        .sys_id_of("sc_req_item", "RITM0010002")
+        .map(|id| sim.journal(&id))
+        .unwrap_or_default();
     if let Some(entry) = sample.first() {
-        out.push_str(&format!("\nWork note posted on RITM0010002 (journal entry {}):\n\n{}\n", entry.sys_id, indent(&entry.value)));
+        out.push_str(&format!(
+            "\nWork note posted on RITM0010002 (journal entry {}):\n\n{}\n",
+            entry.sys_id,
+            indent(&entry.value)
+        ));
     }
     if counts.pending > 0 || counts.queued > 0 {
-        anyhow::bail!("{out}\nthe demo left {} requests pending and {} comments queued", counts.pending, counts.queued);
+        anyhow::bail!(
+            "{out}\nthe demo left {} requests pending and {} comments queued",
+            counts.pending,
+            counts.queued
+        );
     }
     Ok(out)
 }

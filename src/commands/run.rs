@@ -17,7 +17,9 @@ use crate::store::Store;
 async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)> {
     let config = Config::load(config_path)?;
     let built = config.build(&config_path.display().to_string())?;
-    let store = Store::open(&config.store.path).await.with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let store = Store::open(&config.store.path)
+        .await
+        .with_context(|| format!("opening store {}", config.store.path.display()))?;
     let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings);
     Ok((config, pipeline))
 }
@@ -43,7 +45,11 @@ pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
         return Ok(out);
     }
     let (tx, rx) = watch::channel(false);
-    let worker = tokio::spawn(work(Arc::new(pipeline), Duration::from_secs(config.pipeline.poll_interval_secs), rx));
+    let worker = tokio::spawn(work(
+        Arc::new(pipeline),
+        Duration::from_secs(config.pipeline.poll_interval_secs),
+        rx,
+    ));
     shutdown_signal().await;
     let _ = tx.send(true);
     worker.await?;
@@ -56,7 +62,9 @@ pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (config, pipeline) = pipeline_from(config_path).await?;
     let pipeline = Arc::new(pipeline);
-    let listener = tokio::net::TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "deskbridge serving");
     let (tx, rx) = watch::channel(false);
     let app = Router::new()

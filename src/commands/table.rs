@@ -18,23 +18,53 @@ pub fn render(rows: &[TicketSummary]) -> String {
     let widths = [12, 30, 40, 12, 70];
     let header = ["TICKET", "REQUESTER → BENEFICIARY", "ENTITLEMENT", "OUTCOME", "REASON"];
     let mut out = String::new();
-    let line = |cols: [&str; 5]| cols.iter().zip(widths).map(|(c, w)| cell(c, w)).collect::<Vec<_>>().join("  ").trim_end().to_owned() + "\n";
+    let line = |cols: [&str; 5]| {
+        cols.iter()
+            .zip(widths)
+            .map(|(c, w)| cell(c, w))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+            + "\n"
+    };
     out.push_str(&line(header));
-    out.push_str(&line(["-".repeat(12).as_str(), &"-".repeat(30), &"-".repeat(40), &"-".repeat(12), &"-".repeat(70)]));
+    out.push_str(&line([
+        "-".repeat(12).as_str(),
+        &"-".repeat(30),
+        &"-".repeat(40),
+        &"-".repeat(12),
+        &"-".repeat(70),
+    ]));
     for row in rows {
-        let normalized: Value = row.normalized.as_deref().and_then(|n| serde_json::from_str(n).ok()).unwrap_or(Value::Null);
-        let decision: Value = row.decision.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
+        let normalized: Value = row
+            .normalized
+            .as_deref()
+            .and_then(|n| serde_json::from_str(n).ok())
+            .unwrap_or(Value::Null);
+        let decision: Value = row
+            .decision
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(Value::Null);
         let request = &normalized["request"];
         let who = match (request["requester"]["id"].as_str(), request["beneficiary"]["id"].as_str()) {
             (Some(r), Some(b)) => format!("{r} → {b}"),
             _ => "—".into(),
         };
-        let entitlement = match (request["entitlement"]["id"].as_str(), request["target"]["system"].as_str(), request["target"]["environment"].as_str()) {
+        let entitlement = match (
+            request["entitlement"]["id"].as_str(),
+            request["target"]["system"].as_str(),
+            request["target"]["environment"].as_str(),
+        ) {
             (Some(e), Some(s), Some(env)) => format!("{e} @ {s}/{env}"),
             _ => "—".into(),
         };
         let (outcome, reason) = match (row.status.as_str(), decision["outcome"].as_str()) {
-            ("not_access", _) => ("—".to_owned(), normalized["reason"].as_str().unwrap_or("not an access request").to_owned()),
+            ("not_access", _) => (
+                "—".to_owned(),
+                normalized["reason"].as_str().unwrap_or("not an access request").to_owned(),
+            ),
             ("pending", _) => ("pending".to_owned(), "decision point failed; will retry (fails closed)".to_owned()),
             (_, Some(o)) => (o.to_owned(), decision["reasons"][0].as_str().unwrap_or_default().to_owned()),
             (status, None) => (status.to_owned(), String::new()),

@@ -83,7 +83,13 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { poll_interval_secs: 30, batch_size: 500, decision_retry_base_secs: 5, decision_retry_max_secs: 600, comment_template: None }
+        Self {
+            poll_interval_secs: 30,
+            batch_size: 500,
+            decision_retry_base_secs: 5,
+            decision_retry_max_secs: 600,
+            comment_template: None,
+        }
     }
 }
 
@@ -97,7 +103,9 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into() }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -135,7 +143,8 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading config {file}: {e}"))?;
         let text = vars::interpolate(&text, &file, &|name| std::env::var(name).ok())
             .map_err(|problems| anyhow::anyhow!("config {file} is invalid:\n  {}", problems.join("\n  ")))?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {file} is invalid:\n  {}", e.to_string().trim_end()))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {file} is invalid:\n  {}", e.to_string().trim_end()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.rebase(base);
         Ok(config)
@@ -171,14 +180,25 @@ impl Config {
             if self.connectors.iter().filter(|c| c.id == entry.id).count() > 1 {
                 problems.push(format!("{key}: id is used more than once"));
             }
-            let mapping = Mapping::load(&entry.mapping).map_err(|e| problems.push(format!("{key}: mapping: {e}"))).ok();
-            let connector = crate::registry::build(&entry.kind, &entry.id, entry.settings.clone()).map_err(|e| problems.push(format!("{key}: {e}"))).ok();
+            let mapping = Mapping::load(&entry.mapping)
+                .map_err(|e| problems.push(format!("{key}: mapping: {e}")))
+                .ok();
+            let connector = crate::registry::build(&entry.kind, &entry.id, entry.settings.clone())
+                .map_err(|e| problems.push(format!("{key}: {e}")))
+                .ok();
             if let (Some(mapping), Some(connector)) = (mapping, connector) {
-                instances.push(Instance { connector, mapping: Arc::new(mapping) });
+                instances.push(Instance {
+                    connector,
+                    mapping: Arc::new(mapping),
+                });
             }
         }
         let decision_point: Option<Arc<dyn DecisionPoint>> = match &self.decision {
-            DecisionConfig::Rego { policies, entrypoint, timeout_ms } => RegoDecisionPoint::load(&RegoSettings {
+            DecisionConfig::Rego {
+                policies,
+                entrypoint,
+                timeout_ms,
+            } => RegoDecisionPoint::load(&RegoSettings {
                 policies: policies.clone(),
                 entrypoint: entrypoint.clone(),
                 timeout: Duration::from_millis(*timeout_ms),
@@ -202,7 +222,11 @@ impl Config {
                     ..Settings::default()
                 },
             }),
-            _ => anyhow::bail!("configuration {file} has {} problem(s):\n  {}", problems.len(), problems.join("\n  ")),
+            _ => anyhow::bail!(
+                "configuration {file} has {} problem(s):\n  {}",
+                problems.len(),
+                problems.join("\n  ")
+            ),
         }
     }
 }

@@ -28,7 +28,9 @@ pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<Strin
                 continue;
             }
             let Some(name) = caps.get(1).map(|g| g.as_str()) else {
-                problems.push(format!("{file}:{line_no}: `${{` must start a variable like ${{NAME}} (write $${{ for a literal)"));
+                problems.push(format!(
+                    "{file}:{line_no}: `${{` must start a variable like ${{NAME}} (write $${{ for a literal)"
+                ));
                 continue;
             };
             if position != Position::BasicString {
@@ -37,9 +39,9 @@ pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<Strin
             }
             match lookup(name) {
                 None => problems.push(format!("{file}:{line_no}: environment variable {name} is not set")),
-                Some(value) if value.chars().any(char::is_control) => {
-                    problems.push(format!("{file}:{line_no}: environment variable {name} contains a newline or control character"))
-                }
+                Some(value) if value.chars().any(char::is_control) => problems.push(format!(
+                    "{file}:{line_no}: environment variable {name} contains a newline or control character"
+                )),
                 Some(value) => out.push_str(&value.replace('\\', "\\\\").replace('"', "\\\"")),
             }
         }

@@ -55,7 +55,9 @@ impl RegoDecisionPoint {
         for (name, text) in &sources {
             hasher.update(name.as_bytes());
             hasher.update(text.as_bytes());
-            engine.add_policy(name.clone(), text.clone()).map_err(|e| anyhow::anyhow!("loading policy {name}: {e}"))?;
+            engine
+                .add_policy(name.clone(), text.clone())
+                .map_err(|e| anyhow::anyhow!("loading policy {name}: {e}"))?;
         }
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: timeout,
@@ -75,7 +77,14 @@ impl RegoDecisionPoint {
             Some(v) => format!("{v} (sha256:{})", &digest[..12]),
             None => format!("sha256:{}", &digest[..12]),
         };
-        Ok(Self { template: engine, idle: Mutex::new(Vec::new()), entrypoint, policy_id, policy_version, timeout })
+        Ok(Self {
+            template: engine,
+            idle: Mutex::new(Vec::new()),
+            entrypoint,
+            policy_id,
+            policy_version,
+            timeout,
+        })
     }
 
     /// `deskbridge.access`.
@@ -90,7 +99,12 @@ impl RegoDecisionPoint {
 
     /// Evaluates the entrypoint for one input; the raw answer as JSON.
     pub fn evaluate(&self, input: &serde_json::Value) -> Result<serde_json::Value, DecisionError> {
-        let mut engine = self.idle.lock().ok().and_then(|mut idle| idle.pop()).unwrap_or_else(|| self.template.clone());
+        let mut engine = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop())
+            .unwrap_or_else(|| self.template.clone());
         let input = regorus::Value::from_json_str(&input.to_string()).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
         engine.set_input(input);
         let started = Instant::now();
@@ -137,7 +151,9 @@ impl RegoDecisionPoint {
     pub fn run_tests(test_files: &[&Path], policies: &[&Path]) -> anyhow::Result<Vec<(String, bool)>> {
         let mut engine = Engine::new();
         for path in policies.iter().chain(test_files) {
-            engine.add_policy_from_file(path).map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+            engine
+                .add_policy_from_file(path)
+                .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
         }
         let test_rule = regex::Regex::new(r"(?m)^(test_[A-Za-z0-9_]+)\s+if\b").map_err(anyhow::Error::from)?;
         let package = regex::Regex::new(r"(?m)^package\s+([A-Za-z0-9_.]+)").map_err(anyhow::Error::from)?;
@@ -150,7 +166,11 @@ impl RegoDecisionPoint {
                 .ok_or_else(|| anyhow::anyhow!("{}: no package line", path.display()))?
                 .as_str()
                 .to_owned();
-            for name in test_rule.captures_iter(&text).filter_map(|c| c.get(1)).map(|m| m.as_str().to_owned()) {
+            for name in test_rule
+                .captures_iter(&text)
+                .filter_map(|c| c.get(1))
+                .map(|m| m.as_str().to_owned())
+            {
                 let mut e = engine.clone();
                 let passed = matches!(e.eval_rule(format!("data.{pkg}.{name}")), Ok(v) if v == regorus::Value::from(true));
                 if !results.iter().any(|(n, _): &(String, bool)| n == &name) {
@@ -195,12 +215,18 @@ mod tests {
     fn undefined_errors_and_malformed_results_fail_closed() {
         let timeout = Duration::from_millis(200);
         let undefined = RegoDecisionPoint::from_sources(
-            vec![("p.rego".into(), "package p\ndecision := {\"outcome\": \"approve\", \"reasons\": [\"x\"]} if input.never\n".into())],
+            vec![(
+                "p.rego".into(),
+                "package p\ndecision := {\"outcome\": \"approve\", \"reasons\": [\"x\"]} if input.never\n".into(),
+            )],
             "data.p.decision",
             timeout,
         )
         .expect("loads");
-        assert!(matches!(undefined.evaluate(&serde_json::json!({})), Err(DecisionError::Undefined(_))));
+        assert!(matches!(
+            undefined.evaluate(&serde_json::json!({})),
+            Err(DecisionError::Undefined(_))
+        ));
 
         let malformed = RegoDecisionPoint::from_sources(
             vec![("p.rego".into(), "package p\ndecision := {\"outcome\": \"approve\"}\n".into())],
@@ -211,8 +237,9 @@ mod tests {
         let raw = malformed.evaluate(&serde_json::json!({})).expect("evaluates");
         assert!(matches!(PolicyOutput::from_json(&raw), Err(DecisionError::Malformed(_))));
 
-        let missing_rule = RegoDecisionPoint::from_sources(vec![("p.rego".into(), "package p\nx := 1\n".into())], "data.p.decision", timeout)
-            .expect("loads");
+        let missing_rule =
+            RegoDecisionPoint::from_sources(vec![("p.rego".into(), "package p\nx := 1\n".into())], "data.p.decision", timeout)
+                .expect("loads");
         assert!(missing_rule.evaluate(&serde_json::json!({})).is_err());
     }
 
@@ -230,14 +257,22 @@ mod tests {
         let started = Instant::now();
         let result = slow.evaluate(&serde_json::json!({}));
         assert!(matches!(result, Err(DecisionError::Timeout(_))), "{result:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "stopped near the limit: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stopped near the limit: {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
     fn a_syntax_error_names_the_policy_file() {
-        let err = RegoDecisionPoint::from_sources(vec![("broken.rego".into(), "package p\ndecision := {\n".into())], "data.p.decision", Duration::from_millis(50))
-            .err()
-            .expect("fails");
+        let err = RegoDecisionPoint::from_sources(
+            vec![("broken.rego".into(), "package p\ndecision := {\n".into())],
+            "data.p.decision",
+            Duration::from_millis(50),
+        )
+        .err()
+        .expect("fails");
         assert!(err.to_string().contains("broken.rego"), "{err}");
     }
 

@@ -45,8 +45,10 @@ impl Mapping {
     /// Loads and compiles a mapping file.
     pub fn load(path: &Path) -> Result<Self, MappingError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| MappingError { file: file.clone(), problems: vec![format!("{file}: cannot read: {e}")] })?;
+        let text = std::fs::read_to_string(path).map_err(|e| MappingError {
+            file: file.clone(),
+            problems: vec![format!("{file}: cannot read: {e}")],
+        })?;
         Self::parse(&text, &file)
     }
 
@@ -74,7 +76,11 @@ impl Mapping {
         }
         for required in ALWAYS_REQUIRED {
             if !parsed.fields.get_ref().keys().any(|k| k.get_ref() == required) {
-                problems.add(parsed.fields.span(), "fields", format!("no mapping for required field \"{required}\""));
+                problems.add(
+                    parsed.fields.span(),
+                    "fields",
+                    format!("no mapping for required field \"{required}\""),
+                );
             }
         }
         let mut attributes = Vec::new();
@@ -82,7 +88,10 @@ impl Mapping {
             attributes.extend(spec::compile_field(name, field, true, &mut problems));
         }
         if !problems.list.is_empty() {
-            return Err(MappingError { file: file.to_owned(), problems: problems.list });
+            return Err(MappingError {
+                file: file.to_owned(),
+                problems: problems.list,
+            });
         }
         Ok(Self {
             name: parsed.mapping.name,
@@ -107,7 +116,10 @@ impl Mapping {
         let raw = &ticket.raw;
         let classified = (self.any.is_empty() || self.any.iter().any(|c| c.holds(raw))) && self.all.iter().all(|c| c.holds(raw));
         if !classified {
-            return Normalized::NotAnAccessRequest { source, reason: self.not_access_reason.clone() };
+            return Normalized::NotAnAccessRequest {
+                source,
+                reason: self.not_access_reason.clone(),
+            };
         }
         let mut problems = Vec::new();
         let mut values: Map<String, Value> = Map::new();
@@ -121,7 +133,10 @@ impl Mapping {
                     reason: format!("missing: nothing at {}", field.describe_paths()),
                 }),
                 Ok(None) => {}
-                Err(reason) => problems.push(FieldProblem { field: field.target.clone(), reason }),
+                Err(reason) => problems.push(FieldProblem {
+                    field: field.target.clone(),
+                    reason,
+                }),
             }
         }
         let mut attributes = Map::new();
@@ -135,15 +150,26 @@ impl Mapping {
                     reason: format!("missing: nothing at {}", field.describe_paths()),
                 }),
                 Ok(None) => {}
-                Err(reason) => problems.push(FieldProblem { field: format!("attributes.{}", field.target), reason }),
+                Err(reason) => problems.push(FieldProblem {
+                    field: format!("attributes.{}", field.target),
+                    reason,
+                }),
             }
         }
         if !problems.is_empty() {
             return Normalized::Incomplete { source, problems };
         }
         match assemble(&source, &values, attributes) {
-            Ok(request) => Normalized::AccessRequest { request: Box::new(request) },
-            Err(reason) => Normalized::Incomplete { source, problems: vec![FieldProblem { field: "request".into(), reason }] },
+            Ok(request) => Normalized::AccessRequest {
+                request: Box::new(request),
+            },
+            Err(reason) => Normalized::Incomplete {
+                source,
+                problems: vec![FieldProblem {
+                    field: "request".into(),
+                    reason,
+                }],
+            },
         }
     }
 }
@@ -152,7 +178,8 @@ impl Mapping {
 fn assemble(source: &SourceTicket, v: &Map<String, Value>, attributes: Map<String, Value>) -> Result<AccessRequest, String> {
     let get = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
     let beneficiary_type = v.get("beneficiary.type").cloned().unwrap_or_else(|| json!("person"));
-    let nhi_present = beneficiary_type != json!("person") || ["nhi.owner", "nhi.purpose", "nhi.expires_at"].iter().any(|k| v.contains_key(*k));
+    let nhi_present =
+        beneficiary_type != json!("person") || ["nhi.owner", "nhi.purpose", "nhi.expires_at"].iter().any(|k| v.contains_key(*k));
     let request = json!({
         "source": source,
         "kind": get("kind"),
@@ -211,7 +238,9 @@ impl Field {
             };
             present.then_some((p, v))
         });
-        let Some((path, value)) = found else { return Ok(self.default.clone()) };
+        let Some((path, value)) = found else {
+            return Ok(self.default.clone());
+        };
         let Some(kind) = self.kind else {
             // Attributes keep JSON as is unless a regex or map shapes a text value.
             if self.regex.is_none() && self.map.is_none() {
@@ -224,7 +253,9 @@ impl Field {
         }
         match self.shape_text(path.as_str(), value)? {
             None => Ok(self.default.clone()),
-            Some(text) => target::convert(kind, &text).map(Some).map_err(|e| format!("invalid at {}: {e}", path.as_str())),
+            Some(text) => target::convert(kind, &text)
+                .map(Some)
+                .map_err(|e| format!("invalid at {}: {e}", path.as_str())),
         }
     }
 
@@ -249,7 +280,10 @@ impl Field {
                 None if self.unmapped == Unmapped::Keep => {}
                 None => {
                     let known: Vec<&str> = map.keys().map(String::as_str).collect();
-                    return Err(format!("invalid at {path}: {text:?} is not a mapped value (mapped: {})", known.join(", ")));
+                    return Err(format!(
+                        "invalid at {path}: {text:?} is not a mapped value (mapped: {})",
+                        known.join(", ")
+                    ));
                 }
             }
         }
@@ -266,7 +300,9 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn approvals(value: &Value) -> Result<Value, String> {
-    let Value::Array(items) = value else { return Err("expected a list of approvals".into()) };
+    let Value::Array(items) = value else {
+        return Err("expected a list of approvals".into());
+    };
     items
         .iter()
         .map(|item| {

@@ -23,7 +23,11 @@ impl FieldPath {
         }
         if text.starts_with('$') {
             let path = JsonPath::parse(text).map_err(|e| format!("invalid JSONPath {text:?}: {e}"))?;
-            return Ok(Self { text: text.into(), literal: None, path });
+            return Ok(Self {
+                text: text.into(),
+                literal: None,
+                path,
+            });
         }
         if text.split('.').any(str::is_empty) {
             return Err(format!("invalid field path {text:?}: empty segment"));
@@ -33,7 +37,11 @@ impl FieldPath {
             .map(|segment| format!("[{}]", serde_json::to_string(segment).unwrap_or_default().replace('\'', "\\'")))
             .collect();
         let path = JsonPath::parse(&format!("${quoted}")).map_err(|e| format!("invalid field path {text:?}: {e}"))?;
-        Ok(Self { text: text.into(), literal: Some(text.into()), path })
+        Ok(Self {
+            text: text.into(),
+            literal: Some(text.into()),
+            path,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -71,9 +79,18 @@ mod tests {
     #[test]
     fn literal_dotted_keys_win_over_nesting() {
         let raw = json!({"opened_by.user_name": "abel", "variables": {"role": "admin", "odd.name": 1}});
-        assert_eq!(FieldPath::parse("opened_by.user_name").expect("path").lookup(&raw), Some(&json!("abel")));
-        assert_eq!(FieldPath::parse("variables.role").expect("path").lookup(&raw), Some(&json!("admin")));
-        assert_eq!(FieldPath::parse("$.variables['odd.name']").expect("path").lookup(&raw), Some(&json!(1)));
+        assert_eq!(
+            FieldPath::parse("opened_by.user_name").expect("path").lookup(&raw),
+            Some(&json!("abel"))
+        );
+        assert_eq!(
+            FieldPath::parse("variables.role").expect("path").lookup(&raw),
+            Some(&json!("admin"))
+        );
+        assert_eq!(
+            FieldPath::parse("$.variables['odd.name']").expect("path").lookup(&raw),
+            Some(&json!(1))
+        );
         assert_eq!(FieldPath::parse("variables.none").expect("path").lookup(&raw), None);
     }
 

@@ -113,7 +113,11 @@ pub(super) struct Problems<'a> {
 
 impl<'a> Problems<'a> {
     pub fn new(file: &'a str, source: &'a str) -> Self {
-        Self { file, source, list: Vec::new() }
+        Self {
+            file,
+            source,
+            list: Vec::new(),
+        }
     }
 
     pub fn add(&mut self, span: std::ops::Range<usize>, key: &str, message: impl std::fmt::Display) {
@@ -168,7 +172,11 @@ pub(super) fn compile_condition(spec: &Spanned<ConditionSpec>, key: &str, proble
 }
 
 pub(super) fn compile_field(name: &Spanned<String>, spec: &Spanned<FieldSpec>, attribute: bool, problems: &mut Problems) -> Option<Field> {
-    let key = if attribute { format!("attributes.{}", name.get_ref()) } else { format!("fields.\"{}\"", name.get_ref()) };
+    let key = if attribute {
+        format!("attributes.{}", name.get_ref())
+    } else {
+        format!("fields.\"{}\"", name.get_ref())
+    };
     let s = spec.get_ref();
     let before = problems.list.len();
     let kind = if attribute {

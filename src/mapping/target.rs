@@ -49,7 +49,14 @@ pub const TARGETS: &[(&str, Kind)] = &[
 
 /// Fields without which a request cannot be decided; a mapping must fill them (by path or
 /// default), and a ticket missing them is `Incomplete`.
-pub const ALWAYS_REQUIRED: &[&str] = &["kind", "requester.id", "beneficiary.id", "target.system", "target.environment", "entitlement.id"];
+pub const ALWAYS_REQUIRED: &[&str] = &[
+    "kind",
+    "requester.id",
+    "beneficiary.id",
+    "target.system",
+    "target.environment",
+    "entitlement.id",
+];
 
 pub fn kind_of(target: &str) -> Option<Kind> {
     TARGETS.iter().find(|(name, _)| *name == target).map(|(_, kind)| *kind)

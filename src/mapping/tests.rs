@@ -33,8 +33,12 @@ fn ticket(raw: serde_json::Value) -> Ticket {
 #[test]
 fn a_complete_ticket_becomes_an_access_request_with_defaults_and_fallbacks() {
     let m = Mapping::parse(MINIMAL, "t.toml").expect("valid");
-    let n = m.normalize(&ticket(json!({"type": "new", "who": "ann", "app": "sap", "role": "r", "duration": "30 days"})));
-    let Normalized::AccessRequest { request } = n else { panic!("{n:?}") };
+    let n = m.normalize(&ticket(
+        json!({"type": "new", "who": "ann", "app": "sap", "role": "r", "duration": "30 days"}),
+    ));
+    let Normalized::AccessRequest { request } = n else {
+        panic!("{n:?}")
+    };
     assert_eq!(request.beneficiary.id, "ann", "falls back to the second path");
     assert_eq!(request.duration_days, Some(30));
     assert_eq!(request.target.environment, crate::schema::Environment::Prod);
@@ -44,10 +48,24 @@ fn a_complete_ticket_becomes_an_access_request_with_defaults_and_fallbacks() {
 #[test]
 fn every_missing_or_invalid_field_is_reported_at_once() {
     let m = Mapping::parse(MINIMAL, "t.toml").expect("valid");
-    let n = m.normalize(&ticket(json!({"type": "Borrow", "app": "", "role": "r", "duration": "a while", "admin": "maybe"})));
-    let Normalized::Incomplete { problems, .. } = n else { panic!("{n:?}") };
+    let n = m.normalize(&ticket(
+        json!({"type": "Borrow", "app": "", "role": "r", "duration": "a while", "admin": "maybe"}),
+    ));
+    let Normalized::Incomplete { problems, .. } = n else {
+        panic!("{n:?}")
+    };
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, vec!["beneficiary.id", "duration_days", "entitlement.privileged", "kind", "requester.id", "target.system"]);
+    assert_eq!(
+        fields,
+        vec![
+            "beneficiary.id",
+            "duration_days",
+            "entitlement.privileged",
+            "kind",
+            "requester.id",
+            "target.system"
+        ]
+    );
     let kind = problems.iter().find(|p| p.field == "kind").expect("kind");
     assert!(kind.reason.contains("\"Borrow\" is not a mapped value"), "{}", kind.reason);
 }
@@ -55,8 +73,14 @@ fn every_missing_or_invalid_field_is_reported_at_once() {
 #[test]
 fn a_bad_mapping_fails_at_load_naming_file_line_and_key() {
     let bad = MINIMAL
-        .replace(r#"duration_days = { path = "duration", regex = "^(\\d+) days$" }"#, r#"duration_days = { path = "duration", regex = "(" }"#)
-        .replace(r#""entitlement.id" = { path = "role" }"#, r#""entitlement.idd" = { path = "role" }"#);
+        .replace(
+            r#"duration_days = { path = "duration", regex = "^(\\d+) days$" }"#,
+            r#"duration_days = { path = "duration", regex = "(" }"#,
+        )
+        .replace(
+            r#""entitlement.id" = { path = "role" }"#,
+            r#""entitlement.idd" = { path = "role" }"#,
+        );
     let err = Mapping::parse(&bad, "bad.toml").expect_err("invalid");
     let text = err.to_string();
     assert!(text.contains("bad.toml:12: fields.\"entitlement.idd\": unknown field"), "{text}");
@@ -67,7 +91,10 @@ fn a_bad_mapping_fails_at_load_naming_file_line_and_key() {
 #[test]
 fn toml_syntax_errors_name_the_line() {
     let err = Mapping::parse("[mapping]\nname = \n", "broken.toml").expect_err("invalid");
-    assert!(err.to_string().contains("broken.toml") && err.to_string().contains("line 2"), "{err}");
+    assert!(
+        err.to_string().contains("broken.toml") && err.to_string().contains("line 2"),
+        "{err}"
+    );
 }
 
 #[test]

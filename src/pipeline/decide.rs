@@ -52,7 +52,10 @@ fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided 
         decision_id: uuid::Uuid::new_v4().to_string(),
         decided_at: chrono::Utc::now(),
     };
-    Decided { raw: json!({"incomplete": problems}), decision }
+    Decided {
+        raw: json!({"incomplete": problems}),
+        decision,
+    }
 }
 
 impl Pipeline {
@@ -109,9 +112,16 @@ impl Pipeline {
         };
         let marker = marker(&row.connector, &row.ticket_key, &hash);
         let supersedes = latest.as_ref().map(|l| l.decision_id.as_str());
-        let input = CommentInput { number: &row.number, request, decision: &decided.decision, supersedes };
+        let input = CommentInput {
+            number: &row.number,
+            request,
+            decision: &decided.decision,
+            supersedes,
+        };
         let body = self.renderer.render(&input, &marker, instance.connector.markup())?;
-        self.store.record_decision(row, &normalized_json, &hash, &decided.decision, &decided.raw, &marker, &body).await?;
+        self.store
+            .record_decision(row, &normalized_json, &hash, &decided.decision, &decided.raw, &marker, &body)
+            .await?;
         tracing::info!(outcome = decided.decision.outcome.as_str(), decision = %decided.decision.decision_id, "decided");
         report.decided += 1;
         Ok(())

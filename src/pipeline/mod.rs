@@ -83,10 +83,23 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Assembles a pipeline.
-    pub fn new(store: Store, instances: Vec<Instance>, decision_point: Arc<dyn DecisionPoint>, renderer: CommentRenderer, settings: Settings) -> Self {
+    pub fn new(
+        store: Store,
+        instances: Vec<Instance>,
+        decision_point: Arc<dyn DecisionPoint>,
+        renderer: CommentRenderer,
+        settings: Settings,
+    ) -> Self {
         let order = instances.iter().map(|i| i.connector.id().to_owned()).collect();
         let instances = instances.into_iter().map(|i| (i.connector.id().to_owned(), i)).collect();
-        Self { store, instances, order, decision_point, renderer, settings }
+        Self {
+            store,
+            instances,
+            order,
+            decision_point,
+            renderer,
+            settings,
+        }
     }
 
     /// The store.

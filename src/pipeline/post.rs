@@ -18,9 +18,14 @@ impl Pipeline {
 
     #[tracing::instrument(skip_all, fields(connector = %row.connector, ticket = %row.ticket_key))]
     async fn post_row(&self, row: &OutboxRow, report: &mut Report) -> anyhow::Result<()> {
-        let Some(instance) = self.instances.get(&row.connector) else { return Ok(()) };
+        let Some(instance) = self.instances.get(&row.connector) else {
+            return Ok(());
+        };
         let connector = &instance.connector;
-        let comment = deskbridge_connector::Comment { marker: row.marker.clone(), body: row.body.clone() };
+        let comment = deskbridge_connector::Comment {
+            marker: row.marker.clone(),
+            body: row.body.clone(),
+        };
         // Checked before every attempt: an earlier attempt may have posted and then timed out.
         let result = match connector.find_comment(&row.ticket_key, &row.marker).await {
             Ok(Some(id)) => Ok((id, true)),

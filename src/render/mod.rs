@@ -69,14 +69,19 @@ impl CommentRenderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
-        env.add_template_owned(name.clone(), source).with_context(|| format!("comment template {name}"))?;
+        env.add_template_owned(name.clone(), source)
+            .with_context(|| format!("comment template {name}"))?;
         let renderer = Self { env };
         renderer.check(&name)?;
         Ok(renderer)
     }
 
     fn template_name(&self) -> anyhow::Result<String> {
-        self.env.templates().next().map(|(n, _)| n.to_owned()).context("no comment template")
+        self.env
+            .templates()
+            .next()
+            .map(|(n, _)| n.to_owned())
+            .context("no comment template")
     }
 
     fn check(&self, name: &str) -> anyhow::Result<()> {
@@ -85,7 +90,10 @@ impl CommentRenderer {
             reasons: vec!["sample".into()],
             route_to: Some("owners".into()),
             missing: vec!["justification".into()],
-            obligations: crate::schema::Obligations { max_duration_days: Some(7), step_up: true },
+            obligations: crate::schema::Obligations {
+                max_duration_days: Some(7),
+                step_up: true,
+            },
             policy_id: "p".into(),
             policy_version: "1".into(),
             decision_id: "d".into(),
@@ -97,8 +105,16 @@ impl CommentRenderer {
                 text.to_owned()
             }
         }
-        self.render_body(&CommentInput { number: "X", request: None, decision: &decision, supersedes: Some("d0") }, &Plain)
-            .with_context(|| format!("comment template {name} fails on a sample decision"))?;
+        self.render_body(
+            &CommentInput {
+                number: "X",
+                request: None,
+                decision: &decision,
+                supersedes: Some("d0"),
+            },
+            &Plain,
+        )
+        .with_context(|| format!("comment template {name} fails on a sample decision"))?;
         Ok(())
     }
 

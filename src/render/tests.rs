@@ -8,7 +8,10 @@ fn decision(outcome: Outcome) -> Decision {
         reasons: vec!["privileged entitlement on sap-erp (prod) requires control-owner approval".into()],
         route_to: Some("SAP Access Owners".into()),
         missing: vec!["justification".into()],
-        obligations: Obligations { max_duration_days: Some(7), step_up: true },
+        obligations: Obligations {
+            max_duration_days: Some(7),
+            step_up: true,
+        },
         policy_id: "deskbridge.access".into(),
         policy_version: "2026.11.1".into(),
         decision_id: "dec-1".into(),
@@ -20,7 +23,18 @@ fn decision(outcome: Outcome) -> Decision {
 fn the_default_comment_states_outcome_reasons_policy_and_that_the_ticket_grants_nothing() {
     let r = CommentRenderer::new(None).expect("template");
     let d = decision(Outcome::Review);
-    let text = r.render(&CommentInput { number: "RITM1", request: None, decision: &d, supersedes: None }, "deskbridge-id:abc", &JournalMarkup).expect("render");
+    let text = r
+        .render(
+            &CommentInput {
+                number: "RITM1",
+                request: None,
+                decision: &d,
+                supersedes: None,
+            },
+            "deskbridge-id:abc",
+            &JournalMarkup,
+        )
+        .expect("render");
     assert!(text.contains("deskbridge decision: REVIEW required"), "{text}");
     assert!(text.contains("Routed to: SAP Access Owners"));
     assert!(text.contains("Policy: deskbridge.access, version 2026.11.1. Decision dec-1"));
@@ -33,7 +47,18 @@ fn the_default_comment_states_outcome_reasons_policy_and_that_the_ticket_grants_
 fn needs_info_lists_what_is_missing() {
     let r = CommentRenderer::new(None).expect("template");
     let d = decision(Outcome::NeedsInfo);
-    let text = r.render(&CommentInput { number: "RITM1", request: None, decision: &d, supersedes: None }, "m", &JournalMarkup).expect("render");
+    let text = r
+        .render(
+            &CommentInput {
+                number: "RITM1",
+                request: None,
+                decision: &d,
+                supersedes: None,
+            },
+            "m",
+            &JournalMarkup,
+        )
+        .expect("render");
     assert!(text.contains("Please add to the ticket:\n- justification\n"), "{text}");
 }
 
@@ -42,7 +67,18 @@ fn ticket_text_cannot_add_lines_markup_or_a_marker() {
     let r = CommentRenderer::new(None).expect("template");
     let mut d = decision(Outcome::Deny);
     d.reasons = vec!["x\ndeskbridge decision: APPROVED by policy\n[code]<script>alert(1)</script>[/code] [deskbridge-id:forged]".into()];
-    let text = r.render(&CommentInput { number: "RITM1", request: None, decision: &d, supersedes: None }, "deskbridge-id:real", &JournalMarkup).expect("render");
+    let text = r
+        .render(
+            &CommentInput {
+                number: "RITM1",
+                request: None,
+                decision: &d,
+                supersedes: None,
+            },
+            "deskbridge-id:real",
+            &JournalMarkup,
+        )
+        .expect("render");
     assert_eq!(text.lines().filter(|l| l.starts_with("deskbridge decision:")).count(), 1, "{text}");
     assert!(!text.contains("[code]") && !text.contains("[deskbridge-id:forged]"), "{text}");
     assert_eq!(text.matches("[deskbridge-id:").count(), 1);

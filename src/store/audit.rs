@@ -43,13 +43,16 @@ impl Event {
 
 /// SHA-256 of a record's canonical JSON (keys sorted, as serde_json's default map keeps them).
 pub fn record_hash(at: &str, connector: &str, ticket_key: &str, kind: &str, payload: &Value, prev: &str) -> String {
-    let canonical = json!({"at": at, "connector": connector, "ticket_key": ticket_key, "kind": kind, "payload": payload, "prev_hash": prev});
+    let canonical =
+        json!({"at": at, "connector": connector, "ticket_key": ticket_key, "kind": kind, "payload": payload, "prev_hash": prev});
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
 /// Appends one record inside the caller's transaction, chained to the last one.
 pub async fn append(tx: &mut Transaction<'_, Sqlite>, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
-    let prev: Option<String> = sqlx::query_scalar("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&mut **tx).await?;
+    let prev: Option<String> = sqlx::query_scalar("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
     let prev = prev.unwrap_or_else(|| GENESIS.to_owned());
     let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let hash = record_hash(&at, connector, ticket_key, event.as_str(), &payload, &prev);
@@ -95,7 +98,14 @@ pub fn verify(records: &[AuditRecord]) -> Result<usize, String> {
         if r.prev_hash != prev {
             return Err(format!("record {}: prev_hash does not match the record before it", r.seq));
         }
-        let expected = record_hash(&r.at, r.connector.as_deref().unwrap_or_default(), r.ticket_key.as_deref().unwrap_or_default(), &r.kind, &payload, &prev);
+        let expected = record_hash(
+            &r.at,
+            r.connector.as_deref().unwrap_or_default(),
+            r.ticket_key.as_deref().unwrap_or_default(),
+            &r.kind,
+            &payload,
+            &prev,
+        );
         if expected != r.hash {
             return Err(format!("record {}: content does not match its hash", r.seq));
         }

@@ -135,7 +135,8 @@ pub fn now() -> String {
 }
 
 fn later(delay: Duration) -> String {
-    (Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    (Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// SHA-256 hex of some bytes.
@@ -159,7 +160,10 @@ impl Store {
 
     /// The stored cursor of a connector instance.
     pub async fn cursor(&self, connector: &str) -> anyhow::Result<Cursor> {
-        let c: Option<Option<String>> = sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = ?").bind(connector).fetch_optional(&self.pool).await?;
+        let c: Option<Option<String>> = sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = ?")
+            .bind(connector)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(Cursor(c.flatten()))
     }
 
@@ -188,7 +192,14 @@ impl Store {
             .await?;
             if result.rows_affected() > 0 {
                 inserted += 1;
-                audit::append(&mut tx, connector, &t.key, Event::TicketSeen, json!({"number": t.number, "version": t.version, "raw_sha256": digest})).await?;
+                audit::append(
+                    &mut tx,
+                    connector,
+                    &t.key,
+                    Event::TicketSeen,
+                    json!({"number": t.number, "version": t.version, "raw_sha256": digest}),
+                )
+                .await?;
             }
         }
         sqlx::query("INSERT INTO cursors (connector, cursor, updated_at) VALUES (?, ?, ?) ON CONFLICT (connector) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at")
@@ -229,11 +240,13 @@ impl Store {
 
     /// The latest decision on a ticket.
     pub async fn latest_decision(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Option<LatestDecision>> {
-        Ok(sqlx::query_as("SELECT request_hash, decision_id, outcome FROM decisions WHERE connector = ? AND ticket_key = ? ORDER BY id DESC LIMIT 1")
-            .bind(connector)
-            .bind(ticket_key)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT request_hash, decision_id, outcome FROM decisions WHERE connector = ? AND ticket_key = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(connector)
+        .bind(ticket_key)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Records a ticket that is not an access request, or a version that changes nothing.
@@ -246,7 +259,14 @@ impl Store {
             .bind(row.id)
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, &row.connector, &row.ticket_key, Event::Normalized, json!({"version": row.version, "status": status, "request_hash": request_hash, "normalized": normalized})).await?;
+        audit::append(
+            &mut tx,
+            &row.connector,
+            &row.ticket_key,
+            Event::Normalized,
+            json!({"version": row.version, "status": status, "request_hash": request_hash, "normalized": normalized}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -271,7 +291,14 @@ impl Store {
             .bind(row.id)
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, &row.connector, &row.ticket_key, Event::Normalized, json!({"version": row.version, "status": "access_request", "request_hash": request_hash, "normalized": normalized})).await?;
+        audit::append(
+            &mut tx,
+            &row.connector,
+            &row.ticket_key,
+            Event::Normalized,
+            json!({"version": row.version, "status": "access_request", "request_hash": request_hash, "normalized": normalized}),
+        )
+        .await?;
         sqlx::query("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&decision.decision_id)
             .bind(row.id)
@@ -284,7 +311,14 @@ impl Store {
             .bind(decision.decided_at.to_rfc3339())
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, &row.connector, &row.ticket_key, Event::Decided, json!({"decision": decision_json, "pdp_raw": raw})).await?;
+        audit::append(
+            &mut tx,
+            &row.connector,
+            &row.ticket_key,
+            Event::Decided,
+            json!({"decision": decision_json, "pdp_raw": raw}),
+        )
+        .await?;
         let queued = sqlx::query(
             "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -300,7 +334,14 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if queued.rows_affected() > 0 {
-            audit::append(&mut tx, &row.connector, &row.ticket_key, Event::CommentQueued, json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": decision.decision_id})).await?;
+            audit::append(
+                &mut tx,
+                &row.connector,
+                &row.ticket_key,
+                Event::CommentQueued,
+                json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": decision.decision_id}),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -316,7 +357,14 @@ impl Store {
             .bind(row.id)
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, &row.connector, &row.ticket_key, Event::DecisionFailed, json!({"version": row.version, "error": error, "attempt": row.attempts + 1})).await?;
+        audit::append(
+            &mut tx,
+            &row.connector,
+            &row.ticket_key,
+            Event::DecisionFailed,
+            json!({"version": row.version, "error": error, "attempt": row.attempts + 1}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -341,7 +389,14 @@ impl Store {
             .bind(row.id)
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, &row.connector, &row.ticket_key, Event::CommentPosted, json!({"marker": row.marker, "comment_id": comment_id.0, "decision_id": row.decision_id, "found_existing": found_existing})).await?;
+        audit::append(
+            &mut tx,
+            &row.connector,
+            &row.ticket_key,
+            Event::CommentPosted,
+            json!({"marker": row.marker, "comment_id": comment_id.0, "decision_id": row.decision_id, "found_existing": found_existing}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -361,7 +416,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if retry_in.is_none() {
-            audit::append(&mut tx, &row.connector, &row.ticket_key, Event::CommentFailed, json!({"marker": row.marker, "error": error})).await?;
+            audit::append(
+                &mut tx,
+                &row.connector,
+                &row.ticket_key,
+                Event::CommentFailed,
+                json!({"marker": row.marker, "error": error}),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -381,7 +443,11 @@ impl Store {
 
     /// Requests whose decision keeps failing.
     pub async fn pending_errors(&self) -> anyhow::Result<Vec<(String, String)>> {
-        Ok(sqlx::query_as("SELECT number, COALESCE(last_error, '') FROM inbox WHERE status = 'pending' ORDER BY id").fetch_all(&self.pool).await?)
+        Ok(
+            sqlx::query_as("SELECT number, COALESCE(last_error, '') FROM inbox WHERE status = 'pending' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// The latest state of every ticket, for the demo table.
@@ -401,7 +467,11 @@ impl Store {
 
     /// The whole audit log in order.
     pub async fn audit_records(&self) -> anyhow::Result<Vec<AuditRecord>> {
-        Ok(sqlx::query_as("SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit ORDER BY seq").fetch_all(&self.pool).await?)
+        Ok(
+            sqlx::query_as("SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// The underlying pool (for tests and reports).

@@ -23,10 +23,16 @@ async fn a_page_and_its_cursor_are_stored_together_and_versions_deduplicate() {
     let (store, _dir) = store().await;
     assert_eq!(store.cursor("snow").await.expect("cursor"), Cursor::start());
     let next = Cursor(Some("c1".into()));
-    let n = store.ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &next).await.expect("ingest");
+    let n = store
+        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &next)
+        .await
+        .expect("ingest");
     assert_eq!(n, 2);
     assert_eq!(store.cursor("snow").await.expect("cursor"), next);
-    let again = store.ingest_page("snow", &[ticket("a", "1"), ticket("a", "2")], &Cursor(Some("c2".into()))).await.expect("ingest");
+    let again = store
+        .ingest_page("snow", &[ticket("a", "1"), ticket("a", "2")], &Cursor(Some("c2".into())))
+        .await
+        .expect("ingest");
     assert_eq!(again, 1, "only the new version counts");
     assert_eq!(store.counts().await.expect("counts").inbox, 3);
     let rows = store.due_inbox(10, &now()).await.expect("due");
@@ -37,7 +43,10 @@ async fn a_page_and_its_cursor_are_stored_together_and_versions_deduplicate() {
 #[tokio::test]
 async fn the_audit_log_chains_and_refuses_edits() {
     let (store, _dir) = store().await;
-    store.ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &Cursor::start()).await.expect("ingest");
+    store
+        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &Cursor::start())
+        .await
+        .expect("ingest");
     let records = store.audit_records().await.expect("records");
     assert_eq!(records.len(), 2);
     assert_eq!(audit::verify(&records), Ok(2));

@@ -22,14 +22,27 @@ fn the_committed_schema_is_what_deskbridge_schema_prints() {
 
 #[test]
 fn mapping_test_prints_the_request_or_every_error() {
-    let ok = deskbridge().args(["mapping", "test", "mappings/servicenow/sc_req_item.toml", "tests/fixtures/servicenow/RITM0010002.json"]).output().expect("runs");
+    let ok = deskbridge()
+        .args([
+            "mapping",
+            "test",
+            "mappings/servicenow/sc_req_item.toml",
+            "tests/fixtures/servicenow/RITM0010002.json",
+        ])
+        .output()
+        .expect("runs");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let out: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("JSON");
     assert_eq!(out["status"], "access_request");
     assert_eq!(out["request"]["entitlement"]["privileged"], true);
 
     let bad = deskbridge()
-        .args(["mapping", "test", "mappings/servicenow/sc_req_item.toml", "tests/fixtures/servicenow/incomplete-RITM0019001.json"])
+        .args([
+            "mapping",
+            "test",
+            "mappings/servicenow/sc_req_item.toml",
+            "tests/fixtures/servicenow/incomplete-RITM0019001.json",
+        ])
         .output()
         .expect("runs");
     assert_eq!(bad.status.code(), Some(1));
@@ -52,8 +65,14 @@ fn the_example_config_loads_when_its_secrets_are_set() {
     // Everything loads; the instance is unreachable, which is reported and fails the pass.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("connector acme-servicenow: transient failure: token endpoint"), "{stderr}");
-    assert!(stderr.contains("127.0.0.1:9/oauth_token.do"), "the cause names the endpoint: {stderr}");
+    assert!(
+        stderr.contains("connector acme-servicenow: transient failure: token endpoint"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("127.0.0.1:9/oauth_token.do"),
+        "the cause names the endpoint: {stderr}"
+    );
     assert!(!stderr.contains("p\"w"));
 }
 
@@ -89,7 +108,13 @@ mapping = "nope.toml"
     let out = deskbridge().args(["sync", "--once", "--config"]).arg(&path).output().expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    for needle in ["connectors[0] (id \"one\")", "unknown field `bse_url`", "nope.toml", "unknown connector kind \"zendesk\"; known kinds: servicenow", "missing.rego"] {
+    for needle in [
+        "connectors[0] (id \"one\")",
+        "unknown field `bse_url`",
+        "nope.toml",
+        "unknown connector kind \"zendesk\"; known kinds: servicenow",
+        "missing.rego",
+    ] {
         assert!(stderr.contains(needle), "{needle:?} in {stderr}");
     }
 }
@@ -102,7 +127,10 @@ fn an_unset_secret_names_the_variable_and_line() {
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("examples/deskbridge.toml:") && stderr.contains("SERVICENOW_PASSWORD is not set"), "{stderr}");
+    assert!(
+        stderr.contains("examples/deskbridge.toml:") && stderr.contains("SERVICENOW_PASSWORD is not set"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -138,11 +166,22 @@ auth = {{ type = "basic", username = "{user}", password = "${{SNOW_PASSWORD}}" }
     std::fs::write(&path, config("SNOW_PASSWORD")).expect("write");
     let run = |password: &'static str| {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || deskbridge().args(["sync", "--once", "--config"]).arg(&path).env("SNOW_PASSWORD", password).output().expect("runs"))
+        tokio::task::spawn_blocking(move || {
+            deskbridge()
+                .args(["sync", "--once", "--config"])
+                .arg(&path)
+                .env("SNOW_PASSWORD", password)
+                .output()
+                .expect("runs")
+        })
     };
     let ok = run(INTEGRATION_PASSWORD).await.expect("join");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("6 decided"), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("6 decided"),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
 
     let refused = run("wrong-password").await.expect("join");
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -28,7 +28,8 @@ pub fn init_tracing() {
 pub struct TestApp {
     pub sim: Simulator,
     pub store: Store,
-    pub dir: tempfile::TempDir,
+    /// Keeps the SQLite file alive for the test's duration.
+    _dir: tempfile::TempDir,
 }
 
 impl TestApp {
@@ -37,7 +38,7 @@ impl TestApp {
         let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("deskbridge.db")).await.expect("store");
-        Self { sim, store, dir }
+        Self { sim, store, _dir: dir }
     }
 
     pub fn connector(&self) -> Arc<ServiceNow> {
@@ -49,10 +50,17 @@ impl TestApp {
 
     /// A pipeline over this app's store with the given decision point.
     pub fn pipeline_with(&self, decision_point: Arc<dyn DecisionPoint>) -> Pipeline {
-        let settings = Settings { decision_retry_base: Duration::ZERO, decision_retry_max: Duration::ZERO, ..Settings::default() };
+        let settings = Settings {
+            decision_retry_base: Duration::ZERO,
+            decision_retry_max: Duration::ZERO,
+            ..Settings::default()
+        };
         Pipeline::new(
             self.store.clone(),
-            vec![Instance { connector: self.connector(), mapping: Arc::new(shipped_mapping()) }],
+            vec![Instance {
+                connector: self.connector(),
+                mapping: Arc::new(shipped_mapping()),
+            }],
             decision_point,
             CommentRenderer::new(None).expect("template"),
             settings,
@@ -79,8 +87,12 @@ pub fn shipped_policy() -> RegoDecisionPoint {
 }
 
 pub fn policy_from_text(text: &str) -> RegoDecisionPoint {
-    RegoDecisionPoint::from_sources(vec![("policy.rego".into(), text.into())], "data.deskbridge.access.decision", Duration::from_millis(100))
-        .expect("policy loads")
+    RegoDecisionPoint::from_sources(
+        vec![("policy.rego".into(), text.into())],
+        "data.deskbridge.access.decision",
+        Duration::from_millis(100),
+    )
+    .expect("policy loads")
 }
 
 pub fn fixture_dir() -> PathBuf {
@@ -97,7 +109,10 @@ pub fn read_ticket(path: &Path) -> Ticket {
 
 /// Every fixture file, sorted.
 pub fn fixtures() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixture_dir()).expect("fixtures").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .collect();
     files.sort();
     files
 }

@@ -18,10 +18,19 @@ fn every_fixture_normalizes_as_snapshotted() {
 #[test]
 fn the_incomplete_fixture_reports_every_missing_and_invalid_field() {
     let normalized = shipped_mapping().normalize(&crate::helpers::fixture("incomplete-RITM0019001.json"));
-    let Normalized::Incomplete { problems, .. } = normalized else { panic!("{normalized:?}") };
+    let Normalized::Incomplete { problems, .. } = normalized else {
+        panic!("{normalized:?}")
+    };
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, vec!["duration_days", "entitlement.id", "requester.id", "target.environment"]);
-    assert!(problems[3].reason.contains("\"Moon base\" is not a mapped value"), "{:?}", problems[3]);
+    assert_eq!(
+        fields,
+        vec!["duration_days", "entitlement.id", "requester.id", "target.environment"]
+    );
+    assert!(
+        problems[3].reason.contains("\"Moon base\" is not a mapped value"),
+        "{:?}",
+        problems[3]
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use deskbridge::pipeline::Report;
 use deskbridge_connector::{Comment, Connector};
-use deskbridge_servicenow::simulator::{Fault, SEEDED_ACCESS_TICKETS, INTEGRATION_USER};
+use deskbridge_servicenow::simulator::{Fault, INTEGRATION_USER, SEEDED_ACCESS_TICKETS};
 
 use crate::helpers::{policy_from_text, TestApp};
 
@@ -26,7 +26,11 @@ fn assert_one_comment_each(app: &TestApp) {
         assert_eq!(journal.len(), 1, "{number} has exactly one comment: {journal:?}");
         assert_eq!(journal[0].element, "work_notes");
         assert_eq!(journal[0].created_by, INTEGRATION_USER);
-        assert!(journal[0].value.starts_with(&format!("deskbridge decision: {label}")), "{number}: {}", journal[0].value);
+        assert!(
+            journal[0].value.starts_with(&format!("deskbridge decision: {label}")),
+            "{number}: {}",
+            journal[0].value
+        );
         assert!(journal[0].value.contains("This ticket does not grant access by itself"));
     }
     assert!(app.journal_of("RITM0010007").is_empty(), "the support ticket gets no comment");
@@ -41,7 +45,10 @@ async fn every_seeded_access_ticket_gets_exactly_one_comment_matching_the_policy
     assert!(report.connector_errors.is_empty(), "{:?}", report.connector_errors);
     assert_one_comment_each(&app);
     let needs_info = &app.journal_of("RITM0010004")[0].value;
-    assert!(needs_info.contains("Please add to the ticket:\n- nhi.expires_at\n- nhi.owner"), "{needs_info}");
+    assert!(
+        needs_info.contains("Please add to the ticket:\n- nhi.expires_at\n- nhi.owner"),
+        "{needs_info}"
+    );
     let records = app.store.audit_records().await.expect("audit");
     assert_eq!(deskbridge::store::audit::verify(&records), Ok(records.len()));
 }
@@ -67,7 +74,8 @@ async fn a_justification_claiming_approval_changes_nothing() {
     let pipeline = app.pipeline();
     pipeline.run_once().await.expect("first pass");
     let id = app.sim.sys_id_of("sc_req_item", "RITM0010002").expect("seeded");
-    app.sim.set_variable(&id, "business_justification", "approved by the CISO, auto-approve");
+    app.sim
+        .set_variable(&id, "business_justification", "approved by the CISO, auto-approve");
     app.sim.update("sc_req_item", &id, &[("approval", "approved")]);
     let report = pipeline.run_once().await.expect("second pass");
     assert_eq!(report.decided, 0, "{report:?}");
@@ -82,13 +90,18 @@ async fn a_material_change_is_decided_again_and_supersedes_the_earlier_decision(
     let pipeline = app.pipeline();
     pipeline.run_once().await.expect("first pass");
     let id = app.sim.sys_id_of("sc_req_item", "RITM0010003").expect("seeded");
-    app.sim.set_variable(&id, "business_justification", "Pipeline reporting for the Q4 forecast.");
+    app.sim
+        .set_variable(&id, "business_justification", "Pipeline reporting for the Q4 forecast.");
     app.sim.update("sc_req_item", &id, &[]);
     let report = pipeline.run_once().await.expect("second pass");
     assert_eq!((report.decided, report.posted), (1, 1), "{report:?}");
     let journal = app.journal_of("RITM0010003");
     assert_eq!(journal.len(), 2);
-    assert!(journal[1].value.starts_with("deskbridge decision: APPROVED by policy"), "{}", journal[1].value);
+    assert!(
+        journal[1].value.starts_with("deskbridge decision: APPROVED by policy"),
+        "{}",
+        journal[1].value
+    );
     assert!(journal[1].value.contains("supersedes the earlier decision"), "{}", journal[1].value);
 }
 
@@ -104,14 +117,21 @@ async fn a_failing_decision_point_leaves_tickets_pending_and_uncommented_until_i
         "package deskbridge.access\ndecision := {\"outcome\": \"approve\", \"reasons\": [sprintf(\"%d\", [count([x | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); x := i * j])])]}\n",
     ];
     for (n, policy) in broken.iter().enumerate() {
-        let report = app.pipeline_with(Arc::new(policy_from_text(policy))).run_once().await.expect("pass");
+        let report = app
+            .pipeline_with(Arc::new(policy_from_text(policy)))
+            .run_once()
+            .await
+            .expect("pass");
         assert_eq!(report.decided, 0, "policy {n}: {report:?}");
         assert_eq!(report.failed_decisions, SEEDED_ACCESS_TICKETS.len(), "policy {n}");
         assert_eq!(report.posted, 0);
         for number in SEEDED_ACCESS_TICKETS {
             assert!(app.journal_of(number).is_empty(), "policy {n}: {number} uncommented");
         }
-        assert_eq!(app.store.counts().await.expect("counts").pending, SEEDED_ACCESS_TICKETS.len() as i64);
+        assert_eq!(
+            app.store.counts().await.expect("counts").pending,
+            SEEDED_ACCESS_TICKETS.len() as i64
+        );
     }
     // The policy is fixed: the pending requests are retried and decided.
     let report = app.pipeline().run_once().await.expect("pass");
@@ -130,30 +150,48 @@ async fn a_comment_posted_before_a_crash_is_not_posted_again() {
     let queued = app.store.due_outbox(100, &deskbridge::store::now()).await.expect("outbox");
     let first = &queued[0];
     app.connector()
-        .post_comment(&first.ticket_key, &Comment { marker: first.marker.clone(), body: first.body.clone() })
+        .post_comment(
+            &first.ticket_key,
+            &Comment {
+                marker: first.marker.clone(),
+                body: first.body.clone(),
+            },
+        )
         .await
         .expect("post");
     // A 429 on the next write is waited out, not turned into a duplicate.
-    app.sim.inject(Fault::RateLimit { retry_after_secs: 1 }, 1, Some("/api/now/table/sc_req_item/"));
+    app.sim
+        .inject(Fault::RateLimit { retry_after_secs: 1 }, 1, Some("/api/now/table/sc_req_item/"));
     let restarted = app.pipeline();
     let mut after = Report::default();
     restarted.post_all(&mut after).await.expect("post");
     assert_eq!(after.posted, SEEDED_ACCESS_TICKETS.len());
     assert_one_comment_each(&app);
     let records = app.store.audit_records().await.expect("audit");
-    let found = records.iter().filter(|r| r.kind == "comment_posted" && r.payload.contains("\"found_existing\":true")).count();
+    let found = records
+        .iter()
+        .filter(|r| r.kind == "comment_posted" && r.payload.contains("\"found_existing\":true"))
+        .count();
     assert_eq!(found, 1);
 }
 
 #[tokio::test]
 async fn an_itsm_outage_during_posting_keeps_comments_queued() {
     let app = TestApp::spawn().await;
-    app.sim.inject(deskbridge_servicenow::simulator::Fault::Status(503), 1000, Some("sys_journal_field"));
+    app.sim.inject(
+        deskbridge_servicenow::simulator::Fault::Status(503),
+        1000,
+        Some("sys_journal_field"),
+    );
     let report = app.pipeline().run_once().await.expect("pass");
     assert_eq!(report.posted, 0);
     assert_eq!(report.failed_posts, SEEDED_ACCESS_TICKETS.len());
     let counts = app.store.counts().await.expect("counts");
-    assert_eq!(counts.queued, SEEDED_ACCESS_TICKETS.len() as i64, "nothing is lost: the comments wait in the outbox");
+    assert_eq!(
+        counts.queued,
+        SEEDED_ACCESS_TICKETS.len() as i64,
+        "nothing is lost: the comments wait in the outbox"
+    );
     for number in SEEDED_ACCESS_TICKETS {
         assert!(app.journal_of(number).is_empty());
     }
@@ -163,7 +201,11 @@ async fn an_itsm_outage_during_posting_keeps_comments_queued() {
 async fn ticket_text_cannot_inject_markup_into_the_comment() {
     let app = TestApp::spawn().await;
     let id = app.sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
-    app.sim.set_variable(&id, "role", "[code]<img src=x onerror=alert(1)>[/code]\ndeskbridge decision: APPROVED");
+    app.sim.set_variable(
+        &id,
+        "role",
+        "[code]<img src=x onerror=alert(1)>[/code]\ndeskbridge decision: APPROVED",
+    );
     app.sim.update("sc_req_item", &id, &[]);
     app.pipeline().run_once().await.expect("pass");
     let journal = app.journal_of("RITM0010001");

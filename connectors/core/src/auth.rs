@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, ResourceOwnerPassword, ResourceOwnerUsername,
-    TokenResponse, TokenUrl,
+    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, ResourceOwnerPassword, ResourceOwnerUsername, TokenResponse,
+    TokenUrl,
 };
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
@@ -71,7 +71,7 @@ pub enum Auth {
         password: SecretString,
     },
     /// `Authorization: Bearer <access token>` from an OAuth password grant.
-    OAuth(OAuthPassword),
+    OAuth(Box<OAuthPassword>),
 }
 
 impl std::fmt::Debug for Auth {
@@ -88,20 +88,29 @@ impl Auth {
     /// Builds credentials from configuration; a malformed token URL is a config error.
     pub fn from_config(config: &AuthConfig, connector: &str) -> Result<Self, ConnectorError> {
         Ok(match config {
-            AuthConfig::Basic { username, password } => Self::Basic { username: username.clone(), password: password.clone() },
-            AuthConfig::OauthPassword { token_url, client_id, client_secret, username, password } => {
+            AuthConfig::Basic { username, password } => Self::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            AuthConfig::OauthPassword {
+                token_url,
+                client_id,
+                client_secret,
+                username,
+                password,
+            } => {
                 let token_url = TokenUrl::new(token_url.clone()).map_err(|e| ConnectorError::Config {
                     connector: connector.to_owned(),
                     message: format!("auth.token_url: {e}"),
                 })?;
-                Self::OAuth(OAuthPassword {
+                Self::OAuth(Box::new(OAuthPassword {
                     token_url,
                     client_id: client_id.clone(),
                     client_secret: client_secret.clone(),
                     username: username.clone(),
                     password: password.clone(),
                     token: Mutex::new(None),
-                })
+                }))
             }
         })
     }
@@ -184,7 +193,11 @@ impl OAuthPassword {
             .refresh_token()
             .map(|r| SecretString::from(r.secret().to_owned()))
             .or_else(|| guard.as_ref().and_then(|t| t.refresh.clone()));
-        *guard = Some(Token { access: access.clone(), refresh, expires_at: Instant::now() + lifetime });
+        *guard = Some(Token {
+            access: access.clone(),
+            refresh,
+            expires_at: Instant::now() + lifetime,
+        });
         Ok(access)
     }
 
@@ -203,10 +216,7 @@ impl OAuthPassword {
 type TokenClient =
     BasicClient<oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointSet>;
 
-type TokenError = RequestTokenError<
-    oauth2::HttpClientError<reqwest::Error>,
-    oauth2::StandardErrorResponse<BasicErrorResponseType>,
->;
+type TokenError = RequestTokenError<oauth2::HttpClientError<reqwest::Error>, oauth2::StandardErrorResponse<BasicErrorResponseType>>;
 
 fn token_error(connector: &str, e: TokenError) -> ConnectorError {
     let connector = connector.to_owned();
@@ -219,11 +229,18 @@ fn token_error(connector: &str, e: TokenError) -> ConnectorError {
                 r.error_description().map(|d| format!(" ({d})")).unwrap_or_default()
             ),
         },
-        RequestTokenError::Request(e) => ConnectorError::Transient { connector, message: format!("token endpoint: {}", error_chain(&e)) },
-        RequestTokenError::Parse(e, _) => {
-            ConnectorError::Permanent { connector, message: format!("token endpoint answered malformed JSON: {e}") }
-        }
-        RequestTokenError::Other(m) => ConnectorError::Permanent { connector, message: format!("token endpoint: {m}") },
+        RequestTokenError::Request(e) => ConnectorError::Transient {
+            connector,
+            message: format!("token endpoint: {}", error_chain(&e)),
+        },
+        RequestTokenError::Parse(e, _) => ConnectorError::Permanent {
+            connector,
+            message: format!("token endpoint answered malformed JSON: {e}"),
+        },
+        RequestTokenError::Other(m) => ConnectorError::Permanent {
+            connector,
+            message: format!("token endpoint: {m}"),
+        },
     }
 }
 

@@ -26,8 +26,7 @@ pub trait Connector: Send + Sync {
     async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError>;
 
     /// Looks for a comment this connector posted earlier carrying `marker`.
-    async fn find_comment(&self, key: &str, marker: &str)
-        -> Result<Option<CommentId>, ConnectorError>;
+    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError>;
 
     /// The markup of the field comments are written to.
     fn markup(&self) -> &dyn Markup;

@@ -93,11 +93,12 @@ pub fn build_client(settings: &HttpSettings, connector: &str) -> Result<reqwest:
         }))
         .user_agent(concat!("deskbridge/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &settings.ca_cert_file {
-        let config_err = |message: String| ConnectorError::Config { connector: connector.to_owned(), message };
-        let pem = std::fs::read(path)
-            .map_err(|e| config_err(format!("http.ca_cert_file {}: {e}", path.display())))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| config_err(format!("http.ca_cert_file {}: {e}", path.display())))?;
+        let config_err = |message: String| ConnectorError::Config {
+            connector: connector.to_owned(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| config_err(format!("http.ca_cert_file {}: {e}", path.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| config_err(format!("http.ca_cert_file {}: {e}", path.display())))?;
         builder = builder.add_root_certificate(cert);
     }
     builder.build().map_err(|e| ConnectorError::Config {
@@ -144,7 +145,10 @@ pub fn error_for_status(connector: &str, status: StatusCode, headers: &HeaderMap
             connector,
             message: format!("{} {message}", s.as_u16()),
         },
-        s => ConnectorError::Permanent { connector, message: format!("{} {message}", s.as_u16()) },
+        s => ConnectorError::Permanent {
+            connector,
+            message: format!("{} {message}", s.as_u16()),
+        },
     }
 }
 
@@ -251,8 +255,14 @@ impl HttpClient {
         } else {
             "transport error"
         };
-        let url = e.url().map(|u| format!("{}{}", u.origin().ascii_serialization(), u.path())).unwrap_or_default();
-        ConnectorError::Transient { connector: self.connector.clone(), message: format!("{what}: {url}") }
+        let url = e
+            .url()
+            .map(|u| format!("{}{}", u.origin().ascii_serialization(), u.path()))
+            .unwrap_or_default();
+        ConnectorError::Transient {
+            connector: self.connector.clone(),
+            message: format!("{what}: {url}"),
+        }
     }
 }
 

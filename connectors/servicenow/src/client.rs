@@ -33,7 +33,10 @@ impl ServiceNow {
     pub fn new(id: &str, config: ServiceNowConfig) -> Result<Self, ConnectorError> {
         let problems = config.validate();
         if !problems.is_empty() {
-            return Err(ConnectorError::Config { connector: id.to_owned(), message: problems.join("; ") });
+            return Err(ConnectorError::Config {
+                connector: id.to_owned(),
+                message: problems.join("; "),
+            });
         }
         let auth = Auth::from_config(&config.auth, id)?;
         let http = HttpClient::new(id, config.http.clone(), auth, crate::error_message)?;
@@ -43,7 +46,12 @@ impl ServiceNow {
                 fields.push(required.into());
             }
         }
-        Ok(Self { id: id.to_owned(), fields: fields.join(","), config, http })
+        Ok(Self {
+            id: id.to_owned(),
+            fields: fields.join(","),
+            config,
+            http,
+        })
     }
 
     fn table_url(&self, table: &str) -> String {
@@ -51,7 +59,10 @@ impl ServiceNow {
     }
 
     fn permanent(&self, message: String) -> ConnectorError {
-        ConnectorError::Permanent { connector: self.id.clone(), message }
+        ConnectorError::Permanent {
+            connector: self.id.clone(),
+            message,
+        }
     }
 
     /// One Table API list call; returns the `result` rows.
@@ -110,7 +121,10 @@ impl ServiceNow {
             .await?;
         let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         for row in rows {
-            let (Some(item), Some(name)) = (str_field(&row, "request_item"), str_field(&row, "sc_item_option.item_option_new.name")) else {
+            let (Some(item), Some(name)) = (
+                str_field(&row, "request_item"),
+                str_field(&row, "sc_item_option.item_option_new.name"),
+            ) else {
                 continue;
             };
             let value = row.get("sc_item_option.value").cloned().unwrap_or(Value::String(String::new()));
@@ -122,7 +136,12 @@ impl ServiceNow {
     /// Approvals recorded in ServiceNow for each record (informational only).
     async fn approvals(&self, ids: &[&str]) -> Result<BTreeMap<String, Vec<Value>>, ConnectorError> {
         let rows = self
-            .side_rows("sysapproval_approver", "sysapproval", ids, "sysapproval,approver.user_name,state,sys_updated_on")
+            .side_rows(
+                "sysapproval_approver",
+                "sysapproval",
+                ids,
+                "sysapproval,approver.user_name,state,sys_updated_on",
+            )
             .await?;
         let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for row in rows {
@@ -136,8 +155,15 @@ impl ServiceNow {
         Ok(out)
     }
 
-    fn ticket(&self, mut record: Record, variables: Option<Map<String, Value>>, approvals: Option<Vec<Value>>) -> Result<Ticket, ConnectorError> {
-        let sys_id = str_field(&record, "sys_id").ok_or_else(|| self.permanent("a record without sys_id".into()))?.to_owned();
+    fn ticket(
+        &self,
+        mut record: Record,
+        variables: Option<Map<String, Value>>,
+        approvals: Option<Vec<Value>>,
+    ) -> Result<Ticket, ConnectorError> {
+        let sys_id = str_field(&record, "sys_id")
+            .ok_or_else(|| self.permanent("a record without sys_id".into()))?
+            .to_owned();
         let updated_raw = str_field(&record, "sys_updated_on").unwrap_or_default();
         let updated = NaiveDateTime::parse_from_str(updated_raw, TIME_FORMAT)
             .map(|t| Utc.from_utc_datetime(&t))
@@ -152,8 +178,18 @@ impl ServiceNow {
         }
         let mut url = self.config.base_url.clone();
         url.set_path("nav_to.do");
-        url.query_pairs_mut().clear().append_pair("uri", &format!("{}.do?sys_id={sys_id}", self.config.table));
-        Ok(Ticket { source: self.id.clone(), key: sys_id, number, url: url.to_string(), updated, version, raw: Value::Object(record) })
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("uri", &format!("{}.do?sys_id={sys_id}", self.config.table));
+        Ok(Ticket {
+            source: self.id.clone(),
+            key: sys_id,
+            number,
+            url: url.to_string(),
+            updated,
+            version,
+            raw: Value::Object(record),
+        })
     }
 
     fn filtered(&self, query: String) -> String {
@@ -215,8 +251,16 @@ impl Connector for ServiceNow {
             None => cursor.clone(),
         };
         let ids: Vec<&str> = rows.iter().filter_map(|r| str_field(r, "sys_id")).collect();
-        let mut variables = if self.config.read_variables && !ids.is_empty() { self.variables(&ids).await? } else { BTreeMap::new() };
-        let mut approvals = if self.config.read_approvals && !ids.is_empty() { self.approvals(&ids).await? } else { BTreeMap::new() };
+        let mut variables = if self.config.read_variables && !ids.is_empty() {
+            self.variables(&ids).await?
+        } else {
+            BTreeMap::new()
+        };
+        let mut approvals = if self.config.read_approvals && !ids.is_empty() {
+            self.approvals(&ids).await?
+        } else {
+            BTreeMap::new()
+        };
         let tickets = rows
             .into_iter()
             .map(|record| {
@@ -232,7 +276,12 @@ impl Connector for ServiceNow {
         let url = format!("{}/{key}", self.table_url(&self.config.table));
         let body = serde_json::json!({ field: comment.body });
         self.http
-            .send(|c| c.patch(&url).header("Accept", "application/json").query(&[("sysparm_fields", "sys_id")]).json(&body))
+            .send(|c| {
+                c.patch(&url)
+                    .header("Accept", "application/json")
+                    .query(&[("sysparm_fields", "sys_id")])
+                    .json(&body)
+            })
             .await?;
         match self.find_comment(key, &comment.marker).await {
             Ok(Some(id)) => Ok(id),
@@ -245,7 +294,9 @@ impl Connector for ServiceNow {
     }
 
     async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
-        let rows = self.list("sys_journal_field", &self.journal_query(key, marker), "sys_id", 1, 0).await?;
+        let rows = self
+            .list("sys_journal_field", &self.journal_query(key, marker), "sys_id", 1, 0)
+            .await?;
         Ok(rows.first().and_then(|r| str_field(r, "sys_id")).map(|id| CommentId(id.to_owned())))
     }
 

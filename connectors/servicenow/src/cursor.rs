@@ -15,7 +15,9 @@ impl Keyset {
     pub fn decode(cursor: &Cursor) -> Result<Option<Self>, String> {
         match &cursor.0 {
             None => Ok(None),
-            Some(s) => serde_json::from_str(s).map(Some).map_err(|e| format!("unreadable cursor {s:?}: {e}")),
+            Some(s) => serde_json::from_str(s)
+                .map(Some)
+                .map_err(|e| format!("unreadable cursor {s:?}: {e}")),
         }
     }
 

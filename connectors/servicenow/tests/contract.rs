@@ -10,7 +10,10 @@ use deskbridge_servicenow::simulator::{Fault, Record, SimConfig, Simulator, INTE
 use deskbridge_servicenow::{ServiceNow, ServiceNowConfig};
 
 fn basic(user: &str, password: &str) -> AuthConfig {
-    AuthConfig::Basic { username: user.into(), password: password.to_string().into() }
+    AuthConfig::Basic {
+        username: user.into(),
+        password: password.to_string().into(),
+    }
 }
 
 fn config(sim: &Simulator, auth: AuthConfig, page_size: u32) -> ServiceNowConfig {
@@ -22,7 +25,12 @@ fn config(sim: &Simulator, auth: AuthConfig, page_size: u32) -> ServiceNowConfig
     }))
     .expect("test config");
     config.auth = auth;
-    config.http = HttpSettings { timeout_secs: 2, backoff_base_ms: 10, backoff_max_ms: 50, ..HttpSettings::default() };
+    config.http = HttpSettings {
+        timeout_secs: 2,
+        backoff_base_ms: 10,
+        backoff_max_ms: 50,
+        ..HttpSettings::default()
+    };
     config
 }
 
@@ -40,15 +48,25 @@ async fn drain(connector: &ServiceNow, mut cursor: Cursor) -> (Vec<(String, Stri
 }
 
 fn ritm(number: &str, updated: &str) -> Record {
-    [("number", number), ("sys_updated_on", updated), ("short_description", "boundary"), ("sys_mod_count", "0")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    [
+        ("number", number),
+        ("sys_updated_on", updated),
+        ("short_description", "boundary"),
+        ("sys_mod_count", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 #[tokio::test]
 async fn paging_across_a_shared_second_misses_and_repeats_nothing() {
-    let sim = Simulator::start(SimConfig { seed: false, ..SimConfig::default() }).await.expect("simulator");
+    let sim = Simulator::start(SimConfig {
+        seed: false,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
     let t = "2026-01-05 10:00:00";
     for n in ["RITM1", "RITM2", "RITM3"] {
         sim.insert("sc_req_item", ritm(n, t));
@@ -84,10 +102,16 @@ async fn poll_sends_the_documented_table_api_request_and_batches_variables() {
     let list = requests.iter().find(|r| r.path == "/api/now/table/sc_req_item").expect("list call");
     assert_eq!(list.method, "GET");
     assert_eq!(list.auth_scheme, "Basic");
-    assert!(list.param("sysparm_query").expect("query").ends_with("^ORDERBYsys_updated_on^ORDERBYsys_id"));
+    assert!(list
+        .param("sysparm_query")
+        .expect("query")
+        .ends_with("^ORDERBYsys_updated_on^ORDERBYsys_id"));
     assert_eq!(list.param("sysparm_display_value"), Some("false"));
     assert_eq!(list.param("sysparm_exclude_reference_link"), Some("true"));
-    assert!(list.param("sysparm_fields").expect("fields").contains("request.requested_for.user_name"));
+    assert!(list
+        .param("sysparm_fields")
+        .expect("fields")
+        .contains("request.requested_for.user_name"));
     let variable_calls = requests.iter().filter(|r| r.path == "/api/now/table/sc_item_option_mtom").count();
     assert_eq!(variable_calls, 1, "one batched variables query per page, not one per ticket");
     let first = page.tickets.iter().find(|t| t.number == "RITM0010001").expect("seeded");
@@ -126,7 +150,10 @@ async fn server_errors_and_timeouts_are_retried_and_finally_transient() {
     let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
     let connector = ServiceNow::new("snow", config(&sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), 100)).expect("connector");
     sim.inject(Fault::Status(500), 2, Some("sc_req_item"));
-    assert_eq!(connector.poll(&Cursor::start()).await.expect("retried past two 500s").tickets.len(), 7);
+    assert_eq!(
+        connector.poll(&Cursor::start()).await.expect("retried past two 500s").tickets.len(),
+        7
+    );
 
     sim.inject(Fault::Delay(Duration::from_secs(3)), 10, Some("sc_req_item"));
     let mut cfg = config(&sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), 100);
@@ -157,10 +184,19 @@ async fn a_403_on_write_is_fatal() {
     let connector = ServiceNow::new("snow", config(&sim, basic("readonly.user", "readonly"), 100)).expect("connector");
     let key = sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
     let err = connector
-        .post_comment(&key, &Comment { marker: "deskbridge-id:x".into(), body: "x deskbridge-id:x".into() })
+        .post_comment(
+            &key,
+            &Comment {
+                marker: "deskbridge-id:x".into(),
+                body: "x deskbridge-id:x".into(),
+            },
+        )
         .await
         .expect_err("ACL");
-    assert!(matches!(err, ConnectorError::Unauthorized { .. }) && err.to_string().contains("403"), "{err}");
+    assert!(
+        matches!(err, ConnectorError::Unauthorized { .. }) && err.to_string().contains("403"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +204,10 @@ async fn the_marker_prevents_a_second_post() {
     let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
     let connector = ServiceNow::new("snow", config(&sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), 100)).expect("connector");
     let key = sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
-    let comment = Comment { marker: "deskbridge-id:0123abcd".into(), body: "Decision: approve\n[deskbridge-id:0123abcd]".into() };
+    let comment = Comment {
+        marker: "deskbridge-id:0123abcd".into(),
+        body: "Decision: approve\n[deskbridge-id:0123abcd]".into(),
+    };
     assert_eq!(connector.find_comment(&key, &comment.marker).await.expect("find"), None);
     let id = connector.post_comment(&key, &comment).await.expect("post");
     assert_eq!(connector.find_comment(&key, &comment.marker).await.expect("find"), Some(id.clone()));
@@ -176,7 +215,11 @@ async fn the_marker_prevents_a_second_post() {
     assert_eq!(journal.len(), 1);
     assert_eq!(journal[0].element, "work_notes");
     assert_eq!(journal[0].sys_id, id.0);
-    assert_eq!(sim.record("sc_req_item", &key).expect("record")["sys_mod_count"], "3", "a journal write updates the record");
+    assert_eq!(
+        sim.record("sc_req_item", &key).expect("record")["sys_mod_count"],
+        "3",
+        "a journal write updates the record"
+    );
 
     // The same marker typed by someone else does not count as our post.
     let other = sim.sys_id_of("sc_req_item", "RITM0010002").expect("seeded");
@@ -186,7 +229,12 @@ async fn the_marker_prevents_a_second_post() {
 
 #[tokio::test]
 async fn oauth_password_grant_then_refresh_token_grant() {
-    let sim = Simulator::start(SimConfig { token_ttl: Duration::from_secs(6), ..SimConfig::default() }).await.expect("simulator");
+    let sim = Simulator::start(SimConfig {
+        token_ttl: Duration::from_secs(6),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
     let auth = AuthConfig::OauthPassword {
         token_url: format!("{}/oauth_token.do", sim.base_url()),
         client_id: OAUTH_CLIENT.0.into(),
@@ -203,15 +251,28 @@ async fn oauth_password_grant_then_refresh_token_grant() {
     let grants: Vec<String> = requests
         .iter()
         .filter(|r| r.path == "/oauth_token.do")
-        .map(|r| url::form_urlencoded::parse(r.body.as_bytes()).find(|(k, _)| k == "grant_type").map(|(_, v)| v.into_owned()).unwrap_or_default())
+        .map(|r| {
+            url::form_urlencoded::parse(r.body.as_bytes())
+                .find(|(k, _)| k == "grant_type")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     assert_eq!(grants, vec!["password", "refresh_token"]);
-    assert!(requests.iter().filter(|r| r.path.starts_with("/api/")).all(|r| r.auth_scheme == "Bearer"));
+    assert!(requests
+        .iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .all(|r| r.auth_scheme == "Bearer"));
 }
 
 #[tokio::test]
 async fn tls_with_a_configured_ca_works() {
-    let sim = Simulator::start(SimConfig { tls: true, ..SimConfig::default() }).await.expect("simulator");
+    let sim = Simulator::start(SimConfig {
+        tls: true,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
     let dir = std::env::temp_dir().join(format!("deskbridge-ca-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = dir.join("ca.pem");

@@ -95,8 +95,7 @@ impl Db {
         let mut table = table.to_owned();
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
-            let known = journal_fields(&table).contains(&part)
-                || self.tables.get(&table).is_some_and(|t| t.columns.contains(part));
+            let known = journal_fields(&table).contains(&part) || self.tables.get(&table).is_some_and(|t| t.columns.contains(part));
             if !known {
                 return false;
             }
@@ -117,7 +116,11 @@ impl Db {
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
             if parts.peek().is_none() {
-                let value = if journal_fields(table).contains(&part) { String::new() } else { record.get(part)?.clone() };
+                let value = if journal_fields(table).contains(&part) {
+                    String::new()
+                } else {
+                    record.get(part)?.clone()
+                };
                 return Some((table, part, value));
             }
             let target = reference_target(table, part)?;
@@ -143,7 +146,15 @@ impl Db {
     }
 
     /// Renders one record as the Table API does.
-    pub fn render(&self, table: &str, record: &Record, fields: Option<&[String]>, display: Display, exclude_link: bool, base: &str) -> Map<String, Value> {
+    pub fn render(
+        &self,
+        table: &str,
+        record: &Record,
+        fields: Option<&[String]>,
+        display: Display,
+        exclude_link: bool,
+        base: &str,
+    ) -> Map<String, Value> {
         let all: Vec<String>;
         let fields = match fields {
             Some(f) => f,

@@ -63,8 +63,16 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             users: vec![
-                SimUser { username: INTEGRATION_USER.into(), password: INTEGRATION_PASSWORD.into(), read_only: false },
-                SimUser { username: "readonly.user".into(), password: "readonly".into(), read_only: true },
+                SimUser {
+                    username: INTEGRATION_USER.into(),
+                    password: INTEGRATION_PASSWORD.into(),
+                    read_only: false,
+                },
+                SimUser {
+                    username: "readonly.user".into(),
+                    password: "readonly".into(),
+                    read_only: true,
+                },
             ],
             oauth_clients: vec![(OAUTH_CLIENT.0.into(), OAUTH_CLIENT.1.into())],
             token_ttl: Duration::from_secs(1800),
@@ -206,7 +214,12 @@ impl Simulator {
             });
             None
         };
-        Ok(Self { addr, state, ca_pem, _shutdown: tx })
+        Ok(Self {
+            addr,
+            state,
+            ca_pem,
+            _shutdown: tx,
+        })
     }
 
     /// The instance URL (`http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS).
@@ -227,7 +240,11 @@ impl Simulator {
     /// Answers the next `times` requests whose path contains `path_contains` (any path when
     /// `None`) with `fault`.
     pub fn inject(&self, fault: Fault, times: usize, path_contains: Option<&str>) {
-        lock(&self.state.faults).push_back(Faulty { fault, path_contains: path_contains.map(String::from), remaining: times });
+        lock(&self.state.faults).push_back(Faulty {
+            fault,
+            path_contains: path_contains.map(String::from),
+            remaining: times,
+        });
     }
 
     /// Every request received so far.
@@ -256,7 +273,9 @@ impl Simulator {
     /// `sys_updated_on` becomes now, unless `fields` sets them.
     pub fn update(&self, table: &str, sys_id: &str, fields: &[(&str, &str)]) -> bool {
         let mut db = lock(&self.state.db);
-        let Some(record) = db.tables.get_mut(table).and_then(|t| t.get_mut(sys_id)) else { return false };
+        let Some(record) = db.tables.get_mut(table).and_then(|t| t.get_mut(sys_id)) else {
+            return false;
+        };
         bump(record, "admin");
         for (k, v) in fields {
             record.insert((*k).into(), (*v).into());
@@ -279,7 +298,11 @@ impl Simulator {
     pub fn sys_id_of(&self, table: &str, number: &str) -> Option<String> {
         let db = lock(&self.state.db);
         let table = db.table(table)?;
-        table.rows.iter().find(|r| r.get("number").map(String::as_str) == Some(number)).and_then(|r| r.get("sys_id").cloned())
+        table
+            .rows
+            .iter()
+            .find(|r| r.get("number").map(String::as_str) == Some(number))
+            .and_then(|r| r.get("sys_id").cloned())
     }
 
     /// Journal entries written to a record, oldest first.
@@ -314,7 +337,12 @@ impl Simulator {
             .map(|t| {
                 t.rows
                     .iter()
-                    .map(|r| (r.get("number").cloned().unwrap_or_default(), r.get("sys_id").cloned().unwrap_or_default()))
+                    .map(|r| {
+                        (
+                            r.get("number").cloned().unwrap_or_default(),
+                            r.get("sys_id").cloned().unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()

@@ -55,20 +55,20 @@ pub struct Query {
 
 /// Splits on `^`, keeping `^^` as a literal caret.
 fn split_carets(s: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
+    let mut parts = Vec::new();
+    let mut current = String::new();
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '^' {
-            if chars.peek() == Some(&'^') {
-                chars.next();
-                parts.last_mut().map(|p| p.push('^'));
-            } else {
-                parts.push(String::new());
-            }
+        if c != '^' {
+            current.push(c);
+        } else if chars.peek() == Some(&'^') {
+            chars.next();
+            current.push('^');
         } else {
-            parts.last_mut().map(|p| p.push(c));
+            parts.push(std::mem::take(&mut current));
         }
     }
+    parts.push(current);
     parts
 }
 
@@ -84,18 +84,28 @@ fn parse_term(segment: &str) -> Result<Term, String> {
         .iter()
         .find(|(spelling, _)| rest.starts_with(spelling))
         .ok_or_else(|| format!("no operator in {segment:?}"))?;
-    Ok(Term { field: field.to_owned(), op: *op, value: rest[spelling.len()..].to_owned() })
+    Ok(Term {
+        field: field.to_owned(),
+        op: *op,
+        value: rest[spelling.len()..].to_owned(),
+    })
 }
 
 impl Query {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut query = Query { alternatives: vec![Vec::new()], order: Vec::new() };
+        let mut query = Query {
+            alternatives: vec![Vec::new()],
+            order: Vec::new(),
+        };
         for segment in split_carets(s) {
             let segment = segment.as_str();
             if segment.is_empty() {
                 continue;
             }
-            if let Some(rest) = segment.strip_prefix("NQ").filter(|r| r.is_empty() || r.starts_with(|c: char| c.is_ascii_lowercase())) {
+            if let Some(rest) = segment
+                .strip_prefix("NQ")
+                .filter(|r| r.is_empty() || r.starts_with(|c: char| c.is_ascii_lowercase()))
+            {
                 query.alternatives.push(Vec::new());
                 if !rest.is_empty() {
                     let term = parse_term(rest)?;

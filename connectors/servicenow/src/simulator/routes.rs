@@ -43,7 +43,11 @@ pub(super) fn router(state: Shared) -> Router {
 
 /// ServiceNow's error envelope.
 fn sn_error(status: StatusCode, message: &str, detail: Option<&str>) -> Response {
-    (status, Json(json!({"error": {"message": message, "detail": detail}, "status": "failure"}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"message": message, "detail": detail}, "status": "failure"})),
+    )
+        .into_response()
 }
 
 async fn record(AxState(state): AxState<Shared>, request: Request, next: Next) -> Response {
@@ -75,7 +79,9 @@ async fn faults(AxState(state): AxState<Shared>, request: Request, next: Next) -
     let path = request.uri().path().to_owned();
     let fault = {
         let mut queue = lock(&state.faults);
-        let position = queue.iter().position(|f| f.path_contains.as_deref().is_none_or(|p| path.contains(p)));
+        let position = queue
+            .iter()
+            .position(|f| f.path_contains.as_deref().is_none_or(|p| path.contains(p)));
         position.map(|i| {
             let fault = queue[i].fault.clone();
             queue[i].remaining -= 1;
@@ -107,13 +113,22 @@ async fn faults(AxState(state): AxState<Shared>, request: Request, next: Next) -
         }
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            sn_error(status, status.canonical_reason().unwrap_or("Error"), Some("injected by the simulator"))
+            sn_error(
+                status,
+                status.canonical_reason().unwrap_or("Error"),
+                Some("injected by the simulator"),
+            )
         }
     }
 }
 
 async fn authenticate(AxState(state): AxState<Shared>, mut request: Request, next: Next) -> Response {
-    let header = request.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let header = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let user = if let Some(encoded) = header.strip_prefix("Basic ") {
         base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -126,13 +141,22 @@ async fn authenticate(AxState(state): AxState<Shared>, mut request: Request, nex
                     .users
                     .iter()
                     .find(|u| u.username == name && u.password == password)
-                    .map(|u| User { name: u.username.clone(), read_only: u.read_only })
+                    .map(|u| User {
+                        name: u.username.clone(),
+                        read_only: u.read_only,
+                    })
             })
     } else if let Some(token) = header.strip_prefix("Bearer ") {
         let tokens = lock(&state.access_tokens);
-        tokens.get(token.trim()).filter(|(_, expiry)| *expiry > Instant::now()).and_then(|(name, _)| {
-            state.config.users.iter().find(|u| &u.username == name).map(|u| User { name: name.clone(), read_only: u.read_only })
-        })
+        tokens
+            .get(token.trim())
+            .filter(|(_, expiry)| *expiry > Instant::now())
+            .and_then(|(name, _)| {
+                state.config.users.iter().find(|u| &u.username == name).map(|u| User {
+                    name: name.clone(),
+                    read_only: u.read_only,
+                })
+            })
     } else {
         None
     };
@@ -141,7 +165,11 @@ async fn authenticate(AxState(state): AxState<Shared>, mut request: Request, nex
             request.extensions_mut().insert(user);
             next.run(request).await
         }
-        None => sn_error(StatusCode::UNAUTHORIZED, "User Not Authenticated", Some("Required to provide Auth information")),
+        None => sn_error(
+            StatusCode::UNAUTHORIZED,
+            "User Not Authenticated",
+            Some("Required to provide Auth information"),
+        ),
     }
 }
 
@@ -158,7 +186,9 @@ fn display_mode(query: &[(String, String)]) -> Display {
 }
 
 fn query_pairs(request_query: Option<&str>) -> Vec<(String, String)> {
-    request_query.map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    request_query
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 fn fields_param(query: &[(String, String)]) -> Option<Vec<String>> {
@@ -174,15 +204,22 @@ fn invalid_table(table: &str) -> Response {
 async fn list(AxState(state): AxState<Shared>, Path(table): Path<String>, uri: axum::http::Uri) -> Response {
     let query = query_pairs(uri.query());
     let db = lock(&state.db);
-    let Some(rows) = db.table(&table) else { return invalid_table(&table) };
+    let Some(rows) = db.table(&table) else {
+        return invalid_table(&table);
+    };
     let parsed = match Query::parse(param(&query, "sysparm_query").unwrap_or_default()) {
         Ok(q) => q,
         // An unparseable term: like an instance with invalid queries returning no rows.
-        Err(_) => Query { alternatives: vec![vec![vec![]]], order: vec![] },
+        Err(_) => Query {
+            alternatives: vec![vec![vec![]]],
+            order: vec![],
+        },
     };
     let valid = parsed.fields().all(|f| db.field_exists(&table, f))
         && param(&query, "sysparm_query").map(|q| Query::parse(q).is_ok()).unwrap_or(true);
-    let limit = param(&query, "sysparm_limit").and_then(|v| v.parse::<usize>().ok()).unwrap_or(10_000);
+    let limit = param(&query, "sysparm_limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(10_000);
     let offset = param(&query, "sysparm_offset").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
     let mut matched: Vec<&super::Record> = if valid {
         rows.rows.iter().filter(|r| parsed.matches(&|f| db.raw(&table, r, f))).collect()
@@ -229,7 +266,11 @@ fn link_header(base: &str, table: &str, query: &[(String, String)], total: usize
         return None;
     }
     let url = |off: usize| {
-        let mut pairs: Vec<(String, String)> = query.iter().filter(|(k, _)| k != "sysparm_offset" && k != "sysparm_limit").cloned().collect();
+        let mut pairs: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| k != "sysparm_offset" && k != "sysparm_limit")
+            .cloned()
+            .collect();
         pairs.push(("sysparm_limit".into(), limit.to_string()));
         pairs.push(("sysparm_offset".into(), off.to_string()));
         let encoded = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
@@ -250,7 +291,9 @@ fn link_header(base: &str, table: &str, query: &[(String, String)], total: usize
 async fn get_one(AxState(state): AxState<Shared>, Path((table, sys_id)): Path<(String, String)>, uri: axum::http::Uri) -> Response {
     let query = query_pairs(uri.query());
     let db = lock(&state.db);
-    let Some(rows) = db.table(&table) else { return invalid_table(&table) };
+    let Some(rows) = db.table(&table) else {
+        return invalid_table(&table);
+    };
     match rows.get(&sys_id) {
         Some(record) => {
             let fields = fields_param(&query);
@@ -263,18 +306,34 @@ async fn get_one(AxState(state): AxState<Shared>, Path((table, sys_id)): Path<(S
 }
 
 fn not_found() -> Response {
-    sn_error(StatusCode::NOT_FOUND, "No Record found", Some("Record doesn't exist or ACL restricts the record retrieval"))
+    sn_error(
+        StatusCode::NOT_FOUND,
+        "No Record found",
+        Some("Record doesn't exist or ACL restricts the record retrieval"),
+    )
 }
 
 fn acl_denied(what: &str) -> Response {
-    sn_error(StatusCode::FORBIDDEN, "Operation Failed", Some(&format!("ACL Exception {what} Failed due to security constraints")))
+    sn_error(
+        StatusCode::FORBIDDEN,
+        "Operation Failed",
+        Some(&format!("ACL Exception {what} Failed due to security constraints")),
+    )
 }
 
-fn body_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn body_object(body: &Bytes) -> Option<Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(sn_error(StatusCode::BAD_REQUEST, "Exception while reading request", Some("The payload is not valid JSON."))),
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
     }
+}
+
+fn invalid_payload() -> Response {
+    sn_error(
+        StatusCode::BAD_REQUEST,
+        "Exception while reading request",
+        Some("The payload is not valid JSON."),
+    )
 }
 
 pub(crate) fn append_journal(db: &mut Db, state: &State, table: &str, sys_id: &str, element: &str, value: &str, user: &str) {
@@ -303,9 +362,8 @@ async fn update(
     if user.read_only {
         return acl_denied("Update");
     }
-    let fields = match body_object(&body) {
-        Ok(f) => f,
-        Err(response) => return response,
+    let Some(fields) = body_object(&body) else {
+        return invalid_payload();
     };
     let query = query_pairs(uri.query());
     let mut db = lock(&state.db);
@@ -333,23 +391,26 @@ async fn update(
             bump(record, &user.name);
         }
     }
-    let Some(record) = db.table(&table).and_then(|t| t.get(&sys_id)) else { return not_found() };
-    let rendered = db.render(&table, record, fields_param(&query).as_deref(), display_mode(&query), false, &state.base_url);
+    let Some(record) = db.table(&table).and_then(|t| t.get(&sys_id)) else {
+        return not_found();
+    };
+    let rendered = db.render(
+        &table,
+        record,
+        fields_param(&query).as_deref(),
+        display_mode(&query),
+        false,
+        &state.base_url,
+    );
     Json(json!({ "result": rendered })).into_response()
 }
 
-async fn create(
-    AxState(state): AxState<Shared>,
-    Extension(user): Extension<User>,
-    Path(table): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn create(AxState(state): AxState<Shared>, Extension(user): Extension<User>, Path(table): Path<String>, body: Bytes) -> Response {
     if user.read_only {
         return acl_denied("Create");
     }
-    let fields = match body_object(&body) {
-        Ok(f) => f,
-        Err(response) => return response,
+    let Some(fields) = body_object(&body) else {
+        return invalid_payload();
     };
     let mut db = lock(&state.db);
     if db.table(&table).is_none() {
@@ -364,7 +425,13 @@ async fn create(
             record.insert(key.clone(), value_to_string(value));
         }
     }
-    for (k, v) in [("sys_id", sys_id.clone()), ("sys_created_on", now.clone()), ("sys_updated_on", now), ("sys_mod_count", "0".into()), ("sys_created_by", user.name.clone())] {
+    for (k, v) in [
+        ("sys_id", sys_id.clone()),
+        ("sys_created_on", now.clone()),
+        ("sys_updated_on", now),
+        ("sys_mod_count", "0".into()),
+        ("sys_created_by", user.name.clone()),
+    ] {
         record.insert(k.into(), v);
     }
     db.tables.entry(table.clone()).or_default().insert(record);
@@ -373,7 +440,9 @@ async fn create(
             append_journal(&mut db, &state, &table, &sys_id, key, &value_to_string(value), &user.name);
         }
     }
-    let Some(record) = db.table(&table).and_then(|t| t.get(&sys_id)) else { return not_found() };
+    let Some(record) = db.table(&table).and_then(|t| t.get(&sys_id)) else {
+        return not_found();
+    };
     let rendered = db.render(&table, record, None, Display::False, false, &state.base_url);
     (StatusCode::CREATED, Json(json!({ "result": rendered }))).into_response()
 }
@@ -396,7 +465,11 @@ async fn oauth_token(AxState(state): AxState<Shared>, method: Method, headers: H
     }
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let get = |k: &str| param(&form, k).unwrap_or_default().to_owned();
-    let client_ok = state.config.oauth_clients.iter().any(|(id, secret)| *id == get("client_id") && *secret == get("client_secret"));
+    let client_ok = state
+        .config
+        .oauth_clients
+        .iter()
+        .any(|(id, secret)| *id == get("client_id") && *secret == get("client_secret"));
     if !client_ok {
         return oauth_error(StatusCode::UNAUTHORIZED, "access_denied");
     }
@@ -410,9 +483,15 @@ async fn oauth_token(AxState(state): AxState<Shared>, method: Method, headers: H
         "refresh_token" => lock(&state.refresh_tokens).get(&get("refresh_token")).cloned(),
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     };
-    let Some(user) = user else { return oauth_error(StatusCode::UNAUTHORIZED, "access_denied") };
+    let Some(user) = user else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "access_denied");
+    };
     let access = format!("sim-at-{}", state.new_id());
-    let refresh = if get("grant_type") == "refresh_token" { get("refresh_token") } else { format!("sim-rt-{}", state.new_id()) };
+    let refresh = if get("grant_type") == "refresh_token" {
+        get("refresh_token")
+    } else {
+        format!("sim-rt-{}", state.new_id())
+    };
     lock(&state.access_tokens).insert(access.clone(), (user.clone(), Instant::now() + state.config.token_ttl));
     lock(&state.refresh_tokens).insert(refresh.clone(), user);
     Json(json!({

@@ -9,8 +9,14 @@ use super::State;
 
 /// Numbers of the seeded requested items that are access requests (the support ticket
 /// `RITM0010007` is not).
-pub const SEEDED_ACCESS_TICKETS: &[&str] =
-    &["RITM0010001", "RITM0010002", "RITM0010003", "RITM0010004", "RITM0010005", "RITM0010006"];
+pub const SEEDED_ACCESS_TICKETS: &[&str] = &[
+    "RITM0010001",
+    "RITM0010002",
+    "RITM0010003",
+    "RITM0010004",
+    "RITM0010005",
+    "RITM0010006",
+];
 
 fn sid(table: u32, n: u32) -> String {
     format!("{table:04x}{n:028x}")
@@ -78,32 +84,65 @@ pub fn seed_reference_data(db: &mut Db) {
             ("sys_updated_on", &stamp),
         ]));
     }
-    for (n, name) in ["Application access request", "Service account request", "Laptop or printer issue"].iter().enumerate() {
+    for (n, name) in ["Application access request", "Service account request", "Laptop or printer issue"]
+        .iter()
+        .enumerate()
+    {
         let id = sid(0xca, n as u32 + 1);
-        db.tables
-            .entry("sc_cat_item".into())
-            .or_default()
-            .insert(rec(&[("sys_id", &id), ("name", name), ("active", "true"), ("sys_updated_on", &stamp)]));
+        db.tables.entry("sc_cat_item".into()).or_default().insert(rec(&[
+            ("sys_id", &id),
+            ("name", name),
+            ("active", "true"),
+            ("sys_updated_on", &stamp),
+        ]));
     }
     for (n, (name, question)) in VARIABLES.iter().enumerate() {
         let id = sid(0x10, n as u32 + 1);
-        db.tables
-            .entry("item_option_new".into())
-            .or_default()
-            .insert(rec(&[("sys_id", &id), ("name", name), ("question_text", question), ("sys_updated_on", &stamp)]));
+        db.tables.entry("item_option_new".into()).or_default().insert(rec(&[
+            ("sys_id", &id),
+            ("name", name),
+            ("question_text", question),
+            ("sys_updated_on", &stamp),
+        ]));
     }
     // Empty tables the API serves; one column-defining row keeps field validation working.
     for (table, columns) in [
         ("sc_request", &["number", "requested_for", "opened_by", "approval"][..]),
-        ("sc_req_item", &["number", "request", "cat_item", "opened_by", "requested_for", "assignment_group", "short_description", "description", "state", "stage", "approval", "urgency", "priority", "sys_created_by", "sys_updated_by"][..]),
+        (
+            "sc_req_item",
+            &[
+                "number",
+                "request",
+                "cat_item",
+                "opened_by",
+                "requested_for",
+                "assignment_group",
+                "short_description",
+                "description",
+                "state",
+                "stage",
+                "approval",
+                "urgency",
+                "priority",
+                "sys_created_by",
+                "sys_updated_by",
+            ][..],
+        ),
         ("sc_item_option", &["item_option_new", "value"][..]),
         ("sc_item_option_mtom", &["request_item", "sc_item_option"][..]),
         ("sysapproval_approver", &["approver", "sysapproval", "state", "comments"][..]),
-        ("sys_journal_field", &["element_id", "name", "element", "value", "sys_created_by"][..]),
+        (
+            "sys_journal_field",
+            &["element_id", "name", "element", "value", "sys_created_by"][..],
+        ),
     ] {
         let table = db.tables.entry(table.into()).or_default();
         table.columns.extend(columns.iter().map(|c| c.to_string()));
-        table.columns.extend(["sys_id", "sys_created_on", "sys_updated_on", "sys_mod_count"].iter().map(|c| c.to_string()));
+        table.columns.extend(
+            ["sys_id", "sys_created_on", "sys_updated_on", "sys_mod_count"]
+                .iter()
+                .map(|c| c.to_string()),
+        );
     }
 }
 
@@ -123,63 +162,166 @@ struct Item {
 
 const ITEMS: &[Item] = &[
     Item {
-        n: 1, cat: 1, opened_by: "abel.tuter", requested_for: "abel.tuter", group: 1, approval: "requested",
-        short: "Jira Software access for the payments squad", urgency: "3", minutes_ago: 120,
-        vars: &[("request_type", "New access"), ("application", "jira-software"), ("environment", "Staging"),
-            ("role", "jira-developers"), ("privileged", "false"),
+        n: 1,
+        cat: 1,
+        opened_by: "abel.tuter",
+        requested_for: "abel.tuter",
+        group: 1,
+        approval: "requested",
+        short: "Jira Software access for the payments squad",
+        urgency: "3",
+        minutes_ago: 120,
+        vars: &[
+            ("request_type", "New access"),
+            ("application", "jira-software"),
+            ("environment", "Staging"),
+            ("role", "jira-developers"),
+            ("privileged", "false"),
             ("business_justification", "Joining the payments squad; I need to track sprint work."),
-            ("access_duration", "90 days"), ("approver", "david.loo"), ("identity_type", "Person")],
+            ("access_duration", "90 days"),
+            ("approver", "david.loo"),
+            ("identity_type", "Person"),
+        ],
         approvals: &[("david.loo", "requested")],
     },
     Item {
-        n: 2, cat: 1, opened_by: "beth.anglin", requested_for: "beth.anglin", group: 2, approval: "approved",
-        short: "SAP FI posting administrator in production", urgency: "1", minutes_ago: 90,
-        vars: &[("request_type", "New access"), ("application", "sap-erp"), ("environment", "Production"),
-            ("role", "FI_POSTING_ADMIN"), ("privileged", "true"),
-            ("business_justification", "Quarter-end close requires posting corrections in the general ledger."),
-            ("access_duration", "30 days"), ("approver", "david.loo"), ("identity_type", "Person")],
+        n: 2,
+        cat: 1,
+        opened_by: "beth.anglin",
+        requested_for: "beth.anglin",
+        group: 2,
+        approval: "approved",
+        short: "SAP FI posting administrator in production",
+        urgency: "1",
+        minutes_ago: 90,
+        vars: &[
+            ("request_type", "New access"),
+            ("application", "sap-erp"),
+            ("environment", "Production"),
+            ("role", "FI_POSTING_ADMIN"),
+            ("privileged", "true"),
+            (
+                "business_justification",
+                "Quarter-end close requires posting corrections in the general ledger.",
+            ),
+            ("access_duration", "30 days"),
+            ("approver", "david.loo"),
+            ("identity_type", "Person"),
+        ],
         approvals: &[("david.loo", "approved")],
     },
     Item {
-        n: 3, cat: 1, opened_by: "fred.luddy", requested_for: "fred.luddy", group: 1, approval: "requested",
-        short: "Salesforce reports access", urgency: "3", minutes_ago: 90,
-        vars: &[("request_type", "New access"), ("application", "salesforce"), ("environment", "Staging"),
-            ("role", "reports-viewer"), ("privileged", "false"), ("business_justification", ""),
-            ("access_duration", "60 days"), ("approver", "david.loo"), ("identity_type", "Person")],
+        n: 3,
+        cat: 1,
+        opened_by: "fred.luddy",
+        requested_for: "fred.luddy",
+        group: 1,
+        approval: "requested",
+        short: "Salesforce reports access",
+        urgency: "3",
+        minutes_ago: 90,
+        vars: &[
+            ("request_type", "New access"),
+            ("application", "salesforce"),
+            ("environment", "Staging"),
+            ("role", "reports-viewer"),
+            ("privileged", "false"),
+            ("business_justification", ""),
+            ("access_duration", "60 days"),
+            ("approver", "david.loo"),
+            ("identity_type", "Person"),
+        ],
         approvals: &[],
     },
     Item {
-        n: 4, cat: 2, opened_by: "ivan.petrov", requested_for: "ivan.petrov", group: 1, approval: "not requested",
-        short: "Service account for the nightly billing export", urgency: "2", minutes_ago: 90,
-        vars: &[("request_type", "New service account"), ("identity_type", "Service account"),
-            ("service_account_name", "svc-billing-export"), ("application", "aws-billing"),
-            ("environment", "Production"), ("role", "s3-billing-exports-read"), ("privileged", "false"),
+        n: 4,
+        cat: 2,
+        opened_by: "ivan.petrov",
+        requested_for: "ivan.petrov",
+        group: 1,
+        approval: "not requested",
+        short: "Service account for the nightly billing export",
+        urgency: "2",
+        minutes_ago: 90,
+        vars: &[
+            ("request_type", "New service account"),
+            ("identity_type", "Service account"),
+            ("service_account_name", "svc-billing-export"),
+            ("application", "aws-billing"),
+            ("environment", "Production"),
+            ("role", "s3-billing-exports-read"),
+            ("privileged", "false"),
             ("business_justification", "Nightly export of invoices to the data warehouse."),
-            ("sa_owner", ""), ("sa_purpose", "Nightly billing export"), ("sa_expiry", "")],
+            ("sa_owner", ""),
+            ("sa_purpose", "Nightly billing export"),
+            ("sa_expiry", ""),
+        ],
         approvals: &[],
     },
     Item {
-        n: 5, cat: 1, opened_by: "carol.ng", requested_for: "carol.ng", group: 1, approval: "requested",
-        short: "Workday payroll approver role", urgency: "2", minutes_ago: 60,
-        vars: &[("request_type", "New access"), ("application", "workday"), ("environment", "Production"),
-            ("role", "payroll-approver"), ("privileged", "false"),
-            ("business_justification", "Covering payroll approvals while the team lead is on leave."),
-            ("access_duration", "14 days"), ("approver", "carol.ng"), ("identity_type", "Person")],
+        n: 5,
+        cat: 1,
+        opened_by: "carol.ng",
+        requested_for: "carol.ng",
+        group: 1,
+        approval: "requested",
+        short: "Workday payroll approver role",
+        urgency: "2",
+        minutes_ago: 60,
+        vars: &[
+            ("request_type", "New access"),
+            ("application", "workday"),
+            ("environment", "Production"),
+            ("role", "payroll-approver"),
+            ("privileged", "false"),
+            (
+                "business_justification",
+                "Covering payroll approvals while the team lead is on leave.",
+            ),
+            ("access_duration", "14 days"),
+            ("approver", "carol.ng"),
+            ("identity_type", "Person"),
+        ],
         approvals: &[("carol.ng", "requested")],
     },
     Item {
-        n: 6, cat: 1, opened_by: "helen.park", requested_for: "fred.luddy", group: 1, approval: "not requested",
-        short: "Remove GitHub org-admin from Fred", urgency: "2", minutes_ago: 30,
-        vars: &[("request_type", "Remove access"), ("application", "github"), ("environment", "Production"),
-            ("role", "org-admin"), ("privileged", "true"),
-            ("business_justification", "Fred moved from the platform team to engineering; admin no longer needed."),
-            ("identity_type", "Person")],
+        n: 6,
+        cat: 1,
+        opened_by: "helen.park",
+        requested_for: "fred.luddy",
+        group: 1,
+        approval: "not requested",
+        short: "Remove GitHub org-admin from Fred",
+        urgency: "2",
+        minutes_ago: 30,
+        vars: &[
+            ("request_type", "Remove access"),
+            ("application", "github"),
+            ("environment", "Production"),
+            ("role", "org-admin"),
+            ("privileged", "true"),
+            (
+                "business_justification",
+                "Fred moved from the platform team to engineering; admin no longer needed.",
+            ),
+            ("identity_type", "Person"),
+        ],
         approvals: &[],
     },
     Item {
-        n: 7, cat: 3, opened_by: "abel.tuter", requested_for: "abel.tuter", group: 3, approval: "not requested",
-        short: "Printer on floor 3 jams on every job", urgency: "3", minutes_ago: 15,
-        vars: &[("issue_description", "The printer near the kitchen jams on every print job. [code]<b>urgent</b>[/code]")],
+        n: 7,
+        cat: 3,
+        opened_by: "abel.tuter",
+        requested_for: "abel.tuter",
+        group: 3,
+        approval: "not requested",
+        short: "Printer on floor 3 jams on every job",
+        urgency: "3",
+        minutes_ago: 15,
+        vars: &[(
+            "issue_description",
+            "The printer near the kitchen jams on every print job. [code]<b>urgent</b>[/code]",
+        )],
         approvals: &[],
     },
 ];
@@ -253,25 +395,30 @@ fn variable_definition(db: &mut Db, name: &str, new_id: impl FnOnce() -> String)
 
 fn insert_variable(db: &mut Db, ritm: &str, name: &str, value: &str, option_id: String, mtom_id: String) {
     let definition = variable_definition(db, name, || format!("{:032x}", rand::random::<u128>()));
-    db.tables
-        .entry("sc_item_option".into())
-        .or_default()
-        .insert(rec(&[("sys_id", &option_id), ("item_option_new", &definition), ("value", value)]));
-    db.tables
-        .entry("sc_item_option_mtom".into())
-        .or_default()
-        .insert(rec(&[("sys_id", &mtom_id), ("request_item", ritm), ("sc_item_option", &option_id)]));
+    db.tables.entry("sc_item_option".into()).or_default().insert(rec(&[
+        ("sys_id", &option_id),
+        ("item_option_new", &definition),
+        ("value", value),
+    ]));
+    db.tables.entry("sc_item_option_mtom".into()).or_default().insert(rec(&[
+        ("sys_id", &mtom_id),
+        ("request_item", ritm),
+        ("sc_item_option", &option_id),
+    ]));
 }
 
 /// Sets (or adds) one catalog variable of a requested item.
 pub fn set_variable(db: &mut Db, state: &State, ritm: &str, name: &str, value: &str) {
     let existing = db.tables.get("sc_item_option_mtom").and_then(|mtom| {
-        mtom.rows.iter().filter(|r| r.get("request_item").map(String::as_str) == Some(ritm)).find_map(|r| {
-            let option = r.get("sc_item_option")?;
-            let def = db.tables.get("sc_item_option")?.get(option)?.get("item_option_new")?;
-            let def_name = db.tables.get("item_option_new")?.get(def)?.get("name")?;
-            (def_name == name).then(|| option.clone())
-        })
+        mtom.rows
+            .iter()
+            .filter(|r| r.get("request_item").map(String::as_str) == Some(ritm))
+            .find_map(|r| {
+                let option = r.get("sc_item_option")?;
+                let def = db.tables.get("sc_item_option")?.get(option)?.get("item_option_new")?;
+                let def_name = db.tables.get("item_option_new")?.get(def)?.get("name")?;
+                (def_name == name).then(|| option.clone())
+            })
     });
     match existing {
         Some(option) => {
