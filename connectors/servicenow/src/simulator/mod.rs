@@ -283,6 +283,12 @@ impl Simulator {
         true
     }
 
+    /// Adds `count` synthetic access requests (see the seed module); returns their numbers.
+    pub fn generate(&self, count: usize) -> Vec<String> {
+        let mut db = lock(&self.state.db);
+        seed::generate(&mut db, &self.state, count)
+    }
+
     /// Adds a catalog variable to a requested item.
     pub fn set_variable(&self, ritm_sys_id: &str, name: &str, value: &str) {
         let mut db = lock(&self.state.db);

@@ -44,6 +44,8 @@ pub struct Term {
     pub field: String,
     pub op: Op,
     pub value: String,
+    /// The values of `IN` / `NOT IN`, split once at parse time.
+    pub set: std::collections::HashSet<String>,
 }
 
 /// A parsed query: `alternatives` are `^NQ`-joined; each is an AND of OR-groups.
@@ -84,10 +86,17 @@ fn parse_term(segment: &str) -> Result<Term, String> {
         .iter()
         .find(|(spelling, _)| rest.starts_with(spelling))
         .ok_or_else(|| format!("no operator in {segment:?}"))?;
+    let value = rest[spelling.len()..].to_owned();
+    let set = if matches!(op, Op::In | Op::NotIn) {
+        value.split(',').map(str::to_owned).collect()
+    } else {
+        Default::default()
+    };
     Ok(Term {
         field: field.to_owned(),
         op: *op,
-        value: rest[spelling.len()..].to_owned(),
+        value,
+        set,
     })
 }
 
@@ -168,8 +177,8 @@ impl Term {
             Op::Ge => compare(actual, v) != Ordering::Less,
             Op::Lt => compare(actual, v) == Ordering::Less,
             Op::Le => compare(actual, v) != Ordering::Greater,
-            Op::In => v.split(',').any(|x| x == actual),
-            Op::NotIn => !v.split(',').any(|x| x == actual),
+            Op::In => self.set.contains(actual),
+            Op::NotIn => !self.set.contains(actual),
             Op::Like => lower(actual).contains(&lower(v)),
             Op::NotLike => !lower(actual).contains(&lower(v)),
             Op::StartsWith => lower(actual).starts_with(&lower(v)),

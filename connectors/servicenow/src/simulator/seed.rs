@@ -429,3 +429,44 @@ pub fn set_variable(db: &mut Db, state: &State, ritm: &str, name: &str, value: &
         None => insert_variable(db, ritm, name, value, state.new_id(), state.new_id()),
     }
 }
+
+/// Adds `count` synthetic requested items modelled on the six seeded access cases, ten to a
+/// second of `sys_updated_on`, ending a minute before now. Returns their numbers.
+pub fn generate(db: &mut Db, state: &State, count: usize) -> Vec<String> {
+    let templates: Vec<&Item> = ITEMS.iter().filter(|i| i.cat != 3).collect();
+    let end = Utc::now() - Duration::minutes(1);
+    let mut numbers = Vec::with_capacity(count);
+    for i in 0..count {
+        let item = templates[i % templates.len()];
+        let seconds_before = i64::try_from((count - i) / 10).unwrap_or(i64::MAX / 4);
+        let stamp = (end - Duration::seconds(seconds_before)).format("%Y-%m-%d %H:%M:%S").to_string();
+        let ritm = state.new_id();
+        let number = format!("RITM{:07}", 2_000_000 + i);
+        db.tables.entry("sc_req_item".into()).or_default().insert(rec(&[
+            ("sys_id", &ritm),
+            ("number", &number),
+            ("request", &sid(0x20, item.n)),
+            ("cat_item", &sid(0xca, item.cat)),
+            ("opened_by", &user_id(item.opened_by)),
+            ("requested_for", &user_id(item.requested_for)),
+            ("assignment_group", &sid(0x6e, item.group)),
+            ("short_description", item.short),
+            ("description", item.short),
+            ("state", "1"),
+            ("stage", "request_approved"),
+            ("approval", item.approval),
+            ("urgency", item.urgency),
+            ("priority", "4"),
+            ("sys_created_by", item.opened_by),
+            ("sys_updated_by", item.opened_by),
+            ("sys_created_on", &stamp),
+            ("sys_updated_on", &stamp),
+            ("sys_mod_count", "0"),
+        ]));
+        for (name, value) in item.vars {
+            insert_variable(db, &ritm, name, value, state.new_id(), state.new_id());
+        }
+        numbers.push(number);
+    }
+    numbers
+}
