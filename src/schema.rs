@@ -151,6 +151,8 @@ pub struct ApproverContext {
     pub named_approver: Option<String>,
     /// The ticket's own approval field (e.g. ServiceNow `approval`).
     pub itsm_approval: Option<String>,
+    /// The ticket's state in the ITSM (`open`, `closed_complete`, …).
+    pub itsm_state: Option<String>,
     /// Approvals recorded in the ITSM.
     pub recorded: Vec<RecordedApproval>,
 }

@@ -15,7 +15,7 @@ base := {
 	"duration_days": 90,
 	"expires_at": null,
 	"urgency": "low",
-	"approver_context": {"assignment_group": "IAM Operations", "named_approver": "david.loo", "itsm_approval": "requested", "recorded": []},
+	"approver_context": {"assignment_group": "IAM Operations", "named_approver": "david.loo", "itsm_approval": "requested", "itsm_state": "open", "recorded": []},
 	"nhi": null,
 	"attributes": {},
 }
@@ -77,7 +77,7 @@ test_requester_who_is_the_named_approver_is_routed_to_an_independent_owner if {
 		"requester": {"id": "carol.ng", "display_name": null, "email": null},
 		"beneficiary": {"type": "person", "id": "carol.ng", "display_name": null},
 		"target": {"system": "workday", "environment": "prod"},
-		"approver_context": {"assignment_group": null, "named_approver": "Carol.Ng", "itsm_approval": null, "recorded": []},
+		"approver_context": {"assignment_group": null, "named_approver": "Carol.Ng", "itsm_approval": null, "itsm_state": null, "recorded": []},
 	})
 	d.outcome == "review"
 	d.route_to == "HR Systems Owners"
@@ -96,7 +96,7 @@ test_justification_text_cannot_approve if {
 
 test_itsm_approval_does_not_approve if {
 	d := access.decision with input as object.union(privileged_prod, {"approver_context": {
-		"assignment_group": null, "named_approver": "david.loo", "itsm_approval": "approved",
+		"assignment_group": null, "named_approver": "david.loo", "itsm_approval": "approved", "itsm_state": "closed_complete",
 		"recorded": [{"approver": "david.loo", "state": "approved"}],
 	}})
 	d.outcome == "review"

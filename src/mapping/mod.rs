@@ -196,6 +196,7 @@ fn assemble(source: &SourceTicket, v: &Map<String, Value>, attributes: Map<Strin
             "assignment_group": get("approver.assignment_group"),
             "named_approver": get("approver.named_approver"),
             "itsm_approval": get("approver.itsm_approval"),
+            "itsm_state": get("approver.itsm_state"),
             "recorded": v.get("approver.recorded").cloned().unwrap_or_else(|| json!([])),
         },
         "nhi": if nhi_present {

@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Kind)] = &[
     ("approver.assignment_group", Kind::Text),
     ("approver.named_approver", Kind::Text),
     ("approver.itsm_approval", Kind::Text),
+    ("approver.itsm_state", Kind::Text),
     ("approver.recorded", Kind::Approvals),
     ("nhi.owner", Kind::Text),
     ("nhi.purpose", Kind::Text),

@@ -7,7 +7,7 @@ use crate::decision::Decided;
 use crate::mapping::Mapping;
 use crate::render::CommentInput;
 use crate::schema::{AccessRequest, Decision, FieldProblem, Normalized, Obligations, Outcome};
-use crate::store::{sha256_hex, InboxRow};
+use crate::store::{sha256_hex, Event, InboxRow};
 
 /// What identifies a request version: what a decision may depend on. The source version, the
 /// ITSM's approval context, urgency, extra attributes and the wording of the justification are
@@ -66,6 +66,28 @@ impl Pipeline {
         Ok(())
     }
 
+    /// A ticket-side approval event when the ITSM's approval or state differs from the previous
+    /// version's. Recorded as evidence only: it never changes a decision.
+    async fn itsm_change(&self, row: &InboxRow, normalized: &serde_json::Value) -> anyhow::Result<Vec<(Event, serde_json::Value)>> {
+        let side = |n: &serde_json::Value| {
+            let ctx = &n["request"]["approver_context"];
+            (ctx["itsm_approval"].clone(), ctx["itsm_state"].clone())
+        };
+        let now = side(normalized);
+        if now == (serde_json::Value::Null, serde_json::Value::Null) {
+            return Ok(Vec::new());
+        }
+        let before = self.store.previous_normalized(row).await?.map(|p| side(&p));
+        if before.as_ref() == Some(&now) {
+            return Ok(Vec::new());
+        }
+        let (from_approval, from_state) = before.unwrap_or((serde_json::Value::Null, serde_json::Value::Null));
+        Ok(vec![(
+            Event::ItsmApproval,
+            json!({"version": row.version, "approval": now.0, "state": now.1, "previous_approval": from_approval, "previous_state": from_state}),
+        )])
+    }
+
     #[tracing::instrument(skip_all, fields(connector = %row.connector, ticket = %row.number))]
     async fn decide_row(&self, row: &InboxRow, report: &mut Report) -> anyhow::Result<()> {
         let Some(instance) = self.instances.get(&row.connector) else {
@@ -73,7 +95,7 @@ impl Pipeline {
             return Ok(());
         };
         if self.store.has_newer_version(row).await? {
-            self.store.settle(row, "stale", &json!({"status": "stale"}), None).await?;
+            self.store.settle(row, "stale", &json!({"status": "stale"}), None, &[]).await?;
             report.settled += 1;
             return Ok(());
         }
@@ -83,16 +105,19 @@ impl Pipeline {
         let (hash, request) = match &normalized {
             Normalized::NotAnAccessRequest { reason, .. } => {
                 tracing::debug!(%reason, "not an access request");
-                self.store.settle(row, "not_access", &normalized_json, None).await?;
+                self.store.settle(row, "not_access", &normalized_json, None, &[]).await?;
                 report.settled += 1;
                 return Ok(());
             }
             Normalized::Incomplete { problems, .. } => (problems_hash(problems), None),
             Normalized::AccessRequest { request } => (request_hash(request), Some(request.as_ref())),
         };
+        let mut evidence = self.itsm_change(row, &normalized_json).await?;
         let latest = self.store.latest_decision(&row.connector, &row.ticket_key).await?;
         if latest.as_ref().is_some_and(|l| l.request_hash == hash) {
-            self.store.settle(row, "unchanged", &normalized_json, Some(&hash)).await?;
+            self.store
+                .settle(row, "unchanged", &normalized_json, Some(&hash), &evidence)
+                .await?;
             report.settled += 1;
             return Ok(());
         }
@@ -112,6 +137,12 @@ impl Pipeline {
         };
         let marker = marker(&row.connector, &row.ticket_key, &hash);
         let supersedes = latest.as_ref().map(|l| l.decision_id.as_str());
+        if let Some(earlier) = &latest {
+            evidence.push((
+                Event::Superseded,
+                json!({"superseded_decision_id": earlier.decision_id, "superseded_outcome": earlier.outcome, "by_decision_id": decided.decision.decision_id}),
+            ));
+        }
         let input = CommentInput {
             number: &row.number,
             request,
@@ -120,7 +151,16 @@ impl Pipeline {
         };
         let body = self.renderer.render(&input, &marker, instance.connector.markup())?;
         self.store
-            .record_decision(row, &normalized_json, &hash, &decided.decision, &decided.raw, &marker, &body)
+            .record_decision(
+                row,
+                &normalized_json,
+                &hash,
+                &decided.decision,
+                &decided.raw,
+                &marker,
+                &body,
+                &evidence,
+            )
             .await?;
         tracing::info!(outcome = decided.decision.outcome.as_str(), decision = %decided.decision.decision_id, "decided");
         report.decided += 1;

@@ -227,6 +227,19 @@ impl Store {
         .await?)
     }
 
+    /// The normalized JSON of the ticket's latest earlier version, if any.
+    pub async fn previous_normalized(&self, row: &InboxRow) -> anyhow::Result<Option<Value>> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT normalized FROM inbox WHERE connector = ? AND ticket_key = ? AND id < ? AND normalized IS NOT NULL AND status != 'stale' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&row.connector)
+        .bind(&row.ticket_key)
+        .bind(row.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
     /// Whether a later version of the same ticket is already in the inbox.
     pub async fn has_newer_version(&self, row: &InboxRow) -> anyhow::Result<bool> {
         let newer: Option<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE connector = ? AND ticket_key = ? AND id > ? LIMIT 1")
@@ -249,8 +262,16 @@ impl Store {
         .await?)
     }
 
-    /// Records a ticket that is not an access request, or a version that changes nothing.
-    pub async fn settle(&self, row: &InboxRow, status: &str, normalized: &Value, request_hash: Option<&str>) -> anyhow::Result<()> {
+    /// Records a ticket that is not an access request, or a version that changes nothing, with
+    /// any further evidence (`extra`) in the same transaction.
+    pub async fn settle(
+        &self,
+        row: &InboxRow,
+        status: &str,
+        normalized: &Value,
+        request_hash: Option<&str>,
+        extra: &[(Event, Value)],
+    ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE inbox SET status = ?, normalized = ?, request_hash = ?, last_error = NULL WHERE id = ?")
             .bind(status)
@@ -267,6 +288,9 @@ impl Store {
             json!({"version": row.version, "status": status, "request_hash": request_hash, "normalized": normalized}),
         )
         .await?;
+        for (event, payload) in extra {
+            audit::append(&mut tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -282,6 +306,7 @@ impl Store {
         raw: &Value,
         marker: &str,
         body: &str,
+        extra: &[(Event, Value)],
     ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         let decision_json = serde_json::to_value(decision)?;
@@ -311,6 +336,9 @@ impl Store {
             .bind(decision.decided_at.to_rfc3339())
             .execute(&mut *tx)
             .await?;
+        for (event, payload) in extra {
+            audit::append(&mut tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
+        }
         audit::append(
             &mut tx,
             &row.connector,

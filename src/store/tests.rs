@@ -52,7 +52,7 @@ async fn the_audit_log_chains_and_refuses_edits() {
     assert_eq!(audit::verify(&records), Ok(2));
     let mut tampered = records.clone();
     tampered[0].payload = tampered[0].payload.replace("N-a", "N-z");
-    assert!(audit::verify(&tampered).expect_err("tampered").contains("record 1"));
+    assert!(audit::verify(&tampered).expect_err("tampered").contains("record seq 1"));
     let update = sqlx::query("UPDATE audit SET kind = 'x'").execute(store.pool()).await;
     assert!(update.expect_err("append-only").to_string().contains("append-only"));
     let delete = sqlx::query("DELETE FROM audit").execute(store.pool()).await;
