@@ -1,6 +1,7 @@
 //! deskbridge: connects service desks to identity decision points. Tickets are intake and
 //! evidence; the decision belongs to the policy owner.
 
+pub mod audit;
 mod backoff;
 pub mod commands;
 pub mod config;
@@ -9,5 +10,6 @@ pub mod mapping;
 pub mod pipeline;
 pub mod registry;
 pub mod render;
+pub mod report;
 pub mod schema;
 pub mod store;

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use deskbridge::audit::Format as AuditFormat;
+use deskbridge::commands::audit::StoreArgs;
+use deskbridge::report::drift::{Format as DriftFormat, Options as DriftOptions};
 
 #[derive(Parser)]
 #[command(
@@ -20,7 +23,11 @@ struct Cli {
 enum Command {
     /// Run the whole path on embedded defaults: seeded ServiceNow simulator, shipped mapping
     /// and policy, SQLite in a temporary folder.
-    Demo,
+    Demo {
+        /// Keep the SQLite file here instead (must not exist yet).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Run the pipeline continuously with the health/status API.
     Serve {
         /// Config file.
@@ -43,6 +50,84 @@ enum Command {
         #[command(subcommand)]
         command: MappingCommand,
     },
+    /// Verify, export and sign the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// One ticket's timeline: raw → normalized → decision(s) → comment(s), with hashes.
+    Trace {
+        /// Ticket number (RITM0010001) or key.
+        ticket: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Governance reports.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the store's hash chain and checkpoints, or an export with a public key; exits 1
+    /// naming the first bad record.
+    Verify {
+        /// Config file (its [store]).
+        #[arg(long, conflicts_with_all = ["db", "export"])]
+        config: Option<PathBuf>,
+        /// The SQLite file directly.
+        #[arg(long, conflicts_with = "export")]
+        db: Option<PathBuf>,
+        /// An exported trail (jsonl or csv) to verify without database access.
+        #[arg(long, requires = "public_key")]
+        export: Option<PathBuf>,
+        /// Hex Ed25519 public key, or a file holding it.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Export records since a date, with the signed checkpoints covering them.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// YYYY-MM-DD or RFC 3339; everything when absent.
+        #[arg(long)]
+        since: Option<String>,
+        /// jsonl or csv.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: AuditFormat,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Sign the latest record now.
+    Checkpoint {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Make a new audit signing key pair.
+    Keygen,
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Tickets approved or closed in the ITSM without a policy approve, disagreements,
+    /// requester = approver, late requests, repeated requests, NHIs without owner or expiry,
+    /// approved access with no expiry.
+    Drift {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// table, json or csv.
+        #[arg(long, value_enum, default_value = "table")]
+        format: DriftFormat,
+        /// Hours a request may wait for its decision (or its comment) before it is late.
+        #[arg(long, default_value_t = 24.0)]
+        sla_hours: f64,
+        /// Requests for the same entitlement by the same beneficiary that count as repeated.
+        #[arg(long, default_value_t = 3)]
+        repeat_threshold: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -54,6 +139,31 @@ enum MappingCommand {
         /// Ticket JSON (a raw ITSM record, or a stored ticket).
         ticket: PathBuf,
     },
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<(String, bool)> {
+    use deskbridge::commands::audit as cmd;
+    match command {
+        AuditCommand::Verify {
+            config,
+            db,
+            export,
+            public_key,
+        } => {
+            let store = (config.is_some() || db.is_some()).then(|| StoreArgs { config, db });
+            cmd::verify(store.as_ref(), export.as_deref(), public_key.as_deref()).await
+        }
+        AuditCommand::Export {
+            store,
+            since,
+            format,
+            output,
+        } => cmd::export(&store, since.as_deref(), format, output.as_deref())
+            .await
+            .map(|o| (o, true)),
+        AuditCommand::Checkpoint { store } => cmd::checkpoint(&store).await.map(|o| (o, true)),
+        AuditCommand::Keygen => Ok((cmd::keygen(), true)),
+    }
 }
 
 fn init_tracing(default: &str) {
@@ -68,16 +178,33 @@ fn init_tracing(default: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo | Command::Schema | Command::Mapping { .. });
+    let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Sync { .. });
     init_tracing(if quiet { "warn" } else { "info" });
     let result: anyhow::Result<(String, bool)> = match cli.command {
-        Command::Demo => deskbridge::commands::demo::run().await.map(|out| (out, true)),
+        Command::Demo { store } => deskbridge::commands::demo::run(store.as_deref()).await.map(|out| (out, true)),
         Command::Serve { config } => deskbridge::commands::serve(&config).await.map(|()| (String::new(), true)),
         Command::Sync { once, config } => deskbridge::commands::sync(&config, once).await.map(|out| (out, true)),
         Command::Schema => deskbridge::commands::schema().map(|out| (out, true)),
         Command::Mapping {
             command: MappingCommand::Test { mapping, ticket },
         } => deskbridge::commands::mapping_test(&mapping, &ticket),
+        Command::Audit { command } => audit(command).await,
+        Command::Trace { ticket, store } => deskbridge::commands::audit::trace(&store, &ticket).await.map(|out| (out, true)),
+        Command::Report {
+            command:
+                ReportCommand::Drift {
+                    store,
+                    format,
+                    sla_hours,
+                    repeat_threshold,
+                },
+        } => {
+            let sla = std::time::Duration::try_from_secs_f64(sla_hours * 3600.0).unwrap_or(std::time::Duration::MAX);
+            let options = DriftOptions { sla, repeat_threshold };
+            deskbridge::commands::audit::drift(&store, &options, format)
+                .await
+                .map(|out| (out, true))
+        }
     };
     match result {
         Ok((out, ok)) => {

@@ -47,11 +47,16 @@ pub fn shipped() -> anyhow::Result<(Mapping, RegoDecisionPoint)> {
     Ok((mapping, policy))
 }
 
-/// Runs the demo and returns what it prints.
-pub async fn run() -> anyhow::Result<String> {
+/// Runs the demo and returns what it prints. With `keep`, the SQLite file is kept there (for
+/// `deskbridge trace` and `deskbridge report drift`); otherwise it lives in a temporary folder.
+pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
     let sim = Simulator::start(SimConfig::default()).await?;
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("deskbridge.db")).await?;
+    let path = keep.map_or_else(|| dir.path().join("deskbridge.db"), std::path::Path::to_path_buf);
+    if keep.is_some() && path.exists() {
+        anyhow::bail!("{} exists; the demo starts from an empty store", path.display());
+    }
+    let store = Store::open(&path).await?;
     let connector = Arc::new(ServiceNow::new("servicenow-demo", servicenow_config(sim.base_url())?)?);
     let (mapping, policy) = shipped()?;
     let pipeline = Pipeline::new(

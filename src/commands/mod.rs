@@ -1,5 +1,6 @@
 //! What each CLI subcommand does. `main.rs` only parses arguments and calls these.
 
+pub mod audit;
 pub mod demo;
 mod mapping_test;
 mod run;

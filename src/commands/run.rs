@@ -16,6 +16,8 @@ use crate::store::Store;
 
 async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)> {
     let config = Config::load(config_path)?;
+    // Checked here so a bad key stops start-up rather than the first pass.
+    config.audit.signer()?;
     let built = config.build(&config_path.display().to_string())?;
     let store = Store::open(&config.store.path)
         .await
@@ -37,6 +39,7 @@ pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
     let (config, pipeline) = pipeline_from(config_path).await?;
     if once {
         let report = pipeline.run_once().await?;
+        sign(&pipeline, &config).await?;
         let mut out = summarize(&report) + "\n";
         out.push_str(&super::table::render(&pipeline.store().summaries().await?));
         if !report.connector_errors.is_empty() {
@@ -45,11 +48,8 @@ pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
         return Ok(out);
     }
     let (tx, rx) = watch::channel(false);
-    let worker = tokio::spawn(work(
-        Arc::new(pipeline),
-        Duration::from_secs(config.pipeline.poll_interval_secs),
-        rx,
-    ));
+    let interval = Duration::from_secs(config.pipeline.poll_interval_secs);
+    let worker = tokio::spawn(work(Arc::new(pipeline), Arc::new(config), interval, rx));
     shutdown_signal().await;
     let _ = tx.send(true);
     worker.await?;
@@ -79,7 +79,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             })
             .await
     });
-    let worker = tokio::spawn(work(pipeline, Duration::from_secs(config.pipeline.poll_interval_secs), rx));
+    let interval = Duration::from_secs(config.pipeline.poll_interval_secs);
+    let worker = tokio::spawn(work(pipeline, Arc::new(config), interval, rx));
     shutdown_signal().await;
     tracing::info!("shutting down: finishing the pass in flight");
     let _ = tx.send(true);
@@ -101,11 +102,22 @@ async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json
     }
 }
 
-async fn work(pipeline: Arc<Pipeline>, interval: Duration, mut stop: watch::Receiver<bool>) {
+/// Signs the latest audit record when a key is configured.
+async fn sign(pipeline: &Pipeline, config: &Config) -> anyhow::Result<()> {
+    if let Some(signer) = config.audit.signer()? {
+        crate::audit::checkpoint(pipeline.store(), &signer).await?;
+    }
+    Ok(())
+}
+
+async fn work(pipeline: Arc<Pipeline>, config: Arc<Config>, interval: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         match pipeline.run_once().await {
             Ok(report) => tracing::info!(summary = %summarize(&report), "pass complete"),
             Err(e) => tracing::error!(error = %format!("{e:#}"), "pass failed; retrying next interval"),
+        }
+        if let Err(e) = sign(&pipeline, &config).await {
+            tracing::error!(error = %format!("{e:#}"), "signing an audit checkpoint failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

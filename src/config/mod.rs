@@ -29,6 +29,9 @@ pub struct Config {
     /// The HTTP server of `deskbridge serve`.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Audit evidence.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// ITSM instances.
     pub connectors: Vec<ConnectorEntry>,
 }
@@ -106,6 +109,22 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
         }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Ed25519 seed (64 hex characters) for signed checkpoints after every pass and on export;
+    /// `deskbridge audit keygen` makes one. Use `${VAR}`.
+    pub signing_key: Option<secrecy::SecretString>,
+}
+
+impl AuditConfig {
+    /// The signer, when a key is configured.
+    pub fn signer(&self) -> anyhow::Result<Option<crate::audit::AuditSigner>> {
+        self.signing_key.as_ref().map(crate::audit::AuditSigner::from_secret).transpose()
     }
 }
 

@@ -114,6 +114,25 @@ pub struct TicketSummary {
     pub comment_id: Option<String>,
 }
 
+/// The latest state of one ticket, for reports.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TicketState {
+    /// Connector.
+    pub connector: String,
+    /// Number.
+    pub number: String,
+    /// Inbox status of the latest version.
+    pub status: String,
+    /// Its normalized JSON.
+    pub normalized: String,
+    /// When that version arrived.
+    pub received_at: String,
+    /// Failed decision attempts on it.
+    pub attempts: i64,
+    /// The latest decision JSON.
+    pub decision: Option<String>,
+}
+
 /// Counts for progress reports and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -500,6 +519,73 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    /// Every audit record of one ticket, in order.
+    pub async fn audit_for_ticket(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Vec<AuditRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit WHERE connector = ? AND ticket_key = ? ORDER BY seq",
+        )
+        .bind(connector)
+        .bind(ticket_key)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Tickets whose number or key is `text`: `(connector, key, number, url)`.
+    pub async fn find_tickets(&self, text: &str) -> anyhow::Result<Vec<(String, String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT connector, ticket_key, MAX(number), MAX(url) FROM inbox WHERE number = ?1 OR ticket_key = ?1 GROUP BY connector, ticket_key ORDER BY connector",
+        )
+        .bind(text)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The latest normalized state of every ticket with its latest decision.
+    pub async fn ticket_states(&self) -> anyhow::Result<Vec<TicketState>> {
+        Ok(sqlx::query_as(
+            "SELECT i.connector, i.number, i.status, i.normalized, i.received_at, i.attempts,
+                    (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision
+             FROM inbox i
+             WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
+                           AND j.normalized IS NOT NULL AND j.status != 'stale')
+             ORDER BY i.connector, i.number",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Comments decided but not on their ticket: `(connector, number, created_at)`.
+    pub async fn undelivered_comments(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT o.connector, COALESCE((SELECT MAX(i.number) FROM inbox i WHERE i.connector = o.connector AND i.ticket_key = o.ticket_key), o.ticket_key), o.created_at
+             FROM outbox o WHERE o.status != 'posted' ORDER BY o.id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Stored audit checkpoints, oldest first.
+    pub async fn checkpoints(&self) -> anyhow::Result<Vec<crate::audit::Checkpoint>> {
+        Ok(
+            sqlx::query_as("SELECT seq, hash, at, public_key, signature FROM audit_checkpoints ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores a checkpoint.
+    pub async fn insert_checkpoint(&self, cp: &crate::audit::Checkpoint) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature) VALUES (?, ?, ?, ?, ?)")
+            .bind(cp.seq)
+            .bind(&cp.hash)
+            .bind(&cp.at)
+            .bind(&cp.public_key)
+            .bind(&cp.signature)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The underlying pool (for tests and reports).

@@ -1,0 +1,104 @@
+//! `deskbridge trace TICKET`: one ticket's timeline, raw → normalized → decision(s) →
+//! comment(s), with hashes.
+
+use serde_json::Value;
+
+use crate::store::Store;
+
+fn short(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
+}
+
+fn summary(kind: &str, p: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    match kind {
+        "ticket_seen" => format!(
+            "version {}, raw sha256 {}",
+            s(&p["version"]),
+            short(p["raw_sha256"].as_str().unwrap_or("-"))
+        ),
+        "normalized" => {
+            let request = &p["normalized"]["request"];
+            let what = match (
+                request["kind"].as_str(),
+                request["entitlement"]["id"].as_str(),
+                request["beneficiary"]["id"].as_str(),
+            ) {
+                (Some(k), Some(e), Some(b)) => format!(": {k} {e} for {b}"),
+                _ => String::new(),
+            };
+            let hash = p["request_hash"]
+                .as_str()
+                .map(|h| format!(", request {}", short(h)))
+                .unwrap_or_default();
+            format!("{}{what}{hash}", s(&p["status"]))
+        }
+        "decided" => {
+            let d = &p["decision"];
+            let route = d["route_to"].as_str().map(|r| format!(" → {r}")).unwrap_or_default();
+            format!(
+                "{}{route} by {} {} (decision {}): {}",
+                s(&d["outcome"]),
+                s(&d["policy_id"]),
+                s(&d["policy_version"]),
+                s(&d["decision_id"]),
+                d["reasons"][0].as_str().unwrap_or("")
+            )
+        }
+        "superseded" => format!(
+            "decision {} superseded by {}",
+            s(&p["superseded_decision_id"]),
+            s(&p["by_decision_id"])
+        ),
+        "itsm_approval" => format!(
+            "ITSM approval {} (was {}), state {} (was {}) — evidence only",
+            s(&p["approval"]),
+            s(&p["previous_approval"]),
+            s(&p["state"]),
+            s(&p["previous_state"])
+        ),
+        "decision_failed" => format!("attempt {}: {}", p["attempt"], s(&p["error"])),
+        "comment_queued" => format!(
+            "{} (body sha256 {})",
+            s(&p["marker"]),
+            short(p["body_sha256"].as_str().unwrap_or("-"))
+        ),
+        "comment_posted" => format!(
+            "comment {} for decision {}{}",
+            s(&p["comment_id"]),
+            s(&p["decision_id"]),
+            if p["found_existing"] == Value::Bool(true) {
+                " (found already posted)"
+            } else {
+                ""
+            }
+        ),
+        "comment_failed" => format!("{}: {}", s(&p["marker"]), s(&p["error"])),
+        _ => p.to_string(),
+    }
+}
+
+/// The timeline of every ticket whose number or key is `ticket`.
+pub async fn trace(store: &Store, ticket: &str) -> anyhow::Result<String> {
+    let found = store.find_tickets(ticket).await?;
+    if found.is_empty() {
+        anyhow::bail!("no ticket {ticket:?} in the store (give its number, e.g. RITM0010001, or its key)");
+    }
+    let mut out = String::new();
+    for (connector, key, number, url) in found {
+        out.push_str(&format!("{number}  connector {connector}, key {key}\n{url}\n"));
+        for r in store.audit_for_ticket(&connector, &key).await? {
+            let payload: Value = serde_json::from_str(&r.payload).unwrap_or(Value::Null);
+            out.push_str(&format!(
+                "  #{:<6} {}  {:<15} {}  [{}]\n",
+                r.seq,
+                r.at,
+                r.kind,
+                summary(&r.kind, &payload),
+                short(&r.hash)
+            ));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}

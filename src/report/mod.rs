@@ -1,0 +1,3 @@
+//! Governance reports over the store.
+
+pub mod drift;
