@@ -150,7 +150,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<(String, bool)> {
             export,
             public_key,
         } => {
-            let store = (config.is_some() || db.is_some()).then(|| StoreArgs { config, db });
+            let store = (config.is_some() || db.is_some()).then_some(StoreArgs { config, db });
             cmd::verify(store.as_ref(), export.as_deref(), public_key.as_deref()).await
         }
         AuditCommand::Export {

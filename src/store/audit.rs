@@ -136,8 +136,8 @@ impl AuditRecord {
 /// log). Returns how many verified, or a message naming the first bad record.
 pub fn verify_run(records: &[AuditRecord], start_prev: &str) -> Result<usize, String> {
     let mut prev = start_prev.to_owned();
-    let mut expected_seq = records.first().map_or(1, |r| r.seq);
-    for r in records {
+    let first_seq = records.first().map_or(1, |r| r.seq);
+    for (expected_seq, r) in (first_seq..).zip(records) {
         if r.seq != expected_seq {
             return Err(format!(
                 "{}: expected seq {expected_seq}; a record was deleted, inserted or reordered here",
@@ -155,7 +155,6 @@ pub fn verify_run(records: &[AuditRecord], start_prev: &str) -> Result<usize, St
             return Err(format!("{}: content does not match its hash; the record was edited", r.describe()));
         }
         prev = r.hash.clone();
-        expected_seq += 1;
     }
     Ok(records.len())
 }

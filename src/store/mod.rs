@@ -521,6 +521,15 @@ impl Store {
         )
     }
 
+    /// The latest audit record.
+    pub async fn last_audit_record(&self) -> anyhow::Result<Option<AuditRecord>> {
+        Ok(
+            sqlx::query_as("SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Every audit record of one ticket, in order.
     pub async fn audit_for_ticket(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Vec<AuditRecord>> {
         Ok(sqlx::query_as(

@@ -34,11 +34,28 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::with(SimConfig::default()).await
+    }
+
+    /// A simulator with reference data but no requested items.
+    pub async fn spawn_empty() -> Self {
+        Self::with(SimConfig {
+            seed: false,
+            ..SimConfig::default()
+        })
+        .await
+    }
+
+    async fn with(config: SimConfig) -> Self {
         init_tracing();
-        let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+        let sim = Simulator::start(config).await.expect("simulator");
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("deskbridge.db")).await.expect("store");
         Self { sim, store, _dir: dir }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self._dir.path().join("deskbridge.db")
     }
 
     pub fn connector(&self) -> Arc<ServiceNow> {

@@ -1,7 +1,9 @@
 //! Integration tests across crates: real HTTP against the ServiceNow simulator, a real SQLite
 //! file, the real Rego engine. Set TEST_LOG=1 to see tracing output.
 
+mod audit;
 mod cli;
+mod drift;
 mod helpers;
 mod mapping_fixtures;
 mod pipeline;
