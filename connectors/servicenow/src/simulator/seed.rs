@@ -326,6 +326,31 @@ const ITEMS: &[Item] = &[
     },
 ];
 
+/// One `sc_req_item` row modelled on `item`.
+fn requested_item(item: &Item, sys_id: &str, number: &str, request: &str, stamp: &str, mod_count: &str) -> Record {
+    rec(&[
+        ("sys_id", sys_id),
+        ("number", number),
+        ("request", request),
+        ("cat_item", &sid(0xca, item.cat)),
+        ("opened_by", &user_id(item.opened_by)),
+        ("requested_for", &user_id(item.requested_for)),
+        ("assignment_group", &sid(0x6e, item.group)),
+        ("short_description", item.short),
+        ("description", item.short),
+        ("state", "1"),
+        ("stage", "request_approved"),
+        ("approval", item.approval),
+        ("urgency", item.urgency),
+        ("priority", "4"),
+        ("sys_created_by", item.opened_by),
+        ("sys_updated_by", item.opened_by),
+        ("sys_created_on", stamp),
+        ("sys_updated_on", stamp),
+        ("sys_mod_count", mod_count),
+    ])
+}
+
 /// Everything: reference data plus the seeded requested items.
 pub fn seed(db: &mut Db) {
     seed_reference_data(db);
@@ -346,27 +371,10 @@ pub fn seed(db: &mut Db) {
             ("sys_updated_on", &stamp),
             ("sys_mod_count", "1"),
         ]));
-        db.tables.entry("sc_req_item".into()).or_default().insert(rec(&[
-            ("sys_id", &ritm),
-            ("number", &number),
-            ("request", &req),
-            ("cat_item", &sid(0xca, item.cat)),
-            ("opened_by", &user_id(item.opened_by)),
-            ("requested_for", &user_id(item.requested_for)),
-            ("assignment_group", &sid(0x6e, item.group)),
-            ("short_description", item.short),
-            ("description", item.short),
-            ("state", "1"),
-            ("stage", "request_approved"),
-            ("approval", item.approval),
-            ("urgency", item.urgency),
-            ("priority", "4"),
-            ("sys_created_by", item.opened_by),
-            ("sys_updated_by", item.opened_by),
-            ("sys_created_on", &stamp),
-            ("sys_updated_on", &stamp),
-            ("sys_mod_count", "2"),
-        ]));
+        db.tables
+            .entry("sc_req_item".into())
+            .or_default()
+            .insert(requested_item(item, &ritm, &number, &req, &stamp, "2"));
         for (name, value) in item.vars {
             option_n += 1;
             insert_variable(db, &ritm, name, value, sid(0x0b, option_n), sid(0x0c, option_n));
@@ -442,27 +450,10 @@ pub fn generate(db: &mut Db, state: &State, count: usize) -> Vec<String> {
         let stamp = (end - Duration::seconds(seconds_before)).format("%Y-%m-%d %H:%M:%S").to_string();
         let ritm = state.new_id();
         let number = format!("RITM{:07}", 2_000_000 + i);
-        db.tables.entry("sc_req_item".into()).or_default().insert(rec(&[
-            ("sys_id", &ritm),
-            ("number", &number),
-            ("request", &sid(0x20, item.n)),
-            ("cat_item", &sid(0xca, item.cat)),
-            ("opened_by", &user_id(item.opened_by)),
-            ("requested_for", &user_id(item.requested_for)),
-            ("assignment_group", &sid(0x6e, item.group)),
-            ("short_description", item.short),
-            ("description", item.short),
-            ("state", "1"),
-            ("stage", "request_approved"),
-            ("approval", item.approval),
-            ("urgency", item.urgency),
-            ("priority", "4"),
-            ("sys_created_by", item.opened_by),
-            ("sys_updated_by", item.opened_by),
-            ("sys_created_on", &stamp),
-            ("sys_updated_on", &stamp),
-            ("sys_mod_count", "0"),
-        ]));
+        db.tables
+            .entry("sc_req_item".into())
+            .or_default()
+            .insert(requested_item(item, &ritm, &number, &sid(0x20, item.n), &stamp, "0"));
         for (name, value) in item.vars {
             insert_variable(db, &ritm, name, value, state.new_id(), state.new_id());
         }
