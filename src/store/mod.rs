@@ -292,24 +292,7 @@ impl Store {
         extra: &[(Event, Value)],
     ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE inbox SET status = ?, normalized = ?, request_hash = ?, last_error = NULL WHERE id = ?")
-            .bind(status)
-            .bind(normalized.to_string())
-            .bind(request_hash)
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            &row.connector,
-            &row.ticket_key,
-            Event::Normalized,
-            json!({"version": row.version, "status": status, "request_hash": request_hash, "normalized": normalized}),
-        )
-        .await?;
-        for (event, payload) in extra {
-            audit::append(&mut tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
-        }
+        mark_normalized(&mut tx, row, status, status, normalized, request_hash, extra).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -329,20 +312,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         let decision_json = serde_json::to_value(decision)?;
-        sqlx::query("UPDATE inbox SET status = 'decided', normalized = ?, request_hash = ?, last_error = NULL WHERE id = ?")
-            .bind(normalized.to_string())
-            .bind(request_hash)
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            &row.connector,
-            &row.ticket_key,
-            Event::Normalized,
-            json!({"version": row.version, "status": "access_request", "request_hash": request_hash, "normalized": normalized}),
-        )
-        .await?;
+        mark_normalized(&mut tx, row, "decided", "access_request", normalized, Some(request_hash), extra).await?;
         sqlx::query("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&decision.decision_id)
             .bind(row.id)
@@ -355,9 +325,6 @@ impl Store {
             .bind(decision.decided_at.to_rfc3339())
             .execute(&mut *tx)
             .await?;
-        for (event, payload) in extra {
-            audit::append(&mut tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
-        }
         audit::append(
             &mut tx,
             &row.connector,
@@ -601,6 +568,32 @@ impl Store {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// Sets an inbox row's status and normalized form, and records the normalization and any
+/// further evidence, inside the caller's transaction.
+async fn mark_normalized(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: &InboxRow,
+    status: &str,
+    audit_status: &str,
+    normalized: &Value,
+    request_hash: Option<&str>,
+    extra: &[(Event, Value)],
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE inbox SET status = ?, normalized = ?, request_hash = ?, last_error = NULL WHERE id = ?")
+        .bind(status)
+        .bind(normalized.to_string())
+        .bind(request_hash)
+        .bind(row.id)
+        .execute(&mut **tx)
+        .await?;
+    let payload = json!({"version": row.version, "status": audit_status, "request_hash": request_hash, "normalized": normalized});
+    audit::append(tx, &row.connector, &row.ticket_key, Event::Normalized, payload).await?;
+    for (event, payload) in extra {
+        audit::append(tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
