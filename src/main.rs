@@ -62,6 +62,21 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Work with Rego policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Print the configured decision point's decision for one normalized request (the shipped
+    /// embedded policy without --config).
+    Decide {
+        /// A normalized access request (JSON, as `deskbridge schema` describes).
+        #[arg(long)]
+        request: PathBuf,
+        /// Config file whose [decision] to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Governance reports.
     Report {
         #[command(subcommand)]
@@ -111,7 +126,22 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the `test_*` rules of `*_test.rego` files (default: examples/policies/*.rego); exits
+    /// 1 when any fails.
+    Test {
+        /// Policy and test files.
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ReportCommand {
+    /// How often the shadow decision point agrees with the primary, and where it does not.
+    Shadow {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Tickets approved or closed in the ITSM without a policy approve, disagreements,
     /// requester = approver, late requests, repeated requests, NHIs without owner or expiry,
     /// approved access with no expiry.
@@ -189,6 +219,15 @@ async fn main() -> ExitCode {
             command: MappingCommand::Test { mapping, ticket },
         } => deskbridge::commands::mapping_test(&mapping, &ticket),
         Command::Audit { command } => audit(command).await,
+        Command::Policy {
+            command: PolicyCommand::Test { files },
+        } => deskbridge::commands::policy_test(&files),
+        Command::Decide { request, config } => deskbridge::commands::decide(&request, config.as_deref())
+            .await
+            .map(|out| (out, true)),
+        Command::Report {
+            command: ReportCommand::Shadow { store },
+        } => deskbridge::commands::audit::shadow(&store).await.map(|out| (out, true)),
         Command::Trace { ticket, store } => deskbridge::commands::audit::trace(&store, &ticket).await.map(|out| (out, true)),
         Command::Report {
             command:

@@ -124,6 +124,11 @@ pub async fn trace(args: &StoreArgs, ticket: &str) -> anyhow::Result<String> {
     audit::trace(&open(args).await?.0, ticket).await
 }
 
+/// `report shadow`.
+pub async fn shadow(args: &StoreArgs) -> anyhow::Result<String> {
+    super::shadow_report(&open(args).await?.0).await
+}
+
 /// `report drift`.
 pub async fn drift(args: &StoreArgs, options: &drift::Options, format: drift::Format) -> anyhow::Result<String> {
     let findings = drift::drift(&open(args).await?.0, options).await?;

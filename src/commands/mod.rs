@@ -1,11 +1,13 @@
 //! What each CLI subcommand does. `main.rs` only parses arguments and calls these.
 
 pub mod audit;
+mod decide;
 pub mod demo;
 mod mapping_test;
 mod run;
 mod table;
 
+pub use decide::{decide, policy_test, shadow_report};
 pub use mapping_test::mapping_test;
 pub use run::{serve, sync};
 

@@ -22,7 +22,7 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
     let store = Store::open(&config.store.path)
         .await
         .with_context(|| format!("opening store {}", config.store.path.display()))?;
-    let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings);
+    let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings).with_shadow(built.shadow);
     Ok((config, pipeline))
 }
 

@@ -32,6 +32,13 @@ pub struct Config {
     /// Audit evidence.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// A second decision point evaluated beside the primary; disagreements are recorded, and
+    /// it never changes an outcome.
+    #[serde(default)]
+    pub shadow: Option<DecisionConfig>,
+    /// Circuit breaker for remote decision points.
+    #[serde(default)]
+    pub breaker: crate::decision::breaker::BreakerConfig,
     /// ITSM instances.
     pub connectors: Vec<ConnectorEntry>,
 }
@@ -59,6 +66,53 @@ pub enum DecisionConfig {
         #[serde(default = "default_rego_timeout")]
         timeout_ms: u64,
     },
+    /// OPA's Data API.
+    Opa(crate::decision::opa::OpaConfig),
+    /// An AuthZEN 1.0 PDP.
+    Authzen(crate::decision::authzen::AuthzenConfig),
+    /// A webhook adapter with HMAC-signed bodies.
+    Webhook(crate::decision::webhook::WebhookConfig),
+}
+
+impl DecisionConfig {
+    fn rebase(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        match self {
+            Self::Rego { policies, .. } => policies.iter_mut().for_each(fix),
+            Self::Opa(c) => c.transport.ca_cert_file.iter_mut().for_each(fix),
+            Self::Authzen(c) => c.transport.ca_cert_file.iter_mut().for_each(fix),
+            Self::Webhook(c) => c.transport.ca_cert_file.iter_mut().for_each(fix),
+        }
+    }
+
+    /// Builds the decision point; remote ones get the circuit breaker.
+    pub fn build(&self, breaker: &crate::decision::breaker::BreakerConfig) -> anyhow::Result<Arc<dyn DecisionPoint>> {
+        use crate::decision::breaker::Breaker;
+        Ok(match self {
+            Self::Rego {
+                policies,
+                entrypoint,
+                timeout_ms,
+            } => Arc::new(RegoDecisionPoint::load(&RegoSettings {
+                policies: policies.clone(),
+                entrypoint: entrypoint.clone(),
+                timeout: Duration::from_millis(*timeout_ms),
+            })?),
+            Self::Opa(c) => Arc::new(Breaker::new(crate::decision::opa::OpaDecisionPoint::new(c)?, breaker)),
+            Self::Authzen(c) => Arc::new(Breaker::new(
+                crate::decision::authzen::AuthzenDecisionPoint::new(c.clone())?,
+                breaker,
+            )),
+            Self::Webhook(c) => Arc::new(Breaker::new(
+                crate::decision::webhook::WebhookDecisionPoint::new(c.clone())?,
+                breaker,
+            )),
+        })
+    }
 }
 
 fn default_entrypoint() -> String {
@@ -82,6 +136,9 @@ pub struct PipelineConfig {
     pub decision_retry_max_secs: u64,
     /// A minijinja template replacing the shipped comment template.
     pub comment_template: Option<PathBuf>,
+    /// A request still undecided this many seconds after it arrived gets one "decision
+    /// delayed" comment (not one per retry). Off when absent.
+    pub decision_delayed_comment_after_secs: Option<u64>,
 }
 
 impl Default for PipelineConfig {
@@ -92,6 +149,7 @@ impl Default for PipelineConfig {
             decision_retry_base_secs: 5,
             decision_retry_max_secs: 600,
             comment_template: None,
+            decision_delayed_comment_after_secs: Some(4 * 3600),
         }
     }
 }
@@ -149,6 +207,8 @@ pub struct Built {
     pub instances: Vec<Instance>,
     /// The decision point.
     pub decision_point: Arc<dyn DecisionPoint>,
+    /// The shadow decision point.
+    pub shadow: Option<Arc<dyn DecisionPoint>>,
     /// The comment renderer.
     pub renderer: CommentRenderer,
     /// Pipeline settings.
@@ -176,8 +236,10 @@ impl Config {
             }
         };
         fix(&mut self.store.path);
-        let DecisionConfig::Rego { policies, .. } = &mut self.decision;
-        policies.iter_mut().for_each(fix);
+        self.decision.rebase(base);
+        if let Some(shadow) = &mut self.shadow {
+            shadow.rebase(base);
+        }
         if let Some(t) = &mut self.pipeline.comment_template {
             fix(t);
         }
@@ -212,19 +274,17 @@ impl Config {
                 });
             }
         }
-        let decision_point: Option<Arc<dyn DecisionPoint>> = match &self.decision {
-            DecisionConfig::Rego {
-                policies,
-                entrypoint,
-                timeout_ms,
-            } => RegoDecisionPoint::load(&RegoSettings {
-                policies: policies.clone(),
-                entrypoint: entrypoint.clone(),
-                timeout: Duration::from_millis(*timeout_ms),
-            })
-            .map(|dp| Arc::new(dp) as Arc<dyn DecisionPoint>)
+        let decision_point = self
+            .decision
+            .build(&self.breaker)
             .map_err(|e| problems.push(format!("{file}: decision: {e:#}")))
-            .ok(),
+            .ok();
+        let shadow = match &self.shadow {
+            Some(s) => s
+                .build(&self.breaker)
+                .map_err(|e| problems.push(format!("{file}: shadow: {e:#}")))
+                .ok(),
+            None => None,
         };
         let renderer = CommentRenderer::new(self.pipeline.comment_template.as_deref())
             .map_err(|e| problems.push(format!("{file}: pipeline.comment_template: {e:#}")))
@@ -233,11 +293,13 @@ impl Config {
             (Some(decision_point), Some(renderer)) if problems.is_empty() => Ok(Built {
                 instances,
                 decision_point,
+                shadow,
                 renderer,
                 settings: Settings {
                     batch_size: self.pipeline.batch_size.max(1),
                     decision_retry_base: Duration::from_secs(self.pipeline.decision_retry_base_secs),
                     decision_retry_max: Duration::from_secs(self.pipeline.decision_retry_max_secs),
+                    delayed_comment_after: self.pipeline.decision_delayed_comment_after_secs.map(Duration::from_secs),
                     ..Settings::default()
                 },
             }),

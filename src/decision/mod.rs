@@ -2,8 +2,13 @@
 //! timeout or malformed answer is a [`DecisionError`]; callers keep the request pending and
 //! retry. Nothing here approves by default.
 
+pub mod authzen;
+pub mod breaker;
+pub mod opa;
 mod output;
 pub mod rego;
+pub mod remote;
+pub mod webhook;
 
 use async_trait::async_trait;
 
@@ -35,6 +40,12 @@ pub enum DecisionError {
     /// The engine failed.
     #[error("decision point failed: {0}")]
     Engine(String),
+    /// The decision point could not be reached, or failed on its side (5xx).
+    #[error("decision point unavailable: {0}")]
+    Unavailable(String),
+    /// The decision point refused the request (4xx): configuration or credentials are wrong.
+    #[error("decision point refused the request: {0}")]
+    Rejected(String),
 }
 
 /// An IAM/IGA decision point.

@@ -2,7 +2,7 @@
 //! [`Normalized::Incomplete`] (every missing or invalid field, with why) or
 //! [`Normalized::NotAnAccessRequest`]. No ticket field can set a decision.
 
-mod path;
+pub(crate) mod path;
 mod spec;
 mod target;
 

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{Pipeline, Report};
-use crate::decision::Decided;
+use crate::decision::{Decided, DecisionPoint};
 use crate::mapping::Mapping;
 use crate::render::CommentInput;
 use crate::schema::{AccessRequest, Decision, FieldProblem, Normalized, Obligations, Outcome};
@@ -64,6 +64,59 @@ impl Pipeline {
             self.decide_row(&row, report).await?;
         }
         Ok(())
+    }
+
+    /// Queues one "decision delayed" comment once a request has waited past the configured time.
+    async fn maybe_delayed_comment(&self, row: &InboxRow, hash: &str) -> anyhow::Result<()> {
+        let Some(after) = self.settings.delayed_comment_after else {
+            return Ok(());
+        };
+        let arrived = chrono::DateTime::parse_from_rfc3339(&row.received_at)?.with_timezone(&chrono::Utc);
+        if chrono::Utc::now() - arrived < chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX) {
+            return Ok(());
+        }
+        let marker = marker(&row.connector, &row.ticket_key, &format!("{hash}:delayed"));
+        let body = format!(
+            "deskbridge: the decision on this request is delayed. The identity decision point is not answering, so the request \
+             stays pending and will be decided as soon as it does. Nothing is approved in the meantime, and this ticket does not \
+             grant access by itself.\n[{marker}]"
+        );
+        if self.store.queue_delayed_comment(row, hash, &marker, &body).await? {
+            tracing::info!("decision delayed comment queued");
+        }
+        Ok(())
+    }
+
+    /// Asks the shadow decision point and records whether it agrees. Its answer, or its
+    /// failure, never changes the primary outcome.
+    async fn shadow_decide(
+        &self,
+        shadow: &dyn DecisionPoint,
+        row: &InboxRow,
+        request: &AccessRequest,
+        hash: &str,
+        primary: &Decision,
+    ) -> anyhow::Result<()> {
+        let result = match shadow.decide(request).await {
+            Ok(d) => crate::store::ShadowResult {
+                pdp: shadow.describe(),
+                agree: d.decision.outcome == primary.outcome,
+                outcome: Some(d.decision.outcome.as_str().to_owned()),
+                error: None,
+                raw: d.raw,
+            },
+            Err(e) => crate::store::ShadowResult {
+                pdp: shadow.describe(),
+                outcome: None,
+                error: Some(e.to_string()),
+                agree: false,
+                raw: json!(null),
+            },
+        };
+        if !result.agree {
+            tracing::info!(primary = primary.outcome.as_str(), shadow = ?result.outcome, error = ?result.error, "shadow decision point disagrees");
+        }
+        self.store.record_shadow(row, hash, primary, &result).await
     }
 
     /// A ticket-side approval event when the ITSM's approval or state differs from the previous
@@ -129,6 +182,7 @@ impl Pipeline {
                     let delay = crate::backoff::delay(row.attempts, self.settings.decision_retry_base, self.settings.decision_retry_max);
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "decision failed; request stays pending");
                     self.store.decision_failed(row, &normalized_json, &e.to_string(), delay).await?;
+                    self.maybe_delayed_comment(row, &hash).await?;
                     report.failed_decisions += 1;
                     return Ok(());
                 }
@@ -163,6 +217,9 @@ impl Pipeline {
             )
             .await?;
         tracing::info!(outcome = decided.decision.outcome.as_str(), decision = %decided.decision.decision_id, "decided");
+        if let (Some(shadow), Some(request)) = (&self.shadow, request) {
+            self.shadow_decide(shadow.as_ref(), row, request, &hash, &decided.decision).await?;
+        }
         report.decided += 1;
         Ok(())
     }

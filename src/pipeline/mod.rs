@@ -39,6 +39,8 @@ pub struct Settings {
     pub decision_retry_max: Duration,
     /// Pages polled per connector in one pass (bounds one pass over a large backlog).
     pub max_pages_per_pass: usize,
+    /// A request undecided this long after it arrived gets one "decision delayed" comment.
+    pub delayed_comment_after: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
             decision_retry_base: Duration::from_secs(5),
             decision_retry_max: Duration::from_secs(600),
             max_pages_per_pass: 1000,
+            delayed_comment_after: Some(Duration::from_secs(4 * 3600)),
         }
     }
 }
@@ -77,6 +80,7 @@ pub struct Pipeline {
     instances: HashMap<String, Instance>,
     order: Vec<String>,
     decision_point: Arc<dyn DecisionPoint>,
+    shadow: Option<Arc<dyn DecisionPoint>>,
     renderer: CommentRenderer,
     settings: Settings,
 }
@@ -97,9 +101,17 @@ impl Pipeline {
             instances,
             order,
             decision_point,
+            shadow: None,
             renderer,
             settings,
         }
+    }
+
+    /// Evaluates `shadow` beside the primary decision point for every request; it never
+    /// changes an outcome.
+    pub fn with_shadow(mut self, shadow: Option<Arc<dyn DecisionPoint>>) -> Self {
+        self.shadow = shadow;
+        self
     }
 
     /// The store.

@@ -34,6 +34,8 @@ pub enum Event {
     CommentPosted,
     /// Posting failed for good; an operator must act.
     CommentFailed,
+    /// A shadow decision point's answer beside the primary decision.
+    ShadowDecided,
 }
 
 impl Event {
@@ -49,6 +51,7 @@ impl Event {
             Self::CommentQueued => "comment_queued",
             Self::CommentPosted => "comment_posted",
             Self::CommentFailed => "comment_failed",
+            Self::ShadowDecided => "shadow_decided",
         }
     }
 }

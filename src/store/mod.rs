@@ -46,6 +46,8 @@ pub struct InboxRow {
     pub raw: String,
     /// Failed decision attempts so far.
     pub attempts: i64,
+    /// When this version arrived.
+    pub received_at: String,
 }
 
 impl InboxRow {
@@ -112,6 +114,40 @@ pub struct TicketSummary {
     pub comment_status: Option<String>,
     /// Comment id.
     pub comment_id: Option<String>,
+}
+
+/// What a shadow decision point said.
+#[derive(Debug, Clone)]
+pub struct ShadowResult {
+    /// Which decision point.
+    pub pdp: String,
+    /// Its outcome, when it answered.
+    pub outcome: Option<String>,
+    /// Its error, when it failed.
+    pub error: Option<String>,
+    /// Whether it agreed with the primary outcome.
+    pub agree: bool,
+    /// Its raw answer.
+    pub raw: Value,
+}
+
+/// One stored shadow comparison.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ShadowRow {
+    /// Ticket number.
+    pub number: String,
+    /// Primary outcome.
+    pub primary_outcome: String,
+    /// Shadow decision point.
+    pub shadow_pdp: String,
+    /// Shadow outcome.
+    pub shadow_outcome: Option<String>,
+    /// Shadow error.
+    pub shadow_error: Option<String>,
+    /// Agreed.
+    pub agree: bool,
+    /// When.
+    pub at: String,
 }
 
 /// The latest state of one ticket, for reports.
@@ -236,7 +272,7 @@ impl Store {
     /// during the pass is not retried within it).
     pub async fn due_inbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, connector, ticket_key, version, number, url, updated, raw, attempts FROM inbox
+            "SELECT id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at FROM inbox
              WHERE status = 'received' OR (status = 'pending' AND next_attempt_at < ?)
              ORDER BY id LIMIT ?",
         )
@@ -381,6 +417,74 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Queues the one "decision delayed" comment of a request version (a second call is a
+    /// no-op). Returns whether it was queued now.
+    pub async fn queue_delayed_comment(&self, row: &InboxRow, request_hash: &str, marker: &str, body: &str) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let queued = sqlx::query(
+            "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
+             VALUES (?, ?, ?, 'delayed', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&row.connector)
+        .bind(&row.ticket_key)
+        .bind(format!("{request_hash}:delayed"))
+        .bind(marker)
+        .bind(body)
+        .bind(now())
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        let fresh = queued.rows_affected() > 0;
+        if fresh {
+            let payload = json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": "delayed"});
+            audit::append(&mut tx, &row.connector, &row.ticket_key, Event::CommentQueued, payload).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Records what the shadow decision point said beside the primary decision.
+    pub async fn record_shadow(
+        &self,
+        row: &InboxRow,
+        request_hash: &str,
+        primary: &crate::schema::Decision,
+        shadow: &ShadowResult,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO shadow_decisions (connector, ticket_key, number, request_hash, primary_decision_id, primary_outcome, shadow_pdp, shadow_outcome, shadow_error, agree, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.connector)
+        .bind(&row.ticket_key)
+        .bind(&row.number)
+        .bind(request_hash)
+        .bind(&primary.decision_id)
+        .bind(primary.outcome.as_str())
+        .bind(&shadow.pdp)
+        .bind(&shadow.outcome)
+        .bind(&shadow.error)
+        .bind(shadow.agree)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        let payload = json!({"primary_decision_id": primary.decision_id, "primary_outcome": primary.outcome.as_str(),
+            "shadow_pdp": shadow.pdp, "shadow_outcome": shadow.outcome, "shadow_error": shadow.error, "agree": shadow.agree, "shadow_raw": shadow.raw});
+        audit::append(&mut tx, &row.connector, &row.ticket_key, Event::ShadowDecided, payload).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every shadow comparison, newest first.
+    pub async fn shadow_results(&self) -> anyhow::Result<Vec<ShadowRow>> {
+        Ok(sqlx::query_as(
+            "SELECT number, primary_outcome, shadow_pdp, shadow_outcome, shadow_error, agree, at FROM shadow_decisions ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Comments due for posting before `due_before` (see [`Store::due_inbox`]).

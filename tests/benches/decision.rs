@@ -1,0 +1,59 @@
+//! Decision-point benchmarks (criterion; figures, not pass/fail):
+//!
+//!     cargo bench --bench decision
+//!
+//! - embedded Rego: one decision on a normalized request (target ≤ 30 µs median);
+//! - AuthZEN over loopback HTTP against a PDP that answers at once, so the time is deskbridge's
+//!   own overhead: serialization, the HTTP round trip, validation (target ≤ 200 µs median).
+
+use std::sync::Arc;
+
+use axum::routing::post;
+use axum::{Json, Router};
+use criterion::{criterion_group, criterion_main, Criterion};
+use deskbridge::decision::authzen::{AuthzenConfig, AuthzenDecisionPoint};
+use deskbridge::decision::DecisionPoint;
+use deskbridge::schema::{AccessRequest, Normalized};
+use deskbridge_connector::Ticket;
+
+fn request() -> AccessRequest {
+    let (mapping, _) = deskbridge::commands::demo::shipped().expect("shipped");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/servicenow/RITM0010002.json");
+    let ticket: Ticket = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("ticket");
+    match mapping.normalize(&ticket) {
+        Normalized::AccessRequest { request } => *request,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let request = request();
+    let (_, policy) = deskbridge::commands::demo::shipped().expect("policy");
+    c.bench_function("embedded_rego_decision", |b| {
+        b.iter(|| policy.decide_now(&request).expect("decides"))
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = runtime.block_on(async {
+        let app = Router::new().route(
+            "/access/v1/evaluation",
+            post(|| async { Json(serde_json::json!({"decision": true, "context": {"reasons": ["ok"]}})) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    });
+    let config: AuthzenConfig = serde_json::from_value(serde_json::json!({"url": url, "discovery": false})).expect("config");
+    let pdp = Arc::new(AuthzenDecisionPoint::new(config).expect("client"));
+    c.bench_function("authzen_round_trip_loopback", |b| {
+        b.iter(|| runtime.block_on(pdp.decide(&request)).expect("decides"))
+    });
+}
+
+criterion_group!(decision, benches);
+criterion_main!(decision);
