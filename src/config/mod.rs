@@ -69,7 +69,7 @@ pub enum DecisionConfig {
     /// OPA's Data API.
     Opa(crate::decision::opa::OpaConfig),
     /// An AuthZEN 1.0 PDP.
-    Authzen(crate::decision::authzen::AuthzenConfig),
+    Authzen(Box<crate::decision::authzen::AuthzenConfig>),
     /// A webhook adapter with HMAC-signed bodies.
     Webhook(crate::decision::webhook::WebhookConfig),
 }
@@ -104,7 +104,7 @@ impl DecisionConfig {
             })?),
             Self::Opa(c) => Arc::new(Breaker::new(crate::decision::opa::OpaDecisionPoint::new(c)?, breaker)),
             Self::Authzen(c) => Arc::new(Breaker::new(
-                crate::decision::authzen::AuthzenDecisionPoint::new(c.clone())?,
+                crate::decision::authzen::AuthzenDecisionPoint::new(c.as_ref().clone())?,
                 breaker,
             )),
             Self::Webhook(c) => Arc::new(Breaker::new(

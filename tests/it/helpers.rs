@@ -72,6 +72,11 @@ impl TestApp {
             decision_retry_max: Duration::ZERO,
             ..Settings::default()
         };
+        self.pipeline_with_settings(decision_point, settings)
+    }
+
+    /// A pipeline with the given decision point and settings.
+    pub fn pipeline_with_settings(&self, decision_point: Arc<dyn DecisionPoint>, settings: Settings) -> Pipeline {
         Pipeline::new(
             self.store.clone(),
             vec![Instance {

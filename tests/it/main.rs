@@ -6,5 +6,7 @@ mod cli;
 mod drift;
 mod helpers;
 mod mapping_fixtures;
+mod pdp;
+mod pdp_servers;
 mod pipeline;
 mod policy;
