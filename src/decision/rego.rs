@@ -1,6 +1,11 @@
 //! The embedded decision point: Rego evaluated in-process by `regorus` (pinned exactly; it is
 //! pre-1.0). The policy returns the whole decision object; this module adds the policy id and
 //! version, a decision id and the time, and fails closed on anything else.
+//!
+//! The policy is compiled for regorus's register VM (RVM) at load, about five times faster
+//! than its tree-walking interpreter on the shipped policy; a policy the RVM compiler cannot
+//! take runs in the interpreter. Both run under the same time limit, and a test holds them to
+//! the same answers.
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -9,12 +14,18 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::RegoVM;
+use regorus::rvm::Program;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Decided, DecisionError, DecisionPoint, PolicyOutput};
 use crate::schema::{AccessRequest, Decision};
+
+/// Instruction budget of one RVM evaluation, far above any real decision policy.
+const MAX_INSTRUCTIONS: usize = 50_000_000;
 
 /// Rego policy settings (`[decision]` with `kind = "rego"`).
 #[derive(Debug, Clone)]
@@ -31,6 +42,9 @@ pub struct RegoSettings {
 pub struct RegoDecisionPoint {
     template: Engine,
     idle: Mutex<Vec<Engine>>,
+    program: Option<std::sync::Arc<Program>>,
+    vms: Mutex<Vec<RegoVM>>,
+    timer: ExecutionTimerConfig,
     entrypoint: String,
     policy_id: String,
     policy_version: String,
@@ -59,10 +73,11 @@ impl RegoDecisionPoint {
                 .add_policy(name.clone(), text.clone())
                 .map_err(|e| anyhow::anyhow!("loading policy {name}: {e}"))?;
         }
-        engine.set_execution_timer_config(ExecutionTimerConfig {
+        let timer = ExecutionTimerConfig {
             limit: timeout,
             check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-        });
+        };
+        engine.set_execution_timer_config(timer);
         let entrypoint = entrypoint.trim().to_owned();
         let package = entrypoint.rsplit_once('.').map(|(p, _)| p).unwrap_or(&entrypoint).to_owned();
         let policy_id = package.strip_prefix("data.").unwrap_or(&package).to_owned();
@@ -77,14 +92,71 @@ impl RegoDecisionPoint {
             Some(v) => format!("{v} (sha256:{})", &digest[..12]),
             None => format!("sha256:{}", &digest[..12]),
         };
+        let program = engine
+            .clone()
+            .compile_with_entrypoint(&regorus::Rc::from(entrypoint.as_str()))
+            .map_err(|e| e.to_string())
+            .and_then(|compiled| Compiler::compile_from_policy(&compiled, &[entrypoint.as_str()]).map_err(|e| e.to_string()))
+            .map_err(|e| tracing::info!(error = %e, "the policy runs in the regorus interpreter (the RVM compiler declined it)"))
+            .ok();
         Ok(Self {
             template: engine,
             idle: Mutex::new(Vec::new()),
+            program,
+            vms: Mutex::new(Vec::new()),
+            timer,
             entrypoint,
             policy_id,
             policy_version,
             timeout,
         })
+    }
+
+    /// Evaluates with the interpreter only (to hold the RVM to the interpreter's answers).
+    pub fn interpreter_only(mut self) -> Self {
+        self.program = None;
+        self
+    }
+
+    /// Whether decisions run on the compiled RVM program.
+    pub fn compiled(&self) -> bool {
+        self.program.is_some()
+    }
+
+    fn run(&self, input: regorus::Value) -> (Result<regorus::Value, String>, Duration) {
+        if let Some(program) = &self.program {
+            let mut vm = self.vms.lock().ok().and_then(|mut vms| vms.pop()).unwrap_or_else(|| {
+                let mut vm = RegoVM::new();
+                vm.load_program(program.clone());
+                vm.set_execution_timer_config(Some(self.timer));
+                // The time limit bounds evaluation; the VM's default budget of 25,000
+                // instructions would refuse a large but legitimate policy.
+                vm.set_max_instructions(MAX_INSTRUCTIONS);
+                vm
+            });
+            vm.set_input(input);
+            let started = Instant::now();
+            let result = vm.execute().map_err(|e| e.to_string());
+            let elapsed = started.elapsed();
+            if let Ok(mut vms) = self.vms.lock() {
+                vms.push(vm);
+            }
+            return (result, elapsed);
+        }
+        let mut engine = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop())
+            .unwrap_or_else(|| self.template.clone());
+        engine.set_input(input);
+        let started = Instant::now();
+        let result = engine.eval_rule(self.entrypoint.clone()).map_err(|e| e.to_string());
+        let elapsed = started.elapsed();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(engine);
+        }
+        (result, elapsed)
     }
 
     /// `deskbridge.access`.
@@ -99,23 +171,10 @@ impl RegoDecisionPoint {
 
     /// Evaluates the entrypoint for one input; the raw answer as JSON.
     pub fn evaluate(&self, input: &serde_json::Value) -> Result<serde_json::Value, DecisionError> {
-        let mut engine = self
-            .idle
-            .lock()
-            .ok()
-            .and_then(|mut idle| idle.pop())
-            .unwrap_or_else(|| self.template.clone());
-        let input = regorus::Value::from_json_str(&input.to_string()).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
-        engine.set_input(input);
-        let started = Instant::now();
-        let result = engine.eval_rule(self.entrypoint.clone());
-        let elapsed = started.elapsed();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(engine);
-        }
-        let value = result.map_err(|e| {
-            let text = e.to_string();
-            if elapsed >= self.timeout || text.to_lowercase().contains("time limit") {
+        let (result, elapsed) = self.run(regorus::Value::from(input.clone()));
+        let value = result.map_err(|text| {
+            let lower = text.to_lowercase();
+            if elapsed >= self.timeout || lower.contains("time limit") || lower.contains("instruction limit") {
                 DecisionError::Timeout(format!("{} after {elapsed:?}", self.entrypoint))
             } else {
                 DecisionError::Engine(text)
@@ -124,8 +183,7 @@ impl RegoDecisionPoint {
         if value == regorus::Value::Undefined {
             return Err(DecisionError::Undefined(self.entrypoint.clone()));
         }
-        let json = value.to_json_str().map_err(|e| DecisionError::Malformed(e.to_string()))?;
-        serde_json::from_str(&json).map_err(|e| DecisionError::Malformed(e.to_string()))
+        serde_json::to_value(&value).map_err(|e| DecisionError::Malformed(e.to_string()))
     }
 
     /// Decides synchronously (the evaluation takes microseconds; no thread hop needed).
@@ -274,6 +332,66 @@ mod tests {
         .err()
         .expect("fails");
         assert!(err.to_string().contains("broken.rego"), "{err}");
+    }
+
+    #[test]
+    fn the_compiled_policy_answers_as_the_interpreter_does() {
+        let settings = RegoSettings {
+            policies: vec![policy_dir().join("access.rego")],
+            entrypoint: "data.deskbridge.access.decision".into(),
+            timeout: Duration::from_millis(100),
+        };
+        let compiled = RegoDecisionPoint::load(&settings).expect("loads");
+        assert!(compiled.compiled(), "the shipped policy compiles for the RVM");
+        let interpreted = RegoDecisionPoint::load(&settings).expect("loads").interpreter_only();
+        let base = serde_json::json!({
+            "source": {"connector": "c", "key": "k", "number": "N", "url": "u", "version": "1"},
+            "kind": "grant", "requester": {"id": "ann", "display_name": null, "email": null},
+            "beneficiary": {"type": "person", "id": "ann", "display_name": null},
+            "target": {"system": "sap-erp", "environment": "prod"},
+            "entitlement": {"id": "x", "name": null, "privileged": false},
+            "justification": "because", "duration_days": 30, "expires_at": null, "urgency": null,
+            "approver_context": {"assignment_group": null, "named_approver": "bob", "itsm_approval": null, "itsm_state": null, "recorded": []},
+            "nhi": null, "attributes": {}
+        });
+        let variations: Vec<(&str, serde_json::Value)> = vec![
+            ("kind", "revoke".into()),
+            ("kind", "borrow".into()),
+            ("justification", serde_json::Value::Null),
+            ("justification", "  ".into()),
+            ("duration_days", 400.into()),
+            ("duration_days", serde_json::Value::Null),
+            ("target", serde_json::json!({"system": "jira-software", "environment": "staging"})),
+            ("target", serde_json::json!({"system": "mainframe", "environment": "dev"})),
+            ("entitlement", serde_json::json!({"id": "x", "name": null, "privileged": true})),
+            (
+                "approver_context",
+                serde_json::json!({"assignment_group": null, "named_approver": "ANN", "itsm_approval": null, "itsm_state": null, "recorded": []}),
+            ),
+            (
+                "beneficiary",
+                serde_json::json!({"type": "service_account", "id": "svc", "display_name": null}),
+            ),
+            (
+                "nhi",
+                serde_json::json!({"owner": "ann", "purpose": "p", "expires_at": "2027-01-01"}),
+            ),
+        ];
+        let mut inputs = vec![base.clone()];
+        for (key, value) in variations {
+            let mut input = base.clone();
+            input[key] = value;
+            inputs.push(input.clone());
+            input["beneficiary"] = serde_json::json!({"type": "workload", "id": "w", "display_name": null});
+            inputs.push(input);
+        }
+        for input in &inputs {
+            assert_eq!(
+                compiled.evaluate(input).expect("rvm"),
+                interpreted.evaluate(input).expect("interpreter"),
+                "{input}"
+            );
+        }
     }
 
     #[test]

@@ -189,3 +189,70 @@ auth = {{ type = "basic", username = "{user}", password = "${{SNOW_PASSWORD}}" }
     assert!(stderr.contains("connector snow-test: credentials refused (401)"), "{stderr}");
     assert!(!stderr.contains("wrong-password"));
 }
+
+#[test]
+fn policy_test_runs_the_rego_tests() {
+    let out = deskbridge().args(["policy", "test"]).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PASS test_justification_text_cannot_approve"), "{text}");
+    assert!(text.trim_end().ends_with("passed, 0 failed"), "{text}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let failing = dir.path().join("bad_test.rego");
+    std::fs::write(
+        &failing,
+        "package bad_test\n\nimport data.deskbridge.access\n\ntest_wrong if {\n\taccess.policy_version == \"0\"\n}\n",
+    )
+    .expect("write");
+    let out = deskbridge()
+        .args(["policy", "test", "examples/policies/access.rego"])
+        .arg(&failing)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL test_wrong"));
+}
+
+#[tokio::test]
+async fn decide_prints_the_configured_decision_points_decision() {
+    let dir = tempfile::tempdir().expect("dir");
+    let request = dir.path().join("request.json");
+    let normalized = deskbridge::mapping::Mapping::load(&root().join("mappings/servicenow/sc_req_item.toml"))
+        .expect("mapping")
+        .normalize(&crate::helpers::fixture("RITM0010002.json"));
+    let deskbridge::schema::Normalized::AccessRequest { request: r } = normalized else {
+        panic!()
+    };
+    std::fs::write(&request, serde_json::to_string(&r).expect("json")).expect("write");
+
+    let embedded = deskbridge().args(["decide", "--request"]).arg(&request).output().expect("runs");
+    let out: serde_json::Value = serde_json::from_slice(&embedded.stdout).expect("JSON");
+    assert_eq!(out["decision"]["outcome"], "review");
+
+    let opa = crate::pdp_servers::opa(std::sync::Arc::new(std::sync::Mutex::new(None))).await;
+    let config = dir.path().join("deskbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"x.db\"\n\n[decision]\nkind = \"opa\"\nurl = \"{opa}\"\npath = \"deskbridge/access/decision\"\n\n[decision.transport]\ntimeout_ms = 1000\n\n[[connectors]]\nid = \"c\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\nbase_url = \"http://127.0.0.1:9\"\nauth = {{ type = \"basic\", username = \"u\", password = \"p\" }}\n",
+            root = root().display()
+        ),
+    )
+    .expect("write");
+    let remote = tokio::task::spawn_blocking(move || {
+        deskbridge()
+            .args(["decide", "--request"])
+            .arg(&request)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&remote.stdout).expect("JSON");
+    assert_eq!(out["decision"]["policy_id"], "opa:deskbridge.access.decision");
+    assert_eq!(out["decision"]["outcome"], "review");
+}
