@@ -442,3 +442,30 @@ async fn a_long_outage_gets_one_delayed_comment_then_the_decision() {
         assert!(journal[1].value.starts_with("deskbridge decision:"), "{}", journal[1].value);
     }
 }
+
+#[tokio::test]
+async fn oauth_client_credentials_authenticate_to_the_pdp() {
+    let pdp = pdp_servers::authzen().await;
+    let config = json!({"url": pdp.url, "transport": {"timeout_ms": 1000, "auth": {"type": "client_credentials",
+        "token_url": format!("{}/token", pdp.url), "client_id": "deskbridge", "client_secret": "client-secret", "scope": "pdp.evaluate"}}});
+    let client = AuthzenDecisionPoint::new(serde_json::from_value::<AuthzenConfig>(config.clone()).expect("config")).expect("client");
+    let requests = seeded_requests();
+    for number in ["RITM0010002", "RITM0010006"] {
+        client
+            .decide(&requests[number])
+            .await
+            .expect("decides with a client-credentials token");
+    }
+    let tokens: Vec<Value> = pdp.calls().into_iter().filter(|(k, _)| k == "token").map(|(_, v)| v).collect();
+    assert_eq!(tokens.len(), 1, "the token is cached");
+    assert!(tokens[0].to_string().contains("pdp.evaluate"), "{}", tokens[0]);
+
+    let mut wrong = config;
+    wrong["transport"]["auth"]["client_secret"] = json!("nope");
+    let refused = AuthzenDecisionPoint::new(serde_json::from_value::<AuthzenConfig>(wrong).expect("config"))
+        .expect("client")
+        .decide(&requests["RITM0010002"])
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(!format!("{refused:?}").contains("nope"));
+}

@@ -88,6 +88,7 @@ pub async fn authzen() -> Server {
         .route("/.well-known/authzen-configuration", get(metadata))
         .route("/access/v1/evaluation", post(evaluation))
         .route("/access/v1/evaluations", post(evaluations))
+        .route("/token", post(token))
         .with_state((state.clone(), url.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Server { url, state }
@@ -105,6 +106,25 @@ async fn metadata(State((state, base)): State<Shared>) -> Response {
     drop(s);
     state.lock().expect("lock").calls.push(("metadata".into(), Value::Null));
     Json(doc).into_response()
+}
+
+/// OAuth 2.0 client credentials (RFC 6749 §4.4), client authenticated with HTTP Basic.
+async fn token(State((state, _)): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    use base64::Engine as _;
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let grant_ok = form.iter().any(|(k, v)| k == "grant_type" && v == "client_credentials");
+    if !grant_ok || basic.as_deref() != Some("deskbridge:client-secret") {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"}))).into_response();
+    }
+    state.lock().expect("lock").calls.push(("token".into(), json!(form)));
+    let token = state.lock().expect("lock").token.clone().unwrap_or_default();
+    Json(json!({"access_token": token, "token_type": "bearer", "expires_in": 3600})).into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
