@@ -1,4 +1,6 @@
 use super::*;
+use deskbridge_connector::Cursor;
+use serde_json::json;
 
 fn ticket(key: &str, version: &str) -> Ticket {
     Ticket {

@@ -1,0 +1,170 @@
+//! Reads for reports, the demo table, shadow mode and audit evidence.
+
+use serde_json::json;
+
+use super::{audit, now, AuditRecord, Counts, Event, InboxRow, ShadowResult, ShadowRow, Store, TicketState, TicketSummary};
+
+impl Store {
+    /// Records what the shadow decision point said beside the primary decision.
+    pub async fn record_shadow(
+        &self,
+        row: &InboxRow,
+        request_hash: &str,
+        primary: &crate::schema::Decision,
+        shadow: &ShadowResult,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO shadow_decisions (connector, ticket_key, number, request_hash, primary_decision_id, primary_outcome, shadow_pdp, shadow_outcome, shadow_error, agree, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.connector)
+        .bind(&row.ticket_key)
+        .bind(&row.number)
+        .bind(request_hash)
+        .bind(&primary.decision_id)
+        .bind(primary.outcome.as_str())
+        .bind(&shadow.pdp)
+        .bind(&shadow.outcome)
+        .bind(&shadow.error)
+        .bind(shadow.agree)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        let payload = json!({"primary_decision_id": primary.decision_id, "primary_outcome": primary.outcome.as_str(),
+            "shadow_pdp": shadow.pdp, "shadow_outcome": shadow.outcome, "shadow_error": shadow.error, "agree": shadow.agree, "shadow_raw": shadow.raw});
+        audit::append(&mut tx, &row.connector, &row.ticket_key, Event::ShadowDecided, payload).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every shadow comparison, newest first.
+    pub async fn shadow_results(&self) -> anyhow::Result<Vec<ShadowRow>> {
+        Ok(sqlx::query_as(
+            "SELECT number, primary_outcome, shadow_pdp, shadow_outcome, shadow_error, agree, at FROM shadow_decisions ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Counts of what is stored.
+    pub async fn counts(&self) -> anyhow::Result<Counts> {
+        let one = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool);
+        Ok(Counts {
+            inbox: one("SELECT COUNT(*) FROM inbox").await?,
+            decisions: one("SELECT COUNT(*) FROM decisions").await?,
+            posted: one("SELECT COUNT(*) FROM outbox WHERE status = 'posted'").await?,
+            queued: one("SELECT COUNT(*) FROM outbox WHERE status = 'queued'").await?,
+            pending: one("SELECT COUNT(*) FROM inbox WHERE status = 'pending'").await?,
+        })
+    }
+
+    /// Requests whose decision keeps failing.
+    pub async fn pending_errors(&self) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT number, COALESCE(last_error, '') FROM inbox WHERE status = 'pending' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The latest state of every ticket, for the demo table.
+    pub async fn summaries(&self) -> anyhow::Result<Vec<TicketSummary>> {
+        Ok(sqlx::query_as(
+            "SELECT i.connector, i.ticket_key, i.number, i.status, i.normalized,
+                    (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision,
+                    (SELECT o.status FROM outbox o WHERE o.connector = i.connector AND o.ticket_key = i.ticket_key ORDER BY o.id DESC LIMIT 1) AS comment_status,
+                    (SELECT o.comment_id FROM outbox o WHERE o.connector = i.connector AND o.ticket_key = i.ticket_key ORDER BY o.id DESC LIMIT 1) AS comment_id
+             FROM inbox i
+             WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key AND j.status != 'unchanged')
+             ORDER BY i.number",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The whole audit log in order.
+    pub async fn audit_records(&self) -> anyhow::Result<Vec<AuditRecord>> {
+        Ok(
+            sqlx::query_as("SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The latest audit record.
+    pub async fn last_audit_record(&self) -> anyhow::Result<Option<AuditRecord>> {
+        Ok(
+            sqlx::query_as("SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Every audit record of one ticket, in order.
+    pub async fn audit_for_ticket(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Vec<AuditRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit WHERE connector = ? AND ticket_key = ? ORDER BY seq",
+        )
+        .bind(connector)
+        .bind(ticket_key)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Tickets whose number or key is `text`: `(connector, key, number, url)`.
+    pub async fn find_tickets(&self, text: &str) -> anyhow::Result<Vec<(String, String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT connector, ticket_key, MAX(number), MAX(url) FROM inbox WHERE number = ?1 OR ticket_key = ?1 GROUP BY connector, ticket_key ORDER BY connector",
+        )
+        .bind(text)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The latest normalized state of every ticket with its latest decision.
+    pub async fn ticket_states(&self) -> anyhow::Result<Vec<TicketState>> {
+        Ok(sqlx::query_as(
+            "SELECT i.connector, i.number, i.status, i.normalized, i.received_at, i.attempts,
+                    (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision
+             FROM inbox i
+             WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
+                           AND j.normalized IS NOT NULL AND j.status != 'stale')
+             ORDER BY i.connector, i.number",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Comments decided but not on their ticket: `(connector, number, created_at)`.
+    pub async fn undelivered_comments(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT o.connector, COALESCE((SELECT MAX(i.number) FROM inbox i WHERE i.connector = o.connector AND i.ticket_key = o.ticket_key), o.ticket_key), o.created_at
+             FROM outbox o WHERE o.status != 'posted' ORDER BY o.id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Stored audit checkpoints, oldest first.
+    pub async fn checkpoints(&self) -> anyhow::Result<Vec<crate::audit::Checkpoint>> {
+        Ok(
+            sqlx::query_as("SELECT seq, hash, at, public_key, signature FROM audit_checkpoints ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores a checkpoint.
+    pub async fn insert_checkpoint(&self, cp: &crate::audit::Checkpoint) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature) VALUES (?, ?, ?, ?, ?)")
+            .bind(cp.seq)
+            .bind(&cp.hash)
+            .bind(&cp.at)
+            .bind(&cp.public_key)
+            .bind(&cp.signature)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
