@@ -12,7 +12,6 @@
 //!   into review. Anything else unexpected fails closed.
 
 use async_trait::async_trait;
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::OnceCell;
@@ -20,7 +19,7 @@ use tokio::sync::OnceCell;
 use super::remote::{PdpHttp, PdpTransport};
 use super::{Decided, DecisionError, DecisionPoint, PolicyOutput};
 use crate::mapping::path::{scalar_text, FieldPath};
-use crate::schema::{AccessRequest, Decision};
+use crate::schema::AccessRequest;
 
 /// `[decision]` with `kind = "authzen"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -457,17 +456,11 @@ impl DecisionPoint for AuthzenDecisionPoint {
             }
         };
         Ok(Decided {
-            decision: Decision {
-                outcome: output.outcome,
-                reasons: output.reasons,
-                route_to: output.route_to,
-                missing: output.missing,
-                obligations: output.obligations,
-                policy_id: self.policy_id.clone(),
-                policy_version: self.config.policy_version.clone().unwrap_or_else(|| "unversioned".into()),
-                decision_id: uuid::Uuid::new_v4().to_string(),
-                decided_at: Utc::now(),
-            },
+            decision: output.into_decision(
+                self.policy_id.clone(),
+                self.config.policy_version.clone().unwrap_or_else(|| "unversioned".into()),
+                uuid::Uuid::new_v4().to_string(),
+            ),
             raw: json!({"calls": calls}),
         })
     }

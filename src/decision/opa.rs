@@ -3,13 +3,12 @@
 //! closed. OPA's `decision_id` becomes the decision id when decision logging is on.
 
 use async_trait::async_trait;
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::remote::{PdpHttp, PdpTransport};
 use super::{Decided, DecisionError, DecisionPoint, PolicyOutput};
-use crate::schema::{AccessRequest, Decision};
+use crate::schema::AccessRequest;
 
 /// `[decision]` with `kind = "opa"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -80,17 +79,7 @@ impl DecisionPoint for OpaDecisionPoint {
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         Ok(Decided {
-            decision: Decision {
-                outcome: output.outcome,
-                reasons: output.reasons,
-                route_to: output.route_to,
-                missing: output.missing,
-                obligations: output.obligations,
-                policy_id: self.policy_id.clone(),
-                policy_version: self.policy_version.clone(),
-                decision_id,
-                decided_at: Utc::now(),
-            },
+            decision: output.into_decision(self.policy_id.clone(), self.policy_version.clone(), decision_id),
             raw,
         })
     }

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::DecisionError;
-use crate::schema::{Obligations, Outcome};
+use crate::schema::{Decision, Obligations, Outcome};
 
 /// What a policy must return: `{outcome, reasons, route_to?, missing?, obligations?}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +38,23 @@ impl PolicyOutput {
             return Err(DecisionError::Malformed("needs_info must list what is missing".into()));
         }
         Ok(output)
+    }
+}
+
+impl PolicyOutput {
+    /// The decision, stamped with who decided, its id and now.
+    pub fn into_decision(self, policy_id: String, policy_version: String, decision_id: String) -> Decision {
+        Decision {
+            outcome: self.outcome,
+            reasons: self.reasons,
+            route_to: self.route_to,
+            missing: self.missing,
+            obligations: self.obligations,
+            policy_id,
+            policy_version,
+            decision_id,
+            decided_at: chrono::Utc::now(),
+        }
     }
 }
 

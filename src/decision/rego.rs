@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::vm::RegoVM;
 use regorus::rvm::Program;
@@ -22,7 +21,7 @@ use regorus::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Decided, DecisionError, DecisionPoint, PolicyOutput};
-use crate::schema::{AccessRequest, Decision};
+use crate::schema::AccessRequest;
 
 /// Instruction budget of one RVM evaluation, far above any real decision policy.
 const MAX_INSTRUCTIONS: usize = 50_000_000;
@@ -191,17 +190,11 @@ impl RegoDecisionPoint {
         let input = serde_json::to_value(request).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
         let raw = self.evaluate(&input)?;
         let output = PolicyOutput::from_json(&raw)?;
-        let decision = Decision {
-            outcome: output.outcome,
-            reasons: output.reasons,
-            route_to: output.route_to,
-            missing: output.missing,
-            obligations: output.obligations,
-            policy_id: self.policy_id.clone(),
-            policy_version: self.policy_version.clone(),
-            decision_id: uuid::Uuid::new_v4().to_string(),
-            decided_at: Utc::now(),
-        };
+        let decision = output.into_decision(
+            self.policy_id.clone(),
+            self.policy_version.clone(),
+            uuid::Uuid::new_v4().to_string(),
+        );
         Ok(Decided { decision, raw })
     }
 

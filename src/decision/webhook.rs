@@ -7,7 +7,6 @@
 //! missing or wrong signature, another request id or any other shape fails closed.
 
 use async_trait::async_trait;
-use chrono::Utc;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -16,7 +15,7 @@ use sha2::Sha256;
 
 use super::remote::{PdpHttp, PdpTransport};
 use super::{Decided, DecisionError, DecisionPoint, PolicyOutput};
-use crate::schema::{AccessRequest, Decision};
+use crate::schema::AccessRequest;
 
 /// The signature header, both ways.
 pub const SIGNATURE_HEADER: &str = "x-deskbridge-signature";
@@ -92,7 +91,7 @@ impl DecisionPoint for WebhookDecisionPoint {
 
     async fn decide(&self, request: &AccessRequest) -> Result<Decided, DecisionError> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let body = serde_json::to_vec(&json!({"request_id": request_id, "sent_at": Utc::now(), "request": request}))
+        let body = serde_json::to_vec(&json!({"request_id": request_id, "sent_at": chrono::Utc::now(), "request": request}))
             .map_err(|e| DecisionError::Engine(e.to_string()))?;
         let signature = sign(&self.config.secret, &body);
         let response = self
@@ -115,20 +114,14 @@ impl DecisionPoint for WebhookDecisionPoint {
         }
         let output = PolicyOutput::from_json(&answer.decision)?;
         Ok(Decided {
-            decision: Decision {
-                outcome: output.outcome,
-                reasons: output.reasons,
-                route_to: output.route_to,
-                missing: output.missing,
-                obligations: output.obligations,
-                policy_id: answer
+            decision: output.into_decision(
+                answer
                     .policy_id
                     .or_else(|| self.config.policy_id.clone())
                     .unwrap_or_else(|| self.describe()),
-                policy_version: answer.policy_version.unwrap_or_else(|| "unversioned".into()),
-                decision_id: answer.decision_id.unwrap_or(request_id),
-                decided_at: Utc::now(),
-            },
+                answer.policy_version.unwrap_or_else(|| "unversioned".into()),
+                answer.decision_id.unwrap_or(request_id),
+            ),
             raw,
         })
     }

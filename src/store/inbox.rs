@@ -164,30 +164,7 @@ impl Store {
             json!({"decision": decision_json, "pdp_raw": raw}),
         )
         .await?;
-        let queued = sqlx::query(
-            "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(&row.connector)
-        .bind(&row.ticket_key)
-        .bind(request_hash)
-        .bind(&decision.decision_id)
-        .bind(marker)
-        .bind(body)
-        .bind(now())
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-        if queued.rows_affected() > 0 {
-            audit::append(
-                &mut tx,
-                &row.connector,
-                &row.ticket_key,
-                Event::CommentQueued,
-                json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": decision.decision_id}),
-            )
-            .await?;
-        }
+        super::outbox::queue_comment(&mut tx, row, request_hash, &decision.decision_id, marker, body).await?;
         tx.commit().await?;
         Ok(())
     }

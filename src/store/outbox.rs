@@ -12,24 +12,7 @@ impl Store {
     /// no-op). Returns whether it was queued now.
     pub async fn queue_delayed_comment(&self, row: &InboxRow, request_hash: &str, marker: &str, body: &str) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let queued = sqlx::query(
-            "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
-             VALUES (?, ?, ?, 'delayed', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(&row.connector)
-        .bind(&row.ticket_key)
-        .bind(format!("{request_hash}:delayed"))
-        .bind(marker)
-        .bind(body)
-        .bind(now())
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-        let fresh = queued.rows_affected() > 0;
-        if fresh {
-            let payload = json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": "delayed"});
-            audit::append(&mut tx, &row.connector, &row.ticket_key, Event::CommentQueued, payload).await?;
-        }
+        let fresh = queue_comment(&mut tx, row, &format!("{request_hash}:delayed"), "delayed", marker, body).await?;
         tx.commit().await?;
         Ok(fresh)
     }
@@ -93,4 +76,36 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Queues a comment in the caller's transaction, once per (ticket, request hash); records it
+/// in the audit log when it is new. Returns whether it was queued now.
+pub(super) async fn queue_comment(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: &InboxRow,
+    request_hash: &str,
+    decision_id: &str,
+    marker: &str,
+    body: &str,
+) -> anyhow::Result<bool> {
+    let queued = sqlx::query(
+        "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(&row.connector)
+    .bind(&row.ticket_key)
+    .bind(request_hash)
+    .bind(decision_id)
+    .bind(marker)
+    .bind(body)
+    .bind(now())
+    .bind(now())
+    .execute(&mut **tx)
+    .await?;
+    let fresh = queued.rows_affected() > 0;
+    if fresh {
+        let payload = json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": decision_id});
+        audit::append(tx, &row.connector, &row.ticket_key, Event::CommentQueued, payload).await?;
+    }
+    Ok(fresh)
 }
