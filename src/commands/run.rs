@@ -92,6 +92,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
 async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, &'static str)> {
     match pipeline.store().counts().await {
         Ok(c) => Ok(Json(serde_json::json!({
+            "last_pass": pipeline.last_report().map(|(at, r)| serde_json::json!({
+                "finished_at": at, "ingested": r.ingested, "decided": r.decided, "failed_decisions": r.failed_decisions,
+                "posted": r.posted, "failed_posts": r.failed_posts, "connector_errors": r.connector_errors,
+            })),
             "inbox": c.inbox, "decisions": c.decisions, "comments_posted": c.posted,
             "comments_queued": c.queued, "pending_decisions": c.pending,
         }))),

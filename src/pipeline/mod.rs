@@ -83,6 +83,7 @@ pub struct Pipeline {
     shadow: Option<Arc<dyn DecisionPoint>>,
     renderer: CommentRenderer,
     settings: Settings,
+    last_report: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, Report)>>,
 }
 
 impl Pipeline {
@@ -104,6 +105,7 @@ impl Pipeline {
             shadow: None,
             renderer,
             settings,
+            last_report: std::sync::Mutex::new(None),
         }
     }
 
@@ -127,6 +129,11 @@ impl Pipeline {
             for _ in 0..self.settings.max_pages_per_pass {
                 let page = match instance.connector.poll(&cursor).await {
                     Ok(page) => page,
+                    Err(e) if is_fatal(&e) => {
+                        tracing::error!(connector = %id, error = %e, "the ITSM refused deskbridge's credentials or the configuration; nothing is read until an admin fixes it");
+                        report.connector_errors.push(e.to_string());
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(connector = %id, error = %e, "poll failed; will retry next pass");
                         report.connector_errors.push(e.to_string());
@@ -149,7 +156,15 @@ impl Pipeline {
         self.poll(&mut report).await?;
         self.decide_all(&mut report).await?;
         self.post_all(&mut report).await?;
+        if let Ok(mut last) = self.last_report.lock() {
+            *last = Some((chrono::Utc::now(), report.clone()));
+        }
         Ok(report)
+    }
+
+    /// When the last pass ended and what it did.
+    pub fn last_report(&self) -> Option<(chrono::DateTime<chrono::Utc>, Report)> {
+        self.last_report.lock().ok().and_then(|last| last.clone())
     }
 
     /// Normalizes and decides every due inbox row, batch after batch.

@@ -8,7 +8,6 @@ mod outbox;
 mod reads;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -205,7 +204,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl Store {
     /// Opens (creating if needed) the SQLite file and applies migrations.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        // A file name, not a URL: a path holding `?`, `#` or spaces must open as written.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)

@@ -60,3 +60,11 @@ async fn the_audit_log_chains_and_refuses_edits() {
     let delete = sqlx::query("DELETE FROM audit").execute(store.pool()).await;
     assert!(delete.is_err());
 }
+
+#[tokio::test]
+async fn a_path_with_url_characters_opens_as_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("odd name?#1.db");
+    Store::open(&path).await.expect("open");
+    assert!(path.exists());
+}

@@ -256,3 +256,63 @@ async fn decide_prints_the_configured_decision_points_decision() {
     assert_eq!(out["decision"]["policy_id"], "opa:deskbridge.access.decision");
     assert_eq!(out["decision"]["outcome"], "review");
 }
+
+#[tokio::test]
+async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = dir.path().join("deskbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{db}\"\n\n[decision]\nkind = \"rego\"\npolicies = [\"{root}/examples/policies/access.rego\"]\n\n[pipeline]\npoll_interval_secs = 1\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[[connectors]]\nid = \"snow-serve\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\nbase_url = \"{url}\"\nauth = {{ type = \"basic\", username = \"{user}\", password = \"wrong\" }}\n",
+            db = dir.path().join("s.db").display(),
+            root = root().display(),
+            url = sim.base_url(),
+            user = INTEGRATION_USER,
+        ),
+    )
+    .expect("write");
+    let mut child = deskbridge()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/status")).await {
+            status = r.json().await.expect("json");
+            if !status["last_pass"].is_null() {
+                break;
+            }
+        }
+    }
+    let errors = status["last_pass"]["connector_errors"].to_string();
+    assert!(errors.contains("connector snow-serve: credentials refused (401)"), "{status}");
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .expect("health")
+            .text()
+            .await
+            .expect("text"),
+        "ok"
+    );
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
+}
