@@ -77,7 +77,7 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
         "deskbridge demo: ServiceNow simulator at {} → mapping servicenow-sc_req_item → embedded Rego policy deskbridge.access → work notes\n\n",
         sim.base_url()
     );
-    out.push_str(&super::table::render(&store.summaries().await?));
+    out.push_str(&super::table::render(&store.ticket_states().await?));
     let counts = store.counts().await?;
     out.push_str(&format!(
         "\n{} ticket versions read, {} decisions, {} comments posted, {} pending. The tickets granted nothing: each outcome above is the policy's.\n",

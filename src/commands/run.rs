@@ -41,7 +41,7 @@ pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
         let report = pipeline.run_once().await?;
         sign(&pipeline, &config).await?;
         let mut out = summarize(&report) + "\n";
-        out.push_str(&super::table::render(&pipeline.store().summaries().await?));
+        out.push_str(&super::table::render(&pipeline.store().ticket_states().await?));
         if !report.connector_errors.is_empty() {
             anyhow::bail!("{out}\nconnector errors:\n  {}", report.connector_errors.join("\n  "));
         }

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::store::TicketSummary;
+use crate::store::TicketState;
 
 fn cell(text: &str, width: usize) -> String {
     let mut s: String = text.chars().take(width).collect();
@@ -14,7 +14,7 @@ fn cell(text: &str, width: usize) -> String {
 }
 
 /// One line per ticket: ticket, requester → beneficiary, entitlement, outcome, reason.
-pub fn render(rows: &[TicketSummary]) -> String {
+pub fn render(rows: &[TicketState]) -> String {
     let widths = [12, 30, 40, 12, 70];
     let header = ["TICKET", "REQUESTER → BENEFICIARY", "ENTITLEMENT", "OUTCOME", "REASON"];
     let mut out = String::new();
@@ -37,11 +37,7 @@ pub fn render(rows: &[TicketSummary]) -> String {
         &"-".repeat(70),
     ]));
     for row in rows {
-        let normalized: Value = row
-            .normalized
-            .as_deref()
-            .and_then(|n| serde_json::from_str(n).ok())
-            .unwrap_or(Value::Null);
+        let normalized: Value = serde_json::from_str(&row.normalized).unwrap_or(Value::Null);
         let decision: Value = row
             .decision
             .as_deref()

@@ -97,27 +97,6 @@ pub struct LatestDecision {
     pub outcome: String,
 }
 
-/// One row of the demo/status table.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TicketSummary {
-    /// Connector.
-    pub connector: String,
-    /// Ticket key.
-    pub ticket_key: String,
-    /// Number.
-    pub number: String,
-    /// Inbox status.
-    pub status: String,
-    /// Normalized JSON.
-    pub normalized: Option<String>,
-    /// Decision JSON of the latest decision, if any.
-    pub decision: Option<String>,
-    /// Comment status.
-    pub comment_status: Option<String>,
-    /// Comment id.
-    pub comment_id: Option<String>,
-}
-
 /// What a shadow decision point said.
 #[derive(Debug, Clone)]
 pub struct ShadowResult {

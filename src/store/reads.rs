@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{audit, now, AuditRecord, Counts, Event, InboxRow, ShadowResult, ShadowRow, Store, TicketState, TicketSummary};
+use super::{audit, now, AuditRecord, Counts, Event, InboxRow, ShadowResult, ShadowRow, Store, TicketState};
 
 impl Store {
     /// Records what the shadow decision point said beside the primary decision.
@@ -59,30 +59,6 @@ impl Store {
         })
     }
 
-    /// Requests whose decision keeps failing.
-    pub async fn pending_errors(&self) -> anyhow::Result<Vec<(String, String)>> {
-        Ok(
-            sqlx::query_as("SELECT number, COALESCE(last_error, '') FROM inbox WHERE status = 'pending' ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    /// The latest state of every ticket, for the demo table.
-    pub async fn summaries(&self) -> anyhow::Result<Vec<TicketSummary>> {
-        Ok(sqlx::query_as(
-            "SELECT i.connector, i.ticket_key, i.number, i.status, i.normalized,
-                    (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision,
-                    (SELECT o.status FROM outbox o WHERE o.connector = i.connector AND o.ticket_key = i.ticket_key ORDER BY o.id DESC LIMIT 1) AS comment_status,
-                    (SELECT o.comment_id FROM outbox o WHERE o.connector = i.connector AND o.ticket_key = i.ticket_key ORDER BY o.id DESC LIMIT 1) AS comment_id
-             FROM inbox i
-             WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key AND j.status != 'unchanged')
-             ORDER BY i.number",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     /// The whole audit log in order.
     pub async fn audit_records(&self) -> anyhow::Result<Vec<AuditRecord>> {
         Ok(
@@ -122,7 +98,8 @@ impl Store {
         .await?)
     }
 
-    /// The latest normalized state of every ticket with its latest decision.
+    /// The latest normalized state of every ticket with its latest decision (for reports and
+    /// the demo table; a ticket not yet normalized is left out).
     pub async fn ticket_states(&self) -> anyhow::Result<Vec<TicketState>> {
         Ok(sqlx::query_as(
             "SELECT i.connector, i.number, i.status, i.normalized, i.received_at, i.attempts,
