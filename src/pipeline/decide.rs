@@ -162,8 +162,9 @@ impl Pipeline {
                 report.settled += 1;
                 return Ok(());
             }
-            Normalized::Incomplete { problems, .. } => (problems_hash(problems), None),
-            Normalized::AccessRequest { request } => (request_hash(request), Some(request.as_ref())),
+            // Required fields are missing: deskbridge asks for them without consulting the policy.
+            Normalized::Incomplete { problems, .. } => (problems_hash(problems), Err(problems.as_slice())),
+            Normalized::AccessRequest { request } => (request_hash(request), Ok(request.as_ref())),
         };
         let mut evidence = self.itsm_change(row, &normalized_json).await?;
         let latest = self.store.latest_decision(&row.connector, &row.ticket_key).await?;
@@ -174,9 +175,9 @@ impl Pipeline {
             report.settled += 1;
             return Ok(());
         }
-        let decided = match (&normalized, request) {
-            (Normalized::Incomplete { problems, .. }, _) => incomplete_decision(&instance.mapping, problems),
-            (_, Some(request)) => match self.decision_point.decide(request).await {
+        let decided = match request {
+            Err(problems) => incomplete_decision(&instance.mapping, problems),
+            Ok(request) => match self.decision_point.decide(request).await {
                 Ok(decided) => decided,
                 Err(e) => {
                     let delay = crate::backoff::delay(row.attempts, self.settings.decision_retry_base, self.settings.decision_retry_max);
@@ -187,8 +188,8 @@ impl Pipeline {
                     return Ok(());
                 }
             },
-            _ => return Ok(()),
         };
+        let request = request.ok();
         let marker = marker(&row.connector, &row.ticket_key, &hash);
         let supersedes = latest.as_ref().map(|l| l.decision_id.as_str());
         if let Some(earlier) = &latest {
