@@ -145,7 +145,6 @@ pub(crate) struct State {
     faults: Mutex<VecDeque<Faulty>>,
     log: Mutex<Vec<RecordedRequest>>,
     base_url: String,
-    counter: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,7 +155,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl State {
     fn new_id(&self) -> String {
         // 32 lowercase hex characters, like a sys_id.
-        let _ = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{:032x}", rand::random::<u128>())
     }
 }
@@ -194,7 +192,6 @@ impl Simulator {
             faults: Mutex::new(VecDeque::new()),
             log: Mutex::new(Vec::new()),
             base_url: format!("{scheme}://{host}:{}", addr.port()),
-            counter: std::sync::atomic::AtomicU64::new(1),
             config,
         });
         let app = routes::router(state.clone());
