@@ -37,8 +37,15 @@ enum Command {
     /// Run the pipeline without the HTTP API.
     Sync {
         /// One pass, then exit (non-zero when a connector failed).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "backfill")]
         once: bool,
+        /// Read every ticket updated since `--since`, with progress; resumable: run the same
+        /// command again after an interruption and it goes on after the last stored page.
+        #[arg(long, requires = "since")]
+        backfill: bool,
+        /// Start of the backfill: a date (`2026-01-31`, UTC midnight) or an RFC 3339 time.
+        #[arg(long, requires = "backfill", value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
         /// Config file.
         #[arg(long, env = "DESKBRIDGE_CONFIG")]
         config: PathBuf,
@@ -171,6 +178,16 @@ enum MappingCommand {
     },
 }
 
+/// `--since`: a date (UTC midnight) or an RFC 3339 time.
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| format!("{text:?} is neither a date (2026-01-31) nor an RFC 3339 time (2026-01-31T08:00:00Z)"))
+}
+
 async fn audit(command: AuditCommand) -> anyhow::Result<(String, bool)> {
     use deskbridge::commands::audit as cmd;
     match command {
@@ -213,7 +230,12 @@ async fn main() -> ExitCode {
     let result: anyhow::Result<(String, bool)> = match cli.command {
         Command::Demo { store } => deskbridge::commands::demo::run(store.as_deref()).await.map(|out| (out, true)),
         Command::Serve { config } => deskbridge::commands::serve(&config).await.map(|()| (String::new(), true)),
-        Command::Sync { once, config } => deskbridge::commands::sync(&config, once).await.map(|out| (out, true)),
+        Command::Sync {
+            since: Some(since),
+            config,
+            ..
+        } => deskbridge::commands::backfill(&config, since).await.map(|out| (out, true)),
+        Command::Sync { once, config, .. } => deskbridge::commands::sync(&config, once).await.map(|out| (out, true)),
         Command::Schema => deskbridge::commands::schema().map(|out| (out, true)),
         Command::Mapping {
             command: MappingCommand::Test { mapping, ticket },

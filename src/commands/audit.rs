@@ -40,9 +40,7 @@ async fn open(args: &StoreArgs) -> anyhow::Result<(Store, Option<AuditSigner>)> 
     let path = args.config.as_deref().context("--config or --db is required")?;
     let config = Config::load(path)?;
     let signer = config.audit.signer()?;
-    let store = Store::open(&config.store.path)
-        .await
-        .with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let store = Store::from_config(&config.store).await?;
     Ok((store, signer))
 }
 

@@ -19,9 +19,7 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
     // Checked here so a bad key stops start-up rather than the first pass.
     config.audit.signer()?;
     let built = config.build(&config_path.display().to_string())?;
-    let store = Store::open(&config.store.path)
-        .await
-        .with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let store = Store::from_config(&config.store).await?;
     let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings).with_shadow(built.shadow);
     Ok((config, pipeline))
 }
@@ -49,11 +47,62 @@ pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
     }
     let (tx, rx) = watch::channel(false);
     let interval = Duration::from_secs(config.pipeline.poll_interval_secs);
-    let worker = tokio::spawn(work(Arc::new(pipeline), Arc::new(config), interval, rx));
+    let pipeline = Arc::new(pipeline);
+    let worker = tokio::spawn(work(pipeline.clone(), Arc::new(config), interval, rx));
     shutdown_signal().await;
-    let _ = tx.send(true);
-    worker.await?;
+    stop(&pipeline, &tx, worker).await?;
     Ok("stopped\n".into())
+}
+
+/// `deskbridge sync --backfill --since DATE --config FILE`: every ticket updated since `since`,
+/// with a progress bar on a terminal and a summary at the end. SIGTERM or Ctrl-C stops after
+/// the ticket or comment in flight; the same command then resumes.
+pub async fn backfill(config_path: &Path, since: chrono::DateTime<chrono::Utc>) -> anyhow::Result<String> {
+    let (config, pipeline) = pipeline_from(config_path).await?;
+    let pipeline = Arc::new(pipeline);
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {prefix}: {pos} tickets read ({per_sec}) · {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let stopper = pipeline.clone();
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        stopper.stop();
+    });
+    let result = pipeline
+        .backfill(since, |progress, report| {
+            bar.set_prefix(format!(
+                "{}{}",
+                progress.connector,
+                if progress.resumed { " (resumed)" } else { "" }
+            ));
+            bar.set_position(progress.read as u64);
+            bar.set_message(format!("{} decided, {} comments posted", report.decided, report.posted));
+        })
+        .await;
+    bar.finish_and_clear();
+    signal.abort();
+    let stopped = pipeline.stopping();
+    pipeline.release_all().await?;
+    let report = result?;
+    sign(&pipeline, &config).await?;
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok(if stopped {
+        format!(
+            "backfill since {since} interrupted: {}
+run the same command again to resume
+",
+            summarize(&report)
+        )
+    } else {
+        format!(
+            "backfill since {since} complete: {}
+",
+            summarize(&report)
+        )
+    })
 }
 
 /// `deskbridge serve --config FILE`: the pipeline on an interval plus a small HTTP API
@@ -80,12 +129,23 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             .await
     });
     let interval = Duration::from_secs(config.pipeline.poll_interval_secs);
-    let worker = tokio::spawn(work(pipeline, Arc::new(config), interval, rx));
+    let worker = tokio::spawn(work(pipeline.clone(), Arc::new(config), interval, rx));
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing the pass in flight");
+    stop(&pipeline, &tx, worker).await?;
+    server.await??;
+    Ok(())
+}
+
+/// Graceful shutdown: the ticket or comment in flight finishes (a post that has started is
+/// completed and recorded), nothing new starts, and this replica's claims and poller leases
+/// are handed back so another replica carries on at once.
+async fn stop(pipeline: &Pipeline, tx: &watch::Sender<bool>, worker: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
+    tracing::info!("shutting down: finishing the ticket or comment in flight");
+    pipeline.stop();
     let _ = tx.send(true);
     worker.await?;
-    server.await??;
+    pipeline.release_all().await?;
+    tracing::info!("stopped cleanly");
     Ok(())
 }
 
@@ -117,6 +177,7 @@ async fn sign(pipeline: &Pipeline, config: &Config) -> anyhow::Result<()> {
 async fn work(pipeline: Arc<Pipeline>, config: Arc<Config>, interval: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         match pipeline.run_once().await {
+            Ok(_) if pipeline.stopping() => return,
             Ok(report) => tracing::info!(summary = %summarize(&report), "pass complete"),
             Err(e) => tracing::error!(error = %format!("{e:#}"), "pass failed; retrying next interval"),
         }

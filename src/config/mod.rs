@@ -43,12 +43,31 @@ pub struct Config {
     pub connectors: Vec<ConnectorEntry>,
 }
 
-/// `[store]`.
+/// `[store]`: exactly one of `path` or `url`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// SQLite file (created if missing).
-    pub path: PathBuf,
+    /// SQLite file (created if missing), for one deskbridge process.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL URL (`postgres://user:password@host/db`), shared by any number of replicas.
+    /// It may hold a password: write it as `${VAR}`; it is never logged.
+    #[serde(default)]
+    pub url: Option<secrecy::SecretString>,
+    /// Seconds a replica's claim on a ticket or comment lasts: a replica that dies holds its
+    /// work this long before another takes it over. Keep it above the ITSM's slowest post
+    /// (timeout × retries).
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// This replica's stable name (a StatefulSet pod name, say). With one, a restarted replica
+    /// resumes its own claimed work at once; without, it is a new replica each start. Two live
+    /// replicas must never share a name.
+    #[serde(default)]
+    pub replica_id: Option<String>,
+}
+
+fn default_lease_secs() -> u64 {
+    60
 }
 
 /// `[decision]`.
@@ -235,7 +254,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut self.store.path);
+        if let Some(p) = &mut self.store.path {
+            fix(p);
+        }
         self.decision.rebase(base);
         if let Some(shadow) = &mut self.shadow {
             shadow.rebase(base);

@@ -60,8 +60,26 @@ fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided 
 
 impl Pipeline {
     pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
-        for row in self.store.due_inbox(self.settings.batch_size, due_before).await? {
-            self.decide_row(&row, report).await?;
+        let rows = self.store.claim_inbox(self.settings.batch_size, due_before).await?;
+        for (done, row) in rows.iter().enumerate() {
+            if self.stopping() {
+                // Hand the rest back at once rather than after the lease runs out.
+                for rest in &rows[done..] {
+                    self.store.release(rest).await?;
+                }
+                break;
+            }
+            match self.decide_row(row, report).await {
+                Ok(()) => {}
+                Err(e) if super::contended(&e) => {
+                    tracing::info!(ticket = %row.number, reason = %e, "left to the replica that holds it, or decided again next batch");
+                    if e.downcast_ref::<crate::store::ChangedMeanwhile>().is_some() {
+                        self.store.release(row).await?;
+                        report.contended += 1;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -215,6 +233,7 @@ impl Pipeline {
                 &marker,
                 &body,
                 &evidence,
+                latest.as_ref().map(|l| l.decision_id.as_str()),
             )
             .await?;
         tracing::info!(outcome = decided.decision.outcome.as_str(), decision = %decided.decision.decision_id, "decided");

@@ -5,10 +5,14 @@
 //! backoff), never approved. A comment is posted only after its marker is not found on the
 //! ticket.
 
+mod backfill;
 mod decide;
 mod post;
 
+pub use backfill::Progress;
+
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +68,8 @@ pub struct Report {
     pub decided: usize,
     /// Ticket versions that were not access requests or changed nothing material.
     pub settled: usize,
+    /// Requests another replica decided between this replica's read and write; decided again.
+    pub contended: usize,
     /// Requests left pending after a decision-point failure.
     pub failed_decisions: usize,
     /// Comments posted (or found already posted).
@@ -84,6 +90,7 @@ pub struct Pipeline {
     renderer: CommentRenderer,
     settings: Settings,
     last_report: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, Report)>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Pipeline {
@@ -106,6 +113,7 @@ impl Pipeline {
             renderer,
             settings,
             last_report: std::sync::Mutex::new(None),
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -114,6 +122,26 @@ impl Pipeline {
     pub fn with_shadow(mut self, shadow: Option<Arc<dyn DecisionPoint>>) -> Self {
         self.shadow = shadow;
         self
+    }
+
+    /// Asks the pass in flight to stop at the next ticket or comment: the one being handled
+    /// finishes (a post in flight completes and is recorded), nothing new starts.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Pipeline::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Hands back everything this process holds (claims, poller leases), so another replica
+    /// takes over at once. Called on graceful shutdown.
+    pub async fn release_all(&self) -> anyhow::Result<()> {
+        for id in &self.order {
+            self.store.release_lease(&poll_lease(id)).await?;
+        }
+        self.store.release_claims().await
     }
 
     /// The store.
@@ -127,6 +155,10 @@ impl Pipeline {
             let Some(instance) = self.instances.get(id) else { continue };
             let mut cursor = self.store.cursor(id).await?;
             for _ in 0..self.settings.max_pages_per_pass {
+                // One poller per connector instance across replicas; renewed every page.
+                if self.stopping() || !self.store.try_lease(&poll_lease(id)).await? {
+                    break;
+                }
                 let page = match instance.connector.poll(&cursor).await {
                     Ok(page) => page,
                     Err(e) if is_fatal(&e) => {
@@ -171,9 +203,9 @@ impl Pipeline {
     pub async fn decide_all(&self, report: &mut Report) -> anyhow::Result<()> {
         let pass_start = crate::store::now();
         loop {
-            let before = (report.decided, report.settled, report.failed_decisions);
+            let before = (report.decided, report.settled, report.failed_decisions, report.contended);
             self.decide_due(report, &pass_start).await?;
-            if (report.decided, report.settled, report.failed_decisions) == before {
+            if self.stopping() || (report.decided, report.settled, report.failed_decisions, report.contended) == before {
                 return Ok(());
             }
         }
@@ -185,11 +217,22 @@ impl Pipeline {
         loop {
             let before = (report.posted, report.failed_posts);
             self.post_due(report, &pass_start).await?;
-            if (report.posted, report.failed_posts) == before {
+            if self.stopping() || (report.posted, report.failed_posts) == before {
                 return Ok(());
             }
         }
     }
+}
+
+/// The lease that makes one replica the poller of a connector instance.
+fn poll_lease(connector: &str) -> String {
+    format!("poll:{connector}")
+}
+
+/// What to do when a store write finds the claimed work was taken over or changed by another
+/// replica: skip it (`Ok(true)`), or `Ok(false)` when the error is something else.
+fn contended(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<crate::store::LostClaim>().is_some() || error.downcast_ref::<crate::store::ChangedMeanwhile>().is_some()
 }
 
 /// Whether a connector error means nothing will work until an admin acts.

@@ -10,8 +10,19 @@ const AFTER_UNAUTHORIZED: Duration = Duration::from_secs(300);
 
 impl Pipeline {
     pub(super) async fn post_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
-        for row in self.store.due_outbox(self.settings.batch_size, due_before).await? {
-            self.post_row(&row, report).await?;
+        for row in self.store.claim_outbox(self.settings.batch_size, due_before).await? {
+            // A post in flight finishes; none starts after a stop. Unposted claims are
+            // released by `release_all` on shutdown.
+            if self.stopping() {
+                break;
+            }
+            match self.post_row(&row, report).await {
+                Ok(()) => {}
+                Err(e) if super::contended(&e) => {
+                    tracing::info!(marker = %row.marker, reason = %e, "another replica took this comment over")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

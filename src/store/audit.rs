@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Any, Transaction};
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -67,24 +67,26 @@ pub fn record_hash(seq: i64, at: &str, connector: &str, ticket_key: &str, kind: 
 
 /// Appends one record inside the caller's transaction, chained to the last one. SQLite's
 /// single writer makes "read the last record, write the next" atomic.
-pub async fn append(tx: &mut Transaction<'_, Sqlite>, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
+pub async fn append(tx: &mut Transaction<'_, Any>, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
     let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await?;
     let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
     let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let hash = record_hash(seq, &at, connector, ticket_key, event.as_str(), &payload, &prev);
-    sqlx::query("INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        .bind(seq)
-        .bind(&at)
-        .bind(connector)
-        .bind(ticket_key)
-        .bind(event.as_str())
-        .bind(payload.to_string())
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(seq)
+    .bind(&at)
+    .bind(connector)
+    .bind(ticket_key)
+    .bind(event.as_str())
+    .bind(payload.to_string())
+    .bind(&prev)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

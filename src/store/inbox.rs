@@ -5,12 +5,12 @@ use std::time::Duration;
 use deskbridge_connector::{Cursor, Ticket};
 use serde_json::{json, Value};
 
-use super::{audit, later, now, sha256_hex, Event, InboxRow, LatestDecision, Store};
+use super::{audit, later, now, sha256_hex, ChangedMeanwhile, Event, InboxRow, LatestDecision, LostClaim, Store};
 
 impl Store {
     /// The stored cursor of a connector instance.
     pub async fn cursor(&self, connector: &str) -> anyhow::Result<Cursor> {
-        let c: Option<Option<String>> = sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = ?")
+        let c: Option<Option<String>> = sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = $1")
             .bind(connector)
             .fetch_optional(&self.pool)
             .await?;
@@ -20,14 +20,34 @@ impl Store {
     /// Stores one polled page and the cursor after it, atomically. Returns how many ticket
     /// versions were new.
     pub async fn ingest_page(&self, connector: &str, tickets: &[Ticket], next: &Cursor) -> anyhow::Result<usize> {
-        let mut tx = self.pool.begin().await?;
+        self.ingest(connector, connector, tickets, next).await
+    }
+
+    /// The stored cursor of a backfill (see [`Store::ingest_backfill_page`]).
+    pub async fn backfill_cursor(&self, connector: &str, since: &str) -> anyhow::Result<Option<Cursor>> {
+        let c: Option<Option<String>> = sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = $1")
+            .bind(backfill_key(connector, since))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(c.map(Cursor))
+    }
+
+    /// Stores one page of a backfill from `since` and the backfill's own cursor, atomically: an
+    /// interrupted backfill resumes after the last stored page. The connector's live cursor is
+    /// left alone.
+    pub async fn ingest_backfill_page(&self, connector: &str, since: &str, tickets: &[Ticket], next: &Cursor) -> anyhow::Result<usize> {
+        self.ingest(&backfill_key(connector, since), connector, tickets, next).await
+    }
+
+    async fn ingest(&self, cursor_key: &str, connector: &str, tickets: &[Ticket], next: &Cursor) -> anyhow::Result<usize> {
+        let mut tx = self.begin_write().await?;
         let mut inserted = 0;
         for t in tickets {
             let raw = t.raw.to_string();
             let digest = sha256_hex(raw.as_bytes());
             let result = sqlx::query(
                 "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, received_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connector, ticket_key, version) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (connector, ticket_key, version) DO NOTHING",
             )
             .bind(connector)
             .bind(&t.key)
@@ -52,8 +72,8 @@ impl Store {
                 .await?;
             }
         }
-        sqlx::query("INSERT INTO cursors (connector, cursor, updated_at) VALUES (?, ?, ?) ON CONFLICT (connector) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at")
-            .bind(connector)
+        sqlx::query("INSERT INTO cursors (connector, cursor, updated_at) VALUES ($1, $2, $3) ON CONFLICT (connector) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at")
+            .bind(cursor_key)
             .bind(&next.0)
             .bind(now())
             .execute(&mut *tx)
@@ -62,25 +82,41 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Ticket versions ready for normalization and decision: new ones, and pending ones whose
-    /// retry time is before `due_before` (a pass passes its start time, so a request that fails
-    /// during the pass is not retried within it).
-    pub async fn due_inbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
-        Ok(sqlx::query_as(
-            "SELECT id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at FROM inbox
-             WHERE status = 'received' OR (status = 'pending' AND next_attempt_at < ?)
-             ORDER BY id LIMIT ?",
-        )
-        .bind(due_before)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+    /// Claims ticket versions ready for normalization and decision: new ones, and pending ones
+    /// whose retry time is before `due_before` (a pass passes its start time, so a request that
+    /// fails during the pass is not retried within it). A row claimed by a live replica is
+    /// skipped, and so is any version of a ticket that has one; a claim whose lease expired is
+    /// taken over.
+    pub async fn claim_inbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
+        let now = now();
+        let sql = format!(
+            "UPDATE inbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
+                SELECT i.id FROM inbox i
+                WHERE (i.status = 'received' OR (i.status = 'pending' AND i.next_attempt_at < $3))
+                  AND (i.claimed_until IS NULL OR i.claimed_until < $4 OR i.claimed_by = $1)
+                  AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
+                                  AND j.id != i.id AND j.claimed_until >= $4 AND j.claimed_by != $1
+                                  AND j.status IN ('received', 'pending'))
+                ORDER BY i.id LIMIT $5{})
+             RETURNING id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at",
+            self.backend.skip_locked()
+        );
+        let mut rows: Vec<InboxRow> = sqlx::query_as(&sql)
+            .bind(&*self.holder)
+            .bind(later(self.lease))
+            .bind(due_before)
+            .bind(&now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
     }
 
     /// The normalized JSON of the ticket's latest earlier version, if any.
     pub async fn previous_normalized(&self, row: &InboxRow) -> anyhow::Result<Option<Value>> {
         let text: Option<String> = sqlx::query_scalar(
-            "SELECT normalized FROM inbox WHERE connector = ? AND ticket_key = ? AND id < ? AND normalized IS NOT NULL AND status != 'stale' ORDER BY id DESC LIMIT 1",
+            "SELECT normalized FROM inbox WHERE connector = $1 AND ticket_key = $2 AND id < $3 AND normalized IS NOT NULL AND status != 'stale' ORDER BY id DESC LIMIT 1",
         )
         .bind(&row.connector)
         .bind(&row.ticket_key)
@@ -92,7 +128,7 @@ impl Store {
 
     /// Whether a later version of the same ticket is already in the inbox.
     pub async fn has_newer_version(&self, row: &InboxRow) -> anyhow::Result<bool> {
-        let newer: Option<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE connector = ? AND ticket_key = ? AND id > ? LIMIT 1")
+        let newer: Option<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE connector = $1 AND ticket_key = $2 AND id > $3 LIMIT 1")
             .bind(&row.connector)
             .bind(&row.ticket_key)
             .bind(row.id)
@@ -104,7 +140,7 @@ impl Store {
     /// The latest decision on a ticket.
     pub async fn latest_decision(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Option<LatestDecision>> {
         Ok(sqlx::query_as(
-            "SELECT request_hash, decision_id, outcome FROM decisions WHERE connector = ? AND ticket_key = ? ORDER BY id DESC LIMIT 1",
+            "SELECT request_hash, decision_id, outcome FROM decisions WHERE connector = $1 AND ticket_key = $2 ORDER BY id DESC LIMIT 1",
         )
         .bind(connector)
         .bind(ticket_key)
@@ -122,13 +158,15 @@ impl Store {
         request_hash: Option<&str>,
         extra: &[(Event, Value)],
     ) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        mark_normalized(&mut tx, row, status, status, normalized, request_hash, extra).await?;
+        let mut tx = self.begin_write().await?;
+        mark_normalized(&mut tx, &self.holder, row, status, status, normalized, request_hash, extra).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Stores a decision and queues its comment in one transaction.
+    /// Stores a decision and queues its comment in one transaction. `read_latest` is the
+    /// ticket's latest decision id as read before deciding: if another replica decided this
+    /// ticket since, nothing is written and [`ChangedMeanwhile`] says to decide again.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_decision(
         &self,
@@ -140,11 +178,32 @@ impl Store {
         marker: &str,
         body: &str,
         extra: &[(Event, Value)],
+        read_latest: Option<&str>,
     ) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let decision_json = serde_json::to_value(decision)?;
-        mark_normalized(&mut tx, row, "decided", "access_request", normalized, Some(request_hash), extra).await?;
-        sqlx::query("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        mark_normalized(
+            &mut tx,
+            &self.holder,
+            row,
+            "decided",
+            "access_request",
+            normalized,
+            Some(request_hash),
+            extra,
+        )
+        .await?;
+        // Writers are serialized here, so this sees every decision committed before ours.
+        let latest: Option<(String, i64)> =
+            sqlx::query_as("SELECT decision_id, inbox_id FROM decisions WHERE connector = $1 AND ticket_key = $2 ORDER BY id DESC LIMIT 1")
+                .bind(&row.connector)
+                .bind(&row.ticket_key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if latest.as_ref().map(|(id, _)| id.as_str()) != read_latest || latest.is_some_and(|(_, inbox_id)| inbox_id > row.id) {
+            return Err(ChangedMeanwhile.into());
+        }
+        sqlx::query("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(&decision.decision_id)
             .bind(row.id)
             .bind(&row.connector)
@@ -169,16 +228,34 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up this replica's claim on a row without changing it, so it is taken again.
+    pub async fn release(&self, row: &InboxRow) -> anyhow::Result<()> {
+        sqlx::query("UPDATE inbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
+            .bind(row.id)
+            .bind(&*self.holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Keeps a request pending after a failed decision, to be retried after `delay`.
     pub async fn decision_failed(&self, row: &InboxRow, normalized: &Value, error: &str, delay: Duration) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE inbox SET status = 'pending', normalized = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?")
-            .bind(normalized.to_string())
-            .bind(later(delay))
-            .bind(error)
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE inbox SET status = 'pending', normalized = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
+                    claimed_by = NULL, claimed_until = NULL
+             WHERE id = $4 AND claimed_by = $5",
+        )
+        .bind(normalized.to_string())
+        .bind(later(delay))
+        .bind(error)
+        .bind(row.id)
+        .bind(&*self.holder)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(LostClaim.into());
+        }
         audit::append(
             &mut tx,
             &row.connector,
@@ -192,10 +269,19 @@ impl Store {
     }
 }
 
+/// The cursors-table key of a backfill: one per (connector, start), so a backfill from another
+/// date starts afresh while the same command resumes.
+fn backfill_key(connector: &str, since: &str) -> String {
+    format!("backfill:{connector}:{since}")
+}
+
 /// Sets an inbox row's status and normalized form, and records the normalization and any
-/// further evidence, inside the caller's transaction.
+/// further evidence, inside the caller's transaction. Fails with [`LostClaim`] when the row is
+/// no longer claimed by `holder`.
+#[allow(clippy::too_many_arguments)]
 async fn mark_normalized(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    holder: &str,
     row: &InboxRow,
     status: &str,
     audit_status: &str,
@@ -203,13 +289,20 @@ async fn mark_normalized(
     request_hash: Option<&str>,
     extra: &[(Event, Value)],
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE inbox SET status = ?, normalized = ?, request_hash = ?, last_error = NULL WHERE id = ?")
-        .bind(status)
-        .bind(normalized.to_string())
-        .bind(request_hash)
-        .bind(row.id)
-        .execute(&mut **tx)
-        .await?;
+    let updated = sqlx::query(
+        "UPDATE inbox SET status = $1, normalized = $2, request_hash = $3, last_error = NULL, claimed_by = NULL, claimed_until = NULL
+         WHERE id = $4 AND claimed_by = $5",
+    )
+    .bind(status)
+    .bind(normalized.to_string())
+    .bind(request_hash)
+    .bind(row.id)
+    .bind(holder)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(LostClaim.into());
+    }
     let payload = json!({"version": row.version, "status": audit_status, "request_hash": request_hash, "normalized": normalized});
     audit::append(tx, &row.connector, &row.ticket_key, Event::Normalized, payload).await?;
     for (event, payload) in extra {

@@ -1,9 +1,17 @@
-//! Durable state in one SQLite file: cursors, the inbox of raw tickets, decisions, the outbox of
-//! comments and the audit log. Each page of tickets is stored in one transaction together with
-//! the cursor that follows it, so a crash never skips or loses a ticket.
+//! Durable state: cursors, the inbox of raw tickets, decisions, the outbox of comments and the
+//! audit log, in one SQLite file (one replica) or one PostgreSQL database (any number of
+//! replicas). Each page of tickets is stored in one transaction together with the cursor that
+//! follows it, so a crash never skips or loses a ticket.
+//!
+//! Both backends run the same SQL through sqlx's `Any` driver (`$n` placeholders, which SQLite
+//! accepts too); what differs — migrations, row locking, serializing the audit chain — is in
+//! [`Backend`]. Work is claimed with a lease before it is done, and every write that finishes
+//! claimed work checks the claim is still its own, so a replica that stalls past its lease
+//! cannot record a second decision or comment.
 
 pub mod audit;
 mod inbox;
+mod leases;
 mod outbox;
 mod reads;
 
@@ -14,18 +22,60 @@ use chrono::{DateTime, Utc};
 use deskbridge_connector::Ticket;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions as _, Executor as _};
 
 pub use audit::{AuditRecord, Event};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
+
+/// Which database holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file; one deskbridge process at a time.
+    Sqlite,
+    /// PostgreSQL; any number of replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// What claiming a row appends to its `SELECT`: PostgreSQL skips rows another replica has
+    /// locked; SQLite has one writer, so there is nothing to skip.
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
 
 /// The store.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    /// Who this process is when it claims work.
+    holder: std::sync::Arc<str>,
+    /// How long a claim lasts before another replica may take the work over.
+    lease: Duration,
 }
+
+/// Claimed work was taken over by another replica (this one stalled past its lease). Nothing
+/// was written; the other replica finishes the work.
+#[derive(Debug, thiserror::Error)]
+#[error("the claim on this work expired and another replica took it over; nothing was written")]
+pub struct LostClaim;
+
+/// Another replica decided the same ticket between this replica's read and its write; nothing
+/// was written, and the request should be decided again from fresh state.
+#[derive(Debug, thiserror::Error)]
+#[error("another replica decided this ticket meanwhile; nothing was written")]
+pub struct ChangedMeanwhile;
+
+/// The default lease on claimed work.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// A ticket version waiting to be normalized and decided.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -113,7 +163,7 @@ pub struct ShadowResult {
 }
 
 /// One stored shadow comparison.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ShadowRow {
     /// Ticket number.
     pub number: String,
@@ -129,6 +179,23 @@ pub struct ShadowRow {
     pub agree: bool,
     /// When.
     pub at: String,
+}
+
+// By hand: `agree` is stored as an integer (0/1) on both backends, and the `Any` driver does
+// not turn an integer into a bool.
+impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for ShadowRow {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> sqlx::Result<Self> {
+        use sqlx::Row as _;
+        Ok(Self {
+            number: row.try_get("number")?,
+            primary_outcome: row.try_get("primary_outcome")?,
+            shadow_pdp: row.try_get("shadow_pdp")?,
+            shadow_outcome: row.try_get("shadow_outcome")?,
+            shadow_error: row.try_get("shadow_error")?,
+            agree: row.try_get::<i64, _>("agree")? != 0,
+            at: row.try_get("at")?,
+        })
+    }
 }
 
 /// The latest state of one ticket, for reports.
@@ -183,23 +250,135 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl Store {
     /// Opens (creating if needed) the SQLite file and applies migrations.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
-        // A file name, not a URL: a path holding `?`, `#` or spaces must open as written.
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::any::install_default_drivers();
+        // Built from the file name, not parsed from text: a path holding `?`, `#` or spaces
+        // opens as written (sqlx percent-encodes it into the URL and decodes it back).
+        let url = SqliteConnectOptions::new().filename(path).create_if_missing(true).to_url_lossy();
+        let options = AnyConnectOptions::from_url(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        SQLITE_MIGRATOR.run(&pool).await?;
+        Ok(Self::new(pool, Backend::Sqlite))
+    }
+
+    /// Connects to PostgreSQL (`postgres://…`) and applies migrations. Replicas may share the
+    /// database; migrations take sqlx's advisory lock, so concurrent start-ups are safe.
+    pub async fn connect_postgres(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(options)
+            .await?;
+        POSTGRES_MIGRATOR.run(&pool).await?;
+        Ok(Self::new(pool, Backend::Postgres))
+    }
+
+    /// Opens the store a config names.
+    pub async fn from_config(config: &crate::config::StoreConfig) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use secrecy::ExposeSecret as _;
+        let store = match (&config.path, &config.url) {
+            (Some(path), None) => Self::open(path)
+                .await
+                .with_context(|| format!("opening store {}", path.display()))?,
+            // The URL may hold a password: the error names the database, never the URL.
+            (None, Some(url)) => Self::connect_postgres(url.expose_secret()).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "connecting to the PostgreSQL store: {}",
+                    redact(&format!("{e:#}"), url.expose_secret())
+                )
+            })?,
+            _ => anyhow::bail!("[store]: set exactly one of `path` (SQLite) or `url` (PostgreSQL)"),
+        };
+        let store = store.with_lease(Duration::from_secs(config.lease_secs.max(1)));
+        Ok(match &config.replica_id {
+            Some(id) => store.with_holder(id),
+            None => store,
+        })
+    }
+
+    fn new(pool: AnyPool, backend: Backend) -> Self {
+        // SQLite serves one process, so a restarted process is the same holder and resumes its
+        // claims at once. On PostgreSQL each process is a new holder unless a stable
+        // `replica_id` is configured; a dead one's work is taken over when its lease ends.
+        let holder = match backend {
+            Backend::Sqlite => "local".to_owned(),
+            Backend::Postgres => {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
+                format!("{host}/{}/{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+            }
+        };
+        Self {
+            pool,
+            backend,
+            holder: holder.into(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// Sets how long claims on work last (a replica that dies holds its work this long).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets this process's identity in claims and leases. A replica that restarts under the
+    /// same id resumes its own claims at once; two live replicas must never share one.
+    pub fn with_holder(mut self, holder: &str) -> Self {
+        self.holder = holder.into();
+        self
+    }
+
+    /// This process's identity in claims and leases.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Begins a transaction that writes. On PostgreSQL it first takes a transaction-scoped
+    /// advisory lock, which serializes writers: the audit chain's "read the last record, write
+    /// the next" cannot fork, and checks made inside see every other writer's committed work.
+    /// SQLite has one writer already.
+    pub(crate) async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7305812009)").execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The underlying pool (for tests and reports).
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// Removes a connection URL (and so its password) from an error message.
+fn redact(message: &str, url: &str) -> String {
+    let mut out = message.replace(url, "<store url>");
+    if let Ok(parsed) = url::Url::parse(url) {
+        if let Some(password) = parsed.password() {
+            out = out.replace(password, "<redacted>");
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -5,38 +5,59 @@ use std::time::Duration;
 use deskbridge_connector::CommentId;
 use serde_json::json;
 
-use super::{audit, later, now, sha256_hex, Event, InboxRow, OutboxRow, Store};
+use super::{audit, later, now, sha256_hex, Event, InboxRow, LostClaim, OutboxRow, Store};
 
 impl Store {
     /// Queues the one "decision delayed" comment of a request version (a second call is a
     /// no-op). Returns whether it was queued now.
     pub async fn queue_delayed_comment(&self, row: &InboxRow, request_hash: &str, marker: &str, body: &str) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let fresh = queue_comment(&mut tx, row, &format!("{request_hash}:delayed"), "delayed", marker, body).await?;
         tx.commit().await?;
         Ok(fresh)
     }
 
-    /// Comments due for posting before `due_before` (see [`Store::due_inbox`]).
-    pub async fn due_outbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<OutboxRow>> {
-        Ok(sqlx::query_as(
-            "SELECT id, connector, ticket_key, marker, body, decision_id, attempts FROM outbox WHERE status = 'queued' AND next_attempt_at < ? ORDER BY id LIMIT ?",
-        )
-        .bind(due_before)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+    /// Claims comments due for posting before `due_before` (see [`Store::claim_inbox`]); a
+    /// comment claimed by a live replica is skipped, one whose lease expired is taken over.
+    /// The lease outlasts the poster's check-then-post, so a post that timed out on another
+    /// replica has landed (or failed) before anyone re-checks the ticket for its marker.
+    pub async fn claim_outbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
+                SELECT id FROM outbox WHERE status = 'queued' AND next_attempt_at < $3
+                  AND (claimed_until IS NULL OR claimed_until < $4 OR claimed_by = $1)
+                ORDER BY id LIMIT $5{})
+             RETURNING id, connector, ticket_key, marker, body, decision_id, attempts",
+            self.backend.skip_locked()
+        );
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(&sql)
+            .bind(&*self.holder)
+            .bind(later(self.lease))
+            .bind(due_before)
+            .bind(now())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
     }
 
     /// Marks a comment posted (or found already posted).
     pub async fn comment_posted(&self, row: &OutboxRow, comment_id: &CommentId, found_existing: bool) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE outbox SET status = 'posted', comment_id = ?, posted_at = ?, last_error = NULL WHERE id = ?")
-            .bind(&comment_id.0)
-            .bind(now())
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE outbox SET status = 'posted', comment_id = $1, posted_at = $2, last_error = NULL, claimed_by = NULL, claimed_until = NULL
+             WHERE id = $3 AND claimed_by = $4",
+        )
+        .bind(&comment_id.0)
+        .bind(now())
+        .bind(row.id)
+        .bind(&*self.holder)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(LostClaim.into());
+        }
         audit::append(
             &mut tx,
             &row.connector,
@@ -51,18 +72,25 @@ impl Store {
 
     /// Reschedules a comment after a retryable failure, or parks it after a fatal one.
     pub async fn comment_failed(&self, row: &OutboxRow, error: &str, retry_in: Option<Duration>) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (status, next) = match retry_in {
             Some(delay) => ("queued", later(delay)),
             None => ("failed", now()),
         };
-        sqlx::query("UPDATE outbox SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?")
-            .bind(status)
-            .bind(next)
-            .bind(error)
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
+        let updated = sqlx::query(
+            "UPDATE outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3, claimed_by = NULL, claimed_until = NULL
+             WHERE id = $4 AND claimed_by = $5",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(error)
+        .bind(row.id)
+        .bind(&*self.holder)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(LostClaim.into());
+        }
         if retry_in.is_none() {
             audit::append(
                 &mut tx,
@@ -81,7 +109,7 @@ impl Store {
 /// Queues a comment in the caller's transaction, once per (ticket, request hash); records it
 /// in the audit log when it is new. Returns whether it was queued now.
 pub(super) async fn queue_comment(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     row: &InboxRow,
     request_hash: &str,
     decision_id: &str,
@@ -90,7 +118,7 @@ pub(super) async fn queue_comment(
 ) -> anyhow::Result<bool> {
     let queued = sqlx::query(
         "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(&row.connector)
     .bind(&row.ticket_key)

@@ -13,10 +13,10 @@ impl Store {
         primary: &crate::schema::Decision,
         shadow: &ShadowResult,
     ) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO shadow_decisions (connector, ticket_key, number, request_hash, primary_decision_id, primary_outcome, shadow_pdp, shadow_outcome, shadow_error, agree, at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&row.connector)
         .bind(&row.ticket_key)
@@ -80,7 +80,7 @@ impl Store {
     /// Every audit record of one ticket, in order.
     pub async fn audit_for_ticket(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Vec<AuditRecord>> {
         Ok(sqlx::query_as(
-            "SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit WHERE connector = ? AND ticket_key = ? ORDER BY seq",
+            "SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit WHERE connector = $1 AND ticket_key = $2 ORDER BY seq",
         )
         .bind(connector)
         .bind(ticket_key)
@@ -91,7 +91,7 @@ impl Store {
     /// Tickets whose number or key is `text`: `(connector, key, number, url)`.
     pub async fn find_tickets(&self, text: &str) -> anyhow::Result<Vec<(String, String, String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT connector, ticket_key, MAX(number), MAX(url) FROM inbox WHERE number = ?1 OR ticket_key = ?1 GROUP BY connector, ticket_key ORDER BY connector",
+            "SELECT connector, ticket_key, MAX(number), MAX(url) FROM inbox WHERE number = $1 OR ticket_key = $1 GROUP BY connector, ticket_key ORDER BY connector",
         )
         .bind(text)
         .fetch_all(&self.pool)
@@ -134,7 +134,7 @@ impl Store {
 
     /// Stores a checkpoint.
     pub async fn insert_checkpoint(&self, cp: &crate::audit::Checkpoint) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature) VALUES ($1, $2, $3, $4, $5)")
             .bind(cp.seq)
             .bind(&cp.hash)
             .bind(&cp.at)

@@ -37,7 +37,7 @@ async fn a_page_and_its_cursor_are_stored_together_and_versions_deduplicate() {
         .expect("ingest");
     assert_eq!(again, 1, "only the new version counts");
     assert_eq!(store.counts().await.expect("counts").inbox, 3);
-    let rows = store.due_inbox(10, &now()).await.expect("due");
+    let rows = store.claim_inbox(10, &now()).await.expect("due");
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].ticket().expect("ticket").raw, json!({"k": "a", "v": "1"}));
 }

@@ -147,7 +147,7 @@ async fn a_comment_posted_before_a_crash_is_not_posted_again() {
     pipeline.poll(&mut report).await.expect("poll");
     pipeline.decide_all(&mut report).await.expect("decide");
     // The process posted one comment and died before recording it.
-    let queued = app.store.due_outbox(100, &deskbridge::store::now()).await.expect("outbox");
+    let queued = app.store.claim_outbox(100, &deskbridge::store::now()).await.expect("outbox");
     let first = &queued[0];
     app.connector()
         .post_comment(

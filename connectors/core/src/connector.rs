@@ -30,4 +30,14 @@ pub trait Connector: Send + Sync {
 
     /// The markup of the field comments are written to.
     fn markup(&self) -> &dyn Markup;
+
+    /// A cursor from which [`Connector::poll`] reads every ticket updated at or after `since`
+    /// (for backfills). Connectors that cannot start at a time say so.
+    fn cursor_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<Cursor, ConnectorError> {
+        let _ = since;
+        Err(ConnectorError::Config {
+            connector: self.id().to_owned(),
+            message: format!("the {} connector cannot backfill from a date", self.kind()),
+        })
+    }
 }

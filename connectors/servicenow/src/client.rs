@@ -303,4 +303,16 @@ impl Connector for ServiceNow {
     fn markup(&self) -> &dyn Markup {
         &JournalMarkup
     }
+
+    /// Stands just before `since`: the keyset of a record one second earlier with the highest
+    /// possible sys_id, so the next poll reads `sys_updated_on >= since` (second precision, as
+    /// ServiceNow stores it).
+    fn cursor_since(&self, since: chrono::DateTime<Utc>) -> Result<Cursor, ConnectorError> {
+        let before = since - chrono::Duration::seconds(1);
+        Ok(Keyset {
+            t: before.format(TIME_FORMAT).to_string(),
+            id: "f".repeat(32),
+        }
+        .encode())
+    }
 }
