@@ -14,6 +14,8 @@ mod inbox;
 mod leases;
 mod outbox;
 mod reads;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,3 +1,7 @@
+//! Every store test runs on SQLite and on PostgreSQL (a fresh schema each).
+
+use std::time::Duration;
+
 use super::*;
 use deskbridge_connector::Cursor;
 use serde_json::json;
@@ -14,15 +18,51 @@ fn ticket(key: &str, version: &str) -> Ticket {
     }
 }
 
-async fn store() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("t.db")).await.expect("open");
-    (store, dir)
+/// Two handles on one database, as two replicas see it (distinct holders), plus what keeps a
+/// SQLite file alive.
+async fn replicas(backend: Backend) -> (Store, Store, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("t.db");
+            let a = Store::open(&path).await.expect("open");
+            let b = Store::open(&path).await.expect("open");
+            (a.with_holder("a"), b.with_holder("b"), Some(dir))
+        }
+        Backend::Postgres => {
+            let url = testing::fresh_postgres_schema().await;
+            let a = Store::connect_postgres(&url).await.expect("connect");
+            let b = Store::connect_postgres(&url).await.expect("connect");
+            (a.with_holder("a"), b.with_holder("b"), None)
+        }
+    }
 }
 
-#[tokio::test]
-async fn a_page_and_its_cursor_are_stored_together_and_versions_deduplicate() {
-    let (store, _dir) = store().await;
+async fn store(backend: Backend) -> (Store, Option<tempfile::TempDir>) {
+    let (a, _b, dir) = replicas(backend).await;
+    (a, dir)
+}
+
+/// Runs a test body on both backends.
+macro_rules! on_both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                $body(Backend::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                $body(Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+on_both!(a_page_and_its_cursor_are_stored_together_and_versions_deduplicate, page_and_cursor);
+async fn page_and_cursor(backend: Backend) {
+    let (store, _dir) = store(backend).await;
     assert_eq!(store.cursor("snow").await.expect("cursor"), Cursor::start());
     let next = Cursor(Some("c1".into()));
     let n = store
@@ -37,14 +77,18 @@ async fn a_page_and_its_cursor_are_stored_together_and_versions_deduplicate() {
         .expect("ingest");
     assert_eq!(again, 1, "only the new version counts");
     assert_eq!(store.counts().await.expect("counts").inbox, 3);
-    let rows = store.claim_inbox(10, &now()).await.expect("due");
-    assert_eq!(rows.len(), 3);
+    let rows = store.claim_inbox(10, &now()).await.expect("claim");
+    // Versions of one ticket go to one claimer, oldest first.
+    assert_eq!(
+        rows.iter().map(|r| (r.ticket_key.as_str(), r.version.as_str())).collect::<Vec<_>>(),
+        [("a", "1"), ("b", "1"), ("a", "2")]
+    );
     assert_eq!(rows[0].ticket().expect("ticket").raw, json!({"k": "a", "v": "1"}));
 }
 
-#[tokio::test]
-async fn the_audit_log_chains_and_refuses_edits() {
-    let (store, _dir) = store().await;
+on_both!(the_audit_log_chains_and_refuses_edits, audit_chain);
+async fn audit_chain(backend: Backend) {
+    let (store, _dir) = store(backend).await;
     store
         .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &Cursor::start())
         .await
@@ -58,7 +102,138 @@ async fn the_audit_log_chains_and_refuses_edits() {
     let update = sqlx::query("UPDATE audit SET kind = 'x'").execute(store.pool()).await;
     assert!(update.expect_err("append-only").to_string().contains("append-only"));
     let delete = sqlx::query("DELETE FROM audit").execute(store.pool()).await;
-    assert!(delete.is_err());
+    assert!(delete.expect_err("append-only").to_string().contains("append-only"));
+}
+
+on_both!(replicas_writing_at_once_never_fork_the_audit_chain, concurrent_chain);
+async fn concurrent_chain(backend: Backend) {
+    let (a, b, _dir) = replicas(backend).await;
+    let write = |store: Store, prefix: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let tickets = [ticket(&format!("{prefix}{i}"), "1"), ticket(&format!("{prefix}{i}x"), "1")];
+                store.ingest_page(prefix, &tickets, &Cursor::start()).await.expect("ingest");
+            }
+        })
+    };
+    let (ra, rb) = tokio::join!(write(a.clone(), "a"), write(b, "b"));
+    ra.expect("a");
+    rb.expect("b");
+    let records = a.audit_records().await.expect("records");
+    assert_eq!(audit::verify(&records), Ok(80));
+}
+
+on_both!(claimed_work_goes_to_one_replica_and_is_taken_over_when_its_lease_ends, claims);
+async fn claims(backend: Backend) {
+    let (a, b, _dir) = replicas(backend).await;
+    let a = a.with_lease(Duration::from_millis(300));
+    let b = b.with_lease(Duration::from_secs(60));
+    a.ingest_page("snow", &[ticket("t1", "1"), ticket("t2", "1")], &Cursor::start())
+        .await
+        .expect("ingest");
+    let mine = a.claim_inbox(1, &now()).await.expect("claim");
+    assert_eq!(mine.len(), 1);
+    let theirs = b.claim_inbox(10, &now()).await.expect("claim");
+    assert_eq!(theirs.len(), 1, "b gets only what a did not claim");
+    assert_ne!(mine[0].id, theirs[0].id);
+    // a stalls past its lease: b takes the row over, and a's late write is refused.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = b.claim_inbox(10, &now()).await.expect("claim");
+    assert!(taken.iter().any(|r| r.id == mine[0].id), "b took t1 over");
+    let taken: Vec<_> = taken.into_iter().filter(|r| r.id == mine[0].id).collect();
+    let late = a.settle(&mine[0], "not_access", &json!({}), None, &[]).await;
+    assert!(late.expect_err("fenced").downcast_ref::<LostClaim>().is_some());
+    b.settle(&taken[0], "not_access", &json!({}), None, &[]).await.expect("settle");
+    // t1 is settled; b's own live claim on t2 comes back to b (a restarted replica with the
+    // same id resumes its work at once).
+    let again = b.claim_inbox(10, &now()).await.expect("claim");
+    assert_eq!(again.iter().map(|r| r.id).collect::<Vec<_>>(), [theirs[0].id]);
+    assert!(a.claim_inbox(10, &now()).await.expect("claim").is_empty(), "nothing is free for a");
+}
+
+on_both!(one_poller_per_connector_holds_the_lease_until_it_stops_renewing, poller_lease);
+async fn poller_lease(backend: Backend) {
+    let (a, b, _dir) = replicas(backend).await;
+    let a = a.with_lease(Duration::from_millis(300));
+    assert!(a.try_lease("poll:snow").await.expect("lease"));
+    assert!(!b.try_lease("poll:snow").await.expect("lease"), "a holds it");
+    assert!(a.try_lease("poll:snow").await.expect("renew"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(b.try_lease("poll:snow").await.expect("failover"), "a stopped renewing");
+    assert!(!a.try_lease("poll:snow").await.expect("lease"), "b holds it now");
+    b.release_lease("poll:snow").await.expect("release");
+    assert!(
+        a.try_lease("poll:snow").await.expect("handover"),
+        "released on shutdown: taken at once"
+    );
+}
+
+on_both!(a_backfill_keeps_its_own_cursor_and_resumes_from_it, backfill_cursor);
+async fn backfill_cursor(backend: Backend) {
+    let (store, _dir) = store(backend).await;
+    let since = "2026-01-01T00:00:00Z";
+    assert_eq!(store.backfill_cursor("snow", since).await.expect("cursor"), None);
+    let next = Cursor(Some("page-1".into()));
+    store
+        .ingest_backfill_page("snow", since, &[ticket("a", "1")], &next)
+        .await
+        .expect("ingest");
+    assert_eq!(store.backfill_cursor("snow", since).await.expect("cursor"), Some(next));
+    assert_eq!(
+        store.cursor("snow").await.expect("live"),
+        Cursor::start(),
+        "the live cursor is untouched"
+    );
+    assert_eq!(store.backfill_cursor("snow", "2025-01-01T00:00:00Z").await.expect("cursor"), None);
+}
+
+on_both!(
+    a_decision_is_refused_when_another_replica_decided_the_ticket_meanwhile,
+    decided_meanwhile
+);
+async fn decided_meanwhile(backend: Backend) {
+    let (a, b, _dir) = replicas(backend).await;
+    a.ingest_page("snow", &[ticket("t", "1")], &Cursor::start()).await.expect("ingest");
+    let row = a.claim_inbox(10, &now()).await.expect("claim").remove(0);
+    let decision = |id: &str| crate::schema::Decision {
+        outcome: crate::schema::Outcome::Deny,
+        reasons: vec!["r".into()],
+        route_to: None,
+        missing: vec![],
+        obligations: Default::default(),
+        policy_id: "p".into(),
+        policy_version: "1".into(),
+        decision_id: id.into(),
+        decided_at: Utc::now(),
+    };
+    // a read "no decision yet"; meanwhile b decides a newer version of the same ticket.
+    b.ingest_page("snow", &[ticket("t", "2")], &Cursor::start()).await.expect("ingest");
+    let newer = {
+        sqlx::query("UPDATE inbox SET claimed_by = 'b', claimed_until = $1 WHERE version = '2'")
+            .bind(later(Duration::from_secs(60)))
+            .execute(b.pool())
+            .await
+            .expect("claim");
+        let rows: Vec<InboxRow> = sqlx::query_as(
+            "SELECT id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at FROM inbox WHERE version = '2'",
+        )
+        .fetch_all(b.pool())
+        .await
+        .expect("row");
+        rows.into_iter().next().expect("v2")
+    };
+    b.record_decision(&newer, &json!({}), "h2", &decision("d2"), &json!({}), "m2", "body", &[], None)
+        .await
+        .expect("b decides v2");
+    let late = a
+        .record_decision(&row, &json!({}), "h1", &decision("d1"), &json!({}), "m1", "body", &[], None)
+        .await;
+    assert!(late.expect_err("refused").downcast_ref::<ChangedMeanwhile>().is_some());
+    assert_eq!(a.counts().await.expect("counts").decisions, 1);
+    assert_eq!(
+        audit::verify(&a.audit_records().await.expect("records")),
+        Ok(a.audit_records().await.expect("records").len())
+    );
 }
 
 #[tokio::test]
@@ -67,4 +242,13 @@ async fn a_path_with_url_characters_opens_as_written() {
     let path = dir.path().join("odd name?#1.db");
     Store::open(&path).await.expect("open");
     assert!(path.exists());
+}
+
+#[test]
+fn a_store_url_password_never_reaches_an_error() {
+    let url = "postgres://deskbridge:s3cr3t-pw@db.example:5432/deskbridge";
+    let message = format!("error connecting to {url}: password authentication failed; tried s3cr3t-pw");
+    let clean = redact(&message, url);
+    assert!(!clean.contains("s3cr3t-pw"), "{clean}");
+    assert!(clean.contains("<store url>"));
 }
