@@ -40,7 +40,12 @@ impl Pipeline {
         // Checked before every attempt: an earlier attempt may have posted and then timed out.
         let result = match connector.find_comment(&row.ticket_key, &row.marker).await {
             Ok(Some(id)) => Ok((id, true)),
-            Ok(None) => connector.post_comment(&row.ticket_key, &comment).await.map(|id| (id, false)),
+            Ok(None) => {
+                // The lease must cover the post: if another replica took the comment over
+                // while we looked, it posts, not us.
+                self.store.renew_outbox_claim(row).await?;
+                connector.post_comment(&row.ticket_key, &comment).await.map(|id| (id, false))
+            }
             Err(e) => Err(e),
         };
         match result {

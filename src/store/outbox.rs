@@ -42,6 +42,22 @@ impl Store {
         Ok(rows)
     }
 
+    /// Extends this replica's claim on a comment just before it is posted, so the lease covers
+    /// the post itself. Fails with [`LostClaim`] when another replica took the comment over;
+    /// the caller must then not post.
+    pub async fn renew_outbox_claim(&self, row: &OutboxRow) -> anyhow::Result<()> {
+        let updated = sqlx::query("UPDATE outbox SET claimed_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'queued'")
+            .bind(later(self.lease))
+            .bind(row.id)
+            .bind(&*self.holder)
+            .execute(&self.pool)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(LostClaim.into());
+        }
+        Ok(())
+    }
+
     /// Marks a comment posted (or found already posted).
     pub async fn comment_posted(&self, row: &OutboxRow, comment_id: &CommentId, found_existing: bool) -> anyhow::Result<()> {
         let mut tx = self.begin_write().await?;

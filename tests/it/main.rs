@@ -3,6 +3,7 @@
 
 mod audit;
 mod cli;
+mod crash;
 mod drift;
 mod helpers;
 mod mapping_fixtures;
