@@ -2,6 +2,7 @@
 //! file, the real Rego engine. Set TEST_LOG=1 to see tracing output.
 
 mod audit;
+mod backfill;
 mod cli;
 mod crash;
 mod drift;

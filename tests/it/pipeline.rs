@@ -7,7 +7,7 @@ use deskbridge::pipeline::Report;
 use deskbridge_connector::{Comment, Connector};
 use deskbridge_servicenow::simulator::{Fault, INTEGRATION_USER, SEEDED_ACCESS_TICKETS};
 
-use crate::helpers::{policy_from_text, TestApp};
+use crate::helpers::{policy_from_text, TestApp, CONNECTOR};
 
 fn expected_outcomes() -> BTreeMap<&'static str, &'static str> {
     BTreeMap::from([
@@ -213,4 +213,92 @@ async fn ticket_text_cannot_inject_markup_into_the_comment() {
     let text = &journal[0].value;
     assert!(!text.contains("[code]"), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("deskbridge decision:")).count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn material_fields_re_decide_and_status_comments_or_itsm_approval_do_not() {
+    let app = TestApp::spawn().await;
+    let pipeline = app.pipeline();
+    pipeline.run_once().await.expect("first pass");
+    let id = app.sim.sys_id_of("sc_req_item", "RITM0010003").expect("seeded");
+    let decisions = || async {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT decision_id FROM decisions WHERE ticket_key = $1 ORDER BY id")
+            .bind(&id)
+            .fetch_all(app.store.pool())
+            .await
+            .expect("decisions");
+        rows.len()
+    };
+    assert_eq!(decisions().await, 1);
+    // The test connector reads with no lag window, so each change lands in a later second
+    // than the last poll (the lag window does this in production).
+    let next_second = || tokio::time::sleep(std::time::Duration::from_millis(1_100));
+    // Not material: a state change, the ITSM's own approval, and a comment from someone else.
+    next_second().await;
+    app.sim.update("sc_req_item", &id, &[("state", "2"), ("approval", "approved")]);
+    app.sim.add_journal("sc_req_item", &id, "comments", "any update?", "jane.doe");
+    let report = pipeline.run_once().await.expect("pass");
+    assert_eq!((report.decided, report.posted), (0, 0), "{report:?}");
+    assert_eq!(decisions().await, 1, "no re-decision");
+    let records = app.store.audit_for_ticket(CONNECTOR, &id).await.expect("audit");
+    let itsm = records
+        .iter()
+        .rfind(|r| r.kind == "itsm_approval")
+        .expect("ticket-side approval is evidence");
+    assert!(itsm.payload.contains("\"approval\":\"approved\""), "{}", itsm.payload);
+    // Each material field re-decides once, and the new comment supersedes the earlier one.
+    for (variable, value) in [("role", "Administrator"), ("application", "Workday"), ("access_duration", "7 days")] {
+        next_second().await;
+        app.sim.set_variable(&id, variable, value);
+        app.sim.update("sc_req_item", &id, &[]);
+        let before = decisions().await;
+        let report = pipeline.run_once().await.expect("pass");
+        assert_eq!((report.decided, report.posted), (1, 1), "{variable}: {report:?}");
+        assert_eq!(decisions().await, before + 1, "{variable}");
+        let journal = app.journal_of("RITM0010003");
+        let last = journal.iter().rfind(|e| e.created_by == INTEGRATION_USER).expect("ours");
+        assert!(last.value.contains("supersedes the earlier decision"), "{variable}: {}", last.value);
+    }
+}
+
+#[tokio::test]
+async fn a_stop_lets_the_post_in_flight_finish_and_starts_no_other() {
+    let app = TestApp::spawn().await;
+    let pipeline = Arc::new(app.pipeline());
+    let mut report = Report::default();
+    pipeline.poll(&mut report).await.expect("poll");
+    pipeline.decide_all(&mut report).await.expect("decide");
+    // The first post is slow; the stop arrives while it is in flight.
+    app.sim.inject(
+        Fault::Delay(std::time::Duration::from_millis(800)),
+        1,
+        Some("/api/now/table/sc_req_item/"),
+    );
+    let posting = pipeline.clone();
+    let pass = tokio::spawn(async move {
+        let mut report = Report::default();
+        posting.post_all(&mut report).await.map(|()| report)
+    });
+    let in_flight = || app.sim.requests().iter().any(|r| r.method == "PATCH");
+    for _ in 0..200 {
+        if in_flight() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(in_flight(), "the post started");
+    pipeline.stop();
+    let report = pass.await.expect("join").expect("pass");
+    pipeline.release_all().await.expect("release");
+    assert_eq!(report.posted, 1, "the post in flight finished and was recorded; no other started");
+    let counts = app.store.counts().await.expect("counts");
+    assert_eq!((counts.posted, counts.queued), (1, SEEDED_ACCESS_TICKETS.len() as i64 - 1));
+    let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_by IS NOT NULL")
+        .fetch_one(app.store.pool())
+        .await
+        .expect("claims");
+    assert_eq!(claimed, 0, "claims are handed back on shutdown");
+    // The next run posts the rest, each once.
+    app.pipeline().run_once().await.expect("next run");
+    assert_one_comment_each(&app);
 }
