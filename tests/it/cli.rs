@@ -316,3 +316,67 @@ async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
         .expect("join");
     assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
 }
+
+#[tokio::test]
+async fn sync_backfill_reads_since_a_date_and_a_bad_date_or_store_is_named() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("deskbridge.toml");
+    let write = |store: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[store]\n{store}\n\n[decision]\nkind = \"rego\"\npolicies = [\"{root}/examples/policies/access.rego\"]\n\n[[connectors]]\nid = \"snow-backfill\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\nbase_url = \"{url}\"\nlag_secs = 0\nauth = {{ type = \"basic\", username = \"{user}\", password = \"{password}\" }}\n",
+                root = root().display(),
+                url = sim.base_url(),
+                user = INTEGRATION_USER,
+                password = INTEGRATION_PASSWORD,
+            ),
+        )
+        .expect("write");
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = deskbridge();
+        cmd.args(args).arg("--config").arg(&path);
+        tokio::task::spawn_blocking(move || cmd.output().expect("runs"))
+    };
+    write(&format!("path = \"{}\"", dir.path().join("b.db").display()));
+    let since = (chrono::Utc::now() - chrono::TimeDelta::minutes(75))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let ok = run(&["sync", "--backfill", "--since", &since]).await.expect("join");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The seeded tickets updated 60, 30 and 15 minutes ago (one is the support ticket), not the
+    // older ones.
+    assert!(
+        stdout.contains(&format!(
+            "backfill since {since} complete: 3 new ticket versions, 2 decided, 1 settled"
+        )),
+        "{stdout}"
+    );
+
+    let bad = run(&["sync", "--backfill", "--since", "last tuesday"]).await.expect("join");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("\"last tuesday\" is neither a date (2026-01-31) nor an RFC 3339 time"),
+        "{stderr}"
+    );
+    let alone = run(&["sync", "--backfill"]).await.expect("join");
+    assert!(
+        String::from_utf8_lossy(&alone.stderr).contains("--since"),
+        "a backfill needs a start"
+    );
+
+    // A refused PostgreSQL login names the store, never its password.
+    write("url = \"postgres://deskbridge:hunter2-secret@127.0.0.1:5432/test\"");
+    let refused = run(&["sync", "--once"]).await.expect("join");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("connecting to the PostgreSQL store"), "{stderr}");
+    assert!(!stderr.contains("hunter2-secret"), "{stderr}");
+    write("path = \"x.db\"\nurl = \"postgres://127.0.0.1/test\"");
+    let both = run(&["sync", "--once"]).await.expect("join");
+    assert!(String::from_utf8_lossy(&both.stderr).contains("set exactly one of `path` (SQLite) or `url` (PostgreSQL)"));
+}
