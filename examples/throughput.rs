@@ -1,10 +1,14 @@
 //! Load harness: prints figures, asserts nothing. Targets live in shared/DESIGN.md.
 //!
-//!     cargo run --release --example throughput -- [TICKETS]
+//!     cargo run --release --example throughput -- [TICKETS] [sqlite|postgres] [backfill]
 //!
 //! 1. normalize + decide per ticket, in-process (the shipped mapping and Rego policy);
 //! 2. the pipeline against a ServiceNow simulator on loopback seeded with TICKETS synthetic
-//!    access requests: the read path (poll → inbox → normalize → decide) and the write-back.
+//!    access requests: the read path (poll → inbox → normalize → decide) and the write-back,
+//!    on a SQLite file or a fresh schema of `DESKBRIDGE_TEST_POSTGRES`;
+//! 3. with `backfill`, a backfill over the same tickets instead, printing how much memory
+//!    deskbridge added on top of the simulator's own data (run it at two sizes: flat memory
+//!    means the same figure).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,15 +27,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    rss_mib("self", "VmHWM:")
 }
 
 fn in_process(iterations: usize) -> anyhow::Result<()> {
@@ -68,7 +64,69 @@ fn in_process(iterations: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn end_to_end(count: usize) -> anyhow::Result<()> {
+fn rss_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs `deskbridge sync --backfill` (the release binary) as its own process against the
+/// simulator in this one, and reads that process's peak RSS, so the simulator's growing data
+/// (journal, request log) is not counted.
+async fn backfill_process(sim: &Simulator, count: usize, backend: &str, dir: &tempfile::TempDir) -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = root.join("target/release/deskbridge");
+    anyhow::ensure!(binary.exists(), "build the binary first: cargo build --release");
+    let store = match backend {
+        "postgres" => format!("url = \"{}\"", deskbridge::store::testing::fresh_postgres_schema().await),
+        _ => format!("path = \"{}\"", dir.path().join("backfill.db").display()),
+    };
+    let config = dir.path().join("backfill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\n{store}\n\n[decision]\nkind = \"rego\"\npolicies = [\"{root}/examples/policies/access.rego\"]\n\n[[connectors]]\nid = \"load\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\nbase_url = \"{url}\"\npage_size = 500\nlag_secs = 0\nauth = {{ type = \"basic\", username = \"{user}\", password = \"{password}\" }}\n",
+            root = root.display(),
+            url = sim.base_url(),
+            user = deskbridge_servicenow::simulator::INTEGRATION_USER,
+            password = deskbridge_servicenow::simulator::INTEGRATION_PASSWORD,
+        ),
+    )?;
+    let since = (chrono::Utc::now() - chrono::TimeDelta::days(1)).format("%Y-%m-%d").to_string();
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(binary)
+        .args(["sync", "--backfill", "--since", &since, "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    let mut peak: f64 = 0.0;
+    loop {
+        peak = peak.max(rss_mib(&pid, "VmHWM:"));
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = child.wait_with_output().await?;
+    anyhow::ensure!(output.status.success(), "backfill failed");
+    println!(
+        "backfill of {count} tickets as its own process ({backend}): {:.2} s, {:.0} tickets/s, deskbridge peak RSS {peak:.1} MiB",
+        started.elapsed().as_secs_f64(),
+        count as f64 / started.elapsed().as_secs_f64()
+    );
+    print!("  {}", String::from_utf8_lossy(&output.stdout));
+    Ok(())
+}
+
+async fn end_to_end(count: usize, backend: &str, backfill: bool) -> anyhow::Result<()> {
     let sim = Simulator::start(SimConfig {
         seed: false,
         ..SimConfig::default()
@@ -76,7 +134,10 @@ async fn end_to_end(count: usize) -> anyhow::Result<()> {
     .await?;
     sim.generate(count);
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("load.db")).await?;
+    let store = match backend {
+        "postgres" => Store::connect_postgres(&deskbridge::store::testing::fresh_postgres_schema().await).await?,
+        _ => Store::open(&dir.path().join("load.db")).await?,
+    };
     let mut config = servicenow_config(sim.base_url())?;
     config.page_size = 500;
     let (mapping, policy) = shipped()?;
@@ -90,6 +151,9 @@ async fn end_to_end(count: usize) -> anyhow::Result<()> {
         CommentRenderer::new(None)?,
         Settings::default(),
     );
+    if backfill {
+        return backfill_process(&sim, count, backend, &dir).await;
+    }
     let mut report = Report::default();
     let started = Instant::now();
     pipeline.poll(&mut report).await?;
@@ -99,7 +163,7 @@ async fn end_to_end(count: usize) -> anyhow::Result<()> {
     pipeline.post_all(&mut report).await?;
     let total = started.elapsed();
     let per_sec = |d: Duration| count as f64 / d.as_secs_f64();
-    println!("pipeline over {count} tickets (simulator on loopback, SQLite, embedded Rego):");
+    println!("pipeline over {count} tickets (simulator on loopback, {backend}, embedded Rego):");
     println!(
         "  poll + store:                 {:>8.0} tickets/s ({:.2} s)",
         per_sec(polled),
@@ -126,9 +190,14 @@ async fn end_to_end(count: usize) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let count: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
-    in_process(20_000)?;
-    end_to_end(count).await?;
+    let args: Vec<String> = std::env::args().collect();
+    let count: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let backend = args.get(2).map_or("sqlite", String::as_str);
+    let backfill = args.get(3).is_some_and(|a| a == "backfill");
+    if !backfill {
+        in_process(20_000)?;
+    }
+    end_to_end(count, backend, backfill).await?;
     println!("peak RSS: {:.1} MiB", peak_rss_mib());
     Ok(())
 }

@@ -252,3 +252,21 @@ fn a_store_url_password_never_reaches_an_error() {
     assert!(!clean.contains("s3cr3t-pw"), "{clean}");
     assert!(clean.contains("<store url>"));
 }
+
+#[tokio::test]
+async fn sqlite_runs_in_wal_mode_with_normal_sync() {
+    let (store, _dir) = store(Backend::Sqlite).await;
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.pool())
+        .await
+        .expect("pragma");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .expect("pragma");
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(store.pool())
+        .await
+        .expect("pragma");
+    assert_eq!((sync, mode.as_str(), busy), (1, "wal", 10_000));
+}
