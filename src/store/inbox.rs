@@ -5,7 +5,7 @@ use std::time::Duration;
 use deskbridge_connector::{Cursor, Ticket};
 use serde_json::{json, Value};
 
-use super::{audit, later, now, sha256_hex, ChangedMeanwhile, Event, InboxRow, LatestDecision, LostClaim, Store};
+use super::{audit, later, now, sha256_hex, still_claimed, ChangedMeanwhile, Event, InboxRow, LatestDecision, Store};
 
 impl Store {
     /// The stored cursor of a connector instance.
@@ -241,21 +241,20 @@ impl Store {
     /// Keeps a request pending after a failed decision, to be retried after `delay`.
     pub async fn decision_failed(&self, row: &InboxRow, normalized: &Value, error: &str, delay: Duration) -> anyhow::Result<()> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
-            "UPDATE inbox SET status = 'pending', normalized = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
+        still_claimed(
+            sqlx::query(
+                "UPDATE inbox SET status = 'pending', normalized = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
                     claimed_by = NULL, claimed_until = NULL
              WHERE id = $4 AND claimed_by = $5",
-        )
-        .bind(normalized.to_string())
-        .bind(later(delay))
-        .bind(error)
-        .bind(row.id)
-        .bind(&*self.holder)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(LostClaim.into());
-        }
+            )
+            .bind(normalized.to_string())
+            .bind(later(delay))
+            .bind(error)
+            .bind(row.id)
+            .bind(&*self.holder)
+            .execute(&mut *tx)
+            .await?,
+        )?;
         audit::append(
             &mut tx,
             &row.connector,
@@ -289,20 +288,19 @@ async fn mark_normalized(
     request_hash: Option<&str>,
     extra: &[(Event, Value)],
 ) -> anyhow::Result<()> {
-    let updated = sqlx::query(
-        "UPDATE inbox SET status = $1, normalized = $2, request_hash = $3, last_error = NULL, claimed_by = NULL, claimed_until = NULL
+    still_claimed(
+        sqlx::query(
+            "UPDATE inbox SET status = $1, normalized = $2, request_hash = $3, last_error = NULL, claimed_by = NULL, claimed_until = NULL
          WHERE id = $4 AND claimed_by = $5",
-    )
-    .bind(status)
-    .bind(normalized.to_string())
-    .bind(request_hash)
-    .bind(row.id)
-    .bind(holder)
-    .execute(&mut **tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Err(LostClaim.into());
-    }
+        )
+        .bind(status)
+        .bind(normalized.to_string())
+        .bind(request_hash)
+        .bind(row.id)
+        .bind(holder)
+        .execute(&mut **tx)
+        .await?,
+    )?;
     let payload = json!({"version": row.version, "status": audit_status, "request_hash": request_hash, "normalized": normalized});
     audit::append(tx, &row.connector, &row.ticket_key, Event::Normalized, payload).await?;
     for (event, payload) in extra {

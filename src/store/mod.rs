@@ -70,6 +70,16 @@ pub struct Store {
 #[error("the claim on this work expired and another replica took it over; nothing was written")]
 pub struct LostClaim;
 
+/// Checks a fenced write (`… WHERE id = … AND claimed_by = <this holder>`) found its row: when
+/// it matched nothing, another replica holds the work now.
+fn still_claimed(result: sqlx::any::AnyQueryResult) -> anyhow::Result<()> {
+    if result.rows_affected() == 0 {
+        Err(LostClaim.into())
+    } else {
+        Ok(())
+    }
+}
+
 /// Another replica decided the same ticket between this replica's read and its write; nothing
 /// was written, and the request should be decided again from fresh state.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use deskbridge_connector::CommentId;
 use serde_json::json;
 
-use super::{audit, later, now, sha256_hex, Event, InboxRow, LostClaim, OutboxRow, Store};
+use super::{audit, later, now, sha256_hex, still_claimed, Event, InboxRow, OutboxRow, Store};
 
 impl Store {
     /// Queues the one "decision delayed" comment of a request version (a second call is a
@@ -46,22 +46,21 @@ impl Store {
     /// the post itself. Fails with [`LostClaim`] when another replica took the comment over;
     /// the caller must then not post.
     pub async fn renew_outbox_claim(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        let updated = sqlx::query("UPDATE outbox SET claimed_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'queued'")
-            .bind(later(self.lease))
-            .bind(row.id)
-            .bind(&*self.holder)
-            .execute(&self.pool)
-            .await?;
-        if updated.rows_affected() == 0 {
-            return Err(LostClaim.into());
-        }
+        still_claimed(
+            sqlx::query("UPDATE outbox SET claimed_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'queued'")
+                .bind(later(self.lease))
+                .bind(row.id)
+                .bind(&*self.holder)
+                .execute(&self.pool)
+                .await?,
+        )?;
         Ok(())
     }
 
     /// Marks a comment posted (or found already posted).
     pub async fn comment_posted(&self, row: &OutboxRow, comment_id: &CommentId, found_existing: bool) -> anyhow::Result<()> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
+        still_claimed(sqlx::query(
             "UPDATE outbox SET status = 'posted', comment_id = $1, posted_at = $2, last_error = NULL, claimed_by = NULL, claimed_until = NULL
              WHERE id = $3 AND claimed_by = $4",
         )
@@ -70,10 +69,7 @@ impl Store {
         .bind(row.id)
         .bind(&*self.holder)
         .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(LostClaim.into());
-        }
+        .await?)?;
         audit::append(
             &mut tx,
             &row.connector,
@@ -93,7 +89,7 @@ impl Store {
             Some(delay) => ("queued", later(delay)),
             None => ("failed", now()),
         };
-        let updated = sqlx::query(
+        still_claimed(sqlx::query(
             "UPDATE outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3, claimed_by = NULL, claimed_until = NULL
              WHERE id = $4 AND claimed_by = $5",
         )
@@ -103,10 +99,7 @@ impl Store {
         .bind(row.id)
         .bind(&*self.holder)
         .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(LostClaim.into());
-        }
+        .await?)?;
         if retry_in.is_none() {
             audit::append(
                 &mut tx,
