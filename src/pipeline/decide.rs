@@ -61,12 +61,10 @@ fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided 
 impl Pipeline {
     pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
         let rows = self.store.claim_inbox(self.settings.batch_size, due_before).await?;
-        for (done, row) in rows.iter().enumerate() {
+        for row in &rows {
+            // Nothing new starts after a stop; unhandled claims are released by `release_all`
+            // on shutdown.
             if self.stopping() {
-                // Hand the rest back at once rather than after the lease runs out.
-                for rest in &rows[done..] {
-                    self.store.release(rest).await?;
-                }
                 break;
             }
             match self.decide_row(row, report).await {

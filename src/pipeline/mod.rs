@@ -90,7 +90,7 @@ pub struct Pipeline {
     renderer: CommentRenderer,
     settings: Settings,
     last_report: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, Report)>>,
-    stopping: Arc<AtomicBool>,
+    stopping: AtomicBool,
 }
 
 impl Pipeline {
@@ -113,7 +113,7 @@ impl Pipeline {
             renderer,
             settings,
             last_report: std::sync::Mutex::new(None),
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -229,8 +229,8 @@ fn poll_lease(connector: &str) -> String {
     format!("poll:{connector}")
 }
 
-/// What to do when a store write finds the claimed work was taken over or changed by another
-/// replica: skip it (`Ok(true)`), or `Ok(false)` when the error is something else.
+/// Whether a store error says another replica took the claimed work over or decided the same
+/// ticket meanwhile: the row is skipped (or decided again), not a failure of the pass.
 fn contended(error: &anyhow::Error) -> bool {
     error.downcast_ref::<crate::store::LostClaim>().is_some() || error.downcast_ref::<crate::store::ChangedMeanwhile>().is_some()
 }
