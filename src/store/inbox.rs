@@ -10,11 +10,16 @@ use super::{audit, later, now, sha256_hex, still_claimed, ChangedMeanwhile, Even
 impl Store {
     /// The stored cursor of a connector instance.
     pub async fn cursor(&self, connector: &str) -> anyhow::Result<Cursor> {
-        let c: Option<Option<String>> = sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = $1")
-            .bind(connector)
+        Ok(Cursor(self.stored_cursor(connector).await?.flatten()))
+    }
+
+    /// The cursors-table row under `key`: `None` when there is none, `Some(None)` for a stored
+    /// start position.
+    async fn stored_cursor(&self, key: &str) -> anyhow::Result<Option<Option<String>>> {
+        Ok(sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = $1")
+            .bind(key)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(Cursor(c.flatten()))
+            .await?)
     }
 
     /// Stores one polled page and the cursor after it, atomically. Returns how many ticket
@@ -25,11 +30,7 @@ impl Store {
 
     /// The stored cursor of a backfill (see [`Store::ingest_backfill_page`]).
     pub async fn backfill_cursor(&self, connector: &str, since: &str) -> anyhow::Result<Option<Cursor>> {
-        let c: Option<Option<String>> = sqlx::query_scalar("SELECT cursor FROM cursors WHERE connector = $1")
-            .bind(backfill_key(connector, since))
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(c.map(Cursor))
+        Ok(self.stored_cursor(&backfill_key(connector, since)).await?.map(Cursor))
     }
 
     /// Stores one page of a backfill from `since` and the backfill's own cursor, atomically: an
