@@ -40,6 +40,28 @@ pub enum AuthConfig {
         /// Its password.
         password: SecretString,
     },
+    /// `Authorization: Bearer <token>` with a long-lived token (a Jira Data Center personal
+    /// access token).
+    Bearer {
+        /// The token; use `${VAR}` in the config file.
+        token: SecretString,
+    },
+    /// OAuth 2.0 authorization-code grant (Atlassian 3LO): an admin consents once, deskbridge
+    /// holds the refresh token and renews with the refresh-token grant. Refresh tokens rotate:
+    /// every renewal returns a new one and disables the old, so the new one is written to
+    /// `state_file` (and synced to disk) before the new access token is used.
+    OauthRefresh {
+        /// The token endpoint (`https://auth.atlassian.com/oauth/token`).
+        token_url: String,
+        /// The OAuth client id.
+        client_id: String,
+        /// The OAuth client secret.
+        client_secret: SecretString,
+        /// The refresh token from the consent; used only until `state_file` holds a newer one.
+        refresh_token: SecretString,
+        /// Where the current refresh token is kept across restarts (created with mode 0600).
+        state_file: std::path::PathBuf,
+    },
 }
 
 struct Token {
@@ -72,6 +94,20 @@ pub enum Auth {
     },
     /// `Authorization: Bearer <access token>` from an OAuth password grant.
     OAuth(Box<OAuthPassword>),
+    /// `Authorization: Bearer <token>`.
+    Bearer(SecretString),
+    /// `Authorization: Bearer <access token>` from a rotating refresh token.
+    OAuthRefresh(Box<OAuthRefresh>),
+}
+
+/// The refresh-token grant with rotation and a durable refresh token.
+pub struct OAuthRefresh {
+    token_url: TokenUrl,
+    client_id: String,
+    client_secret: SecretString,
+    initial_refresh: SecretString,
+    state_file: std::path::PathBuf,
+    token: Mutex<Option<Token>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -80,6 +116,12 @@ impl std::fmt::Debug for Auth {
             Self::None => f.write_str("Auth::None"),
             Self::Basic { username, .. } => write!(f, "Auth::Basic {{ username: {username:?}, password: [REDACTED] }}"),
             Self::OAuth(o) => write!(f, "Auth::OAuth {{ username: {:?}, client_id: {:?}, .. }}", o.username, o.client_id),
+            Self::Bearer(_) => f.write_str("Auth::Bearer([REDACTED])"),
+            Self::OAuthRefresh(o) => write!(
+                f,
+                "Auth::OAuthRefresh {{ client_id: {:?}, state_file: {:?}, .. }}",
+                o.client_id, o.state_file
+            ),
         }
     }
 }
@@ -112,13 +154,34 @@ impl Auth {
                     token: Mutex::new(None),
                 }))
             }
+            AuthConfig::Bearer { token } => Self::Bearer(token.clone()),
+            AuthConfig::OauthRefresh {
+                token_url,
+                client_id,
+                client_secret,
+                refresh_token,
+                state_file,
+            } => {
+                let token_url = TokenUrl::new(token_url.clone()).map_err(|e| ConnectorError::Config {
+                    connector: connector.to_owned(),
+                    message: format!("auth.token_url: {e}"),
+                })?;
+                Self::OAuthRefresh(Box::new(OAuthRefresh {
+                    token_url,
+                    client_id: client_id.clone(),
+                    client_secret: client_secret.clone(),
+                    initial_refresh: refresh_token.clone(),
+                    state_file: state_file.clone(),
+                    token: Mutex::new(None),
+                }))
+            }
         })
     }
 
     /// The user the ITSM sees as the author of what we write.
     pub fn username(&self) -> Option<&str> {
         match self {
-            Self::None => None,
+            Self::None | Self::Bearer(_) | Self::OAuthRefresh(_) => None,
             Self::Basic { username, .. } => Some(username),
             Self::OAuth(o) => Some(&o.username),
         }
@@ -126,15 +189,18 @@ impl Auth {
 
     /// Whether a refused token may be renewed by asking again.
     pub fn is_refreshable(&self) -> bool {
-        matches!(self, Self::OAuth(_))
+        matches!(self, Self::OAuth(_) | Self::OAuthRefresh(_))
     }
 
     /// Forgets the cached access token (after the ITSM refused it).
     pub async fn invalidate(&self) {
-        if let Self::OAuth(o) = self {
-            if let Some(token) = o.token.lock().await.as_mut() {
-                token.expires_at = Instant::now();
-            }
+        let slot = match self {
+            Self::OAuth(o) => &o.token,
+            Self::OAuthRefresh(o) => &o.token,
+            _ => return,
+        };
+        if let Some(token) = slot.lock().await.as_mut() {
+            token.expires_at = Instant::now();
         }
     }
 
@@ -147,6 +213,8 @@ impl Auth {
                 format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
             }
             Self::OAuth(o) => format!("Bearer {}", o.access_token(connector, http).await?.expose_secret()),
+            Self::Bearer(token) => format!("Bearer {}", token.expose_secret()),
+            Self::OAuthRefresh(o) => format!("Bearer {}", o.access_token(connector, http).await?.expose_secret()),
         };
         let mut header = HeaderValue::from_str(&value).map_err(|_| ConnectorError::Config {
             connector: connector.to_owned(),
@@ -209,6 +277,119 @@ impl OAuthPassword {
             )
             .request_async(http)
             .await
+    }
+}
+
+/// What `state_file` holds.
+#[derive(serde::Serialize, Deserialize)]
+struct RefreshState {
+    refresh_token: String,
+    rotated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl OAuthRefresh {
+    /// The newest refresh token: the state file's when it exists, else the configured one.
+    fn current_refresh(&self, connector: &str) -> Result<SecretString, ConnectorError> {
+        match std::fs::read(&self.state_file) {
+            Ok(bytes) => {
+                let state: RefreshState = serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Config {
+                    connector: connector.to_owned(),
+                    message: format!(
+                        "auth.state_file {}: not a deskbridge token state file: {e}",
+                        self.state_file.display()
+                    ),
+                })?;
+                Ok(SecretString::from(state.refresh_token))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(self.initial_refresh.clone()),
+            Err(e) => Err(ConnectorError::Config {
+                connector: connector.to_owned(),
+                message: format!("auth.state_file {}: {e}", self.state_file.display()),
+            }),
+        }
+    }
+
+    /// Writes the rotated refresh token durably: a temporary file in the same folder, synced,
+    /// renamed over the old one, and the folder synced, so a crash leaves either the old or the
+    /// new token, never a torn file.
+    fn persist(&self, refresh: &str, connector: &str) -> Result<(), ConnectorError> {
+        use std::io::Write as _;
+        let fail = |what: &str, e: std::io::Error| ConnectorError::Config {
+            connector: connector.to_owned(),
+            message: format!("auth.state_file {}: {what}: {e}", self.state_file.display()),
+        };
+        let dir = self
+            .state_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let body = serde_json::to_vec(&RefreshState {
+            refresh_token: refresh.to_owned(),
+            rotated_at: chrono::Utc::now(),
+        })
+        .map_err(|e| fail("encoding", std::io::Error::other(e)))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            self.state_file.file_name().and_then(|n| n.to_str()).unwrap_or("oauth-state")
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(|e| fail("writing", e))?;
+        file.write_all(&body).map_err(|e| fail("writing", e))?;
+        file.sync_all().map_err(|e| fail("syncing", e))?;
+        std::fs::rename(&tmp, &self.state_file).map_err(|e| fail("replacing", e))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            d.sync_all().map_err(|e| fail("syncing its folder", e))?;
+        }
+        Ok(())
+    }
+
+    async fn access_token(&self, connector: &str, http: &reqwest::Client) -> Result<SecretString, ConnectorError> {
+        let mut guard = self.token.lock().await;
+        if let Some(token) = guard.as_ref() {
+            if token.expires_at > Instant::now() + Duration::from_secs(5) {
+                return Ok(token.access.clone());
+            }
+        }
+        // The state file is the source of truth, so a restart (or a sibling process sharing
+        // the file) never reuses a token that was already rotated away.
+        let refresh = self.current_refresh(connector)?;
+        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_owned()))
+            .set_token_uri(self.token_url.clone())
+            .set_auth_type(AuthType::RequestBody);
+        let response = client
+            .exchange_refresh_token(&RefreshToken::new(refresh.expose_secret().to_owned()))
+            .request_async(http)
+            .await
+            .map_err(|e| match token_error(connector, e) {
+                ConnectorError::Unauthorized { connector, message } => ConnectorError::Unauthorized {
+                    connector,
+                    message: format!(
+                        "{message}; the refresh token is no longer valid: an admin must grant consent again and set auth.refresh_token"
+                    ),
+                },
+                other => other,
+            })?;
+        // Rotation: the old refresh token is dead from now on. Keep the new one on disk before
+        // anything uses the new access token; if that fails, fail the call.
+        let refresh = match response.refresh_token() {
+            Some(new) => {
+                self.persist(new.secret(), connector)?;
+                SecretString::from(new.secret().to_owned())
+            }
+            None => refresh,
+        };
+        let lifetime = response.expires_in().unwrap_or(Duration::from_secs(3600));
+        let access = SecretString::from(response.access_token().secret().to_owned());
+        *guard = Some(Token {
+            access: access.clone(),
+            refresh: Some(refresh),
+            expires_at: Instant::now() + lifetime,
+        });
+        Ok(access)
     }
 }
 

@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 
-use crate::{Comment, CommentId, ConnectorError, Cursor, Page};
+use crate::webhook::{WebhookEvent, WebhookVerifier};
+use crate::{Comment, CommentId, ConnectorError, Cursor, Page, Ticket};
 
 /// How the comment field of an ITSM renders text, so untrusted ticket text quoted in a comment
 /// can be made inert.
@@ -38,6 +39,37 @@ pub trait Connector: Send + Sync {
         Err(ConnectorError::Config {
             connector: self.id().to_owned(),
             message: format!("the {} connector cannot backfill from a date", self.kind()),
+        })
+    }
+
+    /// Start-up check: the credentials work and carry every permission the connector needs. The
+    /// error lists everything missing at once.
+    async fn check(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Reads the current version of one ticket (after a webhook named it); `None` when it is
+    /// gone or outside what this connector reads.
+    async fn fetch(&self, key: &str) -> Result<Option<Ticket>, ConnectorError> {
+        let _ = key;
+        Err(ConnectorError::Config {
+            connector: self.id().to_owned(),
+            message: format!("the {} connector cannot read a single ticket", self.kind()),
+        })
+    }
+
+    /// How webhook deliveries to this instance are verified; `None` when webhooks are off.
+    fn webhook(&self) -> Option<&WebhookVerifier> {
+        None
+    }
+
+    /// Reads which tickets a delivery names. Called only after [`WebhookVerifier::verify`]
+    /// accepted the body.
+    fn webhook_event(&self, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Result<WebhookEvent, ConnectorError> {
+        let _ = (headers, body);
+        Err(ConnectorError::Config {
+            connector: self.id().to_owned(),
+            message: "webhooks are not configured".into(),
         })
     }
 }

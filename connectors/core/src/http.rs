@@ -109,13 +109,33 @@ pub fn build_client(settings: &HttpSettings, connector: &str) -> Result<reqwest:
 
 /// Parses `Retry-After` as delta-seconds or an HTTP date.
 pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_delay(headers.get(RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// Delta-seconds, an HTTP date or an ISO-8601 instant (`2026-11-22T10:15Z`, as Jira's
+/// `X-RateLimit-Reset`), as the time to wait from now.
+fn parse_delay(value: &str) -> Option<Duration> {
+    let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    let when = chrono::DateTime::parse_from_rfc2822(value)
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(value))
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%MZ").map(|t| t.and_utc()))
+        .ok()?;
+    let delta = when - chrono::Utc::now();
     Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// How long a throttled response asks us to wait: the longest of `Retry-After`,
+/// `X-RateLimit-Reset` and `Beta-Retry-After` (Atlassian's beta quota header), when any is
+/// present.
+pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
+    ["retry-after", "x-ratelimit-reset", "beta-retry-after"]
+        .iter()
+        .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).and_then(parse_delay))
+        .max()
 }
 
 /// Maps a non-success status to the error that says what the caller does next. The one place
@@ -135,11 +155,11 @@ pub fn error_for_status(connector: &str, status: StatusCode, headers: &HeaderMap
         StatusCode::NOT_FOUND => ConnectorError::NotFound { connector, message },
         StatusCode::TOO_MANY_REQUESTS => ConnectorError::RateLimited {
             connector,
-            retry_after: parse_retry_after(headers).unwrap_or(Duration::from_secs(1)),
+            retry_after: rate_limit_wait(headers).unwrap_or(Duration::from_secs(1)),
         },
-        s if s == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(RETRY_AFTER) => ConnectorError::RateLimited {
+        s if s == StatusCode::SERVICE_UNAVAILABLE && rate_limit_wait(headers).is_some() => ConnectorError::RateLimited {
             connector,
-            retry_after: parse_retry_after(headers).unwrap_or(Duration::from_secs(1)),
+            retry_after: rate_limit_wait(headers).unwrap_or(Duration::from_secs(1)),
         },
         s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => ConnectorError::Transient {
             connector,
@@ -279,6 +299,26 @@ mod tests {
         assert_eq!(parse_retry_after(&headers), Some(Duration::ZERO));
         headers.insert(RETRY_AFTER, "soon".parse().expect("header"));
         assert_eq!(parse_retry_after(&headers), None);
+    }
+
+    #[test]
+    fn atlassian_rate_limit_headers_are_honoured() {
+        let mut headers = HeaderMap::new();
+        headers.insert("beta-retry-after", "9".parse().expect("header"));
+        headers.insert(RETRY_AFTER, "2".parse().expect("header"));
+        assert_eq!(rate_limit_wait(&headers), Some(Duration::from_secs(9)), "the longest wait wins");
+        let reset = (chrono::Utc::now() + chrono::Duration::minutes(3))
+            .format("%Y-%m-%dT%H:%MZ")
+            .to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-reset", reset.parse().expect("header"));
+        let wait = rate_limit_wait(&headers).expect("reset parsed");
+        assert!(wait > Duration::from_secs(60) && wait <= Duration::from_secs(180), "{wait:?}");
+        let e = error_for_status("c", StatusCode::SERVICE_UNAVAILABLE, &headers, None);
+        assert!(
+            matches!(e, ConnectorError::RateLimited { .. }),
+            "a 503 with a reset header is throttling"
+        );
     }
 
     #[test]

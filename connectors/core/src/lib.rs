@@ -10,7 +10,10 @@ pub mod auth;
 mod connector;
 mod error;
 pub mod http;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod ticket;
+pub mod webhook;
 
 pub use connector::{Connector, Markup};
 pub use error::ConnectorError;

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use chrono::{NaiveDateTime, TimeZone, Utc};
 use deskbridge_connector::auth::Auth;
 use deskbridge_connector::http::HttpClient;
+use deskbridge_connector::webhook::{WebhookEvent, WebhookVerifier};
 use deskbridge_connector::{Comment, CommentId, Connector, ConnectorError, Cursor, Markup, Page, Ticket};
 use serde_json::{Map, Value};
 
@@ -24,6 +25,15 @@ pub struct ServiceNow {
     config: ServiceNowConfig,
     fields: String,
     http: HttpClient,
+    webhook: Option<WebhookVerifier>,
+}
+
+/// The signature header a business rule is expected to set, unless configured otherwise.
+pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Deskbridge-Signature";
+
+/// Whether `key` looks like a sys_id (32 hex characters); anything else never reaches a query.
+fn is_sys_id(key: &str) -> bool {
+    key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 type Record = Map<String, Value>;
@@ -46,11 +56,16 @@ impl ServiceNow {
                 fields.push(required.into());
             }
         }
+        let webhook = config
+            .webhook
+            .as_ref()
+            .map(|w| WebhookVerifier::new(w, DEFAULT_SIGNATURE_HEADER, None));
         Ok(Self {
             id: id.to_owned(),
             fields: fields.join(","),
             config,
             http,
+            webhook,
         })
     }
 
@@ -250,6 +265,76 @@ impl Connector for ServiceNow {
             .encode(),
             None => cursor.clone(),
         };
+        let tickets = self.tickets(rows).await?;
+        Ok(Page { tickets, next, more })
+    }
+
+    async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError> {
+        self.post_journal(key, comment).await
+    }
+
+    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
+        self.find_journal(key, marker).await
+    }
+
+    fn markup(&self) -> &dyn Markup {
+        &JournalMarkup
+    }
+
+    /// Stands just before `since`: the keyset of a record one second earlier with the highest
+    /// possible sys_id, so the next poll reads `sys_updated_on >= since` (second precision, as
+    /// ServiceNow stores it).
+    fn cursor_since(&self, since: chrono::DateTime<Utc>) -> Result<Cursor, ConnectorError> {
+        let before = since - chrono::Duration::seconds(1);
+        Ok(Keyset {
+            t: before.format(TIME_FORMAT).to_string(),
+            id: "f".repeat(32),
+        }
+        .encode())
+    }
+
+    async fn fetch(&self, key: &str) -> Result<Option<Ticket>, ConnectorError> {
+        if !is_sys_id(key) {
+            return Ok(None);
+        }
+        let query = self.filtered(format!("sys_id={key}"));
+        let rows = self.list(&self.config.table, &query, &self.fields, 1, 0).await?;
+        Ok(self.tickets(rows).await?.pop())
+    }
+
+    fn webhook(&self) -> Option<&WebhookVerifier> {
+        self.webhook.as_ref()
+    }
+
+    /// A business rule's delivery: `{"sys_id": "..."}` or `{"sys_ids": [...]}`.
+    fn webhook_event(&self, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Result<WebhookEvent, ConnectorError> {
+        #[derive(serde::Deserialize)]
+        struct Delivery {
+            #[serde(default)]
+            sys_id: Option<String>,
+            #[serde(default)]
+            sys_ids: Vec<String>,
+        }
+        let delivery: Delivery = serde_json::from_slice(body).map_err(|e| self.permanent(format!("webhook body: {e}")))?;
+        let keys: Vec<String> = delivery
+            .sys_id
+            .into_iter()
+            .chain(delivery.sys_ids)
+            .filter(|k| is_sys_id(k))
+            .collect();
+        if keys.is_empty() {
+            return Err(self.permanent("webhook body names no sys_id (32 hex characters)".into()));
+        }
+        Ok(WebhookEvent {
+            delivery_id: self.webhook.as_ref().and_then(|w| w.delivery_id(headers)),
+            keys,
+        })
+    }
+}
+
+impl ServiceNow {
+    /// Tickets from rows, with their variables and approvals read in batches.
+    async fn tickets(&self, rows: Vec<Record>) -> Result<Vec<Ticket>, ConnectorError> {
         let ids: Vec<&str> = rows.iter().filter_map(|r| str_field(r, "sys_id")).collect();
         let mut variables = if self.config.read_variables && !ids.is_empty() {
             self.variables(&ids).await?
@@ -261,17 +346,15 @@ impl Connector for ServiceNow {
         } else {
             BTreeMap::new()
         };
-        let tickets = rows
-            .into_iter()
+        rows.into_iter()
             .map(|record| {
                 let id = str_field(&record, "sys_id").unwrap_or_default().to_owned();
                 self.ticket(record, variables.remove(&id), approvals.remove(&id))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { tickets, next, more })
+            .collect()
     }
 
-    async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError> {
+    async fn post_journal(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError> {
         let field = self.config.comment_field.as_str();
         let url = format!("{}/{key}", self.table_url(&self.config.table));
         let body = serde_json::json!({ field: comment.body });
@@ -293,26 +376,10 @@ impl Connector for ServiceNow {
         }
     }
 
-    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
+    async fn find_journal(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
         let rows = self
             .list("sys_journal_field", &self.journal_query(key, marker), "sys_id", 1, 0)
             .await?;
         Ok(rows.first().and_then(|r| str_field(r, "sys_id")).map(|id| CommentId(id.to_owned())))
-    }
-
-    fn markup(&self) -> &dyn Markup {
-        &JournalMarkup
-    }
-
-    /// Stands just before `since`: the keyset of a record one second earlier with the highest
-    /// possible sys_id, so the next poll reads `sys_updated_on >= since` (second precision, as
-    /// ServiceNow stores it).
-    fn cursor_since(&self, since: chrono::DateTime<Utc>) -> Result<Cursor, ConnectorError> {
-        let before = since - chrono::Duration::seconds(1);
-        Ok(Keyset {
-            t: before.format(TIME_FORMAT).to_string(),
-            id: "f".repeat(32),
-        }
-        .encode())
     }
 }

@@ -1,5 +1,6 @@
 use deskbridge_connector::auth::AuthConfig;
 use deskbridge_connector::http::HttpSettings;
+use deskbridge_connector::webhook::WebhookConfig;
 use serde::Deserialize;
 
 /// One ServiceNow instance (`[[connectors]]` with `kind = "servicenow"`).
@@ -40,6 +41,11 @@ pub struct ServiceNowConfig {
     /// Transport settings.
     #[serde(default)]
     pub http: HttpSettings,
+    /// Signed deliveries from a business rule (outbound REST) to `deskbridge serve`
+    /// `/webhooks/<id>`: `{"sys_id": "..."}` signed with HMAC-SHA256 over the body in
+    /// `signature_header` (default `X-Deskbridge-Signature`). Polling stays on.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// The journal field comments go to.

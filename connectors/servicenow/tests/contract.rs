@@ -47,6 +47,51 @@ async fn drain(connector: &ServiceNow, mut cursor: Cursor) -> (Vec<(String, Stri
     (seen, cursor)
 }
 
+/// The shared connector contract, against the simulator.
+struct Harness {
+    sim: Simulator,
+}
+
+#[async_trait::async_trait]
+impl deskbridge_connector::testkit::Harness for Harness {
+    async fn connector(&self, page_size: u32) -> std::sync::Arc<dyn Connector> {
+        std::sync::Arc::new(
+            ServiceNow::new("snow", config(&self.sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), page_size)).expect("connector"),
+        )
+    }
+
+    async fn create(&self, title: &str, updated: chrono::DateTime<chrono::Utc>) -> String {
+        let stamp = updated.format("%Y-%m-%d %H:%M:%S").to_string();
+        let mut record = ritm(&format!("RITM9{:06}", rand_number()), &stamp);
+        record.insert("short_description".into(), title.into());
+        self.sim.insert("sc_req_item", record)
+    }
+
+    async fn touch(&self, key: &str) {
+        assert!(self.sim.update("sc_req_item", key, &[("short_description", "touched")]));
+    }
+
+    async fn comments(&self, key: &str) -> Vec<String> {
+        self.sim.journal(key).into_iter().map(|e| e.value).collect()
+    }
+
+    async fn comment_as_someone_else(&self, key: &str, text: &str) {
+        self.sim.add_journal("sc_req_item", key, "work_notes", text, "beth.anglin");
+    }
+}
+
+fn rand_number() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn servicenow_passes_the_connector_contract() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    deskbridge_connector::testkit::run_contract(&Harness { sim }).await;
+}
+
 fn ritm(number: &str, updated: &str) -> Record {
     [
         ("number", number),
