@@ -8,7 +8,12 @@ use deskbridge_connector::Connector;
 type Factory = fn(&str, toml::Table) -> Result<Arc<dyn Connector>, String>;
 
 /// Every connector kind deskbridge knows.
-pub const KINDS: &[(&str, Factory)] = &[(deskbridge_servicenow::KIND, servicenow)];
+pub const KINDS: &[(&str, Factory)] = &[(deskbridge_servicenow::KIND, servicenow), (deskbridge_jira::KIND, jira)];
+
+fn jira(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
+    let config: deskbridge_jira::JiraConfig = settings.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    Ok(Arc::new(deskbridge_jira::Jira::new(id, config).map_err(|e| e.to_string())?))
+}
 
 fn servicenow(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
     let config: deskbridge_servicenow::ServiceNowConfig = settings.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;

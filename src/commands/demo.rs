@@ -16,6 +16,20 @@ use crate::store::Store;
 
 /// The shipped ServiceNow mapping, embedded so the demo runs from any folder.
 pub const SERVICENOW_MAPPING: &str = include_str!("../../mappings/servicenow/sc_req_item.toml");
+/// The shipped Jira Service Management mapping.
+pub const JSM_MAPPING: &str = include_str!("../../mappings/jira/service-management-access.toml");
+
+/// The Jira Cloud connector configuration the demo uses against a simulator: the seeded JSM
+/// project `ACC`, API-token auth, ADF comments as internal notes.
+pub fn jira_config(base_url: &str) -> anyhow::Result<deskbridge_jira::JiraConfig> {
+    use deskbridge_jira::simulator::{API_TOKEN, INTEGRATION_EMAIL, SEEDED_PROJECT};
+    Ok(serde_json::from_value(serde_json::json!({
+        "deployment": "cloud",
+        "base_url": base_url,
+        "projects": [SEEDED_PROJECT],
+        "auth": {"type": "basic", "username": INTEGRATION_EMAIL, "password": API_TOKEN},
+    }))?)
+}
 /// The shipped access policy.
 pub const ACCESS_POLICY: &str = include_str!("../../examples/policies/access.rego");
 /// Its entrypoint.
@@ -57,25 +71,39 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
         anyhow::bail!("{} exists; the demo starts from an empty store", path.display());
     }
     let store = Store::open(&path).await?;
+    let jira_sim = deskbridge_jira::simulator::Simulator::start(deskbridge_jira::simulator::SimConfig::default()).await?;
     let connector = Arc::new(ServiceNow::new("servicenow-demo", servicenow_config(sim.base_url())?)?);
+    let jira = Arc::new(deskbridge_jira::Jira::new("jsm-demo", jira_config(jira_sim.base_url())?)?);
     let (mapping, policy) = shipped()?;
+    let jsm_mapping = Mapping::parse(JSM_MAPPING, "mappings/jira/service-management-access.toml")?;
     let pipeline = Pipeline::new(
         store.clone(),
-        vec![Instance {
-            connector,
-            mapping: Arc::new(mapping),
-        }],
+        vec![
+            Instance {
+                connector,
+                mapping: Arc::new(mapping),
+            },
+            Instance {
+                connector: jira,
+                mapping: Arc::new(jsm_mapping),
+            },
+        ],
         Arc::new(policy),
         CommentRenderer::new(None)?,
         Settings::default(),
     );
+    let problems = pipeline.check_connectors().await;
+    if !problems.is_empty() {
+        anyhow::bail!("the demo's start-up check failed: {}", problems.join("; "));
+    }
     let report = pipeline.run_once().await?;
     if !report.connector_errors.is_empty() {
-        anyhow::bail!("the demo could not talk to its simulator: {}", report.connector_errors.join("; "));
+        anyhow::bail!("the demo could not talk to its simulators: {}", report.connector_errors.join("; "));
     }
     let mut out = format!(
-        "deskbridge demo: ServiceNow simulator at {} → mapping servicenow-sc_req_item → embedded Rego policy deskbridge.access → work notes\n\n",
-        sim.base_url()
+        "deskbridge demo:\n  ServiceNow simulator at {} → mapping servicenow-sc_req_item → work notes\n  Jira Service Management simulator at {} (project ACC) → mapping jira-service-management-access → internal comments (ADF)\n  both → embedded Rego policy deskbridge.access\n\n",
+        sim.base_url(),
+        jira_sim.base_url()
     );
     out.push_str(&super::table::render(&store.ticket_states().await?));
     let counts = store.counts().await?;
@@ -92,6 +120,13 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
             "\nWork note posted on RITM0010002 (journal entry {}):\n\n{}\n",
             entry.sys_id,
             indent(&entry.value)
+        ));
+    }
+    if let Some(comment) = jira_sim.comments("ACC-2").first() {
+        out.push_str(&format!(
+            "\nInternal comment posted on ACC-2 (Jira comment {}):\n\n{}\n",
+            comment.id,
+            indent(&comment.text)
         ));
     }
     if counts.pending > 0 || counts.queued > 0 {

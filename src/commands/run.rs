@@ -21,6 +21,15 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
     let built = config.build(&config_path.display().to_string())?;
     let store = Store::from_config(&config.store).await?;
     let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings).with_shadow(built.shadow);
+    // Credentials, permissions and custom fields are checked before anything runs.
+    let problems = pipeline.check_connectors().await;
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "start-up check failed for {} connector(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
     Ok((config, pipeline))
 }
 
@@ -48,7 +57,13 @@ pub async fn sync(config_path: &Path, once: bool) -> anyhow::Result<String> {
     let (tx, rx) = watch::channel(false);
     let interval = Duration::from_secs(config.pipeline.poll_interval_secs);
     let pipeline = Arc::new(pipeline);
-    let worker = tokio::spawn(work(pipeline.clone(), Arc::new(config), interval, rx));
+    let worker = tokio::spawn(work(
+        pipeline.clone(),
+        Arc::new(config),
+        interval,
+        rx,
+        Arc::new(tokio::sync::Notify::new()),
+    ));
     shutdown_signal().await;
     stop(&pipeline, &tx, worker).await?;
     Ok("stopped\n".into())
@@ -116,10 +131,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.server.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "deskbridge serving");
     let (tx, rx) = watch::channel(false);
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/status", get(status))
-        .with_state(pipeline.clone());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let app = app(pipeline.clone(), wake.clone());
     let mut server_rx = rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -129,7 +142,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             .await
     });
     let interval = Duration::from_secs(config.pipeline.poll_interval_secs);
-    let worker = tokio::spawn(work(pipeline.clone(), Arc::new(config), interval, rx));
+    let worker = tokio::spawn(work(pipeline.clone(), Arc::new(config), interval, rx, wake));
     shutdown_signal().await;
     stop(&pipeline, &tx, worker).await?;
     server.await??;
@@ -147,6 +160,102 @@ async fn stop(pipeline: &Pipeline, tx: &watch::Sender<bool>, worker: tokio::task
     pipeline.release_all().await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The HTTP API of `serve`: `/healthz`, `/status`, and `POST /webhooks/<connector id>` for
+/// every connector instance with `[connectors.webhook]`. `wake` is notified when a delivery
+/// stored something, so decisions follow within moments rather than at the next poll.
+pub fn app(pipeline: Arc<Pipeline>, wake: Arc<tokio::sync::Notify>) -> Router {
+    let limit = pipeline.webhook_body_limit();
+    let hooks = Router::new()
+        .route("/webhooks/{connector}", axum::routing::post(webhook))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(Hooks {
+            pipeline: pipeline.clone(),
+            wake,
+        });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status))
+        .with_state(pipeline)
+        .merge(hooks)
+}
+
+#[derive(Clone)]
+struct Hooks {
+    pipeline: Arc<Pipeline>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// One webhook delivery: verified on the raw body before anything is read or stored (401),
+/// dropped if its delivery id was seen (200), then the tickets it names are read again from the
+/// ITSM and stored with the delivery id in one transaction (202). A failure to read them is a
+/// 503, so the ITSM retries; nothing is stored.
+async fn webhook(
+    State(hooks): State<Hooks>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
+    let Some(instance) = hooks.pipeline.instance(&id) else {
+        return (StatusCode::NOT_FOUND, "no such connector\n");
+    };
+    let connector = instance.connector.clone();
+    let Some(verifier) = connector.webhook() else {
+        return (StatusCode::NOT_FOUND, "webhooks are not configured for this connector\n");
+    };
+    if body.len() > verifier.max_body_bytes {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+    }
+    if let Err(why) = verifier.verify(&headers, &body) {
+        tracing::warn!(connector = %id, reason = %why, "webhook delivery refused");
+        return (StatusCode::UNAUTHORIZED, "signature missing or invalid\n");
+    }
+    let event = match connector.webhook_event(&headers, &body) {
+        Ok(event) => event,
+        Err(e) => {
+            tracing::warn!(connector = %id, error = %e, "webhook delivery unreadable");
+            return (StatusCode::BAD_REQUEST, "payload names no ticket\n");
+        }
+    };
+    let store = hooks.pipeline.store();
+    if let Some(delivery) = &event.delivery_id {
+        match store.delivery_seen(&id, delivery).await {
+            Ok(true) => return (StatusCode::OK, "duplicate delivery ignored\n"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(connector = %id, error = %format!("{e:#}"), "webhook dedup query failed");
+                return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n");
+            }
+        }
+    }
+    let mut tickets = Vec::new();
+    for key in &event.keys {
+        match connector.fetch(key).await {
+            Ok(Some(ticket)) => tickets.push(ticket),
+            // Gone, or outside the projects/filter this connector reads.
+            Ok(None) => tracing::info!(connector = %id, ticket = %key, "webhook names a ticket this connector does not read"),
+            Err(e) => {
+                tracing::warn!(connector = %id, ticket = %key, error = %e, "could not read the ticket a webhook named; the ITSM will retry");
+                return (StatusCode::SERVICE_UNAVAILABLE, "could not read the ticket; retry later\n");
+            }
+        }
+    }
+    match store.ingest_webhook(&id, event.delivery_id.as_deref(), &tickets).await {
+        Ok(None) => (StatusCode::OK, "duplicate delivery ignored\n"),
+        Ok(Some(inserted)) => {
+            tracing::info!(connector = %id, tickets = tickets.len(), new_versions = inserted, "webhook delivery taken in");
+            if inserted > 0 {
+                hooks.wake.notify_one();
+            }
+            (StatusCode::ACCEPTED, "accepted\n")
+        }
+        Err(e) => {
+            tracing::error!(connector = %id, error = %format!("{e:#}"), "storing a webhook delivery failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+        }
+    }
 }
 
 async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, &'static str)> {
@@ -174,7 +283,13 @@ async fn sign(pipeline: &Pipeline, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn work(pipeline: Arc<Pipeline>, config: Arc<Config>, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn work(
+    pipeline: Arc<Pipeline>,
+    config: Arc<Config>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
+) {
     loop {
         match pipeline.run_once().await {
             Ok(_) if pipeline.stopping() => return,
@@ -184,8 +299,10 @@ async fn work(pipeline: Arc<Pipeline>, config: Arc<Config>, interval: Duration, 
         if let Err(e) = sign(&pipeline, &config).await {
             tracing::error!(error = %format!("{e:#}"), "signing an audit checkpoint failed");
         }
+        // A verified webhook wakes the worker early; polling stays on as the safety net.
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -144,6 +144,33 @@ impl Pipeline {
         self.store.release_claims().await
     }
 
+    /// The connector instance `id`.
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.instances.get(id)
+    }
+
+    /// The largest webhook body any connector instance accepts (the HTTP layer's limit).
+    pub fn webhook_body_limit(&self) -> usize {
+        self.instances
+            .values()
+            .filter_map(|i| i.connector.webhook().map(|w| w.max_body_bytes))
+            .max()
+            .unwrap_or(64 * 1024)
+    }
+
+    /// Runs every connector's start-up check; each failure is `connector: what is missing`.
+    pub async fn check_connectors(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for id in &self.order {
+            if let Some(instance) = self.instances.get(id) {
+                if let Err(e) = instance.connector.check().await {
+                    problems.push(e.to_string());
+                }
+            }
+        }
+        problems
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

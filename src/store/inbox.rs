@@ -42,37 +42,7 @@ impl Store {
 
     async fn ingest(&self, cursor_key: &str, connector: &str, tickets: &[Ticket], next: &Cursor) -> anyhow::Result<usize> {
         let mut tx = self.begin_write().await?;
-        let mut inserted = 0;
-        for t in tickets {
-            let raw = t.raw.to_string();
-            let digest = sha256_hex(raw.as_bytes());
-            let result = sqlx::query(
-                "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (connector, ticket_key, version) DO NOTHING",
-            )
-            .bind(connector)
-            .bind(&t.key)
-            .bind(&t.version)
-            .bind(&t.number)
-            .bind(&t.url)
-            .bind(t.updated.to_rfc3339())
-            .bind(&raw)
-            .bind(&digest)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
-            if result.rows_affected() > 0 {
-                inserted += 1;
-                audit::append(
-                    &mut tx,
-                    connector,
-                    &t.key,
-                    Event::TicketSeen,
-                    json!({"number": t.number, "version": t.version, "raw_sha256": digest}),
-                )
-                .await?;
-            }
-        }
+        let inserted = insert_tickets(&mut tx, connector, tickets, "poll").await?;
         sqlx::query("INSERT INTO cursors (connector, cursor, updated_at) VALUES ($1, $2, $3) ON CONFLICT (connector) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at")
             .bind(cursor_key)
             .bind(&next.0)
@@ -81,6 +51,39 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// Whether a webhook delivery with this id was already taken in.
+    pub async fn delivery_seen(&self, connector: &str, delivery_id: &str) -> anyhow::Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM webhook_deliveries WHERE connector = $1 AND delivery_id = $2")
+            .bind(connector)
+            .bind(delivery_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Stores the tickets a verified webhook delivery led to (read again from the ITSM) and its
+    /// delivery id, atomically; the poll cursor is untouched. `None` when the same delivery was
+    /// taken in meanwhile (nothing is stored).
+    pub async fn ingest_webhook(&self, connector: &str, delivery_id: Option<&str>, tickets: &[Ticket]) -> anyhow::Result<Option<usize>> {
+        let mut tx = self.begin_write().await?;
+        if let Some(id) = delivery_id {
+            let fresh = sqlx::query(
+                "INSERT INTO webhook_deliveries (connector, delivery_id, received_at) VALUES ($1, $2, $3) ON CONFLICT (connector, delivery_id) DO NOTHING",
+            )
+            .bind(connector)
+            .bind(id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            if fresh.rows_affected() == 0 {
+                return Ok(None);
+            }
+        }
+        let inserted = insert_tickets(&mut tx, connector, tickets, "webhook").await?;
+        tx.commit().await?;
+        Ok(Some(inserted))
     }
 
     /// Claims ticket versions ready for normalization and decision: new ones, and pending ones
@@ -308,4 +311,45 @@ async fn mark_normalized(
         audit::append(tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
     }
     Ok(())
+}
+
+/// Inserts new ticket versions (known ones are skipped) with a `ticket_seen` audit record each.
+async fn insert_tickets(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    connector: &str,
+    tickets: &[Ticket],
+    via: &str,
+) -> anyhow::Result<usize> {
+    let mut inserted = 0;
+    for t in tickets {
+        let raw = t.raw.to_string();
+        let digest = sha256_hex(raw.as_bytes());
+        let result = sqlx::query(
+            "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (connector, ticket_key, version) DO NOTHING",
+        )
+        .bind(connector)
+        .bind(&t.key)
+        .bind(&t.version)
+        .bind(&t.number)
+        .bind(&t.url)
+        .bind(t.updated.to_rfc3339())
+        .bind(&raw)
+        .bind(&digest)
+        .bind(now())
+        .execute(&mut **tx)
+        .await?;
+        if result.rows_affected() > 0 {
+            inserted += 1;
+            audit::append(
+                tx,
+                connector,
+                &t.key,
+                Event::TicketSeen,
+                json!({"number": t.number, "version": t.version, "raw_sha256": digest, "via": via}),
+            )
+            .await?;
+        }
+    }
+    Ok(inserted)
 }
