@@ -9,7 +9,7 @@ mod table;
 
 pub use decide::{decide, policy_test, shadow_report};
 pub use mapping_test::mapping_test;
-pub use run::{backfill, serve, sync};
+pub use run::{app, backfill, serve, sync};
 
 /// `deskbridge schema`: the request/decision contract as JSON Schema.
 pub fn schema() -> anyhow::Result<String> {

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod drift;
 mod helpers;
+mod jira;
 mod mapping_fixtures;
 mod pdp;
 mod pdp_servers;

@@ -112,11 +112,17 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     parse_delay(headers.get(RETRY_AFTER)?.to_str().ok()?)
 }
 
-/// Delta-seconds, an HTTP date or an ISO-8601 instant (`2026-11-22T10:15Z`, as Jira's
-/// `X-RateLimit-Reset`), as the time to wait from now.
+/// Delta-seconds, epoch seconds (ServiceNow's `X-RateLimit-Reset`), an HTTP date or an
+/// ISO-8601 instant (`2026-11-22T10:15Z`, Jira's `X-RateLimit-Reset`), as the time to wait
+/// from now.
 fn parse_delay(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
+        // No server asks for a wait of decades: a number this large is an instant.
+        if secs >= 1_000_000_000 {
+            let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+            return Some(Duration::from_secs(secs.saturating_sub(now)));
+        }
         return Some(Duration::from_secs(secs));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value)
@@ -315,6 +321,11 @@ mod tests {
         let wait = rate_limit_wait(&headers).expect("reset parsed");
         assert!(wait > Duration::from_secs(60) && wait <= Duration::from_secs(180), "{wait:?}");
         let e = error_for_status("c", StatusCode::SERVICE_UNAVAILABLE, &headers, None);
+        let mut epoch = HeaderMap::new();
+        let at = chrono::Utc::now().timestamp() + 30;
+        epoch.insert("x-ratelimit-reset", at.to_string().parse().expect("header"));
+        let wait = rate_limit_wait(&epoch).expect("epoch seconds");
+        assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28), "{wait:?}");
         assert!(
             matches!(e, ConnectorError::RateLimited { .. }),
             "a 503 with a reset header is throttling"
