@@ -380,3 +380,39 @@ async fn sync_backfill_reads_since_a_date_and_a_bad_date_or_store_is_named() {
     let both = run(&["sync", "--once"]).await.expect("join");
     assert!(String::from_utf8_lossy(&both.stderr).contains("set exactly one of `path` (SQLite) or `url` (PostgreSQL)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jira_example_runs_against_the_simulator_and_a_missing_permission_stops_start_up() {
+    use deskbridge_jira::simulator::{API_TOKEN, INTEGRATION_EMAIL, READ_ONLY_EMAIL, READ_ONLY_TOKEN};
+    let sim = deskbridge_jira::simulator::Simulator::start(deskbridge_jira::simulator::SimConfig::default())
+        .await
+        .expect("simulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let run = |email: &str, token: &str| {
+        deskbridge()
+            .args(["sync", "--once", "--config", "examples/deskbridge-jira.toml"])
+            .env("DESKBRIDGE_DB", dir.path().join("jira.db").display().to_string())
+            .env("DESKBRIDGE_LISTEN", "127.0.0.1:0")
+            .env("JIRA_URL", sim.base_url())
+            .env("JIRA_EMAIL", email)
+            .env("JIRA_API_TOKEN", token)
+            .env("JIRA_WEBHOOK_SECRET", "s")
+            .output()
+            .expect("runs")
+    };
+    let denied = run(READ_ONLY_EMAIL, READ_ONLY_TOKEN);
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(!denied.status.success());
+    assert!(
+        stderr.contains("start-up check failed") && stderr.contains("acme-jsm") && stderr.contains("ADD_COMMENTS on project ACC"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(READ_ONLY_TOKEN));
+    assert_eq!(sim.comments("ACC-1").len(), 0, "nothing ran");
+
+    let ok = run(INTEGRATION_EMAIL, API_TOKEN);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("6 decided") && stdout.contains("6 comments posted"), "{stdout}");
+    assert_eq!(sim.comments("ACC-2").len(), 1);
+}
