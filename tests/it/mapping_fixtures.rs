@@ -68,7 +68,7 @@ fn the_software_mapping_reads_an_access_request_issue_and_ignores_other_types() 
         panic!("an access request")
     };
     assert_eq!(request.entitlement.id, "jira-developers");
-    assert_eq!(serde_json::to_value(&request.target.environment).expect("json"), "staging");
+    assert_eq!(serde_json::to_value(request.target.environment).expect("json"), "staging");
     assert_eq!(request.duration_days, Some(90));
     ticket.raw["fields"]["issuetype"]["name"] = "Bug".into();
     assert!(matches!(mapping.normalize(&ticket), Normalized::NotAnAccessRequest { .. }));
