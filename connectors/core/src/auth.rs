@@ -228,11 +228,8 @@ impl Auth {
 impl OAuthPassword {
     async fn access_token(&self, connector: &str, http: &reqwest::Client) -> Result<SecretString, ConnectorError> {
         let mut guard = self.token.lock().await;
-        // Renew a little early so a token never expires in flight.
-        if let Some(token) = guard.as_ref() {
-            if token.expires_at > Instant::now() + Duration::from_secs(5) {
-                return Ok(token.access.clone());
-            }
+        if let Some(access) = still_valid(guard.as_ref()) {
+            return Ok(access);
         }
         let client = BasicClient::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_owned()))
@@ -278,6 +275,14 @@ impl OAuthPassword {
             .request_async(http)
             .await
     }
+}
+
+/// The cached access token, unless it expires within five seconds (renewed a little early so
+/// a token never expires in flight).
+fn still_valid(token: Option<&Token>) -> Option<SecretString> {
+    token
+        .filter(|t| t.expires_at > Instant::now() + Duration::from_secs(5))
+        .map(|t| t.access.clone())
 }
 
 /// What `state_file` holds.
@@ -348,10 +353,8 @@ impl OAuthRefresh {
 
     async fn access_token(&self, connector: &str, http: &reqwest::Client) -> Result<SecretString, ConnectorError> {
         let mut guard = self.token.lock().await;
-        if let Some(token) = guard.as_ref() {
-            if token.expires_at > Instant::now() + Duration::from_secs(5) {
-                return Ok(token.access.clone());
-            }
+        if let Some(access) = still_valid(guard.as_ref()) {
+            return Ok(access);
         }
         // The state file is the source of truth, so a restart (or a sibling process sharing
         // the file) never reuses a token that was already rotated away.

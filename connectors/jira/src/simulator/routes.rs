@@ -243,19 +243,9 @@ async fn fields(AxState(state): AxState<Shared>) -> Response {
     Json(Value::Array(out)).into_response()
 }
 
-/// Renders text as an ADF document, a paragraph per line.
+/// Text as an ADF document, a paragraph per line (how Jira shows a v2 or JSM comment in v3).
 fn adf(text: &str) -> Value {
-    let content: Vec<Value> = text
-        .lines()
-        .map(|l| {
-            if l.is_empty() {
-                json!({"type": "paragraph", "content": []})
-            } else {
-                json!({"type": "paragraph", "content": [{"type": "text", "text": l}]})
-            }
-        })
-        .collect();
-    json!({"type": "doc", "version": 1, "content": content})
+    crate::adf_document(text)
 }
 
 /// The issue as the API returns it, with only the `fields` asked for.
