@@ -114,6 +114,12 @@ impl deskbridge_connector::testkit::Harness for Harness {
 async fn contract(deployment: Deployment, comments: CommentApi) -> Simulator {
     let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
     let harness = Harness { sim, deployment, comments };
+    // The start-up check's requests are held to the OpenAPI description too.
+    deskbridge_connector::testkit::Harness::connector(&harness, 50)
+        .await
+        .check()
+        .await
+        .expect("start-up check");
     run_contract(&harness).await;
     harness.sim
 }
@@ -147,6 +153,9 @@ async fn cloud_data_center_and_jsm_pass_the_contract_with_documented_requests() 
         let sim = contract(deployment, comments).await;
         assert_described(&sim, &specs);
         let requests = sim.requests();
+        for path in ["/myself", "/mypermissions", "/field", "/comment"] {
+            assert!(requests.iter().any(|r| r.path.contains(path)), "{path} was exercised");
+        }
         let searches: Vec<_> = requests.iter().filter(|r| r.path.contains("/search")).collect();
         match deployment {
             Deployment::Cloud => assert!(searches.iter().all(|r| r.path == "/rest/api/3/search/jql")),
