@@ -56,6 +56,18 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
+    /// `Ok` when configuration validation found nothing; otherwise one [`ConnectorError::Config`]
+    /// listing every problem, so an admin fixes them all in one go.
+    pub fn config_problems(connector: &str, problems: Vec<String>) -> Result<(), Self> {
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Self::Config {
+            connector: connector.to_owned(),
+            message: problems.join("; "),
+        })
+    }
+
     /// Whether the same call may succeed if made again later.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::RateLimited { .. } | Self::Transient { .. })

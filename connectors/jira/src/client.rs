@@ -44,13 +44,7 @@ pub struct Jira {
 impl Jira {
     /// Builds the connector `id` from its configuration; every invalid key is reported at once.
     pub fn new(id: &str, config: JiraConfig) -> Result<Self, ConnectorError> {
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(ConnectorError::Config {
-                connector: id.to_owned(),
-                message: problems.join("; "),
-            });
-        }
+        ConnectorError::config_problems(id, config.validate())?;
         let auth = Auth::from_config(&config.auth, id)?;
         let http = HttpClient::new(id, config.http.clone(), auth, crate::error_message)?;
         let webhook = config
