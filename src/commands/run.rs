@@ -19,7 +19,8 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
     // Checked here so a bad key stops start-up rather than the first pass.
     config.audit.signer()?;
     let built = config.build(&config_path.display().to_string())?;
-    let store = Store::from_config(&config.store).await?;
+    // One worker per SQLite file: a second `serve` or `sync` on the same file is refused.
+    let store = Store::from_config(&config.store).await?.exclusive()?;
     let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings).with_shadow(built.shadow);
     // Credentials, permissions and custom fields are checked before anything runs.
     let problems = pipeline.check_connectors().await;
@@ -35,8 +36,8 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
 
 fn summarize(report: &Report) -> String {
     format!(
-        "{} new ticket versions, {} decided, {} settled without a decision, {} left pending (decision point failed), {} comments posted, {} comment posts failed",
-        report.ingested, report.decided, report.settled, report.failed_decisions, report.posted, report.failed_posts
+        "{} new ticket versions, {} decided, {} settled without a decision, {} left pending (decision point failed), {} comments posted, {} comment posts failed, {} parked",
+        report.ingested, report.decided, report.settled, report.failed_decisions, report.posted, report.failed_posts, report.parked
     )
 }
 

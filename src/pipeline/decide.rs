@@ -32,12 +32,6 @@ fn problems_hash(problems: &[FieldProblem]) -> String {
     sha256_hex(json!({"incomplete": problems}).to_string().as_bytes())
 }
 
-/// The marker that identifies one comment per (ticket, request version).
-pub fn marker(connector: &str, ticket_key: &str, request_hash: &str) -> String {
-    let digest = sha256_hex(format!("{connector}\n{ticket_key}\n{request_hash}").as_bytes());
-    format!("deskbridge-id:{}", &digest[..20])
-}
-
 /// A needs-info decision made by deskbridge itself when the mapping finds required fields
 /// missing. It decides nothing about access; it asks for what the policy needs.
 fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided {
@@ -91,7 +85,7 @@ impl Pipeline {
         if chrono::Utc::now() - arrived < chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX) {
             return Ok(());
         }
-        let marker = marker(&row.connector, &row.ticket_key, &format!("{hash}:delayed"));
+        let marker = self.store.marker(&row.connector, &row.ticket_key, &format!("{hash}:delayed"));
         let body = format!(
             "deskbridge: the decision on this request is delayed. The identity decision point is not answering, so the request \
              stays pending and will be decided as soon as it does. Nothing is approved in the meantime, and this ticket does not \
@@ -160,7 +154,10 @@ impl Pipeline {
     #[tracing::instrument(skip_all, fields(connector = %row.connector, ticket = %row.number))]
     async fn decide_row(&self, row: &InboxRow, report: &mut Report) -> anyhow::Result<()> {
         let Some(instance) = self.instances.get(&row.connector) else {
-            tracing::warn!("no configured connector for this stored ticket; left in the inbox");
+            let why = format!("connector {:?} is not in the configuration", row.connector);
+            tracing::warn!(%why, "ticket version parked");
+            self.store.park_ticket(row, &why).await?;
+            report.parked += 1;
             return Ok(());
         };
         if self.store.has_newer_version(row).await? {
@@ -206,7 +203,7 @@ impl Pipeline {
             },
         };
         let request = request.ok();
-        let marker = marker(&row.connector, &row.ticket_key, &hash);
+        let marker = self.store.marker(&row.connector, &row.ticket_key, &hash);
         let supersedes = latest.as_ref().map(|l| l.decision_id.as_str());
         if let Some(earlier) = &latest {
             evidence.push((
@@ -220,7 +217,17 @@ impl Pipeline {
             decision: &decided.decision,
             supersedes,
         };
-        let body = self.renderer.render(&input, &marker, instance.connector.markup())?;
+        let body = match self.renderer.render(&input, &marker, instance.connector.markup()) {
+            Ok(body) => body,
+            Err(e) => {
+                // Nothing is decided without its comment; the rest of the queue flows.
+                let why = format!("the comment template failed: {e:#}");
+                tracing::error!(%why, "ticket version parked");
+                self.store.park_ticket(row, &why).await?;
+                report.parked += 1;
+                return Ok(());
+            }
+        };
         self.store
             .record_decision(
                 row,

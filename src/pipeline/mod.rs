@@ -76,6 +76,9 @@ pub struct Report {
     pub posted: usize,
     /// Comments whose posting failed this pass.
     pub failed_posts: usize,
+    /// Ticket versions and comments parked this pass (a failure a retry will not fix; they
+    /// wait for `deskbridge retry`).
+    pub parked: usize,
     /// Connector errors, as `connector: message`.
     pub connector_errors: Vec<String>,
 }
@@ -230,9 +233,23 @@ impl Pipeline {
     pub async fn decide_all(&self, report: &mut Report) -> anyhow::Result<()> {
         let pass_start = crate::store::now();
         loop {
-            let before = (report.decided, report.settled, report.failed_decisions, report.contended);
+            let before = (
+                report.decided,
+                report.settled,
+                report.failed_decisions,
+                report.contended,
+                report.parked,
+            );
             self.decide_due(report, &pass_start).await?;
-            if self.stopping() || (report.decided, report.settled, report.failed_decisions, report.contended) == before {
+            if self.stopping()
+                || (
+                    report.decided,
+                    report.settled,
+                    report.failed_decisions,
+                    report.contended,
+                    report.parked,
+                ) == before
+            {
                 return Ok(());
             }
         }
@@ -242,9 +259,9 @@ impl Pipeline {
     pub async fn post_all(&self, report: &mut Report) -> anyhow::Result<()> {
         let pass_start = crate::store::now();
         loop {
-            let before = (report.posted, report.failed_posts);
+            let before = (report.posted, report.failed_posts, report.parked);
             self.post_due(report, &pass_start).await?;
-            if self.stopping() || (report.posted, report.failed_posts) == before {
+            if self.stopping() || (report.posted, report.failed_posts, report.parked) == before {
                 return Ok(());
             }
         }

@@ -42,10 +42,12 @@ fn label(outcome: Outcome) -> &'static str {
     }
 }
 
-/// Collapses control characters (newlines included) to single spaces.
+/// Collapses control characters (newlines included) to single spaces and neutralises anything
+/// that reads as a deskbridge marker.
 fn inert(text: &str, markup: &dyn Markup) -> String {
     let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    markup.escape(flat.split_whitespace().collect::<Vec<_>>().join(" ").as_str())
+    let flat = deskbridge_connector::neutralize_markers(&flat.split_whitespace().collect::<Vec<_>>().join(" "));
+    markup.escape(&flat)
 }
 
 fn sanitize(value: Value, markup: &dyn Markup) -> Value {

@@ -36,6 +36,13 @@ pub enum Event {
     CommentFailed,
     /// A shadow decision point's answer beside the primary decision.
     ShadowDecided,
+    /// A ticket version or comment failed for a reason a retry will not fix; it waits for
+    /// `deskbridge retry`.
+    Parked,
+    /// The ITSM refused a write's credentials; the connector posts nothing until an admin acts.
+    ConnectorHalted,
+    /// An admin asked for parked work to be tried again.
+    RetryRequested,
 }
 
 impl Event {
@@ -52,6 +59,9 @@ impl Event {
             Self::CommentPosted => "comment_posted",
             Self::CommentFailed => "comment_failed",
             Self::ShadowDecided => "shadow_decided",
+            Self::Parked => "parked",
+            Self::ConnectorHalted => "connector_halted",
+            Self::RetryRequested => "retry_requested",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod audit;
 mod inbox;
 mod leases;
 mod outbox;
+mod parking;
 mod reads;
 #[doc(hidden)]
 pub mod testing;
@@ -29,6 +30,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions as _, Executor as _};
 
 pub use audit::{AuditRecord, Event};
+pub use parking::{Halt, Parked, Retried};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
@@ -58,6 +60,12 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The SQLite file, when the store is one.
+    path: Option<std::sync::Arc<std::path::PathBuf>>,
+    /// Held while this process is the SQLite file's one worker (see [`Store::exclusive`]).
+    writer_lock: Option<std::sync::Arc<std::fs::File>>,
+    /// Keys comment markers; made once per installation, kept in the store.
+    marker_key: std::sync::Arc<secrecy::SecretString>,
     /// Who this process is when it claims work.
     holder: std::sync::Arc<str>,
     /// How long a claim lasts before another replica may take the work over.
@@ -260,7 +268,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite file and applies migrations.
+    /// Opens (creating if needed) the SQLite file and applies migrations. Any number of
+    /// processes may open a file this way (reports, audit, `retry`); only one may work on it
+    /// (claim, decide, post): see [`Store::exclusive`]. Migrations run under a file lock, so
+    /// processes starting together on a new file do not race.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         // Built from the file name, not parsed from text: a path holding `?`, `#` or spaces
@@ -280,8 +291,55 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        SQLITE_MIGRATOR.run(&pool).await?;
-        Ok(Self::new(pool, Backend::Sqlite))
+        {
+            let lock = open_lock_file(path, "migrate.lock")?;
+            let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await??;
+            SQLITE_MIGRATOR.run(&pool).await?;
+            drop(lock);
+        }
+        let mut store = Self::new(pool, Backend::Sqlite).await?;
+        store.path = Some(std::sync::Arc::new(path.to_owned()));
+        Ok(store)
+    }
+
+    /// Makes this process the one worker of its SQLite file, or fails naming the process that
+    /// is. Two processes claiming work on one file (a cron `sync --once` beside `serve`) would
+    /// both claim as this file's one holder and post twice, so the second is refused. The lock
+    /// is released when the process ends, however it ends. PostgreSQL needs no lock: its
+    /// replicas claim work under their own names.
+    pub fn exclusive(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.path.clone() else {
+            return Ok(self);
+        };
+        if self.writer_lock.is_some() {
+            return Ok(self);
+        }
+        let mut file = open_lock_file(&path, "lock")?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                use std::io::Read as _;
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                anyhow::bail!(
+                    "the store {} is in use by another deskbridge process ({}); one process works on a SQLite file at a time — stop it first, or use PostgreSQL (`[store] url`) to run replicas",
+                    path.display(),
+                    if holder.is_empty() { "holder unknown" } else { holder }
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                anyhow::bail!("locking the store {}: {e}", path.display())
+            }
+        }
+        use std::io::{Seek as _, Write as _};
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this host".into());
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        write!(file, "pid {} on {host}, since {}", std::process::id(), now())?;
+        file.flush()?;
+        self.writer_lock = Some(std::sync::Arc::new(file));
+        Ok(self)
     }
 
     /// Connects to PostgreSQL (`postgres://…`) and applies migrations. Replicas may share the
@@ -295,7 +353,7 @@ impl Store {
             .connect_with(options)
             .await?;
         POSTGRES_MIGRATOR.run(&pool).await?;
-        Ok(Self::new(pool, Backend::Postgres))
+        Self::new(pool, Backend::Postgres).await
     }
 
     /// Opens the store a config names.
@@ -322,7 +380,7 @@ impl Store {
         })
     }
 
-    fn new(pool: AnyPool, backend: Backend) -> Self {
+    async fn new(pool: AnyPool, backend: Backend) -> anyhow::Result<Self> {
         // SQLite serves one process, so a restarted process is the same holder and resumes its
         // claims at once. On PostgreSQL each process is a new holder unless a stable
         // `replica_id` is configured; a dead one's work is taken over when its lease ends.
@@ -333,12 +391,29 @@ impl Store {
                 format!("{host}/{}/{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
             }
         };
-        Self {
+        let marker_key = installation_secret(&pool, "marker_key").await?;
+        Ok(Self {
             pool,
             backend,
+            path: None,
+            writer_lock: None,
+            marker_key: std::sync::Arc::new(marker_key),
             holder: holder.into(),
             lease: DEFAULT_LEASE,
-        }
+        })
+    }
+
+    /// The marker of one comment per (ticket, request version): an HMAC under this
+    /// installation's key, so no requester can compute the marker of a later version and plant
+    /// it on the ticket.
+    pub fn marker(&self, connector: &str, ticket_key: &str, request_hash: &str) -> String {
+        use hmac::Mac as _;
+        use secrecy::ExposeSecret as _;
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(self.marker_key.expose_secret().as_bytes()).expect("HMAC takes a key of any length");
+        mac.update(format!("{connector}\n{ticket_key}\n{request_hash}").as_bytes());
+        let digest = hex::encode(mac.finalize().into_bytes());
+        format!("{}{}", deskbridge_connector::MARKER_PREFIX, &digest[..32])
     }
 
     /// Sets how long claims on work last (a replica that dies holds its work this long).
@@ -352,6 +427,11 @@ impl Store {
     pub fn with_holder(mut self, holder: &str) -> Self {
         self.holder = holder.into();
         self
+    }
+
+    /// How long claims on work last.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// This process's identity in claims and leases.
@@ -380,6 +460,35 @@ impl Store {
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// Opens (creating) `<store file>.<suffix>` for a file lock.
+fn open_lock_file(path: &Path, suffix: &str) -> anyhow::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{suffix}"));
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&name)
+        .map_err(|e| anyhow::anyhow!("opening the lock file {}: {e}", Path::new(&name).display()))
+}
+
+/// A per-installation secret, made (random, 256 bits) the first time any process asks; every
+/// process and replica then reads the same one.
+async fn installation_secret(pool: &AnyPool, name: &str) -> anyhow::Result<secrecy::SecretString> {
+    let fresh = hex::encode(rand::random::<[u8; 32]>());
+    sqlx::query("INSERT INTO installation (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(&fresh)
+        .execute(pool)
+        .await?;
+    let value: String = sqlx::query_scalar("SELECT value FROM installation WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    Ok(value.into())
 }
 
 /// Removes a connection URL (and so its password) from an error message.

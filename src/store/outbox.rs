@@ -26,6 +26,7 @@ impl Store {
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
                 SELECT id FROM outbox WHERE status = 'queued' AND next_attempt_at < $3
                   AND (claimed_until IS NULL OR claimed_until < $4 OR claimed_by = $1)
+                  AND connector NOT IN (SELECT connector FROM connector_halts)
                 ORDER BY id LIMIT $5{})
              RETURNING id, connector, ticket_key, marker, body, decision_id, attempts",
             self.backend.skip_locked()
@@ -82,35 +83,21 @@ impl Store {
         Ok(())
     }
 
-    /// Reschedules a comment after a retryable failure, or parks it after a fatal one.
-    pub async fn comment_failed(&self, row: &OutboxRow, error: &str, retry_in: Option<Duration>) -> anyhow::Result<()> {
-        let mut tx = self.begin_write().await?;
-        let (status, next) = match retry_in {
-            Some(delay) => ("queued", later(delay)),
-            None => ("failed", now()),
-        };
-        still_claimed(sqlx::query(
-            "UPDATE outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3, claimed_by = NULL, claimed_until = NULL
-             WHERE id = $4 AND claimed_by = $5",
-        )
-        .bind(status)
-        .bind(next)
-        .bind(error)
-        .bind(row.id)
-        .bind(&*self.holder)
-        .execute(&mut *tx)
-        .await?)?;
-        if retry_in.is_none() {
-            audit::append(
-                &mut tx,
-                &row.connector,
-                &row.ticket_key,
-                Event::CommentFailed,
-                json!({"marker": row.marker, "error": error}),
+    /// Reschedules a comment after a retryable failure: its next attempt looks for the marker
+    /// first.
+    pub async fn comment_failed(&self, row: &OutboxRow, error: &str, retry_in: Duration) -> anyhow::Result<()> {
+        still_claimed(
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, claimed_by = NULL, claimed_until = NULL
+             WHERE id = $3 AND claimed_by = $4",
             )
-            .await?;
-        }
-        tx.commit().await?;
+            .bind(later(retry_in))
+            .bind(error)
+            .bind(row.id)
+            .bind(&*self.holder)
+            .execute(&self.pool)
+            .await?,
+        )?;
         Ok(())
     }
 }

@@ -160,8 +160,7 @@ async fn a_comment_posted_before_a_crash_is_not_posted_again() {
         .await
         .expect("post");
     // A 429 on the next write is waited out, not turned into a duplicate.
-    app.sim
-        .inject(Fault::RateLimit { retry_after_secs: 1 }, 1, Some("/api/now/table/sc_req_item/"));
+    app.sim.inject(Fault::throttle(1), 1, Some("/api/now/table/sc_req_item/"));
     let restarted = app.pipeline();
     let mut after = Report::default();
     restarted.post_all(&mut after).await.expect("post");

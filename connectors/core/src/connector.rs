@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 
 use crate::webhook::{WebhookEvent, WebhookVerifier};
-use crate::{Comment, CommentId, ConnectorError, Cursor, Page, Ticket};
+use crate::{Comment, CommentId, ConnectorError, Cursor, FoundComment, Page, Ticket};
 
 /// How the comment field of an ITSM renders text, so untrusted ticket text quoted in a comment
 /// can be made inert.
@@ -24,10 +24,21 @@ pub trait Connector: Send + Sync {
     async fn poll(&self, cursor: &Cursor) -> Result<Page, ConnectorError>;
 
     /// Writes `comment` to the ticket `key`. Callers check [`Connector::find_comment`] first.
+    ///
+    /// **Writes are sent once.** A comment create is not idempotent: the ITSM may apply it and
+    /// then lose the answer (a 5xx from a proxy, a dropped connection, a timeout). So the
+    /// request that creates the comment is never retried inside the connector or its HTTP
+    /// client (use [`crate::http::HttpClient::send_write`], not `send`); a failure is returned,
+    /// and the caller's next attempt first looks for the marker with
+    /// [`Connector::find_comment`]. Reads may be retried freely. Follow-up writes that are
+    /// idempotent (setting a comment property to a fixed value) may be retried.
     async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError>;
 
-    /// Looks for a comment this connector posted earlier carrying `marker`.
-    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError>;
+    /// Looks for a comment this connector posted earlier carrying `marker`. Only a comment
+    /// authored by the integration user that carries the marker as a whole line of its own
+    /// ([`crate::has_marker_line`]) counts: text quoting a marker, or a comment by anyone else,
+    /// is never taken for deskbridge's.
+    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<FoundComment>, ConnectorError>;
 
     /// The markup of the field comments are written to.
     fn markup(&self) -> &dyn Markup;

@@ -185,6 +185,18 @@ pub fn backoff_delay(attempt: u32, base: Duration, max: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
+/// A failed attempt: the error, and the status when the ITSM answered at all.
+struct Failure {
+    error: ConnectorError,
+    status: Option<StatusCode>,
+}
+
+impl From<ConnectorError> for Failure {
+    fn from(error: ConnectorError) -> Self {
+        Self { error, status: None }
+    }
+}
+
 /// An authenticated, rate-aware HTTP client for one connector instance.
 pub struct HttpClient {
     connector: String,
@@ -219,8 +231,8 @@ impl HttpClient {
         &self.auth
     }
 
-    /// Sends the request `build` makes, authenticated, retrying timeouts, 5xx and 429 with
-    /// backoff (honouring `Retry-After` up to `max_inline_retry_after_secs`). One refused
+    /// Sends a read (or an idempotent write such as a `PUT` of a fixed value) that `build`
+    /// makes, authenticated, retrying timeouts, 5xx and 429 with backoff (honouring `Retry-After` up to `max_inline_retry_after_secs`). One refused
     /// OAuth access token is refreshed and the call retried once.
     pub async fn send(&self, build: impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response, ConnectorError> {
         let base = Duration::from_millis(self.settings.backoff_base_ms);
@@ -253,10 +265,40 @@ impl HttpClient {
         }
     }
 
+    /// Sends a write that is not idempotent (a comment create, a journal append) exactly once:
+    /// no retry on a timeout, a 5xx, a dropped connection or a 429, because the ITSM may have
+    /// applied the write before its answer was lost. The caller (the outbox) retries later,
+    /// after looking on the ticket for what the earlier attempt may have written. The one
+    /// exception is a refused OAuth access token: a 401 means the request was not
+    /// authenticated, so nothing was applied, and it is sent again once with a fresh token.
+    ///
+    /// This is the connector contract's rule for every write: see
+    /// [`crate::Connector::post_comment`].
+    pub async fn send_write(&self, build: impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response, ConnectorError> {
+        match self.attempt(&build).await {
+            Ok(response) => Ok(response),
+            Err(Failure {
+                status: Some(StatusCode::UNAUTHORIZED),
+                ..
+            }) if self.auth.is_refreshable() => {
+                self.auth.invalidate().await;
+                self.send_once(&build).await
+            }
+            Err(failure) => Err(failure.error),
+        }
+    }
+
     async fn send_once(&self, build: &impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response, ConnectorError> {
-        let _permit = self.permits.acquire().await.map_err(|_| ConnectorError::Transient {
-            connector: self.connector.clone(),
-            message: "client is shutting down".into(),
+        self.attempt(build).await.map_err(|f| f.error)
+    }
+
+    /// One request, no retry; a failure keeps the status the ITSM answered, if any.
+    async fn attempt(&self, build: &impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response, Failure> {
+        let _permit = self.permits.acquire().await.map_err(|_| {
+            Failure::from(ConnectorError::Transient {
+                connector: self.connector.clone(),
+                message: "client is shutting down".into(),
+            })
         })?;
         let mut request = build(&self.client);
         if let Some(header) = self.auth.header(&self.connector, &self.client).await? {
@@ -269,7 +311,10 @@ impl HttpClient {
         if status.is_success() {
             return Ok(Response { status, headers, body });
         }
-        Err(error_for_status(&self.connector, status, &headers, (self.error_message)(&body)))
+        Err(Failure {
+            error: error_for_status(&self.connector, status, &headers, (self.error_message)(&body)),
+            status: Some(status),
+        })
     }
 
     fn transport_error(&self, e: reqwest::Error) -> ConnectorError {

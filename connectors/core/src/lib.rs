@@ -10,6 +10,8 @@ pub mod auth;
 mod connector;
 mod error;
 pub mod http;
+#[cfg(feature = "simkit")]
+pub mod simkit;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod ticket;
@@ -17,4 +19,4 @@ pub mod webhook;
 
 pub use connector::{Connector, Markup};
 pub use error::ConnectorError;
-pub use ticket::{Comment, CommentId, Cursor, Page, Ticket};
+pub use ticket::{has_marker_line, marker_line, neutralize_markers, Comment, CommentId, Cursor, FoundComment, Page, Ticket, MARKER_PREFIX};

@@ -6,7 +6,9 @@
 //! one timestamp and a page ends among them; a saved cursor repeats nothing and sees a later
 //! change once; a backfill cursor starts at its date; a single ticket can be read again (for
 //! webhooks); comments are found by marker before posting, and a marker typed by someone else
-//! is not mistaken for deskbridge's.
+//! (or quoted inside a line) is not mistaken for deskbridge's; a comment write whose answer is
+//! lost after the ITSM applied it (a 5xx, a dropped connection, a timeout) is sent once, not
+//! retried, and the comment it made is then found by its marker.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +17,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::{Comment, Connector, Cursor};
+
+/// How the answer to an applied write is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostAnswer {
+    /// A proxy or gateway answers with this status (502, 504, 500).
+    Status(u16),
+    /// The connection drops before the answer is complete.
+    Dropped,
+    /// No answer before the client's timeout.
+    Timeout,
+}
 
 /// What a connector crate provides so the contract can drive its simulator.
 #[async_trait]
@@ -30,6 +43,10 @@ pub trait Harness: Send + Sync {
     async fn comments(&self, key: &str) -> Vec<String>;
     /// Adds a comment as a user other than deskbridge's.
     async fn comment_as_someone_else(&self, key: &str, text: &str);
+    /// Makes the ITSM apply the next comment write (the request that creates the comment) and
+    /// then lose its answer `how`. The connectors of [`Harness::connector`] must time out
+    /// within a few seconds.
+    async fn lose_next_comment_answer(&self, how: LostAnswer);
 }
 
 /// Runs every contract check; panics with the failing check's name.
@@ -39,6 +56,15 @@ pub async fn run_contract(h: &dyn Harness) {
     cursor_since_starts_at_its_date(h).await;
     fetch_reads_one_ticket(h).await;
     comments_are_found_by_marker_before_posting(h).await;
+    a_quoted_marker_is_not_a_comment(h).await;
+    for how in [
+        LostAnswer::Status(502),
+        LostAnswer::Status(504),
+        LostAnswer::Dropped,
+        LostAnswer::Timeout,
+    ] {
+        a_write_whose_answer_is_lost_is_sent_once(h, how).await;
+    }
 }
 
 /// Drains from `cursor`, returning `(key, version)` of every ticket read and the last cursor.
@@ -159,10 +185,16 @@ pub async fn comments_are_found_by_marker_before_posting(h: &dyn Harness) {
     };
     assert_eq!(connector.find_comment(&key, &marker).await.expect("contract comment: find"), None);
     let id = connector.post_comment(&key, &comment).await.expect("contract comment: post");
-    assert_eq!(
-        connector.find_comment(&key, &marker).await.expect("contract comment: find"),
-        Some(id),
-        "contract comment: found by its marker"
+    let found = connector
+        .find_comment(&key, &marker)
+        .await
+        .expect("contract comment: find")
+        .expect("contract comment: found by its marker");
+    assert_eq!(found.id, id, "contract comment: found by its marker");
+    assert!(
+        found.text.contains("deskbridge decision: contract"),
+        "contract comment: the text found is the text posted: {:?}",
+        found.text
     );
     let texts = h.comments(&key).await;
     assert_eq!(
@@ -175,5 +207,66 @@ pub async fn comments_are_found_by_marker_before_posting(h: &dyn Harness) {
         connector.find_comment(&other, &marker).await.expect("contract comment: find"),
         None,
         "contract comment: someone else's text is not deskbridge's comment"
+    );
+}
+
+fn new_marker() -> String {
+    format!("deskbridge-id:{:032x}", rand::random::<u128>())
+}
+
+/// A marker quoted inside a line of deskbridge's own comment, or written as a line of its own
+/// by someone else on the same ticket, does not make the comment found.
+pub async fn a_quoted_marker_is_not_a_comment(h: &dyn Harness) {
+    let key = h.create("contract quoted marker", minutes_ago(5)).await;
+    let connector = h.connector(50).await;
+    let (quoted, own) = (new_marker(), new_marker());
+    let comment = Comment {
+        marker: own.clone(),
+        body: format!("deskbridge decision: contract\nthe requester wrote: [{quoted}]\n[{own}]"),
+    };
+    connector.post_comment(&key, &comment).await.expect("contract quoted: post");
+    assert_eq!(
+        connector.find_comment(&key, &quoted).await.expect("contract quoted: find"),
+        None,
+        "contract quoted: a marker inside a line is not a marker line"
+    );
+    let typed = new_marker();
+    h.comment_as_someone_else(&key, &format!("[{typed}]")).await;
+    assert_eq!(
+        connector.find_comment(&key, &typed).await.expect("contract quoted: find"),
+        None,
+        "contract quoted: someone else's marker line on the same ticket is not deskbridge's"
+    );
+    assert!(connector.find_comment(&key, &own).await.expect("contract quoted: find").is_some());
+}
+
+/// The ITSM applies a comment write and loses the answer: the connector reports a retryable
+/// failure, has written exactly one comment, and finds it by its marker, so the outbox's next
+/// attempt records it instead of posting again.
+pub async fn a_write_whose_answer_is_lost_is_sent_once(h: &dyn Harness, how: LostAnswer) {
+    let key = h.create(&format!("contract lost answer {how:?}"), minutes_ago(5)).await;
+    let connector = h.connector(50).await;
+    let marker = new_marker();
+    let comment = Comment {
+        marker: marker.clone(),
+        body: format!("deskbridge decision: contract\n[{marker}]"),
+    };
+    h.lose_next_comment_answer(how).await;
+    let result = connector.post_comment(&key, &comment).await;
+    let err = result.expect_err(&format!("contract lost answer {how:?}: the lost answer is reported"));
+    assert!(
+        err.is_retryable(),
+        "contract lost answer {how:?}: retryable, so the outbox tries again: {err}"
+    );
+    let texts = h.comments(&key).await;
+    assert_eq!(
+        texts.iter().filter(|t| t.contains(&marker)).count(),
+        1,
+        "contract lost answer {how:?}: the write was sent once, not retried: {texts:?}"
+    );
+    let found = connector.find_comment(&key, &marker).await.expect("contract lost answer: find");
+    assert!(
+        found.is_some(),
+        "contract lost answer {how:?}: the applied comment is found by its marker"
     );
 }

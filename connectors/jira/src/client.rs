@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use deskbridge_connector::auth::Auth;
 use deskbridge_connector::http::HttpClient;
 use deskbridge_connector::webhook::{WebhookEvent, WebhookVerifier};
-use deskbridge_connector::{Comment, CommentId, Connector, ConnectorError, Cursor, Markup, Page, Ticket};
+use deskbridge_connector::{has_marker_line, Comment, CommentId, Connector, ConnectorError, Cursor, FoundComment, Markup, Page, Ticket};
 use serde_json::{json, Map, Value};
 use tokio::sync::OnceCell;
 
@@ -91,10 +91,20 @@ impl Jira {
         response.json(&self.id)
     }
 
+    /// A POST that only reads (search): retried like any read.
     async fn post_json(&self, url: &str, body: &Value) -> Result<Value, ConnectorError> {
         let response = self
             .http
             .send(|c| c.post(url).header("Accept", "application/json").json(body))
+            .await?;
+        response.json(&self.id)
+    }
+
+    /// A POST that creates something: sent once (see [`Connector::post_comment`]).
+    async fn create_json(&self, url: &str, body: &Value) -> Result<Value, ConnectorError> {
+        let response = self
+            .http
+            .send_write(|c| c.post(url).header("Accept", "application/json").json(body))
             .await?;
         response.json(&self.id)
     }
@@ -267,11 +277,9 @@ impl Jira {
 
     /// Pages the issue's comments newest first, looking for one of ours carrying `marker`:
     /// by the marker property, or by the marker line when the property could not be set.
-    async fn find_marker(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
+    async fn find_marker(&self, key: &str, marker: &str) -> Result<Option<FoundComment>, ConnectorError> {
         let me = self.me().await?.to_owned();
         let url = self.api(&format!("/issue/{}/comment", percent(key)));
-        let marker_line = format!("[{marker}]");
-        let escaped_line = format!("\\[{marker}\\]");
         let mut start = 0usize;
         loop {
             let page = self
@@ -301,10 +309,12 @@ impl Jira {
                     })
                 });
                 let text = adf_plain_text(c.get("body").unwrap_or(&Value::Null));
-                let by_text = text.lines().any(|l| l.trim() == marker_line || l.trim() == escaped_line);
-                if by_property || by_text {
+                if by_property || has_marker_line(&text, marker) {
                     let id = c.get("id").and_then(Value::as_str).unwrap_or_default();
-                    return Ok(Some(CommentId(id.to_owned())));
+                    return Ok(Some(FoundComment {
+                        id: CommentId(id.to_owned()),
+                        text,
+                    }));
                 }
             }
             let total = page.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -448,7 +458,7 @@ impl Connector for Jira {
                     Deployment::DataCenter => json!(wiki_body(&comment.body, &comment.marker)),
                 };
                 let created = self
-                    .post_json(
+                    .create_json(
                         &self.api(&format!("/issue/{}/comment", percent(key))),
                         &json!({"body": body, "properties": properties}),
                     )
@@ -458,7 +468,7 @@ impl Connector for Jira {
             }
             CommentApi::ServiceDesk => {
                 let created = self
-                    .post_json(
+                    .create_json(
                         &self.url(&format!("/rest/servicedeskapi/request/{}/comment", percent(key))),
                         &json!({"body": wiki_body(&comment.body, &comment.marker), "public": !internal}),
                     )
@@ -476,7 +486,7 @@ impl Connector for Jira {
         }
     }
 
-    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
+    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<FoundComment>, ConnectorError> {
         self.find_marker(key, marker).await
     }
 

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use deskbridge_connector::auth::AuthConfig;
 use deskbridge_connector::http::HttpSettings;
-use deskbridge_connector::testkit::{drain, run_contract};
+use deskbridge_connector::testkit::{drain, run_contract, LostAnswer};
 use deskbridge_connector::{Comment, Connector, ConnectorError, Cursor};
 use deskbridge_jira::simulator::{
-    Fault, NewIssue, SimConfig, Simulator, API_TOKEN, INTEGRATION_EMAIL, OAUTH_CLIENT, PAT, READ_ONLY_EMAIL, READ_ONLY_TOKEN,
+    Fault, NewIssue, SimConfig, Simulator, Target, API_TOKEN, INTEGRATION_EMAIL, OAUTH_CLIENT, PAT, READ_ONLY_EMAIL, READ_ONLY_TOKEN,
 };
 use deskbridge_jira::{CommentApi, Deployment, Jira, JiraConfig, Visibility};
 use serde_json::json;
@@ -81,7 +81,19 @@ impl deskbridge_connector::testkit::Harness for Harness {
             ),
         };
         c.comments.api = self.comments;
+        // Short, so the contract's lost-answer check times out quickly.
+        c.http.timeout_secs = 2;
         Arc::new(Jira::new("jira", c).expect("connector"))
+    }
+
+    async fn lose_next_comment_answer(&self, how: LostAnswer) {
+        let fault = match how {
+            LostAnswer::Status(code) => Fault::AppliedThenStatus(code),
+            LostAnswer::Dropped => Fault::AppliedThenDrop,
+            LostAnswer::Timeout => Fault::AppliedThenStall(Duration::from_secs(3)),
+        };
+        // The create call of either comment API: platform and JSM paths both end in /comment.
+        self.sim.inject_on(Target::route("POST", "/comment"), fault, 1);
     }
 
     async fn create(&self, title: &str, updated: chrono::DateTime<chrono::Utc>) -> String {
@@ -473,7 +485,7 @@ async fn jsm_comments_are_internal_or_public_as_configured() {
         let posted = sim.comments(&key).into_iter().find(|c| c.id.to_string() == id.0).expect("posted");
         assert_eq!(posted.public, visibility == Visibility::Public);
         assert_eq!(posted.properties["deskbridge.marker"]["marker"], marker);
-        assert_eq!(jira.find_comment(&key, &marker).await.expect("find"), Some(id));
+        assert_eq!(jira.find_comment(&key, &marker).await.expect("find").map(|f| f.id), Some(id));
     }
 }
 

@@ -5,7 +5,7 @@ use chrono::{NaiveDateTime, TimeZone, Utc};
 use deskbridge_connector::auth::Auth;
 use deskbridge_connector::http::HttpClient;
 use deskbridge_connector::webhook::{WebhookEvent, WebhookVerifier};
-use deskbridge_connector::{Comment, CommentId, Connector, ConnectorError, Cursor, Markup, Page, Ticket};
+use deskbridge_connector::{has_marker_line, Comment, CommentId, Connector, ConnectorError, Cursor, FoundComment, Markup, Page, Ticket};
 use serde_json::{Map, Value};
 
 use crate::config::ServiceNowConfig;
@@ -18,6 +18,9 @@ const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 const IN_CHUNK: usize = 100;
 /// Rows per page when reading variables and approvals.
 const SIDE_PAGE: usize = 1000;
+/// Journal entries mentioning a marker read at once (ours carries it once; quoting is
+/// neutralised, so more than one is already unusual).
+const JOURNAL_MATCHES: usize = 20;
 
 /// A ServiceNow instance behind the [`Connector`] contract.
 pub struct ServiceNow {
@@ -267,7 +270,7 @@ impl Connector for ServiceNow {
         self.post_journal(key, comment).await
     }
 
-    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
+    async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<FoundComment>, ConnectorError> {
         self.find_journal(key, marker).await
     }
 
@@ -352,8 +355,9 @@ impl ServiceNow {
         let field = self.config.comment_field.as_str();
         let url = format!("{}/{key}", self.table_url(&self.config.table));
         let body = serde_json::json!({ field: comment.body });
+        // Sent once: a journal append that landed and lost its answer must not land twice.
         self.http
-            .send(|c| {
+            .send_write(|c| {
                 c.patch(&url)
                     .header("Accept", "application/json")
                     .query(&[("sysparm_fields", "sys_id")])
@@ -361,7 +365,7 @@ impl ServiceNow {
             })
             .await?;
         match self.find_comment(key, &comment.marker).await {
-            Ok(Some(id)) => Ok(id),
+            Ok(Some(found)) => Ok(found.id),
             // Posted, but the journal row is not readable (ACL): keep a stable reference.
             Ok(None) | Err(_) => {
                 tracing::warn!(connector = %self.id, ticket = %key, "posted comment not found in sys_journal_field; check the integration user can read it");
@@ -370,10 +374,28 @@ impl ServiceNow {
         }
     }
 
-    async fn find_journal(&self, key: &str, marker: &str) -> Result<Option<CommentId>, ConnectorError> {
+    /// The integration user's journal entries on the ticket that mention the marker, then only
+    /// those carrying it as a line of its own.
+    async fn find_journal(&self, key: &str, marker: &str) -> Result<Option<FoundComment>, ConnectorError> {
+        if !is_sys_id(key) {
+            return Ok(None);
+        }
         let rows = self
-            .list("sys_journal_field", &self.journal_query(key, marker), "sys_id", 1, 0)
+            .list(
+                "sys_journal_field",
+                &self.journal_query(key, marker),
+                "sys_id,value",
+                JOURNAL_MATCHES,
+                0,
+            )
             .await?;
-        Ok(rows.first().and_then(|r| str_field(r, "sys_id")).map(|id| CommentId(id.to_owned())))
+        Ok(rows.iter().find_map(|r| {
+            let text = str_field(r, "value")?;
+            let id = str_field(r, "sys_id")?;
+            has_marker_line(text, marker).then(|| FoundComment {
+                id: CommentId(id.to_owned()),
+                text: text.to_owned(),
+            })
+        }))
     }
 }

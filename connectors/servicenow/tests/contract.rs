@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use deskbridge_connector::auth::AuthConfig;
 use deskbridge_connector::http::HttpSettings;
+use deskbridge_connector::testkit::LostAnswer;
 use deskbridge_connector::{Comment, Connector, ConnectorError, Cursor};
-use deskbridge_servicenow::simulator::{Fault, Record, SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER, OAUTH_CLIENT};
+use deskbridge_servicenow::simulator::{Fault, Record, SimConfig, Simulator, Target, INTEGRATION_PASSWORD, INTEGRATION_USER, OAUTH_CLIENT};
 use deskbridge_servicenow::{ServiceNow, ServiceNowConfig};
 
 fn basic(user: &str, password: &str) -> AuthConfig {
@@ -77,6 +78,16 @@ impl deskbridge_connector::testkit::Harness for Harness {
 
     async fn comment_as_someone_else(&self, key: &str, text: &str) {
         self.sim.add_journal("sc_req_item", key, "work_notes", text, "beth.anglin");
+    }
+
+    async fn lose_next_comment_answer(&self, how: LostAnswer) {
+        let fault = match how {
+            LostAnswer::Status(code) => Fault::AppliedThenStatus(code),
+            LostAnswer::Dropped => Fault::AppliedThenDrop,
+            LostAnswer::Timeout => Fault::AppliedThenStall(Duration::from_secs(3)),
+        };
+        // The journal append is a PATCH of the record.
+        self.sim.inject_on(Target::route("PATCH", "/api/now/table/sc_req_item/"), fault, 1);
     }
 }
 
@@ -170,7 +181,7 @@ async fn poll_sends_the_documented_table_api_request_and_batches_variables() {
 async fn a_429_is_retried_after_retry_after_then_succeeds() {
     let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
     let connector = ServiceNow::new("snow", config(&sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), 100)).expect("connector");
-    sim.inject(Fault::RateLimit { retry_after_secs: 1 }, 1, Some("sc_req_item"));
+    sim.inject(Fault::throttle(1), 1, Some("sc_req_item"));
     let started = Instant::now();
     let page = connector.poll(&Cursor::start()).await.expect("poll succeeds after the 429");
     assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After");
@@ -183,7 +194,7 @@ async fn a_long_retry_after_is_returned_rather_than_slept() {
     let mut cfg = config(&sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), 100);
     cfg.http.max_inline_retry_after_secs = 5;
     let connector = ServiceNow::new("snow", cfg).expect("connector");
-    sim.inject(Fault::RateLimit { retry_after_secs: 3600 }, 1, None);
+    sim.inject(Fault::throttle(3600), 1, None);
     match connector.poll(&Cursor::start()).await {
         Err(ConnectorError::RateLimited { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(3600)),
         other => panic!("expected RateLimited, got {other:?}"),
@@ -255,7 +266,10 @@ async fn the_marker_prevents_a_second_post() {
     };
     assert_eq!(connector.find_comment(&key, &comment.marker).await.expect("find"), None);
     let id = connector.post_comment(&key, &comment).await.expect("post");
-    assert_eq!(connector.find_comment(&key, &comment.marker).await.expect("find"), Some(id.clone()));
+    assert_eq!(
+        connector.find_comment(&key, &comment.marker).await.expect("find").map(|f| f.id),
+        Some(id.clone())
+    );
     let journal = sim.journal(&key);
     assert_eq!(journal.len(), 1);
     assert_eq!(journal[0].element, "work_notes");

@@ -20,13 +20,15 @@ mod jql;
 mod routes;
 mod seed;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use deskbridge_connector::simkit::SimKit;
+pub use deskbridge_connector::simkit::{Fault, RecordedRequest, Target};
 pub use jql::Jql;
 pub use seed::{SEEDED_ACCESS_ISSUES, SEEDED_PROJECT};
 
@@ -81,52 +83,6 @@ impl Default for SimConfig {
             field_id_base: 10_000 + rand::random::<u32>() % 9000,
             webhook: None,
         }
-    }
-}
-
-/// A fault the simulator answers with instead of serving a request.
-#[derive(Debug, Clone)]
-pub enum Fault {
-    /// 429 with the given Atlassian rate-limit headers.
-    RateLimit {
-        /// `Retry-After` seconds.
-        retry_after: Option<u64>,
-        /// `X-RateLimit-Reset` this many seconds from now (ISO-8601, minute precision).
-        reset_in: Option<u64>,
-        /// `Beta-Retry-After` seconds.
-        beta_retry_after: Option<u64>,
-    },
-    /// This status with a Jira error body.
-    Status(u16),
-    /// Serve normally after this delay.
-    Delay(Duration),
-}
-
-/// One request as received.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    /// Method.
-    pub method: String,
-    /// Path without query.
-    pub path: String,
-    /// Decoded query parameters.
-    pub query: Vec<(String, String)>,
-    /// `Basic`, `Bearer` or empty.
-    pub auth_scheme: String,
-    /// `Content-Type` header.
-    pub content_type: String,
-    /// Body as text.
-    pub body: String,
-}
-
-impl RecordedRequest {
-    /// A query parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-    /// The body as JSON (`Null` when it is not JSON).
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }
 
@@ -209,12 +165,6 @@ pub struct Delivery {
     pub status: u16,
 }
 
-struct Faulty {
-    fault: Fault,
-    path_contains: Option<String>,
-    remaining: usize,
-}
-
 pub(crate) struct Db {
     issues: Vec<Issue>,
     next_id: u64,
@@ -230,8 +180,7 @@ pub(crate) struct State {
     access_tokens: Mutex<HashMap<String, (String, Instant)>>,
     refresh_tokens: Mutex<HashMap<String, String>>,
     grants: Mutex<Vec<String>>,
-    faults: Mutex<VecDeque<Faulty>>,
-    log: Mutex<Vec<RecordedRequest>>,
+    kit: Arc<SimKit>,
     deliveries: Mutex<Vec<Delivery>>,
     base_url: String,
     http: reqwest::Client,
@@ -360,8 +309,7 @@ impl Simulator {
             access_tokens: Mutex::new(HashMap::new()),
             refresh_tokens: Mutex::new(HashMap::new()),
             grants: Mutex::new(Vec::new()),
-            faults: Mutex::new(VecDeque::new()),
-            log: Mutex::new(Vec::new()),
+            kit: SimKit::new(routes::Flavor),
             deliveries: Mutex::new(Vec::new()),
             base_url: format!("http://127.0.0.1:{}", addr.port()),
             http: reqwest::Client::builder()
@@ -537,21 +485,43 @@ impl Simulator {
 
     /// Answers the next `times` requests whose path contains `path_contains` with `fault`.
     pub fn inject(&self, fault: Fault, times: usize, path_contains: Option<&str>) {
-        lock(&self.state.faults).push_back(Faulty {
-            fault,
-            path_contains: path_contains.map(String::from),
-            remaining: times,
-        });
+        self.state.kit.inject(fault, times, Target::path(path_contains));
+    }
+
+    /// Answers the next `times` requests matching `target` with `fault`.
+    pub fn inject_on(&self, target: Target, fault: Fault, times: usize) {
+        self.state.kit.inject(fault, times, target);
+    }
+
+    /// Answers each request matching `target` with `fault` with probability `rate`, until
+    /// [`Simulator::clear_faults`].
+    pub fn inject_random(&self, target: Target, fault: Fault, rate: f64) {
+        self.state.kit.inject_random(fault, rate, target);
+    }
+
+    /// Removes every fault not yet fired.
+    pub fn clear_faults(&self) {
+        self.state.kit.clear_faults();
+    }
+
+    /// How often each fault fired (`applied-then-502 POST`, `429 GET`, …).
+    pub fn faults_fired(&self) -> BTreeMap<String, usize> {
+        self.state.kit.fired()
     }
 
     /// Every request received.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.state.log).clone()
+        self.state.kit.requests()
     }
 
     /// Forgets recorded requests.
     pub fn clear_requests(&self) {
-        lock(&self.state.log).clear();
+        self.state.kit.clear_requests();
+    }
+
+    /// Stops (or resumes) recording requests, for long soaks.
+    pub fn set_recording(&self, on: bool) {
+        self.state.kit.set_recording(on);
     }
 
     /// Webhook deliveries made so far.

@@ -18,7 +18,9 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use super::jql::Jql;
-use super::{jira_time, lock, now_ms, Db, Fault, Issue, RecordedRequest, SimComment, State};
+use deskbridge_connector::simkit;
+
+use super::{jira_time, lock, now_ms, Db, Issue, SimComment, State};
 
 type Shared = Arc<State>;
 type Params = Query<BTreeMap<String, String>>;
@@ -43,8 +45,8 @@ pub(super) fn router(state: Shared) -> Router {
     Router::new()
         .merge(api)
         .route("/oauth/token", post(oauth_token))
-        .layer(middleware::from_fn_with_state(state.clone(), faults))
-        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(middleware::from_fn_with_state(state.kit.clone(), simkit::faults))
+        .layer(middleware::from_fn_with_state(state.kit.clone(), simkit::record))
         .with_state(state)
 }
 
@@ -57,74 +59,36 @@ fn bad(message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, &[message], json!({}))
 }
 
-async fn record(AxState(state): AxState<Shared>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, 10 * 1024 * 1024).await.unwrap_or_default();
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    lock(&state.log).push(RecordedRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts
-            .uri
-            .query()
-            .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default(),
-        auth_scheme: header("authorization").split_whitespace().next().unwrap_or_default().to_owned(),
-        content_type: header("content-type"),
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    });
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
-}
+/// Jira's way of refusing: its error body, and Atlassian's rate-limit headers.
+pub(super) struct Flavor;
 
-async fn faults(AxState(state): AxState<Shared>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let fault = {
-        let mut faults = lock(&state.faults);
-        let hit = faults
-            .iter_mut()
-            .find(|f| f.remaining > 0 && f.path_contains.as_deref().is_none_or(|p| path.contains(p)));
-        hit.map(|f| {
-            f.remaining -= 1;
-            f.fault.clone()
-        })
-    };
-    match fault {
-        None => next.run(request).await,
-        Some(Fault::Delay(d)) => {
-            tokio::time::sleep(d).await;
-            next.run(request).await
-        }
-        Some(Fault::Status(code)) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            error(status, &["Simulated failure"], json!({}))
-        }
-        Some(Fault::RateLimit {
-            retry_after,
-            reset_in,
-            beta_retry_after,
-        }) => {
-            let mut response = error(StatusCode::TOO_MANY_REQUESTS, &["Rate limit exceeded."], json!({}));
-            let headers = response.headers_mut();
-            let mut set = |name: &'static str, value: String| {
-                if let Ok(v) = value.parse() {
-                    headers.insert(name, v);
-                }
-            };
-            if let Some(s) = retry_after {
-                set("retry-after", s.to_string());
+impl simkit::Flavor for Flavor {
+    fn error(&self, status: StatusCode, _message: &str) -> Response {
+        error(status, &["Simulated failure"], json!({}))
+    }
+
+    fn throttled(&self, retry_after: Option<u64>, reset_in: Option<u64>, beta_retry_after: Option<u64>) -> Response {
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, &["Rate limit exceeded."], json!({}));
+        let headers = response.headers_mut();
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = value.parse() {
+                headers.insert(name, v);
             }
-            if let Some(s) = reset_in {
-                let at = chrono::Utc::now() + chrono::Duration::seconds(s as i64 + 60);
-                set("x-ratelimit-reset", at.format("%Y-%m-%dT%H:%MZ").to_string());
-            }
-            if let Some(s) = beta_retry_after {
-                set("beta-retry-after", s.to_string());
-            }
-            set("x-ratelimit-limit", "100".into());
-            set("x-ratelimit-remaining", "0".into());
-            set("ratelimit-reason", "jira-burst-based".into());
-            response
+        };
+        if let Some(s) = retry_after {
+            set("retry-after", s.to_string());
         }
+        if let Some(s) = reset_in {
+            let at = chrono::Utc::now() + chrono::Duration::seconds(s as i64 + 60);
+            set("x-ratelimit-reset", at.format("%Y-%m-%dT%H:%MZ").to_string());
+        }
+        if let Some(s) = beta_retry_after {
+            set("beta-retry-after", s.to_string());
+        }
+        set("x-ratelimit-limit", "100".into());
+        set("x-ratelimit-remaining", "0".into());
+        set("ratelimit-reason", "jira-burst-based".into());
+        response
     }
 }
 

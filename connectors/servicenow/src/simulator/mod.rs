@@ -14,7 +14,7 @@ mod routes;
 mod seed;
 mod tls;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub use db::Record;
+use deskbridge_connector::simkit::SimKit;
+pub use deskbridge_connector::simkit::{Fault, RecordedRequest, Target};
 pub use seed::SEEDED_ACCESS_TICKETS;
 
 /// A user who can sign in to the simulated instance.
@@ -82,42 +84,6 @@ impl Default for SimConfig {
     }
 }
 
-/// A fault the simulator answers with instead of serving a request.
-#[derive(Debug, Clone)]
-pub enum Fault {
-    /// 429 with `Retry-After` and ServiceNow's rate-limit headers.
-    RateLimit {
-        /// Seconds in `Retry-After`.
-        retry_after_secs: u64,
-    },
-    /// This status with a ServiceNow error body.
-    Status(u16),
-    /// Serve the request normally, after this delay.
-    Delay(Duration),
-}
-
-/// One request as the simulator received it, for contract assertions.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    /// HTTP method.
-    pub method: String,
-    /// Path without query.
-    pub path: String,
-    /// Decoded query parameters.
-    pub query: Vec<(String, String)>,
-    /// `Basic`, `Bearer` or empty.
-    pub auth_scheme: String,
-    /// Request body (form or JSON), as text.
-    pub body: String,
-}
-
-impl RecordedRequest {
-    /// The value of a query parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
 /// One journal entry (`sys_journal_field` row).
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
@@ -131,19 +97,12 @@ pub struct JournalEntry {
     pub created_by: String,
 }
 
-struct Faulty {
-    fault: Fault,
-    path_contains: Option<String>,
-    remaining: usize,
-}
-
 pub(crate) struct State {
     db: Mutex<db::Db>,
     config: SimConfig,
     access_tokens: Mutex<HashMap<String, (String, Instant)>>,
     refresh_tokens: Mutex<HashMap<String, String>>,
-    faults: Mutex<VecDeque<Faulty>>,
-    log: Mutex<Vec<RecordedRequest>>,
+    kit: Arc<SimKit>,
     base_url: String,
 }
 
@@ -189,8 +148,7 @@ impl Simulator {
             db: Mutex::new(database),
             access_tokens: Mutex::new(HashMap::new()),
             refresh_tokens: Mutex::new(HashMap::new()),
-            faults: Mutex::new(VecDeque::new()),
-            log: Mutex::new(Vec::new()),
+            kit: SimKit::new(routes::Flavor),
             base_url: format!("{scheme}://{host}:{}", addr.port()),
             config,
         });
@@ -237,21 +195,43 @@ impl Simulator {
     /// Answers the next `times` requests whose path contains `path_contains` (any path when
     /// `None`) with `fault`.
     pub fn inject(&self, fault: Fault, times: usize, path_contains: Option<&str>) {
-        lock(&self.state.faults).push_back(Faulty {
-            fault,
-            path_contains: path_contains.map(String::from),
-            remaining: times,
-        });
+        self.state.kit.inject(fault, times, Target::path(path_contains));
+    }
+
+    /// Answers the next `times` requests matching `target` with `fault`.
+    pub fn inject_on(&self, target: Target, fault: Fault, times: usize) {
+        self.state.kit.inject(fault, times, target);
+    }
+
+    /// Answers each request matching `target` with `fault` with probability `rate`, until
+    /// [`Simulator::clear_faults`].
+    pub fn inject_random(&self, target: Target, fault: Fault, rate: f64) {
+        self.state.kit.inject_random(fault, rate, target);
+    }
+
+    /// Removes every fault not yet fired.
+    pub fn clear_faults(&self) {
+        self.state.kit.clear_faults();
+    }
+
+    /// How often each fault fired (`applied-then-502 PATCH`, `429 GET`, …).
+    pub fn faults_fired(&self) -> BTreeMap<String, usize> {
+        self.state.kit.fired()
     }
 
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.state.log).clone()
+        self.state.kit.requests()
     }
 
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
-        lock(&self.state.log).clear();
+        self.state.kit.clear_requests();
+    }
+
+    /// Stops (or resumes) recording requests, for long soaks.
+    pub fn set_recording(&self, on: bool) {
+        self.state.kit.set_recording(on);
     }
 
     /// Inserts or replaces a record (missing `sys_id`, `sys_updated_on`, `sys_mod_count` and

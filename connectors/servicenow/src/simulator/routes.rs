@@ -15,7 +15,9 @@ use serde_json::{json, Map, Value};
 
 use super::db::{journal_fields, Db, Display};
 use super::query::{compare, Query};
-use super::{bump, lock, now_stamp, value_to_string, Fault, RecordedRequest, State};
+use deskbridge_connector::simkit;
+
+use super::{bump, lock, now_stamp, value_to_string, State};
 
 type Shared = Arc<State>;
 
@@ -36,8 +38,8 @@ pub(super) fn router(state: Shared) -> Router {
     Router::new()
         .merge(api)
         .route("/oauth_token.do", post(oauth_token))
-        .layer(middleware::from_fn_with_state(state.clone(), faults))
-        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(middleware::from_fn_with_state(state.kit.clone(), simkit::faults))
+        .layer(middleware::from_fn_with_state(state.kit.clone(), simkit::record))
         .with_state(state)
 }
 
@@ -50,75 +52,30 @@ fn sn_error(status: StatusCode, message: &str, detail: Option<&str>) -> Response
         .into_response()
 }
 
-async fn record(AxState(state): AxState<Shared>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, 10 * 1024 * 1024).await.unwrap_or_default();
-    let query = parts
-        .uri
-        .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let auth_scheme = parts
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or_default()
-        .to_owned();
-    lock(&state.log).push(RecordedRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query,
-        auth_scheme,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    });
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
-}
+/// ServiceNow's way of refusing: its error envelope, and its rate-limit headers
+/// (`X-RateLimit-Reset` in epoch seconds).
+pub(super) struct Flavor;
 
-async fn faults(AxState(state): AxState<Shared>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let fault = {
-        let mut queue = lock(&state.faults);
-        let position = queue
-            .iter()
-            .position(|f| f.path_contains.as_deref().is_none_or(|p| path.contains(p)));
-        position.map(|i| {
-            let fault = queue[i].fault.clone();
-            queue[i].remaining -= 1;
-            if queue[i].remaining == 0 {
-                queue.remove(i);
-            }
-            fault
-        })
-    };
-    match fault {
-        None => next.run(request).await,
-        Some(Fault::Delay(d)) => {
-            tokio::time::sleep(d).await;
-            next.run(request).await
+impl simkit::Flavor for Flavor {
+    fn error(&self, status: StatusCode, message: &str) -> Response {
+        sn_error(status, status.canonical_reason().unwrap_or("Error"), Some(message))
+    }
+
+    fn throttled(&self, retry_after: Option<u64>, reset_in: Option<u64>, _beta: Option<u64>) -> Response {
+        let mut response = sn_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            Some("Rate limit exceeded for rule deskbridge-simulator"),
+        );
+        let headers = response.headers_mut();
+        if let Some(secs) = retry_after {
+            headers.insert("retry-after", HeaderValue::from(secs));
         }
-        Some(Fault::RateLimit { retry_after_secs }) => {
-            let mut response = sn_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many requests",
-                Some("Rate limit exceeded for rule deskbridge-simulator"),
-            );
-            let reset = chrono::Utc::now().timestamp() + i64::try_from(retry_after_secs).unwrap_or(0);
-            let headers = response.headers_mut();
-            headers.insert("retry-after", HeaderValue::from(retry_after_secs));
-            headers.insert("x-ratelimit-limit", HeaderValue::from(1000));
-            headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
-            headers.insert("x-ratelimit-rule", HeaderValue::from_static("0123456789abcdef0123456789abcdef"));
-            response
-        }
-        Some(Fault::Status(code)) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            sn_error(
-                status,
-                status.canonical_reason().unwrap_or("Error"),
-                Some("injected by the simulator"),
-            )
-        }
+        let reset = chrono::Utc::now().timestamp() + i64::try_from(reset_in.or(retry_after).unwrap_or(1)).unwrap_or(0);
+        headers.insert("x-ratelimit-limit", HeaderValue::from(1000));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
+        headers.insert("x-ratelimit-rule", HeaderValue::from_static("0123456789abcdef0123456789abcdef"));
+        response
     }
 }
 
