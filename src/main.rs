@@ -84,6 +84,19 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Put parked work back to work: ticket versions and comments that failed for a reason a
+    /// retry would not fix (a removed connector, a template error, refused credentials). With
+    /// --connector it also lifts that connector's halt after its credentials were refused.
+    Retry {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this connector instance's work.
+        #[arg(long)]
+        connector: Option<String>,
+        /// Only this ticket (number or key).
+        #[arg(long)]
+        ticket: Option<String>,
+    },
     /// Governance reports.
     Report {
         #[command(subcommand)]
@@ -144,6 +157,11 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum ReportCommand {
+    /// Parked work and halted connectors (exit 1 when there is any).
+    Parked {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// How often the shadow decision point agrees with the primary, and where it does not.
     Shadow {
         #[command(flatten)]
@@ -250,6 +268,12 @@ async fn main() -> ExitCode {
         Command::Report {
             command: ReportCommand::Shadow { store },
         } => deskbridge::commands::audit::shadow(&store).await.map(|out| (out, true)),
+        Command::Retry { store, connector, ticket } => deskbridge::commands::audit::retry(&store, connector.as_deref(), ticket.as_deref())
+            .await
+            .map(|out| (out, true)),
+        Command::Report {
+            command: ReportCommand::Parked { store },
+        } => deskbridge::commands::audit::parked(&store).await,
         Command::Trace { ticket, store } => deskbridge::commands::audit::trace(&store, &ticket).await.map(|out| (out, true)),
         Command::Report {
             command:

@@ -132,3 +132,47 @@ pub async fn drift(args: &StoreArgs, options: &drift::Options, format: drift::Fo
     let findings = drift::drift(&open(args).await?.0, options).await?;
     drift::render(&findings, format)
 }
+
+/// `deskbridge retry`: puts parked ticket versions and comments back to work — all of them,
+/// one connector's (which also lifts that connector's halt after refused credentials), or one
+/// ticket's. Safe beside a running `serve`: it only requeues rows.
+pub async fn retry(args: &StoreArgs, connector: Option<&str>, ticket: Option<&str>) -> anyhow::Result<String> {
+    let (store, _) = open(args).await?;
+    let r = store.retry_parked(connector, ticket).await?;
+    Ok(format!(
+        "queued again: {} comment(s), {} ticket version(s); {} connector halt(s) lifted\n",
+        r.comments, r.tickets, r.halts
+    ))
+}
+
+/// `deskbridge report parked`: work that failed for a reason a retry will not fix, and
+/// connectors that post nothing until an admin acts.
+pub async fn parked(args: &StoreArgs) -> anyhow::Result<(String, bool)> {
+    let (store, _) = open(args).await?;
+    let (parked, halts) = (store.parked().await?, store.halts().await?);
+    let mut out = String::new();
+    for h in &halts {
+        out.push_str(&format!(
+            "HALTED {}: {} (since {}); fix it, then `deskbridge retry --connector {}`\n",
+            h.connector,
+            crate::commands::table::terminal_safe(&h.reason),
+            h.at,
+            h.connector
+        ));
+    }
+    if parked.is_empty() && halts.is_empty() {
+        return Ok(("nothing parked, no connector halted\n".into(), true));
+    }
+    out.push_str(&format!("{:<8} {:<14} {:<14} ERROR\n", "WHAT", "CONNECTOR", "TICKET"));
+    for p in &parked {
+        let t = crate::commands::table::terminal_safe;
+        out.push_str(&format!(
+            "{:<8} {:<14} {:<14} {}\n",
+            p.what,
+            t(&p.connector),
+            t(&p.ticket),
+            t(&p.error)
+        ));
+    }
+    Ok((out, false))
+}

@@ -5,7 +5,7 @@ mod decide;
 pub mod demo;
 mod mapping_test;
 mod run;
-mod table;
+pub(crate) mod table;
 
 pub use decide::{decide, policy_test, shadow_report};
 pub use mapping_test::mapping_test;

@@ -260,14 +260,17 @@ async fn webhook(
 }
 
 async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, &'static str)> {
-    match pipeline.store().counts().await {
-        Ok(c) => Ok(Json(serde_json::json!({
+    let store = pipeline.store();
+    let read = async { Ok::<_, anyhow::Error>((store.counts().await?, store.parked().await?, store.halts().await?)) };
+    match read.await {
+        Ok((c, parked, halts)) => Ok(Json(serde_json::json!({
             "last_pass": pipeline.last_report().map(|(at, r)| serde_json::json!({
                 "finished_at": at, "ingested": r.ingested, "decided": r.decided, "failed_decisions": r.failed_decisions,
-                "posted": r.posted, "failed_posts": r.failed_posts, "connector_errors": r.connector_errors,
+                "posted": r.posted, "failed_posts": r.failed_posts, "parked": r.parked, "connector_errors": r.connector_errors,
             })),
             "inbox": c.inbox, "decisions": c.decisions, "comments_posted": c.posted,
             "comments_queued": c.queued, "pending_decisions": c.pending,
+            "parked": parked, "halted_connectors": halts,
         }))),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "status query failed");

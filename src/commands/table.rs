@@ -4,7 +4,15 @@ use serde_json::Value;
 
 use crate::store::TicketState;
 
+/// Text from tickets or ITSMs made safe to print on a terminal: control characters (escape
+/// sequences included) become spaces.
+pub fn terminal_safe(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
 fn cell(text: &str, width: usize) -> String {
+    let text = terminal_safe(text);
+    let text = text.as_str();
     let mut s: String = text.chars().take(width).collect();
     if text.chars().count() > width {
         s.pop();

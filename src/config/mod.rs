@@ -269,6 +269,32 @@ impl Config {
         }
     }
 
+    /// A claim on a comment must outlast one write attempt with room for a missed renewal
+    /// (the claim is renewed every third of the lease while a post is in flight), or another
+    /// replica could take the comment over while the write is on the wire and post it again.
+    fn lease_problems(&self, file: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (i, entry) in self.connectors.iter().enumerate() {
+            let timeout = entry
+                .settings
+                .get("http")
+                .and_then(|h| h.get("timeout_secs"))
+                .and_then(toml::Value::as_integer)
+                .map_or(deskbridge_connector::http::HttpSettings::default().timeout_secs, |t| {
+                    t.max(0) as u64
+                });
+            if self.store.lease_secs < timeout.saturating_mul(2) {
+                problems.push(format!(
+                    "{file}: store.lease_secs = {} is shorter than twice connectors[{i}].http.timeout_secs = {timeout} (id {:?}): a claim must outlast one write attempt with room for a missed renewal; raise store.lease_secs to at least {} or lower the timeout",
+                    self.store.lease_secs,
+                    entry.id,
+                    timeout * 2
+                ));
+            }
+        }
+        problems
+    }
+
     /// Builds connectors, mappings, the decision point and the renderer, reporting every
     /// problem at once.
     pub fn build(&self, file: &str) -> anyhow::Result<Built> {
@@ -295,6 +321,7 @@ impl Config {
                 });
             }
         }
+        problems.extend(self.lease_problems(file));
         let decision_point = self
             .decision
             .build(&self.breaker)

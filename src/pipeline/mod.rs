@@ -10,6 +10,7 @@ mod decide;
 mod post;
 
 pub use backfill::Progress;
+pub use decide::request_hash;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +46,11 @@ pub struct Settings {
     pub max_pages_per_pass: usize,
     /// A request undecided this long after it arrived gets one "decision delayed" comment.
     pub delayed_comment_after: Option<Duration>,
+    /// First wait before a failed comment post is tried again (after looking for its marker);
+    /// doubles per attempt.
+    pub post_retry_base: Duration,
+    /// Longest wait between comment post attempts.
+    pub post_retry_max: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +61,8 @@ impl Default for Settings {
             decision_retry_max: Duration::from_secs(600),
             max_pages_per_pass: 1000,
             delayed_comment_after: Some(Duration::from_secs(4 * 3600)),
+            post_retry_base: Duration::from_secs(2),
+            post_retry_max: Duration::from_secs(600),
         }
     }
 }

@@ -31,18 +31,28 @@ enum Attempt {
 
 impl Pipeline {
     pub(super) async fn post_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
+        let mut halted = std::collections::HashSet::new();
         for row in self.store.claim_outbox(self.settings.batch_size, due_before).await? {
             // A post in flight finishes; none starts after a stop. Unposted claims are
             // released by `release_all` on shutdown.
             if self.stopping() {
                 break;
             }
+            // A connector halted during this batch posts nothing more; its rows wait unclaimed.
+            if halted.contains(&row.connector) {
+                self.store.release_comment(&row).await?;
+                continue;
+            }
+            let before = report.connector_errors.len();
             match self.post_row(&row, report).await {
                 Ok(()) => {}
                 Err(e) if super::contended(&e) => {
                     tracing::info!(marker = %row.marker, reason = %e, "another replica took this comment over")
                 }
                 Err(e) => return Err(e),
+            }
+            if report.connector_errors.len() > before {
+                halted.insert(row.connector.clone());
             }
         }
         Ok(())
@@ -114,7 +124,7 @@ impl Pipeline {
                 report.posted += 1;
             }
             Attempt::Failed(e) if e.is_retryable() => {
-                let backoff = crate::backoff::delay(row.attempts, Duration::from_secs(2), Duration::from_secs(600));
+                let backoff = crate::backoff::delay(row.attempts, self.settings.post_retry_base, self.settings.post_retry_max);
                 let retry_in = e.retry_after().map_or(backoff, |after| after.max(backoff));
                 tracing::warn!(error = %e, retry_in_s = retry_in.as_secs(), "posting the comment failed; the next attempt looks for it first");
                 self.store.comment_failed(row, &e.to_string(), retry_in).await?;

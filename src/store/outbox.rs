@@ -58,6 +58,16 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up this replica's claim on a comment without changing it.
+    pub async fn release_comment(&self, row: &OutboxRow) -> anyhow::Result<()> {
+        sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
+            .bind(row.id)
+            .bind(&*self.holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Marks a comment posted (or found already posted).
     pub async fn comment_posted(&self, row: &OutboxRow, comment_id: &CommentId, found_existing: bool) -> anyhow::Result<()> {
         let mut tx = self.begin_write().await?;

@@ -53,7 +53,8 @@ impl Harness {
              [server]\nlisten = \"127.0.0.1:0\"\n\n\
              [[connectors]]\nid = \"snow\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\n\
              base_url = \"{url}\"\npage_size = 200\nlag_secs = 0\n\
-             auth = {{ type = \"basic\", username = \"{user}\", password = \"{password}\" }}\n",
+             auth = {{ type = \"basic\", username = \"{user}\", password = \"{password}\" }}\n\
+             http = {{ timeout_secs = 1 }}\n",
             root = root().display(),
             url = self.sim.base_url(),
             user = INTEGRATION_USER,

@@ -70,6 +70,8 @@ impl TestApp {
         let settings = Settings {
             decision_retry_base: Duration::ZERO,
             decision_retry_max: Duration::ZERO,
+            post_retry_base: Duration::ZERO,
+            post_retry_max: Duration::ZERO,
             ..Settings::default()
         };
         self.pipeline_with_settings(decision_point, settings)

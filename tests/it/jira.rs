@@ -18,11 +18,11 @@ use crate::helpers::{init_tracing, root, shipped_policy};
 
 const SECRET: &str = "jira-webhook-secret";
 
-fn jsm_mapping() -> Mapping {
+pub fn jsm_mapping() -> Mapping {
     Mapping::load(&root().join("mappings/jira/service-management-access.toml")).expect("JSM mapping")
 }
 
-fn jira_config(sim: &Simulator, deployment: Deployment, webhook: bool) -> JiraConfig {
+pub fn jira_config(sim: &Simulator, deployment: Deployment, webhook: bool) -> JiraConfig {
     let auth = match deployment {
         Deployment::Cloud => json!({"type": "basic", "username": INTEGRATION_EMAIL, "password": API_TOKEN}),
         Deployment::DataCenter => json!({"type": "bearer", "token": PAT}),

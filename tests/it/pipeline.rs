@@ -159,10 +159,18 @@ async fn a_comment_posted_before_a_crash_is_not_posted_again() {
         )
         .await
         .expect("post");
-    // A 429 on the next write is waited out, not turned into a duplicate.
+    // A 429 on the next write is not retried blindly: the comment waits out `Retry-After` in
+    // the outbox, and its next attempt looks for the marker first.
     app.sim.inject(Fault::throttle(1), 1, Some("/api/now/table/sc_req_item/"));
     let restarted = app.pipeline();
     let mut after = Report::default();
+    restarted.post_all(&mut after).await.expect("post");
+    assert_eq!(
+        (after.posted, after.failed_posts),
+        (SEEDED_ACCESS_TICKETS.len() - 1, 1),
+        "{after:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     restarted.post_all(&mut after).await.expect("post");
     assert_eq!(after.posted, SEEDED_ACCESS_TICKETS.len());
     assert_one_comment_each(&app);
