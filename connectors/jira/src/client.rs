@@ -378,7 +378,20 @@ impl Connector for Jira {
         });
         let bounds: Vec<String> = run.lower.map(|lower| format!("updated >= {lower}")).into_iter().collect();
         let jql = format!("{} ORDER BY updated ASC, key ASC", self.jql(&bounds));
-        let (issues, next) = self.search(&jql, run.token.as_deref(), run.start_at, &field_list, None).await?;
+        let (issues, next) = match self.search(&jql, run.token.as_deref(), run.start_at, &field_list, None).await {
+            // Cloud page tokens expire (after 7 days), and a search left half-read across an
+            // outage would fail every pass. Restart it just before the newest update read: the
+            // `seen` set drops what was read already, and nothing after it is skipped.
+            Err(ConnectorError::Permanent { message, .. }) if run.token.is_some() => {
+                tracing::warn!(connector = %self.id, error = %message, "the search's page token was refused; restarting the search from its last position");
+                run.token = None;
+                run.lower = run.max_seen.map(|m| m - overlap_ms(self.config.overlap_secs)).or(run.lower);
+                let bounds: Vec<String> = run.lower.map(|lower| format!("updated >= {lower}")).into_iter().collect();
+                let jql = format!("{} ORDER BY updated ASC, key ASC", self.jql(&bounds));
+                self.search(&jql, None, 0, &field_list, None).await?
+            }
+            other => other?,
+        };
         let mut seen: HashSet<(String, i64)> = state.seen.drain(..).collect();
         let mut tickets = Vec::new();
         let mut page_max = None::<i64>;

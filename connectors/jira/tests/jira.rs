@@ -527,3 +527,41 @@ async fn webhook_payloads_only_name_the_issue() {
     );
     assert_eq!(jira.fetch("999999").await.expect("fetch"), None);
 }
+
+#[tokio::test]
+async fn an_expired_page_token_restarts_the_search_where_it_stood() {
+    let sim = Simulator::start(SimConfig {
+        page_token_ttl: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let generated = sim.generate(45);
+    let jira = cloud(&sim, 10);
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let first = jira.poll(&jira.cursor_since(since).expect("cursor")).await.expect("first page");
+    assert!(first.more, "the search has more pages");
+    let mut seen: Vec<String> = first.tickets.iter().map(|t| t.number.clone()).collect();
+    // An outage longer than the token's life: the next page's token has expired.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sim.clear_requests();
+    let mut cursor = first.next;
+    for _ in 0..20 {
+        let page = jira.poll(&cursor).await.expect("the poll resumes instead of failing");
+        seen.extend(page.tickets.iter().map(|t| t.number.clone()));
+        cursor = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    let refused = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/search/jql") && r.json().get("nextPageToken").is_some())
+        .count();
+    assert!(refused >= 1, "the expired token was sent once");
+    for key in &generated {
+        let n = seen.iter().filter(|k| *k == key).count();
+        assert_eq!(n, 1, "{key} read {n} times");
+    }
+}

@@ -299,6 +299,56 @@ impl Connector for ServiceNow {
         Ok(self.tickets(rows).await?.pop())
     }
 
+    /// The credentials work, every table the connector reads is readable, and the integration
+    /// user holds a role that writes the comment field; everything missing is listed at once.
+    async fn check(&self) -> Result<(), ConnectorError> {
+        let mut tables = vec![self.config.table.as_str(), "sys_journal_field"];
+        if self.config.read_variables {
+            tables.push("sc_item_option_mtom");
+        }
+        if self.config.read_approvals {
+            tables.push("sysapproval_approver");
+        }
+        let mut missing = Vec::new();
+        for table in tables {
+            match self.list(table, "", "sys_id", 1, 0).await {
+                Ok(_) => {}
+                Err(ConnectorError::Unauthorized { message, .. }) if message.contains("(403)") => missing.push(format!("read on {table}")),
+                Err(e) => return Err(e),
+            }
+        }
+        let field = format!("{}.{}", self.config.table, self.config.comment_field.as_str());
+        match self.http.auth().username() {
+            Some(user) => {
+                let query = format!(
+                    "user.user_name={user}^state=active^role.nameIN{}",
+                    self.config.write_roles.join(",")
+                );
+                match self.list("sys_user_has_role", &query, "sys_id", 1, 0).await {
+                    Ok(rows) if rows.is_empty() => missing.push(format!(
+                        "write on {field} (user {user} holds none of the roles {})",
+                        self.config.write_roles.join(", ")
+                    )),
+                    Ok(_) => {}
+                    Err(ConnectorError::Unauthorized { message, .. }) if message.contains("(403)") => {
+                        tracing::warn!(connector = %self.id, "sys_user_has_role is not readable: write access on {field} is not verified at start-up");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            None => {
+                tracing::warn!(connector = %self.id, "no user name in the credentials: write access on {field} is not verified at start-up")
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ConnectorError::Unauthorized {
+            connector: self.id.clone(),
+            message: format!("the integration user lacks: {}", missing.join(", ")),
+        })
+    }
+
     fn webhook(&self) -> Option<&WebhookVerifier> {
         self.webhook.as_ref()
     }

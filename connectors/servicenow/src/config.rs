@@ -38,6 +38,10 @@ pub struct ServiceNowConfig {
     /// Read recorded approvals (`sysapproval_approver`) for each page; informational only.
     #[serde(default = "yes")]
     pub read_approvals: bool,
+    /// Roles that give the integration user write access to the comment field; the start-up
+    /// check requires one of them (read from `sys_user_has_role`).
+    #[serde(default = "default_write_roles")]
+    pub write_roles: Vec<String>,
     /// Transport settings.
     #[serde(default)]
     pub http: HttpSettings,
@@ -67,6 +71,10 @@ impl CommentField {
             Self::Comments => "comments",
         }
     }
+}
+
+fn default_write_roles() -> Vec<String> {
+    ["itil", "sn_request_write", "admin"].map(String::from).to_vec()
 }
 
 fn default_table() -> String {

@@ -343,3 +343,30 @@ async fn tls_with_a_configured_ca_works() {
     let trusted = ServiceNow::new("snow", cfg).expect("connector");
     assert_eq!(trusted.poll(&Cursor::start()).await.expect("poll over TLS").tickets.len(), 7);
 }
+
+#[tokio::test]
+async fn the_start_up_check_names_every_missing_right() {
+    let mut sim_config = SimConfig::default();
+    sim_config.users.push(deskbridge_servicenow::simulator::SimUser {
+        username: "narrow.user".into(),
+        password: "narrow".into(),
+        read_only: false,
+        roles: vec!["sn_request_read".into()],
+        unreadable: vec!["sysapproval_approver".into(), "sys_journal_field".into()],
+    });
+    let sim = Simulator::start(sim_config).await.expect("simulator");
+    let good = ServiceNow::new("snow", config(&sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), 100)).expect("connector");
+    good.check().await.expect("the integration user has every right");
+    let narrow = ServiceNow::new("snow", config(&sim, basic("narrow.user", "narrow"), 100)).expect("connector");
+    let err = narrow.check().await.expect_err("rights are missing").to_string();
+    for needle in [
+        "read on sys_journal_field",
+        "read on sysapproval_approver",
+        "write on sc_req_item.work_notes (user narrow.user holds none of the roles itil, sn_request_write, admin)",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+    let refused = ServiceNow::new("snow", config(&sim, basic(INTEGRATION_USER, "wrong"), 100)).expect("connector");
+    let err = refused.check().await.expect_err("bad password").to_string();
+    assert!(err.contains("credentials refused (401)") && !err.contains("wrong"), "{err}");
+}

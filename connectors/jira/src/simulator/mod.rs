@@ -73,6 +73,8 @@ pub struct SimConfig {
     pub field_id_base: u32,
     /// Deliver signed webhooks `(url, secret)` on issue create and update.
     pub webhook: Option<(String, String)>,
+    /// How long a search's `nextPageToken` stays valid (7 days on Cloud).
+    pub page_token_ttl: Duration,
 }
 
 impl Default for SimConfig {
@@ -82,6 +84,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(3600),
             field_id_base: 10_000 + rand::random::<u32>() % 9000,
             webhook: None,
+            page_token_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -339,7 +339,10 @@ async fn search_jql(AxState(state): AxState<Shared>, body: Bytes) -> Response {
     let after = match body.get("nextPageToken").and_then(Value::as_str) {
         None => None,
         Some(token) => match decode_token(token) {
-            Some((position, h)) if h == hash => Some(position),
+            // Tokens expire (after 7 days on Cloud; `page_token_ttl` here).
+            Some((position, h, issued)) if h == hash && now_ms() - issued <= state.config.page_token_ttl.as_millis() as i64 => {
+                Some(position)
+            }
             _ => return bad("The provided next page token is invalid or expired."),
         },
     };
@@ -384,13 +387,14 @@ fn encode_token(last: &Issue, hash: &str) -> String {
         last.id,
         last.status,
         last.summary,
-        hash
+        hash,
+        now_ms()
     ]);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.to_string())
 }
 
 /// The sort position a token stands for, as an issue carrying the sort values.
-fn decode_token(token: &str) -> Option<(Issue, String)> {
+fn decode_token(token: &str) -> Option<(Issue, String, i64)> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
     let v: Value = serde_json::from_slice(&raw).ok()?;
     let position = Issue {
@@ -408,7 +412,7 @@ fn decode_token(token: &str) -> Option<(Issue, String)> {
         custom: BTreeMap::new(),
         comments: Vec::new(),
     };
-    Some((position, v[7].as_str()?.to_owned()))
+    Some((position, v[7].as_str()?.to_owned(), v[8].as_i64()?))
 }
 
 /// The Data Center search window (`jira.search.platform.max.result.window`).

@@ -20,6 +20,8 @@ pub fn reference_target(table: &str, field: &str) -> Option<&'static str> {
         ("sysapproval_approver", "approver") => "sys_user",
         ("sysapproval_approver", "sysapproval") => "sc_req_item",
         ("sys_user_group", "manager") => "sys_user",
+        ("sys_user_has_role", "user") => "sys_user",
+        ("sys_user_has_role", "role") => "sys_user_role",
         _ => return None,
     })
 }

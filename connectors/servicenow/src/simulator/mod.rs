@@ -37,6 +37,10 @@ pub struct SimUser {
     pub password: String,
     /// A user without write access gets 403 on create and update.
     pub read_only: bool,
+    /// Roles held (`sys_user_has_role`), e.g. `itil`.
+    pub roles: Vec<String>,
+    /// Tables this user may not read: listing them answers 403, as an ACL would.
+    pub unreadable: Vec<String>,
 }
 
 /// How the simulated instance behaves.
@@ -69,11 +73,15 @@ impl Default for SimConfig {
                     username: INTEGRATION_USER.into(),
                     password: INTEGRATION_PASSWORD.into(),
                     read_only: false,
+                    roles: vec!["itil".into()],
+                    unreadable: Vec::new(),
                 },
                 SimUser {
                     username: "readonly.user".into(),
                     password: "readonly".into(),
                     read_only: true,
+                    roles: vec!["sn_request_read".into()],
+                    unreadable: Vec::new(),
                 },
             ],
             oauth_clients: vec![(OAUTH_CLIENT.0.into(), OAUTH_CLIENT.1.into())],
@@ -144,6 +152,7 @@ impl Simulator {
         } else {
             seed::seed_reference_data(&mut database);
         }
+        seed::seed_accounts(&mut database, &config.users);
         let state = Arc::new(State {
             db: Mutex::new(database),
             access_tokens: Mutex::new(HashMap::new()),

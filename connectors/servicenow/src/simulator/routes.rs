@@ -26,6 +26,7 @@ type Shared = Arc<State>;
 struct User {
     name: String,
     read_only: bool,
+    unreadable: Vec<String>,
 }
 
 pub(super) fn router(state: Shared) -> Router {
@@ -101,6 +102,7 @@ async fn authenticate(AxState(state): AxState<Shared>, mut request: Request, nex
                     .map(|u| User {
                         name: u.username.clone(),
                         read_only: u.read_only,
+                        unreadable: u.unreadable.clone(),
                     })
             })
     } else if let Some(token) = header.strip_prefix("Bearer ") {
@@ -112,6 +114,7 @@ async fn authenticate(AxState(state): AxState<Shared>, mut request: Request, nex
                 state.config.users.iter().find(|u| &u.username == name).map(|u| User {
                     name: name.clone(),
                     read_only: u.read_only,
+                    unreadable: u.unreadable.clone(),
                 })
             })
     } else {
@@ -158,7 +161,15 @@ fn invalid_table(table: &str) -> Response {
     sn_error(StatusCode::BAD_REQUEST, &format!("Invalid table {table}"), None)
 }
 
-async fn list(AxState(state): AxState<Shared>, Path(table): Path<String>, uri: axum::http::Uri) -> Response {
+async fn list(
+    AxState(state): AxState<Shared>,
+    Extension(user): Extension<User>,
+    Path(table): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    if user.unreadable.contains(&table) {
+        return acl_denied("Read");
+    }
     let query = query_pairs(uri.query());
     let db = lock(&state.db);
     let Some(rows) = db.table(&table) else {

@@ -461,3 +461,44 @@ pub fn generate(db: &mut Db, state: &State, count: usize) -> Vec<String> {
     }
     numbers
 }
+
+/// The simulator's sign-in users as `sys_user` records, with their roles in
+/// `sys_user_has_role`, so a start-up check can read what the integration user may do.
+pub fn seed_accounts(db: &mut Db, users: &[super::SimUser]) {
+    let stamp = (Utc::now() - Duration::days(30)).format("%Y-%m-%d %H:%M:%S").to_string();
+    let mut roles: Vec<&str> = users.iter().flat_map(|u| u.roles.iter().map(String::as_str)).collect();
+    roles.extend(["itil", "admin", "sn_request_read", "sn_request_write"]);
+    roles.sort_unstable();
+    roles.dedup();
+    for (n, role) in roles.iter().enumerate() {
+        db.tables.entry("sys_user_role".into()).or_default().insert(rec(&[
+            ("sys_id", &sid(0x70, n as u32 + 1)),
+            ("name", role),
+            ("sys_updated_on", &stamp),
+        ]));
+    }
+    for (n, user) in users.iter().enumerate() {
+        let user_id = sid(0x71, n as u32 + 1);
+        db.tables.entry("sys_user".into()).or_default().insert(rec(&[
+            ("sys_id", &user_id),
+            ("user_name", &user.username),
+            ("name", &user.username),
+            ("active", "true"),
+            ("sys_updated_on", &stamp),
+        ]));
+        for (m, role) in user.roles.iter().enumerate() {
+            let role_id = roles
+                .iter()
+                .position(|r| r == role)
+                .map(|p| sid(0x70, p as u32 + 1))
+                .unwrap_or_default();
+            db.tables.entry("sys_user_has_role".into()).or_default().insert(rec(&[
+                ("sys_id", &sid(0x72, (n * 100 + m) as u32 + 1)),
+                ("user", &user_id),
+                ("role", &role_id),
+                ("state", "active"),
+                ("sys_updated_on", &stamp),
+            ]));
+        }
+    }
+}
