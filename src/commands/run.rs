@@ -21,6 +21,13 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
     let built = config.build(&config_path.display().to_string())?;
     // One worker per SQLite file: a second `serve` or `sync` on the same file is refused.
     let store = Store::from_config(&config.store).await?.exclusive()?;
+    // Rotating OAuth refresh tokens live in the store, so replicas share one token chain.
+    let vault: Arc<dyn deskbridge_connector::auth::TokenVault> = Arc::new(store.token_vault());
+    for instance in &built.instances {
+        if let Some(auth) = instance.connector.auth() {
+            auth.share_tokens(vault.clone(), &format!("oauth:{}", instance.connector.id()));
+        }
+    }
     let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings).with_shadow(built.shadow);
     // Credentials, permissions and custom fields are checked before anything runs.
     let problems = pipeline.check_connectors().await;

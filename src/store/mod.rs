@@ -17,6 +17,7 @@ mod parking;
 mod reads;
 #[doc(hidden)]
 pub mod testing;
+mod tokens;
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use sqlx::{AnyPool, ConnectOptions as _, Executor as _};
 
 pub use audit::{AuditRecord, Event};
 pub use parking::{Halt, Parked, Retried};
+pub use tokens::StoreVault;
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");

@@ -10,6 +10,7 @@ mod exactly_once;
 mod helpers;
 mod jira;
 mod mapping_fixtures;
+mod oauth_chain;
 mod one_writer;
 mod pdp;
 mod pdp_servers;

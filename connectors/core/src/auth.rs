@@ -108,6 +108,33 @@ pub struct OAuthRefresh {
     initial_refresh: SecretString,
     state_file: std::path::PathBuf,
     token: Mutex<Option<Token>>,
+    vault: std::sync::OnceLock<(std::sync::Arc<dyn TokenVault>, String)>,
+}
+
+/// A shared place for one rotating refresh-token chain, so any number of replicas (processes)
+/// use one chain instead of each rotating the others' tokens away. deskbridge's store
+/// implements it (a row locked for the rotation).
+#[async_trait::async_trait]
+pub trait TokenVault: Send + Sync {
+    /// Locks the chain `name`, waiting while another holder rotates it, and returns what it
+    /// holds. Dropping the guard without [`VaultGuard::save`] leaves the chain as it was.
+    async fn lock(&self, name: &str) -> Result<Box<dyn VaultGuard>, String>;
+}
+
+/// The locked chain.
+#[async_trait::async_trait]
+pub trait VaultGuard: Send {
+    /// The current refresh token; `None` before the first rotation (the configured one is used).
+    fn refresh_token(&self) -> Option<SecretString>;
+    /// An access token another holder obtained, with its expiry.
+    fn access_token(&self) -> Option<(SecretString, chrono::DateTime<chrono::Utc>)>;
+    /// Stores the rotated tokens and releases the lock.
+    async fn save(
+        self: Box<Self>,
+        refresh: &SecretString,
+        access: &SecretString,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), String>;
 }
 
 impl std::fmt::Debug for Auth {
@@ -173,6 +200,7 @@ impl Auth {
                     initial_refresh: refresh_token.clone(),
                     state_file: state_file.clone(),
                     token: Mutex::new(None),
+                    vault: std::sync::OnceLock::new(),
                 }))
             }
         })
@@ -184,6 +212,16 @@ impl Auth {
             Self::None | Self::Bearer(_) | Self::OAuthRefresh(_) => None,
             Self::Basic { username, .. } => Some(username),
             Self::OAuth(o) => Some(&o.username),
+        }
+    }
+
+    /// Keeps a rotating refresh token's chain in `vault` under `name` instead of only in the
+    /// state file, so replicas share it. No effect on other credentials. Returns whether the
+    /// credentials use the vault.
+    pub fn share_tokens(&self, vault: std::sync::Arc<dyn TokenVault>, name: &str) -> bool {
+        match self {
+            Self::OAuthRefresh(o) => o.vault.set((vault, name.to_owned())).is_ok(),
+            _ => false,
         }
     }
 
@@ -356,26 +394,16 @@ impl OAuthRefresh {
         if let Some(access) = still_valid(guard.as_ref()) {
             return Ok(access);
         }
+        if let Some((vault, name)) = self.vault.get() {
+            let token = self.rotate_in_vault(vault.as_ref(), name, connector, http).await?;
+            let access = token.access.clone();
+            *guard = Some(token);
+            return Ok(access);
+        }
         // The state file is the source of truth, so a restart (or a sibling process sharing
         // the file) never reuses a token that was already rotated away.
         let refresh = self.current_refresh(connector)?;
-        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
-            .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_owned()))
-            .set_token_uri(self.token_url.clone())
-            .set_auth_type(AuthType::RequestBody);
-        let response = client
-            .exchange_refresh_token(&RefreshToken::new(refresh.expose_secret().to_owned()))
-            .request_async(http)
-            .await
-            .map_err(|e| match token_error(connector, e) {
-                ConnectorError::Unauthorized { connector, message } => ConnectorError::Unauthorized {
-                    connector,
-                    message: format!(
-                        "{message}; the refresh token is no longer valid: an admin must grant consent again and set auth.refresh_token"
-                    ),
-                },
-                other => other,
-            })?;
+        let response = self.exchange(&refresh, connector, http).await?;
         // Rotation: the old refresh token is dead from now on. Keep the new one on disk before
         // anything uses the new access token; if that fails, fail the call.
         let refresh = match response.refresh_token() {
@@ -393,6 +421,75 @@ impl OAuthRefresh {
             expires_at: Instant::now() + lifetime,
         });
         Ok(access)
+    }
+
+    /// One rotation under the vault's lock: another replica's fresh access token is reused;
+    /// otherwise the chain's current refresh token is exchanged and the new pair saved before
+    /// the lock is released. A failed exchange leaves the chain untouched.
+    async fn rotate_in_vault(
+        &self,
+        vault: &dyn TokenVault,
+        name: &str,
+        connector: &str,
+        http: &reqwest::Client,
+    ) -> Result<Token, ConnectorError> {
+        let vault_error = |e: String| ConnectorError::Transient {
+            connector: connector.to_owned(),
+            message: format!("shared OAuth token store: {e}"),
+        };
+        let locked = vault.lock(name).await.map_err(vault_error)?;
+        let now = chrono::Utc::now();
+        if let Some((access, expires_at)) = locked.access_token().filter(|(_, at)| *at > now + chrono::Duration::seconds(30)) {
+            let left = (expires_at - now).to_std().unwrap_or(Duration::ZERO);
+            return Ok(Token {
+                access,
+                refresh: locked.refresh_token(),
+                expires_at: Instant::now() + left,
+            });
+        }
+        let refresh = match locked.refresh_token() {
+            Some(r) => r,
+            None => self.current_refresh(connector)?,
+        };
+        let response = self.exchange(&refresh, connector, http).await?;
+        let refresh = response
+            .refresh_token()
+            .map(|r| SecretString::from(r.secret().to_owned()))
+            .unwrap_or(refresh);
+        let lifetime = response.expires_in().unwrap_or(Duration::from_secs(3600));
+        let access = SecretString::from(response.access_token().secret().to_owned());
+        let expires_at = now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1));
+        locked.save(&refresh, &access, expires_at).await.map_err(vault_error)?;
+        Ok(Token {
+            access,
+            refresh: Some(refresh),
+            expires_at: Instant::now() + lifetime,
+        })
+    }
+
+    async fn exchange(
+        &self,
+        refresh: &SecretString,
+        connector: &str,
+        http: &reqwest::Client,
+    ) -> Result<oauth2::basic::BasicTokenResponse, ConnectorError> {
+        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_owned()))
+            .set_token_uri(self.token_url.clone())
+            .set_auth_type(AuthType::RequestBody);
+        client
+            .exchange_refresh_token(&RefreshToken::new(refresh.expose_secret().to_owned()))
+            .request_async(http)
+            .await
+            .map_err(|e| match token_error(connector, e) {
+                ConnectorError::Unauthorized { connector, message } => ConnectorError::Unauthorized {
+                    connector,
+                    message: format!(
+                        "{message}; the refresh token is no longer valid: an admin must grant consent again and set auth.refresh_token"
+                    ),
+                },
+                other => other,
+            })
     }
 }
 

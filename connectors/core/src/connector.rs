@@ -43,6 +43,12 @@ pub trait Connector: Send + Sync {
     /// The markup of the field comments are written to.
     fn markup(&self) -> &dyn Markup;
 
+    /// The credentials in use, so the service can share a rotating token chain between
+    /// replicas ([`crate::auth::Auth::share_tokens`]).
+    fn auth(&self) -> Option<&crate::auth::Auth> {
+        None
+    }
+
     /// A cursor from which [`Connector::poll`] reads every ticket updated at or after `since`
     /// (for backfills). Connectors that cannot start at a time say so.
     fn cursor_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<Cursor, ConnectorError> {

@@ -503,6 +503,10 @@ impl Connector for Jira {
         self.find_marker(key, marker).await
     }
 
+    fn auth(&self) -> Option<&Auth> {
+        Some(self.http.auth())
+    }
+
     fn markup(&self) -> &dyn Markup {
         match (self.config.deployment, self.config.comments.api) {
             (Deployment::Cloud, CommentApi::Platform) => &AdfMarkup,

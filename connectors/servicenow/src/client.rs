@@ -274,6 +274,10 @@ impl Connector for ServiceNow {
         self.find_journal(key, marker).await
     }
 
+    fn auth(&self) -> Option<&Auth> {
+        Some(self.http.auth())
+    }
+
     fn markup(&self) -> &dyn Markup {
         &JournalMarkup
     }

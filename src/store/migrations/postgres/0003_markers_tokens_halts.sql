@@ -5,12 +5,15 @@ CREATE TABLE installation (
     value  TEXT NOT NULL
 );
 
--- The current OAuth refresh token of each connector using rotating refresh tokens, shared by
--- every replica and rotated under a row lock: one token chain, however many replicas.
+-- The current OAuth tokens of each connector using rotating refresh tokens, shared by every
+-- replica and rotated under a row lock: one token chain, however many replicas. Empty until
+-- the first rotation (the configured refresh token is used then).
 CREATE TABLE oauth_tokens (
     name           TEXT PRIMARY KEY,
-    refresh_token  TEXT NOT NULL,
-    rotated_at     TEXT NOT NULL
+    refresh_token  TEXT,
+    access_token   TEXT,
+    expires_at     TEXT,
+    rotated_at     TEXT
 );
 
 -- Connectors whose writes the ITSM refused (401/403): nothing more is posted through them
