@@ -158,6 +158,12 @@ pub struct PipelineConfig {
     /// A request still undecided this many seconds after it arrived gets one "decision
     /// delayed" comment (not one per retry). Off when absent.
     pub decision_delayed_comment_after_secs: Option<u64>,
+    /// First wait before a failed comment post is tried again, in seconds; doubles per
+    /// attempt. Every attempt first looks for the comment on the ticket (an earlier attempt
+    /// may have landed and lost its answer), then writes once.
+    pub post_retry_base_secs: u64,
+    /// Longest wait between comment post attempts, in seconds.
+    pub post_retry_max_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -169,6 +175,8 @@ impl Default for PipelineConfig {
             decision_retry_max_secs: 600,
             comment_template: None,
             decision_delayed_comment_after_secs: Some(4 * 3600),
+            post_retry_base_secs: 2,
+            post_retry_max_secs: 600,
         }
     }
 }
@@ -348,6 +356,8 @@ impl Config {
                     decision_retry_base: Duration::from_secs(self.pipeline.decision_retry_base_secs),
                     decision_retry_max: Duration::from_secs(self.pipeline.decision_retry_max_secs),
                     delayed_comment_after: self.pipeline.decision_delayed_comment_after_secs.map(Duration::from_secs),
+                    post_retry_base: Duration::from_secs(self.pipeline.post_retry_base_secs),
+                    post_retry_max: Duration::from_secs(self.pipeline.post_retry_max_secs),
                     ..Settings::default()
                 },
             }),

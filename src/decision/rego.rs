@@ -91,13 +91,13 @@ impl RegoDecisionPoint {
             Some(v) => format!("{v} (sha256:{})", &digest[..12]),
             None => format!("sha256:{}", &digest[..12]),
         };
-        let program = engine
-            .clone()
-            .compile_with_entrypoint(&regorus::Rc::from(entrypoint.as_str()))
-            .map_err(|e| e.to_string())
-            .and_then(|compiled| Compiler::compile_from_policy(&compiled, &[entrypoint.as_str()]).map_err(|e| e.to_string()))
-            .map_err(|e| tracing::info!(error = %e, "the policy runs in the regorus interpreter (the RVM compiler declined it)"))
-            .ok();
+        // Decisions run in regorus's interpreter, which follows OPA's semantics. The register VM
+        // (regorus 0.14.1) answers differently for a common pattern — a rule with an `else`
+        // default whose body looks a key up in a map (`owner := o if { o := m[k] } else := "x"`)
+        // comes out undefined when the key is absent — so the shipped policy's review of an
+        // unlisted system became a deny. The compiled program is opt-in (`with_vm`) for
+        // benchmarks and differential tests only.
+        let program = None;
         Ok(Self {
             template: engine,
             idle: Mutex::new(Vec::new()),
@@ -111,9 +111,24 @@ impl RegoDecisionPoint {
         })
     }
 
-    /// Evaluates with the interpreter only (to hold the RVM to the interpreter's answers).
+    /// Evaluates with the interpreter only (the default).
     pub fn interpreter_only(mut self) -> Self {
         self.program = None;
+        self
+    }
+
+    /// Evaluates on regorus's register VM instead of the interpreter, when the policy compiles
+    /// for it. Not used for decisions: see [`RegoDecisionPoint::from_sources`].
+    pub fn with_vm(mut self) -> Self {
+        let entrypoint = self.entrypoint.clone();
+        self.program = self
+            .template
+            .clone()
+            .compile_with_entrypoint(&regorus::Rc::from(entrypoint.as_str()))
+            .map_err(|e| e.to_string())
+            .and_then(|compiled| Compiler::compile_from_policy(&compiled, &[entrypoint.as_str()]).map_err(|e| e.to_string()))
+            .map_err(|e| tracing::info!(error = %e, "the RVM compiler declined the policy"))
+            .ok();
         self
     }
 
@@ -334,7 +349,7 @@ mod tests {
             entrypoint: "data.deskbridge.access.decision".into(),
             timeout: Duration::from_millis(100),
         };
-        let compiled = RegoDecisionPoint::load(&settings).expect("loads");
+        let compiled = RegoDecisionPoint::load(&settings).expect("loads").with_vm();
         assert!(compiled.compiled(), "the shipped policy compiles for the RVM");
         let interpreted = RegoDecisionPoint::load(&settings).expect("loads").interpreter_only();
         let base = serde_json::json!({
@@ -385,6 +400,30 @@ mod tests {
                 "{input}"
             );
         }
+    }
+
+    #[test]
+    fn decisions_follow_opa_semantics_for_an_unlisted_system() {
+        // Found by the fault soak: the register VM answered the default deny here.
+        let dp = RegoDecisionPoint::load(&RegoSettings {
+            policies: vec![policy_dir().join("access.rego")],
+            entrypoint: "data.deskbridge.access.decision".into(),
+            timeout: Duration::from_millis(100),
+        })
+        .expect("loads");
+        assert!(!dp.compiled(), "decisions run in the interpreter");
+        let input = serde_json::json!({
+            "approver_context": {"assignment_group": null, "itsm_approval": "requested", "itsm_state": "open", "named_approver": "david.loo@example.com", "recorded": []},
+            "attributes": {}, "beneficiary": {"display_name": "David Loo", "id": "david.loo@example.com", "type": "person"},
+            "duration_days": 30, "entitlement": {"id": "role-3", "name": "role-3", "privileged": false}, "expires_at": null,
+            "justification": "Generated for a load test.", "kind": "grant", "nhi": null,
+            "requester": {"display_name": "David Loo", "email": "david.loo@example.com", "id": "david.loo@example.com"},
+            "source": {"connector": "jsm", "key": "10011", "number": "ACC-11", "url": "u", "version": "1"},
+            "target": {"environment": "staging", "system": "confluence"}, "urgency": null
+        });
+        let answer = dp.evaluate(&input).expect("decides");
+        assert_eq!(answer["outcome"], "review", "{answer}");
+        assert_eq!(answer["route_to"], "IAM Governance", "{answer}");
     }
 
     #[test]

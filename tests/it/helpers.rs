@@ -140,3 +140,14 @@ pub fn fixtures() -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A child process killed when the test ends, even when it panics (a `serve` left running
+/// would hold the test runner's output open).
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

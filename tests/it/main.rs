@@ -16,3 +16,4 @@ mod pdp;
 mod pdp_servers;
 mod pipeline;
 mod policy;
+mod soak;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use deskbridge::store::Store;
 use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
 
-use crate::helpers::root;
+use crate::helpers::{root, Killed};
 
 fn config(dir: &Path, sim: &Simulator, extra_store: &str) -> PathBuf {
     let path = dir.join("deskbridge.toml");
@@ -32,17 +32,6 @@ fn config(dir: &Path, sim: &Simulator, extra_store: &str) -> PathBuf {
     )
     .expect("write config");
     path
-}
-
-/// A child process killed when the test ends, even when it panics (a `serve` left running
-/// would hold the test runner's output open).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn deskbridge(args: &[&str], config: &Path) -> Command {
