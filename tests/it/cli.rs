@@ -278,6 +278,27 @@ async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
         ),
     )
     .expect("write");
+    // Refused at start-up: the start-up check names the connector and nothing runs.
+    let refused = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || deskbridge().args(["serve", "--config"]).arg(&config).output().expect("runs"))
+            .await
+            .expect("join")
+    };
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("start-up check failed") && stderr.contains("connector snow-serve: credentials refused (401)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("password = \"wrong\""), "{stderr}");
+    // Credentials revoked while serve runs: /status says so.
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replace("password = \"wrong\"", &format!("password = \"{INTEGRATION_PASSWORD}\"")),
+    )
+    .expect("write");
     let mut child = deskbridge()
         .args(["serve", "--config"])
         .arg(&config)
@@ -285,11 +306,20 @@ async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
         .spawn()
         .expect("serve starts");
     let mut status = serde_json::Value::Null;
+    let mut revoked = false;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/status")).await {
             status = r.json().await.expect("json");
-            if !status["last_pass"].is_null() {
+            if !status["last_pass"].is_null() && !revoked {
+                sim.inject(
+                    deskbridge_servicenow::simulator::Fault::Status(401),
+                    10_000,
+                    Some("/api/now/table/sc_req_item"),
+                );
+                revoked = true;
+            }
+            if status["last_pass"]["connector_errors"].to_string().contains("401") {
                 break;
             }
         }
