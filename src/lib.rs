@@ -3,9 +3,11 @@
 
 pub mod audit;
 mod backoff;
+pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod decision;
+pub mod directory;
 pub mod mapping;
 pub mod pipeline;
 pub mod registry;

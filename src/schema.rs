@@ -199,6 +199,123 @@ pub struct AccessRequest {
     pub nhi: Option<NhiDetails>,
     /// Further attributes the mapping extracts.
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// What the entitlement catalog says about the ask. Set by deskbridge's enrichment step
+    /// from the admin-owned catalog, never by a mapping or a ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogFacts>,
+    /// What the identity directory says about the people involved. Set by enrichment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<DirectoryFacts>,
+    /// What the ticket claimed about facts the catalog owns, kept as evidence only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Claims>,
+}
+
+/// The catalog's entry for the requested system and entitlement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogFacts {
+    /// `version (sha256:…)` of the catalog used.
+    pub version: String,
+    /// Who approves: the system's owner, or the catalog's default owner for what it does not know.
+    pub owner: String,
+    /// The system, when the catalog knows it.
+    pub system: Option<CatalogSystem>,
+    /// The entitlement, when the catalog knows it.
+    pub entitlement: Option<CatalogEntitlement>,
+}
+
+/// A system as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSystem {
+    /// Canonical id.
+    pub id: String,
+    /// Where it runs.
+    pub environment: String,
+    /// Its control-owner group.
+    pub owner: String,
+}
+
+/// An entitlement as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntitlement {
+    /// Canonical id.
+    pub id: String,
+    /// `standard`, `sensitive` or `privileged`.
+    pub tier: String,
+    /// The longest it may be held.
+    pub max_duration_days: u32,
+    /// Whether non-human identities may hold it.
+    pub nhi_allowed: bool,
+    /// Separation-of-duties conflicts.
+    pub conflicts: Vec<CatalogConflict>,
+    /// The directory group that represents it.
+    pub group: Option<String>,
+}
+
+/// A conflict with another entitlement (`system/entitlement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConflict {
+    /// `system/entitlement`.
+    pub with: String,
+    /// Whether a control owner may accept it.
+    pub mitigable: bool,
+}
+
+/// The directory's answers about the people a request involves. `None` for a person means the
+/// directory does not know them (or nobody was named).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryFacts {
+    /// Which directory answered.
+    pub source: String,
+    /// The requester.
+    pub requester: Option<IdentityFacts>,
+    /// The beneficiary.
+    pub beneficiary: Option<IdentityFacts>,
+    /// The named approver, when the ticket names one.
+    pub approver: Option<IdentityFacts>,
+    /// The accountable owner of a non-human beneficiary, when named.
+    pub nhi_owner: Option<IdentityFacts>,
+}
+
+/// One identity as the directory holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFacts {
+    /// Its user name in the directory.
+    pub user_name: String,
+    /// Whether the account is active.
+    pub active: bool,
+    /// `Employee`, `Contractor`, `ServiceAccount`, …
+    pub user_type: Option<String>,
+    /// Department (Enterprise User extension).
+    pub department: Option<String>,
+    /// The manager's user name.
+    pub manager: Option<String>,
+    /// Employee number.
+    pub employee_number: Option<String>,
+    /// Directory groups held (display names).
+    pub groups: Vec<String>,
+    /// Catalog entitlements those groups represent (`system/entitlement`).
+    pub entitlements: Vec<String>,
+}
+
+/// What the ticket said about facts the catalog owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    /// The system as typed.
+    pub system: String,
+    /// The entitlement as typed.
+    pub entitlement: String,
+    /// Whether the ticket said it is privileged.
+    pub privileged: bool,
+    /// The environment the ticket named.
+    pub environment: Environment,
 }
 
 /// One field the mapping could not fill.

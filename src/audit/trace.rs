@@ -74,6 +74,50 @@ fn summary(kind: &str, p: &Value) -> String {
             }
         ),
         "comment_failed" => format!("{}: {}", s(&p["marker"]), s(&p["error"])),
+        "enriched" => {
+            let person = |who: &str| {
+                let f = &p["context"][who];
+                if f.is_null() {
+                    format!("{who} unknown")
+                } else {
+                    format!(
+                        "{who} {} ({})",
+                        s(&f["user_name"]),
+                        if f["active"] == Value::Bool(true) { "active" } else { "inactive" }
+                    )
+                }
+            };
+            let understated: Vec<String> = p["understated"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|u| {
+                            format!(
+                                "{} claimed {} (catalog: {})",
+                                s(&u["claim"]),
+                                s(&u["ticket_said"]),
+                                s(&u["catalog_says"])
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "catalog {}: {} tier {}, owner {}; directory {}: {}, {}{}",
+                s(&p["catalog"]["version"]),
+                s(&p["catalog"]["entitlement"]["id"]),
+                s(&p["catalog"]["entitlement"]["tier"]),
+                s(&p["catalog"]["owner"]),
+                s(&p["context"]["source"]),
+                person("requester"),
+                person("beneficiary"),
+                if understated.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", understated.join("; "))
+                }
+            )
+        }
         _ => p.to_string(),
     }
 }

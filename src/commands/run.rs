@@ -28,7 +28,9 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
             auth.share_tokens(vault.clone(), &format!("oauth:{}", instance.connector.id()));
         }
     }
-    let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings).with_shadow(built.shadow);
+    let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings)
+        .with_shadow(built.shadow)
+        .with_enricher(built.enricher);
     // Credentials, permissions and custom fields are checked before anything runs.
     let problems = pipeline.check_connectors().await;
     if !problems.is_empty() {
@@ -151,7 +153,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     });
     let interval = Duration::from_secs(config.pipeline.poll_interval_secs);
     let worker = tokio::spawn(work(pipeline.clone(), Arc::new(config), interval, rx, wake));
+    let reloader = tokio::spawn(reload_on_sighup(pipeline.clone()));
     shutdown_signal().await;
+    reloader.abort();
     stop(&pipeline, &tx, worker).await?;
     server.await??;
     Ok(())
@@ -302,6 +306,7 @@ async fn work(
     wake: Arc<tokio::sync::Notify>,
 ) {
     loop {
+        reload_catalog(&pipeline, false);
         match pipeline.run_once().await {
             Ok(_) if pipeline.stopping() => return,
             Ok(report) => tracing::info!(summary = %summarize(&report), "pass complete"),
@@ -317,6 +322,33 @@ async fn work(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Reloads the catalog when it changed (every pass) or on SIGHUP (always). A broken edit keeps
+/// the catalog in use and says why.
+fn reload_catalog(pipeline: &Pipeline, force: bool) {
+    let Some(enricher) = pipeline.enricher() else { return };
+    match enricher.catalog.reload_if_changed(force) {
+        Ok(Some(label)) => tracing::info!(catalog = %label, "catalog loaded"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), in_use = %enricher.catalog.get().label(), "the edited catalog is invalid; the previous catalog stays in use")
+        }
+    }
+}
+
+async fn reload_on_sighup(pipeline: Arc<Pipeline>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload_catalog(&pipeline, true);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = pipeline;
 }
 
 async fn shutdown_signal() {

@@ -39,8 +39,24 @@ pub struct Config {
     /// Circuit breaker for remote decision points.
     #[serde(default)]
     pub breaker: crate::decision::breaker::BreakerConfig,
+    /// The entitlement catalog the policy's facts come from. Without one, every request is
+    /// "not in the catalog" and reviewed.
+    #[serde(default)]
+    pub catalog: Option<CatalogConfig>,
+    /// The identity directory. Without one, identities are unverified and requests reviewed.
+    #[serde(default)]
+    pub directory: Option<crate::directory::DirectoryConfig>,
     /// ITSM instances.
     pub connectors: Vec<ConnectorEntry>,
+}
+
+/// `[catalog]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// The catalog file (`examples/catalog.toml` shows one). `serve` reloads it when it changes
+    /// and on SIGHUP; a broken edit keeps the catalog in use and logs why.
+    pub path: PathBuf,
 }
 
 /// `[store]`: exactly one of `path` or `url`.
@@ -240,6 +256,8 @@ pub struct Built {
     pub renderer: CommentRenderer,
     /// Pipeline settings.
     pub settings: Settings,
+    /// The catalog and directory, when configured.
+    pub enricher: Option<Arc<crate::pipeline::enrich::Enricher>>,
 }
 
 impl Config {
@@ -271,6 +289,12 @@ impl Config {
         }
         if let Some(t) = &mut self.pipeline.comment_template {
             fix(t);
+        }
+        if let Some(c) = &mut self.catalog {
+            fix(&mut c.path);
+        }
+        if let Some(d) = &mut self.directory {
+            d.rebase(base);
         }
         for c in &mut self.connectors {
             fix(&mut c.mapping);
@@ -345,12 +369,34 @@ impl Config {
         let renderer = CommentRenderer::new(self.pipeline.comment_template.as_deref())
             .map_err(|e| problems.push(format!("{file}: pipeline.comment_template: {e:#}")))
             .ok();
+        let catalog = match &self.catalog {
+            Some(c) => crate::pipeline::enrich::CatalogHandle::load(&c.path)
+                .map_err(|e| problems.push(format!("{file}: catalog: {e:#}")))
+                .ok(),
+            None => None,
+        };
+        let directory = match &self.directory {
+            Some(d) => d.build().map_err(|e| problems.push(format!("{file}: directory: {e:#}"))).ok(),
+            None => None,
+        };
+        if catalog.is_none() && directory.is_some() && problems.is_empty() {
+            problems.push(format!(
+                "{file}: directory: a [catalog] is needed too (it maps directory groups to entitlements)"
+            ));
+        }
+        let enricher = catalog.map(|catalog| {
+            Arc::new(crate::pipeline::enrich::Enricher {
+                catalog: Arc::new(catalog),
+                directory,
+            })
+        });
         match (decision_point, renderer) {
             (Some(decision_point), Some(renderer)) if problems.is_empty() => Ok(Built {
                 instances,
                 decision_point,
                 shadow,
                 renderer,
+                enricher,
                 settings: Settings {
                     batch_size: self.pipeline.batch_size.max(1),
                     decision_retry_base: Duration::from_secs(self.pipeline.decision_retry_base_secs),

@@ -188,6 +188,41 @@ impl Pipeline {
             report.settled += 1;
             return Ok(());
         }
+        // The ask is the ticket's; the facts come from the catalog and the directory.
+        let mut enriched = None;
+        let mut normalized_json = normalized_json;
+        if let (Ok(ask), Some(enricher)) = (request, &self.enricher) {
+            let mut request = ask.clone();
+            match enricher.enrich(&mut request).await {
+                Ok(understated) => {
+                    let found: Vec<serde_json::Value> = understated
+                        .iter()
+                        .map(|u| json!({"claim": u.claim, "ticket_said": u.said, "catalog_says": u.catalog}))
+                        .collect();
+                    evidence.push((
+                        Event::Enriched,
+                        json!({"catalog": request.catalog, "context": request.context, "claims": request.claims, "understated": found}),
+                    ));
+                    normalized_json = serde_json::to_value(Normalized::AccessRequest {
+                        request: Box::new(request.clone()),
+                    })?;
+                    enriched = Some(request);
+                }
+                Err(e) => {
+                    // Fail closed: a source of facts that cannot answer leaves the request pending.
+                    let delay = crate::backoff::delay(row.attempts, self.settings.decision_retry_base, self.settings.decision_retry_max);
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "enrichment failed; request stays pending");
+                    self.store.decision_failed(row, &normalized_json, &e, delay).await?;
+                    self.maybe_delayed_comment(row, &hash).await?;
+                    report.failed_decisions += 1;
+                    return Ok(());
+                }
+            }
+        }
+        let request = match (&enriched, request) {
+            (Some(e), _) => Ok(e),
+            (None, r) => r,
+        };
         let decided = match request {
             Err(problems) => incomplete_decision(&instance.mapping, problems),
             Ok(request) => match self.decision_point.decide(request).await {

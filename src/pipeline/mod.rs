@@ -7,6 +7,7 @@
 
 mod backfill;
 mod decide;
+pub mod enrich;
 mod post;
 
 pub use backfill::Progress;
@@ -102,6 +103,7 @@ pub struct Pipeline {
     settings: Settings,
     last_report: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, Report)>>,
     stopping: AtomicBool,
+    enricher: Option<Arc<enrich::Enricher>>,
 }
 
 impl Pipeline {
@@ -125,7 +127,20 @@ impl Pipeline {
             settings,
             last_report: std::sync::Mutex::new(None),
             stopping: AtomicBool::new(false),
+            enricher: None,
         }
+    }
+
+    /// Decides on facts from the entitlement catalog and the identity directory (see
+    /// [`enrich`]); without it, requests carry no facts and the policy reviews them.
+    pub fn with_enricher(mut self, enricher: Option<Arc<enrich::Enricher>>) -> Self {
+        self.enricher = enricher;
+        self
+    }
+
+    /// The enricher, when one is configured (for catalog reloads).
+    pub fn enricher(&self) -> Option<&Arc<enrich::Enricher>> {
+        self.enricher.as_ref()
     }
 
     /// Evaluates `shadow` beside the primary decision point for every request; it never

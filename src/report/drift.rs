@@ -49,6 +49,7 @@ pub const KINDS: &[&str] = &[
     "repeated_request",
     "nhi_without_owner_or_expiry",
     "approved_without_expiry",
+    "claim_understates_catalog",
 ];
 
 fn text(v: &Value) -> Option<String> {
@@ -117,6 +118,23 @@ pub async fn drift(store: &Store, options: &Options) -> anyhow::Result<Vec<Findi
                     text(&ctx["itsm_approval"]).unwrap_or_default()
                 ),
             );
+        }
+        // What the requester typed about the facts, against the catalog.
+        let (claims, catalog) = (&request["claims"], &request["catalog"]);
+        if !claims.is_null() && request["kind"] != "revoke" {
+            let mut understated = Vec::new();
+            if claims["privileged"] == Value::Bool(false) && catalog["entitlement"]["tier"] == "privileged" {
+                understated.push("the ticket said not privileged; the catalog says privileged".to_owned());
+            }
+            if claims["environment"] != "prod" && catalog["system"]["environment"] == "prod" {
+                understated.push(format!(
+                    "the ticket said {}; the catalog says the system runs in prod",
+                    text(&claims["environment"]).unwrap_or_default()
+                ));
+            }
+            if !understated.is_empty() {
+                add("claim_understates_catalog", understated.join("; "));
+            }
         }
         let requester = text(&request["requester"]["id"]).unwrap_or_default();
         let named = text(&ctx["named_approver"]);

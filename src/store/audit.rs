@@ -43,6 +43,9 @@ pub enum Event {
     ConnectorHalted,
     /// An admin asked for parked work to be tried again.
     RetryRequested,
+    /// The facts a decision rests on: catalog entries, directory answers, and what the ticket
+    /// claimed (with any claim that understates the catalog).
+    Enriched,
 }
 
 impl Event {
@@ -62,6 +65,7 @@ impl Event {
             Self::Parked => "parked",
             Self::ConnectorHalted => "connector_halted",
             Self::RetryRequested => "retry_requested",
+            Self::Enriched => "enriched",
         }
     }
 }

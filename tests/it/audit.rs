@@ -231,7 +231,10 @@ async fn trace_shows_raw_normalized_decision_and_comment_with_hashes() {
     .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
     assert!(
-        text.contains("raw sha256 ") && text.contains("review → SAP Access Owners"),
+        text.contains("raw sha256 ")
+            && text.contains("deny")
+            && text.contains("catalog 2026.12.1 (sha256:")
+            && text.contains("beneficiary beth.anglin (active)"),
         "{text}"
     );
     let missing = deskbridge()

@@ -29,7 +29,7 @@ async fn each_drift_case_is_found() {
     pipeline.run_once().await.expect("pass");
 
     let findings = drift(&app.store, &Options::default()).await.expect("report");
-    assert!(kinds_for(&findings, "RITM0010002").contains(&"approved_in_itsm_without_policy_approve"));
+    assert!(kinds_for(&findings, "RITM0010002").contains(&"itsm_approval_disagrees_with_decision"));
     assert!(kinds_for(&findings, "RITM0010003").contains(&"approved_in_itsm_without_policy_approve"));
     assert!(!kinds_for(&findings, "RITM0010006").contains(&"approved_in_itsm_without_policy_approve"));
     assert!(kinds_for(&findings, "RITM0010001").contains(&"itsm_approval_disagrees_with_decision"));

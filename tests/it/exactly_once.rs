@@ -63,6 +63,7 @@ fn servicenow_pipeline(app: &TestApp) -> Pipeline {
         CommentRenderer::new(None).expect("template"),
         fast_settings(),
     )
+    .with_enricher(Some(crate::helpers::example_enricher()))
 }
 
 async fn found_existing(store: &Store) -> usize {
@@ -133,7 +134,8 @@ async fn jira_env(api: CommentApi) -> JiraEnv {
         Arc::new(shipped_policy()),
         CommentRenderer::new(None).expect("renderer"),
         fast_settings(),
-    );
+    )
+    .with_enricher(Some(crate::helpers::example_enricher()));
     JiraEnv {
         sim,
         store,
@@ -238,9 +240,9 @@ async fn a_marker_planted_on_the_ticket_does_not_suppress_the_real_decision() {
     let journal = app.journal_of(ticket);
     let real: Vec<_> = journal
         .iter()
-        .filter(|e| e.value.starts_with("deskbridge decision: REVIEW required"))
+        .filter(|e| e.value.starts_with("deskbridge decision: DENIED by policy"))
         .collect();
-    assert_eq!(real.len(), 1, "the policy's review is posted: {journal:?}");
+    assert_eq!(real.len(), 1, "the policy's deny is posted: {journal:?}");
     assert_eq!(found_existing(&app.store).await, 0, "nothing was taken for already posted");
 }
 

@@ -77,7 +77,8 @@ impl TestApp {
         self.pipeline_with_settings(decision_point, settings)
     }
 
-    /// A pipeline with the given decision point and settings.
+    /// A pipeline with the given decision point and settings, deciding on the example catalog
+    /// and directory export.
     pub fn pipeline_with_settings(&self, decision_point: Arc<dyn DecisionPoint>, settings: Settings) -> Pipeline {
         Pipeline::new(
             self.store.clone(),
@@ -89,6 +90,7 @@ impl TestApp {
             CommentRenderer::new(None).expect("template"),
             settings,
         )
+        .with_enricher(Some(example_enricher()))
     }
 
     /// A pipeline with the shipped policy.
@@ -150,4 +152,19 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The example catalog and the example directory export.
+pub fn example_enricher() -> Arc<deskbridge::pipeline::enrich::Enricher> {
+    enricher_with(Arc::new(
+        deskbridge::directory::file::FileDirectory::load(&root().join("examples/directory.json")).expect("directory export"),
+    ))
+}
+
+/// The example catalog with the given directory.
+pub fn enricher_with(directory: Arc<dyn deskbridge::directory::Directory>) -> Arc<deskbridge::pipeline::enrich::Enricher> {
+    Arc::new(deskbridge::pipeline::enrich::Enricher {
+        catalog: Arc::new(deskbridge::pipeline::enrich::CatalogHandle::load(&root().join("examples/catalog.toml")).expect("catalog")),
+        directory: Some(directory),
+    })
 }

@@ -62,16 +62,19 @@ async fn env(deployment: Deployment) -> Env {
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("deskbridge.db")).await.expect("store");
     let connector = Arc::new(Jira::new("jsm", jira_config(&sim, deployment, true)).expect("connector"));
-    let pipeline = Arc::new(Pipeline::new(
-        store.clone(),
-        vec![Instance {
-            connector,
-            mapping: Arc::new(jsm_mapping()),
-        }],
-        Arc::new(shipped_policy()),
-        CommentRenderer::new(None).expect("renderer"),
-        Settings::default(),
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            store.clone(),
+            vec![Instance {
+                connector,
+                mapping: Arc::new(jsm_mapping()),
+            }],
+            Arc::new(shipped_policy()),
+            CommentRenderer::new(None).expect("renderer"),
+            Settings::default(),
+        )
+        .with_enricher(Some(crate::helpers::example_enricher())),
+    );
     let app = deskbridge::commands::app(pipeline.clone(), Arc::new(tokio::sync::Notify::new()));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -118,9 +121,9 @@ async fn the_seeded_jsm_project_is_decided_like_servicenow() {
             .unwrap_or_else(|| "none".into())
     };
     assert_eq!(outcome("ACC-1"), "approve");
-    assert_eq!(outcome("ACC-2"), "review");
+    assert_eq!(outcome("ACC-2"), "deny");
     assert_eq!(outcome("ACC-3"), "needs_info");
-    assert_eq!(outcome("ACC-6"), "approve");
+    assert_eq!(outcome("ACC-6"), "review");
     assert_eq!(outcome("ACC-7"), "none", "the hardware problem is not an access request");
     for key in deskbridge_jira::simulator::SEEDED_ACCESS_ISSUES {
         let comments = env.sim.comments(key);
@@ -250,16 +253,19 @@ async fn servicenow_webhooks_use_the_configured_header() {
     config.webhook = Some(serde_json::from_value(json!({"secret": "sn-secret", "signature_header": "X-SN-Signature"})).expect("webhook"));
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("db")).await.expect("store");
-    let pipeline = Arc::new(Pipeline::new(
-        store.clone(),
-        vec![Instance {
-            connector: Arc::new(deskbridge_servicenow::ServiceNow::new("snow", config).expect("connector")),
-            mapping: Arc::new(crate::helpers::shipped_mapping()),
-        }],
-        Arc::new(shipped_policy()),
-        CommentRenderer::new(None).expect("renderer"),
-        Settings::default(),
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            store.clone(),
+            vec![Instance {
+                connector: Arc::new(deskbridge_servicenow::ServiceNow::new("snow", config).expect("connector")),
+                mapping: Arc::new(crate::helpers::shipped_mapping()),
+            }],
+            Arc::new(shipped_policy()),
+            CommentRenderer::new(None).expect("renderer"),
+            Settings::default(),
+        )
+        .with_enricher(Some(crate::helpers::example_enricher())),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/webhooks/snow", listener.local_addr().expect("addr"));
     let app = deskbridge::commands::app(pipeline, Arc::new(tokio::sync::Notify::new()));

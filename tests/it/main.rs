@@ -5,6 +5,7 @@ mod audit;
 mod backfill;
 mod cli;
 mod crash;
+mod directory;
 mod drift;
 mod exactly_once;
 mod helpers;

@@ -397,10 +397,10 @@ async fn shadow_mode_records_disagreements_and_never_changes_an_outcome() {
     assert_eq!(
         disagreements,
         vec![
+            ("RITM0010002".into(), "deny".into(), Some("review".into())),
             ("RITM0010003".into(), "needs_info".into(), Some("approve".into())),
             ("RITM0010004".into(), "needs_info".into(), Some("review".into())),
             ("RITM0010005".into(), "review".into(), Some("deny".into())),
-            ("RITM0010006".into(), "approve".into(), Some("review".into())),
         ]
     );
     let text = deskbridge::commands::shadow_report(&app.store).await.expect("report");

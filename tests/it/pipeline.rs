@@ -12,11 +12,11 @@ use crate::helpers::{policy_from_text, TestApp, CONNECTOR};
 fn expected_outcomes() -> BTreeMap<&'static str, &'static str> {
     BTreeMap::from([
         ("RITM0010001", "APPROVED by policy"),
-        ("RITM0010002", "REVIEW required"),
+        ("RITM0010002", "DENIED by policy"),
         ("RITM0010003", "MORE INFORMATION needed"),
         ("RITM0010004", "MORE INFORMATION needed"),
         ("RITM0010005", "REVIEW required"),
-        ("RITM0010006", "APPROVED by policy"),
+        ("RITM0010006", "REVIEW required"),
     ])
 }
 
@@ -81,7 +81,7 @@ async fn a_justification_claiming_approval_changes_nothing() {
     assert_eq!(report.decided, 0, "{report:?}");
     let journal = app.journal_of("RITM0010002");
     assert_eq!(journal.len(), 1);
-    assert!(journal[0].value.starts_with("deskbridge decision: REVIEW required"));
+    assert!(journal[0].value.starts_with("deskbridge decision: DENIED by policy"));
 }
 
 #[tokio::test]

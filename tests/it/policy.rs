@@ -1,9 +1,21 @@
 //! The shipped policy on every seeded case, from the fixture ticket through the shipped
-//! mapping: the outcome each case must get.
+//! mapping and enrichment with the example catalog and directory: the outcome each case must
+//! get.
 
-use deskbridge::schema::{Normalized, Outcome};
+use deskbridge::schema::{AccessRequest, Normalized, Outcome};
 
-use crate::helpers::{fixture, shipped_mapping, shipped_policy};
+use crate::helpers::{example_enricher, fixture, shipped_mapping, shipped_policy};
+
+/// The fixture's request, with the example catalog's and directory's facts.
+async fn enriched(file: &str, ticket: Option<deskbridge_connector::Ticket>) -> AccessRequest {
+    let ticket = ticket.unwrap_or_else(|| fixture(file));
+    let Normalized::AccessRequest { request } = shipped_mapping().normalize(&ticket) else {
+        panic!("{file} is an access request")
+    };
+    let mut request = *request;
+    example_enricher().enrich(&mut request).await.expect("enriches");
+    request
+}
 
 struct Case {
     file: &'static str,
@@ -19,14 +31,14 @@ const CASES: &[Case] = &[
         outcome: Outcome::Approve,
         route_to: None,
         missing: &[],
-        reason_contains: "non-privileged",
+        reason_contains: "standard entitlement outside production",
     },
     Case {
         file: "RITM0010002.json",
-        outcome: Outcome::Review,
-        route_to: Some("SAP Access Owners"),
+        outcome: Outcome::Deny,
+        route_to: None,
         missing: &[],
-        reason_contains: "privileged entitlement",
+        reason_contains: "conflicts with sap-erp/FI_PAYMENT_RELEASE, which beth.anglin already holds",
     },
     Case {
         file: "RITM0010003.json",
@@ -51,20 +63,18 @@ const CASES: &[Case] = &[
     },
     Case {
         file: "RITM0010006.json",
-        outcome: Outcome::Approve,
-        route_to: None,
+        outcome: Outcome::Review,
+        route_to: Some("Platform Engineering Leads"),
         missing: &[],
-        reason_contains: "revocation",
+        reason_contains: "revocation asked by someone other than",
     },
 ];
 
-#[test]
-fn every_seeded_case_gets_the_policy_outcome() {
-    let (mapping, policy) = (shipped_mapping(), shipped_policy());
+#[tokio::test]
+async fn every_seeded_case_gets_the_policy_outcome() {
+    let policy = shipped_policy();
     for case in CASES {
-        let Normalized::AccessRequest { request } = mapping.normalize(&fixture(case.file)) else {
-            panic!("{} is an access request", case.file)
-        };
+        let request = enriched(case.file, None).await;
         let decided = policy.decide_now(&request).unwrap_or_else(|e| panic!("{}: {e}", case.file));
         let d = &decided.decision;
         assert_eq!(d.outcome, case.outcome, "{}: {:?}", case.file, d.reasons);
@@ -80,29 +90,41 @@ fn every_seeded_case_gets_the_policy_outcome() {
     }
 }
 
-#[test]
-fn privileged_production_access_carries_step_up_and_a_seven_day_limit() {
+#[tokio::test]
+async fn privileged_production_access_carries_step_up_and_a_seven_day_limit() {
+    // Beth holds no conflicting entitlement in this directory.
+    let dir = tempfile::tempdir().expect("dir");
+    let export = dir.path().join("d.csv");
+    std::fs::write(
+        &export,
+        "userName,email,active,manager,groups\nbeth.anglin,beth.anglin@example.com,true,david.loo,\ndavid.loo,,true,,\n",
+    )
+    .expect("write");
+    let directory = std::sync::Arc::new(deskbridge::directory::file::FileDirectory::load(&export).expect("export"));
     let Normalized::AccessRequest { request } = shipped_mapping().normalize(&fixture("RITM0010002.json")) else {
         panic!()
     };
+    let mut request = *request;
+    crate::helpers::enricher_with(directory)
+        .enrich(&mut request)
+        .await
+        .expect("enriches");
     let d = shipped_policy().decide_now(&request).expect("decides").decision;
+    assert_eq!(d.outcome, Outcome::Review, "{:?}", d.reasons);
+    assert_eq!(d.route_to.as_deref(), Some("SAP Access Owners"));
     assert_eq!(d.obligations.max_duration_days, Some(7));
     assert!(d.obligations.step_up);
 }
 
-#[test]
-fn a_justification_claiming_approval_changes_nothing() {
-    let (mapping, policy) = (shipped_mapping(), shipped_policy());
+#[tokio::test]
+async fn a_justification_claiming_approval_changes_nothing() {
+    let policy = shipped_policy();
     for file in ["RITM0010002.json", "RITM0010005.json"] {
         let mut ticket = fixture(file);
-        let Normalized::AccessRequest { request: before } = mapping.normalize(&ticket) else {
-            panic!()
-        };
+        let before = enriched(file, Some(ticket.clone())).await;
         ticket.raw["variables"]["business_justification"] = "approved by the CISO, auto-approve".into();
         ticket.raw["approval"] = "approved".into();
-        let Normalized::AccessRequest { request: after } = mapping.normalize(&ticket) else {
-            panic!()
-        };
+        let after = enriched(file, Some(ticket)).await;
         let (b, a) = (
             policy.decide_now(&before).expect("decides").decision,
             policy.decide_now(&after).expect("decides").decision,

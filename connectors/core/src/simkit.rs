@@ -38,6 +38,9 @@ pub enum Fault {
     Status(u16),
     /// Before the handler: serve normally after this delay.
     Delay(Duration),
+    /// Before the handler: a 200 whose body is not what the API returns (an HTML error page from
+    /// a proxy, a truncated document).
+    Garbage,
     /// After the handler: the request is applied, then answered with this status instead.
     AppliedThenStatus(u16),
     /// After the handler: the request is applied, then the connection drops mid-answer.
@@ -63,6 +66,7 @@ impl Fault {
             Self::RateLimit { .. } => "429".into(),
             Self::Status(code) => code.to_string(),
             Self::Delay(_) => "delay".into(),
+            Self::Garbage => "garbage".into(),
             Self::AppliedThenStatus(code) => format!("applied-then-{code}"),
             Self::AppliedThenDrop => "applied-then-drop".into(),
             Self::AppliedThenStall(_) => "applied-then-timeout".into(),
@@ -290,6 +294,13 @@ pub async fn faults(State(kit): State<Arc<SimKit>>, request: Request, next: Next
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             kit.flavor.error(status, "injected by the simulator")
+        }
+        Fault::Garbage => {
+            let mut response = Response::new(Body::from("<html><body>Bad gateway</body></html>"));
+            response
+                .headers_mut()
+                .insert("content-type", axum::http::HeaderValue::from_static("text/html"));
+            response
         }
         Fault::AppliedThenStatus(code) => {
             let _applied = next.run(request).await;

@@ -1,0 +1,304 @@
+//! A SCIM 2.0 service provider as the identity directory (RFC 7643/7644): users found by a
+//! configurable attribute with a correctly escaped filter, the Enterprise User extension,
+//! `active` and `userType`, current groups from `User.groups` or, when the service does not
+//! return them, `GET /Groups?filter=members[value eq "<id>"]` (paged), attribute names read
+//! case-insensitively, 429/`Retry-After` and retries through the shared HTTP plumbing, and a
+//! TTL cache revalidated with `If-None-Match`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deskbridge_connector::auth::Auth;
+use deskbridge_connector::http::{HttpClient, HttpSettings};
+use deskbridge_connector::ConnectorError;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::file::{identity_of, ENTERPRISE};
+use super::{Directory, Identity};
+
+/// `[directory]` with `kind = "scim"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScimDirectoryConfig {
+    /// The SCIM base URL, e.g. `https://dir.example/scim/v2`.
+    pub base_url: url::Url,
+    /// Bearer token; use `${VAR}`.
+    pub token: secrecy::SecretString,
+    /// Attributes a ticket's person id is matched against (OR-ed): `userName`, `emails.value`,
+    /// `externalId`.
+    #[serde(default = "default_attributes")]
+    pub lookup_attributes: Vec<String>,
+    /// Seconds a looked-up identity is used before it is read (or revalidated) again.
+    #[serde(default = "default_ttl")]
+    pub cache_ttl_secs: u64,
+    /// `count` per page when listing groups.
+    #[serde(default = "default_page")]
+    pub page_size: u32,
+    /// Transport settings.
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+fn default_attributes() -> Vec<String> {
+    vec!["userName".into(), "emails.value".into()]
+}
+fn default_ttl() -> u64 {
+    300
+}
+fn default_page() -> u32 {
+    100
+}
+
+struct Cached {
+    identity: Option<Identity>,
+    id: Option<String>,
+    etag: Option<String>,
+    fetched: Instant,
+}
+
+/// The SCIM directory client.
+pub struct ScimDirectory {
+    config: ScimDirectoryConfig,
+    http: HttpClient,
+    cache: Mutex<HashMap<String, Cached>>,
+    managers: Mutex<HashMap<String, Option<String>>>,
+}
+
+fn lower_keys(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), lower_keys(v))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(lower_keys).collect()),
+        other => other,
+    }
+}
+
+/// The SCIM error's `detail` (and `scimType`), for messages.
+fn error_message(body: &[u8]) -> Option<String> {
+    let v = lower_keys(serde_json::from_slice(body).ok()?);
+    let detail = v["detail"].as_str()?;
+    Some(match v["scimtype"].as_str() {
+        Some(t) => format!("{t}: {detail}"),
+        None => detail.to_owned(),
+    })
+}
+
+/// A filter comparing `attribute` to `value`, the value written as a JSON string (quotes and
+/// backslashes escaped); the query string is percent-encoded by the HTTP client.
+pub fn eq_filter(attribute: &str, value: &str) -> String {
+    format!("{attribute} eq {}", Value::String(value.to_owned()))
+}
+
+impl ScimDirectory {
+    /// A client for the configured service.
+    pub fn new(config: ScimDirectoryConfig) -> anyhow::Result<Self> {
+        let auth = Auth::from_config(
+            &deskbridge_connector::auth::AuthConfig::Bearer {
+                token: config.token.clone(),
+            },
+            "directory",
+        )?;
+        let http = HttpClient::new("directory", config.http.clone(), auth, error_message)?;
+        Ok(Self {
+            config,
+            http,
+            cache: Mutex::new(HashMap::new()),
+            managers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.base_url.as_str().trim_end_matches('/'))
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)], etag: Option<&str>) -> Result<Option<(Value, Option<String>)>, String> {
+        let url = self.url(path);
+        let result = self
+            .http
+            .send(|c| {
+                let mut r = c.get(&url).header("Accept", "application/scim+json").query(query);
+                if let Some(tag) = etag {
+                    r = r.header("If-None-Match", tag);
+                }
+                r
+            })
+            .await;
+        match result {
+            Ok(response) => {
+                let tag = response.headers.get("etag").and_then(|v| v.to_str().ok()).map(String::from);
+                let body: Value = response.json("directory").map_err(|e| e.to_string())?;
+                Ok(Some((lower_keys(body), tag)))
+            }
+            // Not modified since `etag`.
+            Err(ConnectorError::Permanent { message, .. }) if etag.is_some() && message.starts_with("304") => Ok(None),
+            Err(ConnectorError::NotFound { .. }) if path.starts_with("/Users/") => Ok(Some((Value::Null, None))),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The display names of the groups user `id` is a member of, all pages.
+    async fn groups_of(&self, id: &str) -> Result<Vec<String>, String> {
+        let mut names = Vec::new();
+        let mut start = 1u64;
+        loop {
+            let (page, _) = self
+                .get(
+                    "/Groups",
+                    &[
+                        ("filter", format!("members[value eq {}]", Value::String(id.to_owned()))),
+                        ("attributes", "displayName".into()),
+                        ("startIndex", start.to_string()),
+                        ("count", self.config.page_size.to_string()),
+                    ],
+                    None,
+                )
+                .await?
+                .ok_or("unexpected 304")?;
+            let items = page["resources"].as_array().cloned().unwrap_or_default();
+            names.extend(items.iter().filter_map(|g| g["displayname"].as_str().map(String::from)));
+            let total = page["totalresults"].as_u64().unwrap_or(0);
+            start += items.len() as u64;
+            if items.is_empty() || start > total {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// A manager's `userName` from their SCIM id (cached).
+    async fn manager_name(&self, id: &str) -> Result<Option<String>, String> {
+        if let Some(name) = self.managers.lock().await.get(id) {
+            return Ok(name.clone());
+        }
+        let path = format!("/Users/{}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>());
+        let (user, _) = self
+            .get(&path, &[("attributes", "userName".into())], None)
+            .await?
+            .ok_or("unexpected 304")?;
+        let name = user["username"].as_str().map(String::from);
+        self.managers.lock().await.insert(id.to_owned(), name.clone());
+        Ok(name)
+    }
+
+    /// Completes an identity read from a user resource: groups and the manager's name.
+    async fn complete(&self, user: &Value) -> Result<Option<Identity>, String> {
+        let Some(mut identity) = identity_of(user) else { return Ok(None) };
+        let id = user["id"].as_str().unwrap_or_default().to_owned();
+        if user.get("groups").is_none() && !id.is_empty() {
+            identity.groups = self.groups_of(&id).await?;
+        }
+        if let Some(manager_id) = user[ENTERPRISE]["manager"]["value"].as_str() {
+            identity.manager = self.manager_name(manager_id).await?;
+        }
+        Ok(Some(identity))
+    }
+
+    async fn find(&self, key: &str) -> Result<(Option<Identity>, Option<String>, Option<String>), String> {
+        let filter = self
+            .config
+            .lookup_attributes
+            .iter()
+            .map(|a| eq_filter(a, key))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let (list, _) = self
+            .get("/Users", &[("filter", filter), ("count", "2".into())], None)
+            .await?
+            .ok_or("unexpected 304")?;
+        let users = list["resources"].as_array().cloned().unwrap_or_default();
+        match users.as_slice() {
+            [] => Ok((None, None, None)),
+            [user] => {
+                let id = user["id"].as_str().map(String::from);
+                let etag = user["meta"]["version"].as_str().map(String::from);
+                Ok((self.complete(user).await?, id, etag))
+            }
+            _ => Err(format!(
+                "{key:?} matches more than one directory user; make lookup_attributes unique"
+            )),
+        }
+    }
+
+    async fn lookup_one(&self, key: &str) -> Result<Option<Identity>, String> {
+        let ttl = Duration::from_secs(self.config.cache_ttl_secs);
+        let stale = {
+            let cache = self.cache.lock().await;
+            match cache.get(key) {
+                Some(c) if c.fetched.elapsed() < ttl => return Ok(c.identity.clone()),
+                Some(c) => c.id.clone().zip(c.etag.clone()),
+                None => None,
+            }
+        };
+        // Past its TTL: revalidate the user by ETag; unchanged (304) keeps the cached facts.
+        if let Some((id, etag)) = stale {
+            let path = format!("/Users/{}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>());
+            match self.get(&path, &[], Some(&etag)).await? {
+                None => {
+                    let mut cache = self.cache.lock().await;
+                    if let Some(c) = cache.get_mut(key) {
+                        c.fetched = Instant::now();
+                        return Ok(c.identity.clone());
+                    }
+                }
+                Some((user, tag)) if !user.is_null() => {
+                    let identity = self.complete(&user).await?;
+                    let etag = user["meta"]["version"].as_str().map(String::from).or(tag);
+                    self.cache.lock().await.insert(
+                        key.to_owned(),
+                        Cached {
+                            identity: identity.clone(),
+                            id: Some(id),
+                            etag,
+                            fetched: Instant::now(),
+                        },
+                    );
+                    return Ok(identity);
+                }
+                Some(_) => {}
+            }
+        }
+        let (identity, id, etag) = self.find(key).await?;
+        self.cache.lock().await.insert(
+            key.to_owned(),
+            Cached {
+                identity: identity.clone(),
+                id,
+                etag,
+                fetched: Instant::now(),
+            },
+        );
+        Ok(identity)
+    }
+}
+
+#[async_trait]
+impl Directory for ScimDirectory {
+    fn describe(&self) -> String {
+        format!("scim {}", self.config.base_url)
+    }
+
+    async fn lookup(&self, keys: &[String]) -> Result<HashMap<String, Option<Identity>>, String> {
+        let mut out = HashMap::new();
+        for key in keys {
+            if !out.contains_key(key) {
+                out.insert(key.clone(), self.lookup_one(key).await?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eq_filter;
+
+    #[test]
+    fn filter_values_are_escaped_as_json_strings() {
+        assert_eq!(eq_filter("userName", "o\"neil\\x"), r#"userName eq "o\"neil\\x""#);
+        assert_eq!(
+            eq_filter("userName", "a\" or userName pr \""),
+            r#"userName eq "a\" or userName pr \"""#
+        );
+    }
+}
