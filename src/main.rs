@@ -52,6 +52,11 @@ enum Command {
     },
     /// Print the JSON Schema of the access-request and decision contract.
     Schema,
+    /// Work with the entitlement catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Work with mapping files.
     Mapping {
         #[command(subcommand)]
@@ -101,6 +106,21 @@ enum Command {
     Report {
         #[command(subcommand)]
         command: ReportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Validate a catalog (every problem with file:line:key; exit 1) and show what tickets
+    /// resolve to.
+    Check {
+        /// The catalog file.
+        file: PathBuf,
+        /// A mapping to read the tickets with.
+        #[arg(long, requires = "tickets")]
+        mapping: Option<PathBuf>,
+        /// Ticket files (fixtures) whose ask to resolve.
+        tickets: Vec<PathBuf>,
     },
 }
 
@@ -193,6 +213,9 @@ enum MappingCommand {
         mapping: PathBuf,
         /// Ticket JSON (a raw ITSM record, or a stored ticket).
         ticket: PathBuf,
+        /// Config file: also show the facts its [catalog] and [directory] add.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -256,8 +279,11 @@ async fn main() -> ExitCode {
         Command::Sync { once, config, .. } => deskbridge::commands::sync(&config, once).await.map(|out| (out, true)),
         Command::Schema => deskbridge::commands::schema().map(|out| (out, true)),
         Command::Mapping {
-            command: MappingCommand::Test { mapping, ticket },
-        } => deskbridge::commands::mapping_test(&mapping, &ticket),
+            command: MappingCommand::Test { mapping, ticket, config },
+        } => deskbridge::commands::mapping_test(&mapping, &ticket, config.as_deref()).await,
+        Command::Catalog {
+            command: CatalogCommand::Check { file, mapping, tickets },
+        } => deskbridge::commands::catalog_check(&file, mapping.as_deref(), &tickets),
         Command::Audit { command } => audit(command).await,
         Command::Policy {
             command: PolicyCommand::Test { files },

@@ -44,20 +44,34 @@ pub fn policy_test(files: &[PathBuf]) -> anyhow::Result<(String, bool)> {
 /// normalized request (the shipped embedded policy without a config).
 pub async fn decide(request: &Path, config: Option<&Path>) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(request).with_context(|| format!("reading {}", request.display()))?;
-    let request: AccessRequest = serde_json::from_str(&text)
+    let mut request: AccessRequest = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a normalized access request (see `deskbridge schema`)", request.display()))?;
-    let point: std::sync::Arc<dyn DecisionPoint> = match config {
+    let (point, enricher): (std::sync::Arc<dyn DecisionPoint>, _) = match config {
         Some(path) => {
             let config = Config::load(path)?;
-            config.decision.build(&config.breaker)?
+            (config.decision.build(&config.breaker)?, config.build_enricher()?)
         }
-        None => std::sync::Arc::new(super::demo::shipped()?.1),
+        None => (std::sync::Arc::new(super::demo::shipped()?.1), Some(super::demo::catalog_only()?)),
+    };
+    // The facts replace whatever the file says about them, as in a real run.
+    let understated = match &enricher {
+        Some(e) => e
+            .enrich(&mut request)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} (a real run keeps the request pending: fail closed)"))?,
+        None => Vec::new(),
     };
     let decided = point
         .decide(&request)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (a real run keeps the request pending: fail closed)"))?;
-    Ok(serde_json::to_string_pretty(&serde_json::json!({"decision": decided.decision, "raw": decided.raw}))? + "\n")
+    let understated: Vec<String> = understated
+        .iter()
+        .map(|u| format!("{} claimed {}; the catalog says {}", u.claim, u.said, u.catalog))
+        .collect();
+    Ok(serde_json::to_string_pretty(
+        &serde_json::json!({"request": request, "understated_claims": understated, "decision": decided.decision, "raw": decided.raw}),
+    )? + "\n")
 }
 
 /// `report shadow`: agreement between the primary and shadow decision points.

@@ -34,6 +34,8 @@ pub fn jira_config(base_url: &str) -> anyhow::Result<deskbridge_jira::JiraConfig
 pub const ACCESS_POLICY: &str = include_str!("../../examples/policies/access.rego");
 /// Its entrypoint.
 pub const ENTRYPOINT: &str = "data.deskbridge.access.decision";
+/// The example entitlement catalog, embedded so the demo runs from any folder.
+pub const CATALOG: &str = include_str!("../../examples/catalog.toml");
 
 /// The connector configuration the demo uses against a simulator.
 pub fn servicenow_config(base_url: &str) -> anyhow::Result<ServiceNowConfig> {
@@ -61,6 +63,18 @@ pub fn shipped() -> anyhow::Result<(Mapping, RegoDecisionPoint)> {
     Ok((mapping, policy))
 }
 
+/// The embedded example catalog without a directory (`decide` without a config): identities
+/// stay unverified, so the shipped policy reviews what it would otherwise approve.
+pub fn catalog_only() -> anyhow::Result<Arc<crate::pipeline::enrich::Enricher>> {
+    Ok(Arc::new(crate::pipeline::enrich::Enricher {
+        catalog: Arc::new(crate::pipeline::enrich::CatalogHandle::fixed(crate::catalog::parse(
+            CATALOG,
+            "examples/catalog.toml",
+        )?)),
+        directory: None,
+    }))
+}
+
 /// Runs the demo and returns what it prints. With `keep`, the SQLite file is kept there (for
 /// `deskbridge trace` and `deskbridge report drift`); otherwise it lives in a temporary folder.
 pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
@@ -76,6 +90,19 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
     let jira = Arc::new(deskbridge_jira::Jira::new("jsm-demo", jira_config(jira_sim.base_url())?)?);
     let (mapping, policy) = shipped()?;
     let jsm_mapping = Mapping::parse(JSM_MAPPING, "mappings/jira/service-management-access.toml")?;
+    // The facts: the example catalog, and a SCIM directory holding the simulators' people.
+    let scim = deskbridge_scim::simulator::Simulator::start(deskbridge_scim::simulator::SimConfig::default()).await?;
+    let directory = crate::directory::scim::ScimDirectory::new(serde_json::from_value(serde_json::json!({
+        "base_url": scim.base_url(),
+        "token": deskbridge_scim::simulator::TOKEN,
+    }))?)?;
+    let enricher = Arc::new(crate::pipeline::enrich::Enricher {
+        catalog: Arc::new(crate::pipeline::enrich::CatalogHandle::fixed(crate::catalog::parse(
+            CATALOG,
+            "examples/catalog.toml",
+        )?)),
+        directory: Some(Arc::new(directory)),
+    });
     let pipeline = Pipeline::new(
         store.clone(),
         vec![
@@ -91,7 +118,8 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
         Arc::new(policy),
         CommentRenderer::new(None)?,
         Settings::default(),
-    );
+    )
+    .with_enricher(Some(enricher));
     let problems = pipeline.check_connectors().await;
     if !problems.is_empty() {
         anyhow::bail!("the demo's start-up check failed: {}", problems.join("; "));
@@ -101,9 +129,10 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
         anyhow::bail!("the demo could not talk to its simulators: {}", report.connector_errors.join("; "));
     }
     let mut out = format!(
-        "deskbridge demo:\n  ServiceNow simulator at {} → mapping servicenow-sc_req_item → work notes\n  Jira Service Management simulator at {} (project ACC) → mapping jira-service-management-access → internal comments (ADF)\n  both → embedded Rego policy deskbridge.access\n\n",
+        "deskbridge demo:\n  ServiceNow simulator at {} → mapping servicenow-sc_req_item → work notes\n  Jira Service Management simulator at {} (project ACC) → mapping jira-service-management-access → internal comments (ADF)\n  facts from the entitlement catalog examples/catalog.toml and the SCIM directory at {}\n  both → embedded Rego policy deskbridge.access\n\n",
         sim.base_url(),
-        jira_sim.base_url()
+        jira_sim.base_url(),
+        scim.base_url()
     );
     out.push_str(&super::table::render(&store.ticket_states().await?));
     let counts = store.counts().await?;

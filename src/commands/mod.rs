@@ -8,7 +8,7 @@ mod run;
 pub(crate) mod table;
 
 pub use decide::{decide, policy_test, shadow_report};
-pub use mapping_test::mapping_test;
+pub use mapping_test::{catalog_check, mapping_test};
 pub use run::{app, backfill, serve, sync};
 
 /// `deskbridge schema`: the request/decision contract as JSON Schema.

@@ -327,6 +327,22 @@ impl Config {
         problems
     }
 
+    /// The catalog and directory, when `[catalog]` is configured.
+    pub fn build_enricher(&self) -> anyhow::Result<Option<Arc<crate::pipeline::enrich::Enricher>>> {
+        let Some(catalog) = &self.catalog else {
+            if self.directory.is_some() {
+                anyhow::bail!("directory: a [catalog] is needed too (it maps directory groups to entitlements)");
+            }
+            return Ok(None);
+        };
+        let catalog = crate::pipeline::enrich::CatalogHandle::load(&catalog.path).context_str("catalog")?;
+        let directory = self.directory.as_ref().map(|d| d.build()).transpose().context_str("directory")?;
+        Ok(Some(Arc::new(crate::pipeline::enrich::Enricher {
+            catalog: Arc::new(catalog),
+            directory,
+        })))
+    }
+
     /// Builds connectors, mappings, the decision point and the renderer, reporting every
     /// problem at once.
     pub fn build(&self, file: &str) -> anyhow::Result<Built> {
@@ -369,27 +385,11 @@ impl Config {
         let renderer = CommentRenderer::new(self.pipeline.comment_template.as_deref())
             .map_err(|e| problems.push(format!("{file}: pipeline.comment_template: {e:#}")))
             .ok();
-        let catalog = match &self.catalog {
-            Some(c) => crate::pipeline::enrich::CatalogHandle::load(&c.path)
-                .map_err(|e| problems.push(format!("{file}: catalog: {e:#}")))
-                .ok(),
-            None => None,
-        };
-        let directory = match &self.directory {
-            Some(d) => d.build().map_err(|e| problems.push(format!("{file}: directory: {e:#}"))).ok(),
-            None => None,
-        };
-        if catalog.is_none() && directory.is_some() && problems.is_empty() {
-            problems.push(format!(
-                "{file}: directory: a [catalog] is needed too (it maps directory groups to entitlements)"
-            ));
-        }
-        let enricher = catalog.map(|catalog| {
-            Arc::new(crate::pipeline::enrich::Enricher {
-                catalog: Arc::new(catalog),
-                directory,
-            })
-        });
+        let enricher = self
+            .build_enricher()
+            .map_err(|e| problems.push(format!("{file}: {e:#}")))
+            .ok()
+            .flatten();
         match (decision_point, renderer) {
             (Some(decision_point), Some(renderer)) if problems.is_empty() => Ok(Built {
                 instances,
@@ -413,5 +413,15 @@ impl Config {
                 problems.join("\n  ")
             ),
         }
+    }
+}
+
+trait ContextStr<T> {
+    fn context_str(self, what: &str) -> anyhow::Result<T>;
+}
+
+impl<T> ContextStr<T> for anyhow::Result<T> {
+    fn context_str(self, what: &str) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::anyhow!("{what}: {e:#}"))
     }
 }

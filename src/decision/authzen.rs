@@ -226,13 +226,19 @@ impl AuthzenDecisionPoint {
         };
         let subject = json!({"type": subject_type, "id": self.text(&self.paths.subject_id, &input)?,
             "properties": {"display_name": request.beneficiary.display_name}});
-        let resource = json!({"type": self.config.request.resource_type, "id": self.text(&self.paths.resource_id, &input)?,
+        let mut resource = json!({"type": self.config.request.resource_type, "id": self.text(&self.paths.resource_id, &input)?,
             "properties": {"system": request.target.system, "environment": request.target.environment,
                 "privileged": request.entitlement.privileged, "name": request.entitlement.name}});
+        // The catalog's entry: tier, owner, maximum duration, SoD conflicts.
+        if let Some(catalog) = &request.catalog {
+            resource["properties"]["catalog"] = json!(catalog);
+        }
         let action = json!({"name": self.text(&self.paths.action_name, &input)?,
             "properties": {"kind": request.kind, "duration_days": request.duration_days, "expires_at": request.expires_at}});
         let context = json!({"ticket": request.source, "requester": request.requester, "justification": request.justification,
             "urgency": request.urgency, "approver_context": request.approver_context, "nhi": request.nhi, "attributes": request.attributes,
+            // The directory's answers about the people involved, and what the ticket claimed.
+            "directory": request.context, "claims": request.claims,
             "supported_obligations": ["step-up", "custom:max_duration_days"]});
         Ok((subject, resource, action, strip_nulls(context)))
     }

@@ -435,6 +435,6 @@ mod tests {
         })
         .expect("loads");
         assert_eq!(dp.policy_id(), "deskbridge.access");
-        assert!(dp.policy_version().starts_with("2026.11.1 (sha256:"), "{}", dp.policy_version());
+        assert!(dp.policy_version().starts_with("2026.12.1 (sha256:"), "{}", dp.policy_version());
     }
 }

@@ -210,3 +210,35 @@ impl Enricher {
         Ok(understated)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "version = \"1\"\ndefault_owner = \"IAM\"\n[[systems]]\nid = \"a\"\nenvironment = \"prod\"\nowner = \"A Owners\"\n";
+
+    #[test]
+    fn a_broken_edit_keeps_the_catalog_in_use_and_a_good_one_replaces_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("catalog.toml");
+        std::fs::write(&path, GOOD).expect("write");
+        let handle = CatalogHandle::load(&path).expect("loads");
+        assert_eq!(handle.get().version, "1");
+        assert!(
+            handle.reload_if_changed(false).expect("unchanged").is_none(),
+            "nothing to do when unchanged"
+        );
+        std::fs::write(
+            &path,
+            "version = \"2\"\ndefault_owner = \"IAM\"\n[[systems]]\nid = \"a\"\nenvironment = \"nowhere\"\nowner = \"A\"\n",
+        )
+        .expect("write");
+        let err = handle.reload_if_changed(true).expect_err("invalid").to_string();
+        assert!(err.contains("catalog.toml:5: systems[0] (a).environment"), "{err}");
+        assert_eq!(handle.get().version, "1", "the previous catalog stays in use");
+        std::fs::write(&path, GOOD.replace("\"1\"", "\"3\"")).expect("write");
+        let label = handle.reload_if_changed(true).expect("valid").expect("reloaded");
+        assert!(label.starts_with("3 (sha256:"), "{label}");
+        assert_eq!(handle.get().version, "3");
+    }
+}

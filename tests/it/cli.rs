@@ -60,6 +60,8 @@ fn the_example_config_loads_when_its_secrets_are_set() {
         .env("SERVICENOW_CLIENT_SECRET", "s")
         .env("DESKBRIDGE_DB", dir.path().join("x.db").display().to_string())
         .env("SERVICENOW_URL", "http://127.0.0.1:9")
+        .env("SCIM_URL", "http://127.0.0.1:9/scim/v2")
+        .env("SCIM_TOKEN", "t")
         .output()
         .expect("runs");
     // Everything loads; the instance is unreachable, which is reported and fails the pass.

@@ -49,6 +49,8 @@ impl Harness {
         let text = format!(
             "[store]\n{store}\nlease_secs = 2\n\n\
              [decision]\nkind = \"rego\"\npolicies = [\"{root}/examples/policies/access.rego\"]\n\n\
+             [catalog]\npath = \"{root}/examples/catalog.toml\"\n\n\
+             [directory]\nkind = \"file\"\npath = \"{root}/examples/directory.json\"\n\n\
              [pipeline]\npoll_interval_secs = 1\nbatch_size = 100\n\n\
              [server]\nlisten = \"127.0.0.1:0\"\n\n\
              [[connectors]]\nid = \"snow\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\n\

@@ -17,4 +17,5 @@ mod pdp;
 mod pdp_servers;
 mod pipeline;
 mod policy;
+mod scim_real;
 mod soak;

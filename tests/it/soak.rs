@@ -34,6 +34,7 @@ const KILLS: usize = 6;
 struct Soak {
     sn: sn_sim::Simulator,
     jira: jira_sim::Simulator,
+    scim: deskbridge_scim::simulator::Simulator,
     opa: String,
     flaps: Arc<Mutex<usize>>,
     dir: tempfile::TempDir,
@@ -90,6 +91,15 @@ impl Soak {
         jira.generate(PER_ITSM);
         jira.set_recording(false);
         arm_faults(&sn, &jira);
+        // The identity directory fails too: 5xx and throttling on lookups.
+        let scim = deskbridge_scim::simulator::Simulator::start(deskbridge_scim::simulator::SimConfig::default())
+            .await
+            .expect("SCIM simulator");
+        {
+            use deskbridge_connector::simkit::{Fault, Target};
+            scim.inject_random(Target::path(Some("/Users")), Fault::Status(500), 0.03);
+            scim.inject_random(Target::path(Some("/Groups")), Fault::throttle(1), 0.02);
+        }
         // The decision point flaps: unavailable for 300 ms of every second.
         let fail = Arc::new(Mutex::new(None));
         let opa = crate::pdp_servers::opa(fail.clone()).await;
@@ -112,6 +122,7 @@ impl Soak {
         Self {
             sn,
             jira,
+            scim,
             opa,
             flaps,
             dir: tempfile::tempdir().expect("dir"),
@@ -128,6 +139,8 @@ impl Soak {
              [decision]\nkind = \"opa\"\nurl = \"{opa}\"\n\n\
              [decision.transport]\ntimeout_ms = 1000\n\n\
              [breaker]\nfailures = 1000\ncooldown_secs = 1\n\n\
+             [catalog]\npath = \"{root}/examples/catalog.toml\"\n\n\
+             [directory]\nkind = \"scim\"\nbase_url = \"{scim}\"\ntoken = \"{scim_token}\"\ncache_ttl_secs = 30\n{http}\n\n\
              [pipeline]\npoll_interval_secs = 1\nbatch_size = 100\ndecision_retry_base_secs = 1\ndecision_retry_max_secs = 2\n\
              post_retry_base_secs = 1\npost_retry_max_secs = 2\n\n\
              [server]\nlisten = \"127.0.0.1:0\"\n\n\
@@ -145,6 +158,8 @@ impl Soak {
             jira = self.jira.base_url(),
             jira_user = jira_sim::INTEGRATION_EMAIL,
             jira_token = jira_sim::API_TOKEN,
+            scim = self.scim.base_url(),
+            scim_token = deskbridge_scim::simulator::TOKEN,
         );
         std::fs::write(&path, text).expect("write config");
         path
@@ -310,6 +325,7 @@ impl Soak {
     /// Prints what fired, and checks each kind of fault really happened.
     fn report(&self) {
         let (sn, jira) = (self.sn.faults_fired(), self.jira.faults_fired());
+        eprintln!("soak {}: directory faults fired: {:?}", self.name, self.scim.faults_fired());
         let flaps = *self.flaps.lock().expect("lock");
         eprintln!("soak {}: ServiceNow faults fired: {sn:?}", self.name);
         eprintln!("soak {}: Jira faults fired: {jira:?}", self.name);
