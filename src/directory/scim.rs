@@ -279,13 +279,68 @@ impl Directory for ScimDirectory {
     }
 
     async fn lookup(&self, keys: &[String]) -> Result<HashMap<String, Option<Identity>>, String> {
+        let mut keys: Vec<String> = keys.to_vec();
+        keys.sort();
+        keys.dedup();
+        // Keys not cached yet are found in batches: one filtered query per BATCH keys.
+        let fresh: Vec<String> = {
+            let cache = self.cache.lock().await;
+            keys.iter().filter(|k| !cache.contains_key(*k)).cloned().collect()
+        };
+        for chunk in fresh.chunks(BATCH) {
+            self.find_many(chunk).await?;
+        }
         let mut out = HashMap::new();
         for key in keys {
-            if !out.contains_key(key) {
-                out.insert(key.clone(), self.lookup_one(key).await?);
-            }
+            let identity = self.lookup_one(&key).await?;
+            out.insert(key, identity);
         }
         Ok(out)
+    }
+}
+
+/// Keys looked up in one filtered query.
+const BATCH: usize = 20;
+
+impl ScimDirectory {
+    /// Finds several keys with one `or`-ed filter and caches each answer (a key no user answers
+    /// to is cached as unknown).
+    async fn find_many(&self, keys: &[String]) -> Result<(), String> {
+        let filter = keys
+            .iter()
+            .flat_map(|k| self.config.lookup_attributes.iter().map(move |a| eq_filter(a, k)))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let count = (keys.len() * 2).to_string();
+        let (list, _) = self
+            .get("/Users", &[("filter", filter), ("count", count)], None)
+            .await?
+            .ok_or("unexpected 304")?;
+        let users = list["resources"].as_array().cloned().unwrap_or_default();
+        for key in keys {
+            let matching: Vec<&Value> = users.iter().filter(|u| identity_of(u).is_some_and(|i| i.answers_to(key))).collect();
+            let entry = match matching.as_slice() {
+                [] => Cached {
+                    identity: None,
+                    id: None,
+                    etag: None,
+                    fetched: Instant::now(),
+                },
+                [user] => Cached {
+                    identity: self.complete(user).await?,
+                    id: user["id"].as_str().map(String::from),
+                    etag: user["meta"]["version"].as_str().map(String::from),
+                    fetched: Instant::now(),
+                },
+                _ => {
+                    return Err(format!(
+                        "{key:?} matches more than one directory user; make lookup_attributes unique"
+                    ))
+                }
+            };
+            self.cache.lock().await.insert(key.clone(), entry);
+        }
+        Ok(())
     }
 }
 

@@ -55,6 +55,19 @@ fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided 
 impl Pipeline {
     pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
         let rows = self.store.claim_inbox(self.settings.batch_size, due_before).await?;
+        if let Some(enricher) = &self.enricher {
+            let asks: Vec<AccessRequest> = rows
+                .iter()
+                .filter_map(|row| {
+                    let instance = self.instances.get(&row.connector)?;
+                    match instance.mapping.normalize(&row.ticket().ok()?) {
+                        Normalized::AccessRequest { request } => Some(*request),
+                        _ => None,
+                    }
+                })
+                .collect();
+            enricher.prefetch(&asks).await;
+        }
         for row in &rows {
             // Nothing new starts after a stop; unhandled claims are released by `release_all`
             // on shutdown.

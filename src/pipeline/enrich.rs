@@ -112,6 +112,24 @@ fn facts(identity: Option<&Option<Identity>>, catalog: &Catalog) -> Option<Ident
 }
 
 impl Enricher {
+    /// Looks up everyone a page of requests names in one go (the directory batches the keys
+    /// and caches the answers), so deciding the page asks the directory nothing more. A failure
+    /// here is not final: each request's own lookup fails closed.
+    pub async fn prefetch(&self, requests: &[AccessRequest]) {
+        let Some(directory) = &self.directory else { return };
+        let mut keys: Vec<String> = Vec::new();
+        for r in requests {
+            keys.push(r.requester.id.clone());
+            keys.push(r.beneficiary.id.clone());
+            keys.extend(r.approver_context.named_approver.clone());
+            keys.extend(r.nhi.as_ref().and_then(|n| n.owner.clone()));
+        }
+        keys.retain(|k| !k.trim().is_empty());
+        if let Err(e) = directory.lookup(&keys).await {
+            tracing::debug!(error = %e, "prefetching the page's identities failed; each request looks up its own");
+        }
+    }
+
     /// Sets the request's catalog facts, directory facts and claims; the catalog's privilege
     /// and environment replace what the ticket said. Returns the claims that understated the
     /// catalog. Fails (and the request stays pending) when the directory cannot answer.

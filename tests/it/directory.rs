@@ -308,3 +308,17 @@ async fn a_directory_that_fails_leaves_requests_pending_and_uncommented_until_it
         assert_eq!(app.journal_of(number).len(), 1, "{number} decided once it recovered, once");
     }
 }
+
+#[tokio::test]
+async fn a_page_of_tickets_asks_the_directory_in_batches() {
+    let (app, scim, pipeline) = scim_app().await;
+    app.sim.generate(100);
+    let report = pipeline.run_once().await.expect("pass");
+    assert!(report.decided >= 100, "{report:?}");
+    let user_queries = scim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/Users") && r.param("filter").is_some())
+        .count();
+    assert!(user_queries <= 3, "106 requests naming 7 people: {user_queries} user queries");
+}
