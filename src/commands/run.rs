@@ -282,6 +282,8 @@ async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json
             "inbox": c.inbox, "decisions": c.decisions, "comments_posted": c.posted,
             "comments_queued": c.queued, "pending_decisions": c.pending,
             "parked": parked, "halted_connectors": halts,
+            "catalog": pipeline.enricher().map(|e| e.catalog.get().label()),
+            "directory": pipeline.enricher().and_then(|e| e.directory.as_ref().map(|d| d.describe())),
         }))),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "status query failed");

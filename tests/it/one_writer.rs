@@ -172,3 +172,77 @@ async fn a_lease_shorter_than_a_write_is_rejected_naming_both_keys() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_the_catalog_on_sighup_and_keeps_the_last_good_one() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let catalog = dir.path().join("catalog.toml");
+    let good = std::fs::read_to_string(root().join("examples/catalog.toml")).expect("example");
+    std::fs::write(&catalog, &good).expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = config(dir.path(), &sim, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        .replace(
+            "[pipeline]",
+            &format!(
+                "[catalog]\npath = \"{}\"\n\n[directory]\nkind = \"file\"\npath = \"{}/examples/directory.json\"\n\n[pipeline]",
+                catalog.display(),
+                root().display()
+            ),
+        );
+    std::fs::write(&config, text).expect("write");
+    let serve = Killed(
+        deskbridge(&["serve"], &config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    let status = || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/status"))
+            .await
+            .ok()?
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+    };
+    let label_now = || async {
+        for _ in 0..100 {
+            if let Some(s) = status().await {
+                if let Some(l) = s["catalog"].as_str() {
+                    return l.to_owned();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no /status")
+    };
+    let first = label_now().await;
+    assert!(first.starts_with("2026.12.1 (sha256:"), "{first}");
+    let hup = |pid: u32| Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("kill");
+    // A broken edit: serve keeps the catalog in use.
+    std::fs::write(&catalog, good.replace("environment = \"prod\"", "environment = \"production\"")).expect("write");
+    assert!(hup(serve.0.id()).success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(label_now().await, first, "the last good catalog stays in use");
+    // A good edit is taken.
+    std::fs::write(&catalog, good.replace("version = \"2026.12.1\"", "version = \"2026.12.2\"")).expect("write");
+    assert!(hup(serve.0.id()).success());
+    let mut now = String::new();
+    for _ in 0..50 {
+        now = label_now().await;
+        if now.starts_with("2026.12.2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(now.starts_with("2026.12.2 (sha256:"), "{now}");
+    drop(serve);
+}
