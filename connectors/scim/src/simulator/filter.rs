@@ -105,13 +105,24 @@ impl Parser<'_> {
         }
         self.ws();
         let rest = &self.text[self.pos..];
-        // The value is a JSON literal: a string with escapes, true/false/null or a number.
-        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-        let value = match stream.next() {
-            Some(Ok(v)) => v,
-            _ => return Err(format!("expected a JSON value after {op}")),
+        // The value is a JSON literal: a string with escapes, true/false/null or a number. It
+        // may be followed directly by `)` or `]`, so its end is found first.
+        let end = if rest.starts_with('"') {
+            let mut escaped = false;
+            rest.char_indices()
+                .skip(1)
+                .find(|(_, c)| {
+                    let close = *c == '"' && !escaped;
+                    escaped = *c == '\\' && !escaped;
+                    close
+                })
+                .map(|(i, _)| i + 1)
+                .ok_or("an unterminated string")?
+        } else {
+            rest.find(|c: char| c.is_whitespace() || c == ')' || c == ']').unwrap_or(rest.len())
         };
-        self.pos += stream.byte_offset();
+        let value: Value = serde_json::from_str(&rest[..end]).map_err(|_| format!("expected a JSON value after {op}"))?;
+        self.pos += end;
         Ok(Filter::Compare(attr, op, value))
     }
 }
