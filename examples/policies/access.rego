@@ -118,7 +118,8 @@ granted_days := min([input.duration_days, max_days]) if {
 	is_number(input.duration_days)
 } else := max_days
 
-obligations := {"max_duration_days": granted_days, "step_up": tier == "privileged"}
+# Privileged and sensitive entitlements are used with step-up authentication.
+obligations := {"max_duration_days": granted_days, "step_up": tier in {"privileged", "sensitive"}}
 
 review(reason) := {
 	"outcome": "review",

@@ -81,11 +81,13 @@ test_a_privileged_entitlement_claimed_as_unprivileged_staging_goes_to_the_catalo
 	d.obligations.max_duration_days == 7
 }
 
-test_a_sensitive_entitlement_is_reviewed_by_its_owner if {
-	req := object.union(sap_admin, {"catalog": object.union(sap_admin.catalog, {"entitlement": object.union(sap_admin.catalog.entitlement, {"tier": "sensitive", "conflicts": []})})})
+test_a_sensitive_entitlement_is_reviewed_by_its_owner_with_step_up if {
+	req := object.union(sap_admin, {"catalog": object.union(sap_admin.catalog, {"entitlement": object.union(sap_admin.catalog.entitlement, {"tier": "sensitive", "conflicts": [], "max_duration_days": 30})})})
 	d := access.decision with input as req
 	d.outcome == "review"
-	d.obligations.step_up == false
+	d.route_to == "SAP Access Owners"
+	d.obligations.step_up == true
+	d.obligations.max_duration_days == 30
 }
 
 test_an_entitlement_not_in_the_catalog_is_reviewed_never_approved if {
