@@ -335,8 +335,9 @@ impl Config {
             }
             return Ok(None);
         };
-        let catalog = crate::pipeline::enrich::CatalogHandle::load(&catalog.path).context_str("catalog")?;
-        let directory = self.directory.as_ref().map(|d| d.build()).transpose().context_str("directory")?;
+        use anyhow::Context as _;
+        let catalog = crate::pipeline::enrich::CatalogHandle::load(&catalog.path).context("catalog")?;
+        let directory = self.directory.as_ref().map(|d| d.build()).transpose().context("directory")?;
         Ok(Some(Arc::new(crate::pipeline::enrich::Enricher {
             catalog: Arc::new(catalog),
             directory,
@@ -413,15 +414,5 @@ impl Config {
                 problems.join("\n  ")
             ),
         }
-    }
-}
-
-trait ContextStr<T> {
-    fn context_str(self, what: &str) -> anyhow::Result<T>;
-}
-
-impl<T> ContextStr<T> for anyhow::Result<T> {
-    fn context_str(self, what: &str) -> anyhow::Result<T> {
-        self.map_err(|e| anyhow::anyhow!("{what}: {e:#}"))
     }
 }
