@@ -80,6 +80,11 @@ pub struct StoreConfig {
     /// replicas must never share a name.
     #[serde(default)]
     pub replica_id: Option<String>,
+    /// The secret that keys comment markers (at least 32 characters; use `${VAR}`). Without it,
+    /// a random one is made once and kept in the store. Set it to keep recognising comments
+    /// already posted if the store is ever rebuilt from scratch.
+    #[serde(default)]
+    pub marker_key: Option<secrecy::SecretString>,
 }
 
 fn default_lease_secs() -> u64 {

@@ -375,7 +375,14 @@ impl Store {
             })?,
             _ => anyhow::bail!("[store]: set exactly one of `path` (SQLite) or `url` (PostgreSQL)"),
         };
-        let store = store.with_lease(Duration::from_secs(config.lease_secs.max(1)));
+        let mut store = store.with_lease(Duration::from_secs(config.lease_secs.max(1)));
+        if let Some(key) = &config.marker_key {
+            use secrecy::ExposeSecret as _;
+            if key.expose_secret().chars().count() < 32 {
+                anyhow::bail!("[store] marker_key: at least 32 characters are needed");
+            }
+            store.marker_key = std::sync::Arc::new(key.clone());
+        }
         Ok(match &config.replica_id {
             Some(id) => store.with_holder(id),
             None => store,

@@ -246,3 +246,24 @@ async fn serve_reloads_the_catalog_on_sighup_and_keeps_the_last_good_one() {
     assert!(now.starts_with("2026.12.2 (sha256:"), "{now}");
     drop(serve);
 }
+
+#[tokio::test]
+async fn a_configured_marker_key_survives_a_rebuilt_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store_config = |db: &str, key: &str| -> deskbridge::config::StoreConfig {
+        toml::from_str(&format!("path = \"{}\"\nmarker_key = \"{key}\"\n", dir.path().join(db).display())).expect("config")
+    };
+    let key = "0123456789abcdef0123456789abcdef-test";
+    let a = Store::from_config(&store_config("a.db", key)).await.expect("a");
+    let rebuilt = Store::from_config(&store_config("b.db", key)).await.expect("b");
+    assert_eq!(
+        a.marker("c", "k", "h"),
+        rebuilt.marker("c", "k", "h"),
+        "the same key, the same markers"
+    );
+    let random = Store::open(&dir.path().join("c.db")).await.expect("c");
+    assert_ne!(a.marker("c", "k", "h"), random.marker("c", "k", "h"));
+    let short = Store::from_config(&store_config("d.db", "short")).await.err().expect("refused");
+    assert!(short.to_string().contains("marker_key"), "{short}");
+    assert!(!short.to_string().contains("short\""), "{short}");
+}
