@@ -17,7 +17,8 @@ pub struct FileDirectory {
     people: Vec<Identity>,
 }
 
-fn lower_keys(v: Value) -> Value {
+/// A JSON value with every object key lower-cased: SCIM attribute names are case-insensitive.
+pub(crate) fn lower_keys(v: Value) -> Value {
     match v {
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), lower_keys(v))).collect()),
         Value::Array(items) => Value::Array(items.into_iter().map(lower_keys).collect()),

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::file::{identity_of, ENTERPRISE};
+use super::file::{identity_of, lower_keys, ENTERPRISE};
 use super::{Directory, Identity};
 
 /// `[directory]` with `kind = "scim"`.
@@ -65,14 +65,6 @@ pub struct ScimDirectory {
     http: HttpClient,
     cache: Mutex<HashMap<String, Cached>>,
     managers: Mutex<HashMap<String, Option<String>>>,
-}
-
-fn lower_keys(v: Value) -> Value {
-    match v {
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), lower_keys(v))).collect()),
-        Value::Array(items) => Value::Array(items.into_iter().map(lower_keys).collect()),
-        other => other,
-    }
 }
 
 /// The SCIM error's `detail` (and `scimType`), for messages.

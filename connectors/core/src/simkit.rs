@@ -161,8 +161,9 @@ pub struct SimKit {
     flavor: Box<dyn Flavor>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking handler must not wedge the simulator for the rest of a test run.
+/// Locks a simulator's state; a panicking handler must not wedge the simulator for the rest of
+/// a test run, so a poisoned lock is taken as it is.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

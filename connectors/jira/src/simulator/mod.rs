@@ -21,7 +21,7 @@ mod routes;
 mod seed;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -189,9 +189,7 @@ pub(crate) struct State {
     http: reqwest::Client,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use deskbridge_connector::simkit::lock;
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {

@@ -10,7 +10,7 @@ pub mod filter;
 mod routes;
 mod seed;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use deskbridge_connector::simkit::SimKit;
 pub use deskbridge_connector::simkit::{Fault, RecordedRequest, Target};
@@ -54,9 +54,7 @@ pub(crate) struct State {
     kit: Arc<SimKit>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use deskbridge_connector::simkit::lock;
 
 fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())

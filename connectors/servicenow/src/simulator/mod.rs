@@ -16,7 +16,7 @@ mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -114,10 +114,7 @@ pub(crate) struct State {
     base_url: String,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking handler must not wedge the simulator for the rest of a test run.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use deskbridge_connector::simkit::lock;
 
 impl State {
     fn new_id(&self) -> String {
