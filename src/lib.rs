@@ -15,3 +15,4 @@ pub mod render;
 pub mod report;
 pub mod schema;
 pub mod store;
+pub mod text;

@@ -319,7 +319,8 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok((out, ok)) => {
-            print!("{out}");
+            // Reports quote ticket text: nothing in it may drive the terminal.
+            print!("{}", deskbridge::text::for_terminal(&out));
             if ok {
                 ExitCode::SUCCESS
             } else {
@@ -327,7 +328,7 @@ async fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", deskbridge::text::for_terminal(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }

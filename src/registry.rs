@@ -22,6 +22,17 @@ fn servicenow(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, Str
     ))
 }
 
+/// Checks a settings table against its kind's configuration, building nothing: the first
+/// problem's message, or `Ok` (also for an unknown kind, which [`build`] reports).
+pub fn check(kind: &str, settings: toml::Table) -> Result<(), String> {
+    let message = |e: toml::de::Error| e.message().to_owned();
+    match kind {
+        k if k == deskbridge_servicenow::KIND => settings.try_into::<deskbridge_servicenow::ServiceNowConfig>().map(drop).map_err(message),
+        k if k == deskbridge_jira::KIND => settings.try_into::<deskbridge_jira::JiraConfig>().map(drop).map_err(message),
+        _ => Ok(()),
+    }
+}
+
 /// Builds connector `id` of `kind` from its settings table.
 pub fn build(kind: &str, id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
     match KINDS.iter().find(|(k, _)| *k == kind) {

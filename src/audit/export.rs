@@ -5,8 +5,10 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::path::Path;
+
 use super::signing::{verify_checkpoint, AuditSigner, Checkpoint};
-use crate::store::audit::{verify_run, AuditRecord, GENESIS};
+use crate::store::audit::{AuditRecord, ChainVerifier, GENESIS, LEGACY_SCHEME};
 use crate::store::Store;
 
 /// Export format.
@@ -30,6 +32,9 @@ enum Line {
         payload: Value,
         prev_hash: String,
         hash: String,
+        /// Absent in exports written before hash schemes existed: scheme 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheme: Option<i64>,
     },
     Checkpoint(Checkpoint),
 }
@@ -48,10 +53,14 @@ struct Row {
     hash: String,
     public_key: String,
     signature: String,
+    /// Absent in exports written before hash schemes existed: scheme 1.
+    #[serde(default)]
+    scheme: Option<i64>,
 }
 
-/// Writes the records at or after `since` and the checkpoints covering them. With a signer,
-/// the latest record is signed first, so the export ends on a checkpoint.
+/// Writes the records at or after `since` and the checkpoints covering them, a page at a time
+/// (memory stays flat however long the log is; the time filter runs in SQL). With a signer, the
+/// latest record is signed first, so the export ends on a checkpoint.
 pub async fn export(
     store: &Store,
     since: Option<DateTime<Utc>>,
@@ -65,37 +74,23 @@ pub async fn export(
     let since = since
         .map(|s| s.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default();
-    let records: Vec<AuditRecord> = store.audit_records().await?.into_iter().filter(|r| r.at >= since).collect();
-    let (first, last) = (records.first().map_or(0, |r| r.seq), records.last().map_or(0, |r| r.seq));
-    let checkpoints: Vec<Checkpoint> = store
-        .checkpoints()
-        .await?
-        .into_iter()
-        .filter(|c| c.seq >= first && c.seq <= last)
-        .collect();
-    match format {
-        Format::Jsonl => {
-            for r in &records {
-                let line = Line::Record {
-                    seq: r.seq,
-                    at: r.at.clone(),
-                    connector: r.connector.clone(),
-                    ticket_key: r.ticket_key.clone(),
-                    kind: r.kind.clone(),
-                    payload: serde_json::from_str(&r.payload)?,
-                    prev_hash: r.prev_hash.clone(),
-                    hash: r.hash.clone(),
-                };
-                writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    let mut sink = match format {
+        Format::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(out))),
+        Format::Jsonl => Sink::Jsonl(out),
+    };
+    let (mut first, mut last, mut count, mut after) = (0, 0, 0usize, 0);
+    loop {
+        let page = store.audit_page(after, &since, super::PAGE).await?;
+        let Some(end) = page.last() else { break };
+        after = end.seq;
+        for r in &page {
+            if first == 0 {
+                first = r.seq;
             }
-            for c in &checkpoints {
-                writeln!(out, "{}", serde_json::to_string(&Line::Checkpoint(c.clone()))?)?;
-            }
-        }
-        Format::Csv => {
-            let mut writer = csv::Writer::from_writer(out);
-            for r in &records {
-                writer.serialize(Row {
+            last = r.seq;
+            count += 1;
+            match &mut sink {
+                Sink::Csv(writer) => writer.serialize(Row {
                     kind_of_row: "record".into(),
                     seq: r.seq,
                     at: r.at.clone(),
@@ -105,31 +100,85 @@ pub async fn export(
                     payload: r.payload.clone(),
                     prev_hash: r.prev_hash.clone(),
                     hash: r.hash.clone(),
+                    scheme: Some(r.scheme),
                     ..Row::default()
-                })?;
+                })?,
+                Sink::Jsonl(out) => {
+                    let line = Line::Record {
+                        seq: r.seq,
+                        at: r.at.clone(),
+                        connector: r.connector.clone(),
+                        ticket_key: r.ticket_key.clone(),
+                        kind: r.kind.clone(),
+                        payload: serde_json::from_str(&r.payload)?,
+                        prev_hash: r.prev_hash.clone(),
+                        hash: r.hash.clone(),
+                        scheme: Some(r.scheme),
+                    };
+                    writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                }
             }
-            for c in &checkpoints {
-                writer.serialize(Row {
-                    kind_of_row: "checkpoint".into(),
-                    seq: c.seq,
-                    at: c.at.clone(),
-                    hash: c.hash.clone(),
-                    public_key: c.public_key.clone(),
-                    signature: c.signature.clone(),
-                    ..Row::default()
-                })?;
-            }
-            writer.flush()?;
         }
     }
-    Ok(records.len())
+    if count > 0 {
+        let mut cursor = (first, 0);
+        loop {
+            let page = store.checkpoint_page(cursor, last, super::PAGE).await?;
+            let Some((id, end)) = page.last() else { break };
+            cursor = (end.seq, *id);
+            let short = (page.len() as i64) < super::PAGE;
+            for (_, c) in page {
+                if c.seq < first {
+                    continue;
+                }
+                match &mut sink {
+                    Sink::Csv(writer) => writer.serialize(Row {
+                        kind_of_row: "checkpoint".into(),
+                        seq: c.seq,
+                        at: c.at.clone(),
+                        hash: c.hash.clone(),
+                        public_key: c.public_key.clone(),
+                        signature: c.signature.clone(),
+                        ..Row::default()
+                    })?,
+                    Sink::Jsonl(out) => writeln!(out, "{}", serde_json::to_string(&Line::Checkpoint(c))?)?,
+                }
+            }
+            if short {
+                break;
+            }
+        }
+    }
+    match sink {
+        Sink::Csv(mut writer) => writer.flush()?,
+        Sink::Jsonl(out) => out.flush()?,
+    }
+    Ok(count)
 }
 
-fn parse(text: &str) -> Result<(Vec<AuditRecord>, Vec<Checkpoint>), String> {
-    let (mut records, mut checkpoints) = (Vec::new(), Vec::new());
-    if text.trim_start().starts_with('{') {
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            match serde_json::from_str::<Line>(line).map_err(|e| format!("line {}: {e}", n + 1))? {
+/// Where export lines go.
+enum Sink<'a> {
+    Csv(Box<csv::Writer<&'a mut dyn std::io::Write>>),
+    Jsonl(&'a mut dyn std::io::Write),
+}
+
+/// Reads an export line by line (JSONL) or row by row (CSV), calling `each` for every record
+/// and checkpoint, without holding the file in memory.
+fn read_export(path: &Path, each: &mut dyn FnMut(Item) -> Result<(), String>) -> Result<(), String> {
+    use std::io::BufRead as _;
+    let open = || std::fs::File::open(path).map_err(|e| format!("reading export {}: {e}", path.display()));
+    let mut reader = std::io::BufReader::new(open()?);
+    let jsonl = {
+        let buffer = reader.fill_buf().map_err(|e| format!("reading export {}: {e}", path.display()))?;
+        buffer.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    };
+    if jsonl {
+        for (n, line) in reader.lines().enumerate() {
+            let line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let item = match serde_json::from_str::<Line>(&line).map_err(|e| format!("line {}: {e}", n + 1))? {
                 Line::Record {
                     seq,
                     at,
@@ -139,7 +188,8 @@ fn parse(text: &str) -> Result<(Vec<AuditRecord>, Vec<Checkpoint>), String> {
                     payload,
                     prev_hash,
                     hash,
-                } => records.push(AuditRecord {
+                    scheme,
+                } => Item::Record(AuditRecord {
                     seq,
                     at,
                     connector,
@@ -148,17 +198,19 @@ fn parse(text: &str) -> Result<(Vec<AuditRecord>, Vec<Checkpoint>), String> {
                     payload: payload.to_string(),
                     prev_hash,
                     hash,
+                    scheme: scheme.unwrap_or(LEGACY_SCHEME),
                 }),
-                Line::Checkpoint(c) => checkpoints.push(c),
-            }
+                Line::Checkpoint(c) => Item::Checkpoint(c),
+            };
+            each(item)?;
         }
     } else {
-        let mut reader = csv::Reader::from_reader(text.as_bytes());
-        for (n, row) in reader.deserialize::<Row>().enumerate() {
+        let mut rows = csv::Reader::from_reader(reader);
+        for (n, row) in rows.deserialize::<Row>().enumerate() {
             let row = row.map_err(|e| format!("row {}: {e}", n + 2))?;
             let opt = |s: String| if s.is_empty() { None } else { Some(s) };
-            match row.kind_of_row.as_str() {
-                "record" => records.push(AuditRecord {
+            let item = match row.kind_of_row.as_str() {
+                "record" => Item::Record(AuditRecord {
                     seq: row.seq,
                     at: row.at,
                     connector: opt(row.connector),
@@ -167,8 +219,9 @@ fn parse(text: &str) -> Result<(Vec<AuditRecord>, Vec<Checkpoint>), String> {
                     payload: row.payload,
                     prev_hash: row.prev_hash,
                     hash: row.hash,
+                    scheme: row.scheme.unwrap_or(LEGACY_SCHEME),
                 }),
-                "checkpoint" => checkpoints.push(Checkpoint {
+                "checkpoint" => Item::Checkpoint(Checkpoint {
                     seq: row.seq,
                     hash: row.hash,
                     at: row.at,
@@ -176,44 +229,66 @@ fn parse(text: &str) -> Result<(Vec<AuditRecord>, Vec<Checkpoint>), String> {
                     signature: row.signature,
                 }),
                 other => return Err(format!("row {}: unknown type {other:?}", n + 2)),
-            }
+            };
+            each(item)?;
         }
     }
-    Ok((records, checkpoints))
+    Ok(())
+}
+
+enum Item {
+    Record(AuditRecord),
+    Checkpoint(Checkpoint),
 }
 
 /// Verifies an exported trail with the public key alone: the chain inside the export, every
 /// checkpoint's signature, and that a checkpoint covers the last record (so nothing was cut
-/// off the end or added after it).
-pub fn verify_export(text: &str, key: &VerifyingKey) -> Result<String, String> {
-    let (records, checkpoints) = parse(text)?;
-    let Some(first) = records.first() else {
+/// off the end or added after it). Two passes over the file — checkpoints first, then the
+/// chain — so memory grows with the checkpoints, never with the records.
+pub fn verify_export(path: &Path, key: &VerifyingKey) -> Result<String, String> {
+    let mut signed: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+    let mut checkpoints = 0;
+    read_export(path, &mut |item| {
+        if let Item::Checkpoint(cp) = item {
+            verify_checkpoint(&cp, key)?;
+            signed.entry(cp.seq).or_default().push(cp.hash);
+            checkpoints += 1;
+        }
+        Ok(())
+    })?;
+    let mut chain: Option<ChainVerifier> = None;
+    let (mut first, mut last) = (0, 0);
+    let mut covered = 0;
+    read_export(path, &mut |item| {
+        let Item::Record(r) = item else { return Ok(()) };
+        let verifier = chain.get_or_insert_with(|| {
+            first = r.seq;
+            ChainVerifier::new(if r.seq == 1 { GENESIS } else { &r.prev_hash })
+        });
+        verifier.push(&r)?;
+        last = r.seq;
+        if let Some(hashes) = signed.get(&r.seq) {
+            if hashes.iter().any(|h| h != &r.hash) {
+                return Err(format!("record seq {}: differs from its signed checkpoint", r.seq));
+            }
+            covered += hashes.len();
+        }
+        Ok(())
+    })?;
+    let Some(chain) = chain else {
         return Err("the export holds no records".into());
     };
-    let start = if first.seq == 1 {
-        GENESIS.to_owned()
-    } else {
-        first.prev_hash.clone()
-    };
-    verify_run(&records, &start)?;
-    for cp in &checkpoints {
-        verify_checkpoint(cp, key)?;
-        match records.iter().find(|r| r.seq == cp.seq) {
-            Some(r) if r.hash == cp.hash => {}
-            Some(r) => return Err(format!("record seq {}: differs from its signed checkpoint", r.seq)),
-            None => return Err(format!("checkpoint at seq {} covers no record in the export", cp.seq)),
-        }
+    if covered < checkpoints {
+        let stray = signed.keys().copied().filter(|s| *s < first || *s > last).min().unwrap_or(0);
+        return Err(format!("checkpoint at seq {stray} covers no record in the export"));
     }
-    let last = records.last().map_or(0, |r| r.seq);
-    if !checkpoints.iter().any(|c| c.seq == last) {
+    if !signed.contains_key(&last) {
         return Err(format!(
             "the last record (seq {last}) is not covered by a signed checkpoint: records may have been removed from or added to the end"
         ));
     }
     Ok(format!(
-        "export verified: {} records (seq {}..={last}), {} signed checkpoints",
-        records.len(),
-        first.seq,
-        checkpoints.len()
+        "export verified: {} records (seq {first}..={last}), {checkpoints} signed checkpoints",
+        chain.count()
     ))
 }

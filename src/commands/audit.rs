@@ -60,8 +60,7 @@ pub async fn verify(args: Option<&StoreArgs>, export: Option<&Path>, public_key:
     let result = match (export, public_key, args) {
         (Some(file), Some(key), _) => {
             let key = audit::signing::parse_public_key(key)?;
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading export {}", file.display()))?;
-            audit::verify_export(&text, &key)
+            audit::verify_export(file, &key)
         }
         (Some(_), None, _) => anyhow::bail!("--export needs --public-key"),
         (None, _, Some(args)) => audit::verify_store(&open(args).await?.0).await?,
@@ -85,9 +84,12 @@ pub async fn export(args: &StoreArgs, since: Option<&str>, format: Format, outpu
             n
         }
         None => {
-            let mut buffer = Vec::new();
-            audit::export(&store, since, format, signer.as_ref(), &mut buffer).await?;
-            return Ok(String::from_utf8(buffer)?);
+            // Straight to stdout, a line at a time, each line made safe for a terminal.
+            let stdout = std::io::stdout();
+            let mut out = crate::text::TerminalLines::new(std::io::BufWriter::new(stdout.lock()));
+            audit::export(&store, since, format, signer.as_ref(), &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+            return Ok(String::new());
         }
     };
     let signed = if signer.is_some() {

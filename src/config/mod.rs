@@ -1,6 +1,7 @@
 //! The configuration file: one TOML file, `${VAR}` for secrets, unknown keys rejected, every
 //! problem reported at once with the file and key. Relative paths are relative to the file.
 
+mod keys;
 mod vars;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ pub struct Config {
     pub directory: Option<crate::directory::DirectoryConfig>,
     /// ITSM instances.
     pub connectors: Vec<ConnectorEntry>,
+    /// The `${VAR}` values substituted into the file, kept out of every error.
+    #[serde(skip)]
+    pub redactor: vars::Redactor,
 }
 
 /// `[catalog]`.
@@ -236,7 +240,7 @@ impl AuditConfig {
 
 /// One `[[connectors]]` entry. Keys other than these belong to the connector kind, which
 /// rejects unknown ones.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct ConnectorEntry {
     /// Instance id, unique; names the instance in logs, evidence and errors.
     pub id: String,
@@ -247,6 +251,18 @@ pub struct ConnectorEntry {
     /// Kind-specific settings.
     #[serde(flatten)]
     pub settings: toml::Table,
+}
+
+/// The settings hold credentials: only their keys are shown.
+impl std::fmt::Debug for ConnectorEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorEntry")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("mapping", &self.mapping)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Everything built from a config file.
@@ -270,13 +286,26 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading config {file}: {e}"))?;
-        let text = vars::interpolate(&text, &file, &|name| std::env::var(name).ok())
+        let (text, redactor) = vars::interpolate(&text, &file, &|name| std::env::var(name).ok())
             .map_err(|problems| anyhow::anyhow!("config {file} is invalid:\n  {}", problems.join("\n  ")))?;
-        let mut config: Config =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {file} is invalid:\n  {}", e.to_string().trim_end()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.rebase(base);
-        Ok(config)
+        let (config, mut problems) = keys::parse(&text, &file);
+        let Some(mut config) = config else {
+            anyhow::bail!("config {file} is invalid:\n  {}", redactor.redact(&problems.join("\n  ")));
+        };
+        config.redactor = redactor;
+        config.rebase(path.parent().unwrap_or(Path::new(".")));
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        // Unknown keys, and everything else wrong with the file, in one report.
+        if let Err(more) = config.assemble(&file) {
+            problems.extend(more);
+        }
+        anyhow::bail!(
+            "configuration {file} has {} problem(s):\n  {}",
+            problems.len(),
+            config.redactor.redact(&problems.join("\n  "))
+        )
     }
 
     fn rebase(&mut self, base: &Path) {
@@ -352,6 +381,16 @@ impl Config {
     /// Builds connectors, mappings, the decision point and the renderer, reporting every
     /// problem at once.
     pub fn build(&self, file: &str) -> anyhow::Result<Built> {
+        self.assemble(file).map_err(|problems| {
+            anyhow::anyhow!(
+                "configuration {file} has {} problem(s):\n  {}",
+                problems.len(),
+                self.redactor.redact(&problems.join("\n  "))
+            )
+        })
+    }
+
+    fn assemble(&self, file: &str) -> Result<Built, Vec<String>> {
         let mut problems = Vec::new();
         let mut instances = Vec::new();
         if self.connectors.is_empty() {
@@ -413,11 +452,7 @@ impl Config {
                     ..Settings::default()
                 },
             }),
-            _ => anyhow::bail!(
-                "configuration {file} has {} problem(s):\n  {}",
-                problems.len(),
-                problems.join("\n  ")
-            ),
+            _ => Err(problems),
         }
     }
 }

@@ -6,8 +6,45 @@
 
 use regex::Regex;
 
+/// The values substituted into a config, so that no error or log line repeats them: a mistake
+/// on a secret's line must not print the secret.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// `(variable name, value)`, longest value first.
+    values: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.values.iter().map(|(name, _)| format!("${{{name}}}"))).finish()
+    }
+}
+
+impl Redactor {
+    /// `text` with every substituted value (as written and as escaped into the file) replaced
+    /// by its `${NAME}`, and credentials removed from any URL.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (name, value) in &self.values {
+            let escaped = escape(value);
+            for form in [value.as_str(), escaped.as_str()] {
+                // Values this short are not secrets, and replacing them would garble the text.
+                if form.chars().count() >= 3 {
+                    out = out.replace(form, &format!("${{{name}}}"));
+                }
+            }
+        }
+        deskbridge_connector::urls::strip_userinfo(&out)
+    }
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 /// Interpolates `text`; `lookup` reads a variable. Every problem is reported.
-pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, Redactor), Vec<String>> {
+    let mut redactor = Redactor::default();
     let pattern = Regex::new(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{").expect("static regex");
     let mut problems = Vec::new();
     let mut out = String::with_capacity(text.len());
@@ -42,13 +79,17 @@ pub fn interpolate(text: &str, file: &str, lookup: &dyn Fn(&str) -> Option<Strin
                 Some(value) if value.chars().any(char::is_control) => problems.push(format!(
                     "{file}:{line_no}: environment variable {name} contains a newline or control character"
                 )),
-                Some(value) => out.push_str(&value.replace('\\', "\\\\").replace('"', "\\\"")),
+                Some(value) => {
+                    out.push_str(&escape(&value));
+                    redactor.values.push((name.to_owned(), value));
+                }
             }
         }
         out.push_str(&line[last..]);
     }
     if problems.is_empty() {
-        Ok(out)
+        redactor.values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        Ok((out, redactor))
     } else {
         Err(problems)
     }
@@ -98,7 +139,9 @@ mod tests {
 
     #[test]
     fn secrets_are_escaped_into_the_string() {
-        let out = interpolate("password = \"${PASS}\"\nliteral = \"$${HOME}\"\n", "c.toml", &env).expect("ok");
+        let (out, redactor) = interpolate("password = \"${PASS}\"\nliteral = \"$${HOME}\"\n", "c.toml", &env).expect("ok");
+        assert_eq!(redactor.redact(&out), "password = \"${PASS}\"\nliteral = \"${HOME}\"\n");
+        assert_eq!(redactor.redact(r#"invalid type: string "p"a\ss""#), r#"invalid type: string "${PASS}""#);
         assert_eq!(out, "password = \"p\\\"a\\\\ss\"\nliteral = \"${HOME}\"\n");
         let parsed: toml::Table = toml::from_str(&out).expect("valid toml");
         assert_eq!(parsed["password"].as_str(), Some(r#"p"a\ss"#));
@@ -106,7 +149,7 @@ mod tests {
 
     #[test]
     fn comments_are_left_alone() {
-        let out = interpolate("# use ${NOPE} or ${ here\na = \"x\" # ${NOPE}\n", "c.toml", &env).expect("ok");
+        let (out, _) = interpolate("# use ${NOPE} or ${ here\na = \"x\" # ${NOPE}\n", "c.toml", &env).expect("ok");
         assert_eq!(out, "# use ${NOPE} or ${ here\na = \"x\" # ${NOPE}\n");
     }
 

@@ -1,15 +1,18 @@
 //! An OpenID AuthZEN Authorization API 1.0 PDP.
 //!
 //! - Discovery through `/.well-known/authzen-configuration` (optionally per tenant), refusing
-//!   metadata whose `policy_decision_point` is not the configured URL (PDP mix-up).
+//!   metadata whose `policy_decision_point` is not the configured URL (PDP mix-up), and
+//!   endpoints on any origin but the configured URL's or `allowed_origins` (the PDP's
+//!   credentials go with every call).
 //! - `/access/v1/evaluation`, or `/access/v1/evaluations` for two evaluations in one call
 //!   (`batch = false` makes single calls: PDPs differ in batch support).
 //! - Every call sends a fresh `X-Request-ID`; an echoed value must match.
 //! - A rich PDP answers with `context.outcome`, `context.reasons`, `context.route_to` and
 //!   Obligations-profile `context.obligations`; a boolean PDP is given two evaluations
 //!   (`outcomes`), may the request be made at all and may it be approved without a person,
-//!   which become deny / review / approve. An obligation deskbridge cannot fulfil turns approve
-//!   into review. Anything else unexpected fails closed.
+//!   which become deny / review / approve; the obligations of both answers bind the decision.
+//!   An obligation deskbridge cannot fulfil turns approve into review. Absent values are
+//!   omitted from requests, never sent as `null`. Anything else unexpected fails closed.
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -26,10 +29,15 @@ use crate::schema::AccessRequest;
 #[serde(deny_unknown_fields)]
 pub struct AuthzenConfig {
     /// The PDP's base URL (its `policy_decision_point`).
+    #[serde(deserialize_with = "deskbridge_connector::urls::http_url")]
     pub url: url::Url,
     /// Read endpoints from `/.well-known/authzen-configuration`.
     #[serde(default = "yes")]
     pub discovery: bool,
+    /// Origins besides `url`'s that discovered endpoints may use (`https://pdp-eu.example.com`).
+    /// An endpoint anywhere else is refused: the PDP's credentials go with every call.
+    #[serde(default)]
+    pub allowed_origins: Vec<url::Url>,
     /// Multi-tenant discovery: `/.well-known/authzen-configuration/{tenant}`.
     #[serde(default)]
     pub tenant: Option<String>,
@@ -205,10 +213,31 @@ impl AuthzenDecisionPoint {
                 metadata.policy_decision_point
             )));
         }
-        Ok(Endpoints {
-            evaluation: metadata.access_evaluation_endpoint,
-            evaluations: metadata.access_evaluations_endpoint,
-        })
+        let evaluation = self.same_origin("access_evaluation_endpoint", &metadata.access_evaluation_endpoint, &url)?;
+        let evaluations = match &metadata.access_evaluations_endpoint {
+            Some(e) => Some(self.same_origin("access_evaluations_endpoint", e, &url)?),
+            None => None,
+        };
+        Ok(Endpoints { evaluation, evaluations })
+    }
+
+    /// An endpoint from discovery, if it is on the configured origin or an allowed one.
+    fn same_origin(&self, key: &str, endpoint: &str, metadata_url: &str) -> Result<String, DecisionError> {
+        let parsed = url::Url::parse(endpoint)
+            .map_err(|e| DecisionError::Malformed(format!("AuthZEN metadata at {metadata_url}: {key} {endpoint:?}: {e}")))?;
+        let origin = parsed.origin();
+        let allowed = std::iter::once(&self.config.url)
+            .chain(&self.config.allowed_origins)
+            .any(|u| u.origin() == origin);
+        if !allowed || !origin.is_tuple() {
+            return Err(DecisionError::Malformed(format!(
+                "AuthZEN metadata at {metadata_url} puts {key} on origin {}, not the PDP's {}: refusing it, \
+                 the PDP's credentials go only to its own origin (list others in decision.allowed_origins)",
+                origin.ascii_serialization(),
+                self.config.url.origin().ascii_serialization()
+            )));
+        }
+        Ok(parsed.into())
     }
 
     fn text(&self, path: &FieldPath, input: &Value) -> Result<String, DecisionError> {
@@ -240,7 +269,8 @@ impl AuthzenDecisionPoint {
             // The directory's answers about the people involved, and what the ticket claimed.
             "directory": request.context, "claims": request.claims,
             "supported_obligations": ["step-up", "custom:max_duration_days"]});
-        Ok((subject, resource, action, strip_nulls(context)))
+        // AuthZEN: absent values are omitted, never sent as null.
+        Ok((strip_nulls(subject), strip_nulls(resource), strip_nulls(action), strip_nulls(context)))
     }
 
     async fn call(&self, url: &str, body: &Value, calls: &mut Vec<Value>) -> Result<Value, DecisionError> {
@@ -373,6 +403,21 @@ impl AuthzenDecisionPoint {
     }
 }
 
+/// `second` with the obligations of both answers.
+fn merged(first: &Answer, second: &Answer) -> Result<Answer, DecisionError> {
+    let list = |a: &Answer| match a.context.get("obligations") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items.clone()),
+        Some(_) => Err(DecisionError::Malformed("context.obligations is not a list".into())),
+    };
+    let all: Vec<Value> = list(first)?.into_iter().chain(list(second)?).collect();
+    let mut answer = second.clone();
+    if !all.is_empty() {
+        answer.context["obligations"] = Value::Array(all);
+    }
+    Ok(answer)
+}
+
 fn strip_nulls(value: Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
@@ -446,9 +491,10 @@ impl DecisionPoint for AuthzenDecisionPoint {
                 let answers = self.evaluate_pair(request, pair, &mut calls).await?;
                 match answers.as_slice() {
                     [may_request, ..] if !may_request.decision => self.interpret(may_request, "the PDP does not allow this request")?,
-                    [_, auto] if auto.decision => self.interpret(auto, "")?,
-                    [_, auto] => {
-                        let mut review = auto.clone();
+                    // Obligations from either answer bind the decision: merge them.
+                    [may_request, auto] if auto.decision => self.interpret(&merged(may_request, auto)?, "")?,
+                    [may_request, auto] => {
+                        let mut review = merged(may_request, auto)?;
                         if review.context.get("outcome").is_none() {
                             review.context["outcome"] = json!("review");
                             if review.context.get("reasons").is_none() && review.context.get("reason").is_none() {

@@ -1,7 +1,11 @@
 //! A circuit breaker around a remote decision point: after `failures` consecutive failures it
 //! stops calling for `cooldown`, answering `Unavailable` at once (the request stays pending),
 //! then lets one call through to test recovery.
+//!
+//! The breaker logs its state changes (open, half-open, closed) once each; the requests it holds
+//! back while open are counted ([`Breaker::held_back`]) and logged at debug level only.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,6 +38,8 @@ impl Default for BreakerConfig {
 struct State {
     consecutive: u32,
     open_until: Option<Instant>,
+    /// Opened at least once since the last success (so a success is worth logging).
+    tripped: bool,
 }
 
 /// The breaker.
@@ -42,6 +48,7 @@ pub struct Breaker<D> {
     failures: u32,
     cooldown: Duration,
     state: Mutex<State>,
+    held_back: AtomicU64,
 }
 
 impl<D: DecisionPoint> Breaker<D> {
@@ -52,7 +59,13 @@ impl<D: DecisionPoint> Breaker<D> {
             failures: config.failures.max(1),
             cooldown: Duration::from_secs(config.cooldown_secs),
             state: Mutex::new(State::default()),
+            held_back: AtomicU64::new(0),
         }
+    }
+
+    /// Requests answered `CircuitOpen` without calling the decision point, since start.
+    pub fn held_back(&self) -> u64 {
+        self.held_back.load(Ordering::Relaxed)
     }
 }
 
@@ -67,12 +80,14 @@ impl<D: DecisionPoint> DecisionPoint for Breaker<D> {
             let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(until) = state.open_until {
                 if Instant::now() < until {
-                    return Err(DecisionError::Unavailable(format!(
+                    self.held_back.fetch_add(1, Ordering::Relaxed);
+                    return Err(DecisionError::CircuitOpen(format!(
                         "{}: circuit open after repeated failures",
                         self.inner.describe()
                     )));
                 }
                 // Half-open: this call tests recovery; one more failure reopens at once.
+                tracing::info!(pdp = %self.inner.describe(), "circuit half-open: testing the decision point with one call");
                 state.open_until = None;
                 state.consecutive = self.failures - 1;
             }
@@ -80,12 +95,18 @@ impl<D: DecisionPoint> DecisionPoint for Breaker<D> {
         let result = self.inner.decide(request).await;
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match &result {
-            Ok(_) => *state = State::default(),
-            Err(_) => {
+            Ok(_) => {
+                if state.tripped {
+                    tracing::info!(pdp = %self.inner.describe(), held_back = self.held_back(), "decision point answers again; circuit closed");
+                }
+                *state = State::default();
+            }
+            Err(e) => {
                 state.consecutive += 1;
                 if state.consecutive >= self.failures {
-                    tracing::warn!(pdp = %self.inner.describe(), cooldown_s = self.cooldown.as_secs(), "decision point keeps failing; circuit open");
+                    tracing::warn!(pdp = %self.inner.describe(), cooldown_s = self.cooldown.as_secs(), error = %e, "decision point keeps failing; circuit open");
                     state.open_until = Some(Instant::now() + self.cooldown);
+                    state.tripped = true;
                 }
             }
         }

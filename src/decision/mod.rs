@@ -46,6 +46,10 @@ pub enum DecisionError {
     /// The decision point refused the request (4xx): configuration or credentials are wrong.
     #[error("decision point refused the request: {0}")]
     Rejected(String),
+    /// Not called: the circuit breaker is open after repeated failures. Logged once when the
+    /// circuit opens, not for every request it holds back.
+    #[error("decision point not called: {0}")]
+    CircuitOpen(String),
 }
 
 /// An IAM/IGA decision point.

@@ -15,6 +15,7 @@ use crate::schema::AccessRequest;
 #[serde(deny_unknown_fields)]
 pub struct OpaConfig {
     /// OPA's base URL, e.g. `https://opa.internal:8181`.
+    #[serde(deserialize_with = "deskbridge_connector::urls::http_url")]
     pub url: url::Url,
     /// The rule's path under `/v1/data`, e.g. `deskbridge/access/decision`.
     #[serde(default = "default_path")]

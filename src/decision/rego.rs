@@ -2,14 +2,20 @@
 //! pre-1.0). The policy returns the whole decision object; this module adds the policy id and
 //! version, a decision id and the time, and fails closed on anything else.
 //!
-//! The policy is compiled for regorus's register VM (RVM) at load, about five times faster
-//! than its tree-walking interpreter on the shipped policy; a policy the RVM compiler cannot
-//! take runs in the interpreter. Both run under the same time limit, and a test holds them to
-//! the same answers.
+//! Evaluations run on a small pool of dedicated threads, never on the async runtime's workers,
+//! and the caller waits at most the time limit by the wall clock. regorus's own execution timer
+//! stops the interpreter's loops near the limit, but a single builtin call (`numbers.range` of
+//! a hundred million numbers) cannot be interrupted: the caller then answers `Timeout` at the
+//! limit, the thread is left to finish and is replaced, and at most [`MAX_OVERRUNS`] such
+//! threads exist at once; beyond that decisions fail closed as unavailable until they finish.
+//! An answer that arrives after the limit is never used.
+//!
+//! The recorded version is the SHA-256 of the policy texts, in load order, not of their paths.
 
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,6 +32,9 @@ use crate::schema::AccessRequest;
 /// Instruction budget of one RVM evaluation, far above any real decision policy.
 const MAX_INSTRUCTIONS: usize = 50_000_000;
 
+/// Evaluation threads that may still be running past their limit at one time.
+pub const MAX_OVERRUNS: usize = 4;
+
 /// Rego policy settings (`[decision]` with `kind = "rego"`).
 #[derive(Debug, Clone)]
 pub struct RegoSettings {
@@ -40,14 +49,136 @@ pub struct RegoSettings {
 /// An embedded Rego policy.
 pub struct RegoDecisionPoint {
     template: Engine,
-    idle: Mutex<Vec<Engine>>,
-    program: Option<std::sync::Arc<Program>>,
-    vms: Mutex<Vec<RegoVM>>,
+    program: Option<Arc<Program>>,
     timer: ExecutionTimerConfig,
     entrypoint: String,
     policy_id: String,
     policy_version: String,
     timeout: Duration,
+    pool: OnceLock<Pool>,
+}
+
+type Evaluated = (Result<regorus::Value, String>, Duration);
+
+/// Where a job is: its caller and its worker agree through this.
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const GAVE_UP_QUEUED: u8 = 2;
+const GAVE_UP_RUNNING: u8 = 3;
+const DONE: u8 = 4;
+
+struct Job {
+    input: regorus::Value,
+    reply: flume::Sender<Evaluated>,
+    state: Arc<AtomicU8>,
+}
+
+/// One evaluator per worker thread: the interpreter or the compiled program.
+enum Evaluator {
+    Interpreter(Box<Engine>, String),
+    Vm(Box<RegoVM>),
+}
+
+impl Evaluator {
+    fn run(&mut self, input: regorus::Value) -> Result<regorus::Value, String> {
+        match self {
+            Evaluator::Interpreter(engine, entrypoint) => {
+                engine.set_input(input);
+                engine.eval_rule(entrypoint.clone()).map_err(|e| e.to_string())
+            }
+            Evaluator::Vm(vm) => {
+                vm.set_input(input);
+                vm.execute().map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// The evaluation threads of one policy.
+struct Pool {
+    jobs: flume::Sender<Job>,
+    queue: flume::Receiver<Job>,
+    overrunning: Arc<AtomicUsize>,
+    make: Arc<dyn Fn() -> Evaluator + Send + Sync>,
+}
+
+impl Pool {
+    fn new(workers: usize, make: Arc<dyn Fn() -> Evaluator + Send + Sync>) -> Self {
+        let (jobs, queue) = flume::unbounded();
+        let pool = Self {
+            jobs,
+            queue,
+            overrunning: Arc::new(AtomicUsize::new(0)),
+            make,
+        };
+        for _ in 0..workers {
+            pool.spawn_worker();
+        }
+        pool
+    }
+
+    fn spawn_worker(&self) {
+        let (queue, overrunning, make) = (self.queue.clone(), self.overrunning.clone(), self.make.clone());
+        let spawned = std::thread::Builder::new().name("rego-eval".into()).spawn(move || {
+            let mut evaluator = make();
+            for job in queue.iter() {
+                if job.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    continue; // its caller gave up while it waited
+                }
+                let started = Instant::now();
+                let result = evaluator.run(job.input);
+                let _ = job.reply.send((result, started.elapsed()));
+                if job.state.swap(DONE, Ordering::AcqRel) == GAVE_UP_RUNNING {
+                    // A replacement took this thread's place when its caller gave up.
+                    overrunning.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a policy evaluation thread");
+        }
+    }
+
+    /// Queues one evaluation; `Err` when too many earlier ones are still overrunning.
+    fn submit(&self, input: regorus::Value) -> Result<(flume::Receiver<Evaluated>, Arc<AtomicU8>), DecisionError> {
+        let overrunning = self.overrunning.load(Ordering::Acquire);
+        if overrunning >= MAX_OVERRUNS {
+            return Err(DecisionError::Unavailable(format!(
+                "{overrunning} policy evaluations are still running past their time limit"
+            )));
+        }
+        let (reply, answer) = flume::bounded(1);
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        self.jobs
+            .send(Job {
+                input,
+                reply,
+                state: state.clone(),
+            })
+            .map_err(|_| DecisionError::Engine("the policy evaluation threads stopped".into()))?;
+        Ok((answer, state))
+    }
+
+    /// The caller's time is up: a queued job is dropped, a running one is abandoned to its
+    /// thread, which a new thread replaces. `None` if the answer arrived meanwhile.
+    fn give_up(&self, state: &AtomicU8) -> Option<&'static str> {
+        if state
+            .compare_exchange(QUEUED, GAVE_UP_QUEUED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Some("waiting for a free evaluator");
+        }
+        if state
+            .compare_exchange(RUNNING, GAVE_UP_RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.overrunning.fetch_add(1, Ordering::AcqRel);
+            self.spawn_worker();
+            return Some("evaluating");
+        }
+        None
+    }
 }
 
 impl RegoDecisionPoint {
@@ -66,7 +197,9 @@ impl RegoDecisionPoint {
         let mut engine = Engine::new();
         let mut hasher = Sha256::new();
         for (name, text) in &sources {
-            hasher.update(name.as_bytes());
+            // The text only: the same policy records the same version wherever it is loaded from.
+            // Each text's length first, so that splitting one text across files changes the hash.
+            hasher.update((text.len() as u64).to_be_bytes());
             hasher.update(text.as_bytes());
             engine
                 .add_policy(name.clone(), text.clone())
@@ -97,23 +230,22 @@ impl RegoDecisionPoint {
         // comes out undefined when the key is absent — so the shipped policy's review of an
         // unlisted system became a deny. The compiled program is opt-in (`with_vm`) for
         // benchmarks and differential tests only.
-        let program = None;
         Ok(Self {
             template: engine,
-            idle: Mutex::new(Vec::new()),
-            program,
-            vms: Mutex::new(Vec::new()),
+            program: None,
             timer,
             entrypoint,
             policy_id,
             policy_version,
             timeout,
+            pool: OnceLock::new(),
         })
     }
 
     /// Evaluates with the interpreter only (the default).
     pub fn interpreter_only(mut self) -> Self {
         self.program = None;
+        self.pool = OnceLock::new();
         self
     }
 
@@ -129,6 +261,7 @@ impl RegoDecisionPoint {
             .and_then(|compiled| Compiler::compile_from_policy(&compiled, &[entrypoint.as_str()]).map_err(|e| e.to_string()))
             .map_err(|e| tracing::info!(error = %e, "the RVM compiler declined the policy"))
             .ok();
+        self.pool = OnceLock::new();
         self
     }
 
@@ -137,40 +270,58 @@ impl RegoDecisionPoint {
         self.program.is_some()
     }
 
-    fn run(&self, input: regorus::Value) -> (Result<regorus::Value, String>, Duration) {
-        if let Some(program) = &self.program {
-            let mut vm = self.vms.lock().ok().and_then(|mut vms| vms.pop()).unwrap_or_else(|| {
-                let mut vm = RegoVM::new();
-                vm.load_program(program.clone());
-                vm.set_execution_timer_config(Some(self.timer));
-                // The time limit bounds evaluation; the VM's default budget of 25,000
-                // instructions would refuse a large but legitimate policy.
-                vm.set_max_instructions(MAX_INSTRUCTIONS);
-                vm
+    fn pool(&self) -> &Pool {
+        self.pool.get_or_init(|| {
+            let (template, program, timer, entrypoint) =
+                (self.template.clone(), self.program.clone(), self.timer, self.entrypoint.clone());
+            let make: Arc<dyn Fn() -> Evaluator + Send + Sync> = Arc::new(move || match &program {
+                Some(program) => {
+                    let mut vm = RegoVM::new();
+                    vm.load_program(program.clone());
+                    vm.set_execution_timer_config(Some(timer));
+                    // The time limit bounds evaluation; the VM's default budget of 25,000
+                    // instructions would refuse a large but legitimate policy.
+                    vm.set_max_instructions(MAX_INSTRUCTIONS);
+                    Evaluator::Vm(Box::new(vm))
+                }
+                None => Evaluator::Interpreter(Box::new(template.clone()), entrypoint.clone()),
             });
-            vm.set_input(input);
-            let started = Instant::now();
-            let result = vm.execute().map_err(|e| e.to_string());
-            let elapsed = started.elapsed();
-            if let Ok(mut vms) = self.vms.lock() {
-                vms.push(vm);
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+            Pool::new(workers, make)
+        })
+    }
+
+    /// The evaluation's answer, or why there is none; `waited` is the caller's wall time.
+    fn conclude(&self, answer: Option<Evaluated>, waited: Duration, state: &AtomicU8) -> Result<regorus::Value, DecisionError> {
+        let Some((result, elapsed)) = answer else {
+            let stage = self.pool().give_up(state).unwrap_or("answering");
+            return Err(DecisionError::Timeout(format!(
+                "{} after {waited:?} ({stage}); limit {:?}",
+                self.entrypoint, self.timeout
+            )));
+        };
+        if elapsed > self.timeout {
+            // Finished, but too late: an over-time answer is never used.
+            return Err(DecisionError::Timeout(format!(
+                "{} took {elapsed:?}; limit {:?}",
+                self.entrypoint, self.timeout
+            )));
+        }
+        result.map_err(|text| {
+            let lower = text.to_lowercase();
+            if lower.contains("time limit") || lower.contains("instruction limit") {
+                DecisionError::Timeout(format!("{} after {elapsed:?}", self.entrypoint))
+            } else {
+                DecisionError::Engine(text)
             }
-            return (result, elapsed);
+        })
+    }
+
+    fn finish(&self, value: regorus::Value) -> Result<serde_json::Value, DecisionError> {
+        if value == regorus::Value::Undefined {
+            return Err(DecisionError::Undefined(self.entrypoint.clone()));
         }
-        let mut engine = self
-            .idle
-            .lock()
-            .ok()
-            .and_then(|mut idle| idle.pop())
-            .unwrap_or_else(|| self.template.clone());
-        engine.set_input(input);
-        let started = Instant::now();
-        let result = engine.eval_rule(self.entrypoint.clone()).map_err(|e| e.to_string());
-        let elapsed = started.elapsed();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(engine);
-        }
-        (result, elapsed)
+        serde_json::to_value(&value).map_err(|e| DecisionError::Malformed(e.to_string()))
     }
 
     /// `deskbridge.access`.
@@ -183,27 +334,26 @@ impl RegoDecisionPoint {
         &self.policy_version
     }
 
-    /// Evaluates the entrypoint for one input; the raw answer as JSON.
+    /// Evaluates the entrypoint for one input, blocking this thread up to the time limit; the
+    /// raw answer as JSON. For CLI tools and benches; the pipeline uses [`DecisionPoint::decide`].
     pub fn evaluate(&self, input: &serde_json::Value) -> Result<serde_json::Value, DecisionError> {
-        let (result, elapsed) = self.run(regorus::Value::from(input.clone()));
-        let value = result.map_err(|text| {
-            let lower = text.to_lowercase();
-            if elapsed >= self.timeout || lower.contains("time limit") || lower.contains("instruction limit") {
-                DecisionError::Timeout(format!("{} after {elapsed:?}", self.entrypoint))
-            } else {
-                DecisionError::Engine(text)
-            }
-        })?;
-        if value == regorus::Value::Undefined {
-            return Err(DecisionError::Undefined(self.entrypoint.clone()));
-        }
-        serde_json::to_value(&value).map_err(|e| DecisionError::Malformed(e.to_string()))
+        let started = Instant::now();
+        let (answer, state) = self.pool().submit(regorus::Value::from(input.clone()))?;
+        let answer = answer.recv_timeout(self.timeout).ok();
+        let value = self.conclude(answer, started.elapsed(), &state)?;
+        self.finish(value)
     }
 
-    /// Decides synchronously (the evaluation takes microseconds; no thread hop needed).
-    pub fn decide_now(&self, request: &AccessRequest) -> Result<Decided, DecisionError> {
-        let input = serde_json::to_value(request).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
-        let raw = self.evaluate(&input)?;
+    /// The same, awaiting the answer without holding the runtime's thread.
+    pub async fn evaluate_async(&self, input: &serde_json::Value) -> Result<serde_json::Value, DecisionError> {
+        let started = Instant::now();
+        let (answer, state) = self.pool().submit(regorus::Value::from(input.clone()))?;
+        let answer = tokio::time::timeout(self.timeout, answer.recv_async()).await.ok().and_then(Result::ok);
+        let value = self.conclude(answer, started.elapsed(), &state)?;
+        self.finish(value)
+    }
+
+    fn decided(&self, raw: serde_json::Value) -> Result<Decided, DecisionError> {
         let output = PolicyOutput::from_json(&raw)?;
         let decision = output.into_decision(
             self.policy_id.clone(),
@@ -211,6 +361,12 @@ impl RegoDecisionPoint {
             uuid::Uuid::new_v4().to_string(),
         );
         Ok(Decided { decision, raw })
+    }
+
+    /// Decides, blocking this thread up to the time limit (CLI tools, benches, tests).
+    pub fn decide_now(&self, request: &AccessRequest) -> Result<Decided, DecisionError> {
+        let input = serde_json::to_value(request).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
+        self.decided(self.evaluate(&input)?)
     }
 
     /// Runs every `test_*` rule of the loaded test packages; returns `(name, passed)` pairs.
@@ -255,7 +411,8 @@ impl DecisionPoint for RegoDecisionPoint {
     }
 
     async fn decide(&self, request: &AccessRequest) -> Result<Decided, DecisionError> {
-        self.decide_now(request)
+        let input = serde_json::to_value(request).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
+        self.decided(self.evaluate_async(&input).await?)
     }
 }
 

@@ -29,6 +29,7 @@ pub enum PdpAuthConfig {
     /// OAuth 2.0 client credentials (the AuthZEN spec's recommendation).
     ClientCredentials {
         /// Token endpoint.
+        #[serde(deserialize_with = "deskbridge_connector::urls::http_url_string")]
         token_url: String,
         /// Client id.
         client_id: String,
@@ -139,7 +140,7 @@ impl PdpHttp {
                         let response = request
                             .request_async(&self.client)
                             .await
-                            .map_err(|e| DecisionError::Unavailable(format!("{}: token endpoint: {e}", self.name)))?;
+                            .map_err(|e| DecisionError::Unavailable(deskbridge_connector::urls::strip_userinfo(&format!("{}: token endpoint: {e}", self.name))))?;
                         let token = SecretString::from(response.access_token().secret().to_owned());
                         let lifetime = response.expires_in().unwrap_or(Duration::from_secs(300));
                         *cached = Some(CachedToken {

@@ -25,8 +25,10 @@ pub const SIGNATURE_HEADER: &str = "x-deskbridge-signature";
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// The adapter's URL.
+    #[serde(deserialize_with = "deskbridge_connector::urls::http_url")]
     pub url: url::Url,
-    /// Shared HMAC secret; use `${VAR}`.
+    /// Shared HMAC secret (at least 16 characters); use `${VAR}`.
+    #[serde(deserialize_with = "deskbridge_connector::webhook::hmac_secret")]
     pub secret: SecretString,
     /// Recorded when the adapter does not name its policy.
     #[serde(default)]

@@ -24,6 +24,7 @@ use super::{Directory, Identity};
 #[serde(deny_unknown_fields)]
 pub struct ScimDirectoryConfig {
     /// The SCIM base URL, e.g. `https://dir.example/scim/v2`.
+    #[serde(deserialize_with = "deskbridge_connector::urls::http_url")]
     pub base_url: url::Url,
     /// Bearer token; use `${VAR}`.
     pub token: secrecy::SecretString,

@@ -242,7 +242,13 @@ impl Pipeline {
                 Ok(decided) => decided,
                 Err(e) => {
                     let delay = crate::backoff::delay(row.attempts, self.settings.decision_retry_base, self.settings.decision_retry_max);
-                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "decision failed; request stays pending");
+                    if matches!(e, crate::decision::DecisionError::CircuitOpen(_)) {
+                        // The breaker logged when it opened; each row it holds back is counted.
+                        tracing::debug!(error = %e, retry_in_s = delay.as_secs(), "decision point not called; request stays pending");
+                        report.held_back += 1;
+                    } else {
+                        tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "decision failed; request stays pending");
+                    }
                     self.store.decision_failed(row, &normalized_json, &e.to_string(), delay).await?;
                     self.maybe_delayed_comment(row, &hash).await?;
                     report.failed_decisions += 1;

@@ -81,6 +81,8 @@ pub struct Report {
     pub contended: usize,
     /// Requests left pending after a decision-point failure.
     pub failed_decisions: usize,
+    /// Of those, requests the circuit breaker held back without calling the decision point.
+    pub held_back: usize,
     /// Comments posted (or found already posted).
     pub posted: usize,
     /// Comments whose posting failed this pass.

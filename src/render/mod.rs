@@ -1,9 +1,13 @@
 //! Renders a decision into a ticket comment from an admin-editable minijinja template.
 //!
 //! Every value placed in the template (ticket fields, policy reasons) is made inert first:
-//! control characters collapse to spaces, so no value can forge a line of the comment, and the
-//! connector's markup escaping keeps ticket text from becoming markup. The idempotency marker
-//! is appended after rendering, so no template can drop it.
+//! control characters collapse to spaces, so no value can forge a line of the comment; bidi
+//! controls and zero-width characters are dropped, so none can reorder or hide what a reader
+//! sees; each value is capped at [`FIELD_CHARS`] characters; and the connector's markup
+//! escaping keeps ticket text from becoming markup. A body longer than [`COMMENT_CHARS`] loses
+//! whole lines from its middle (never the outcome line or the closing policy lines), so an ITSM
+//! that truncates long comments never cuts the marker. The idempotency marker is appended after
+//! rendering, so no template can drop it.
 
 use std::path::Path;
 
@@ -15,6 +19,12 @@ use serde_json::{json, Value};
 use crate::schema::{AccessRequest, Decision, Outcome};
 
 const DEFAULT_TEMPLATE: &str = include_str!("comment.txt.j2");
+
+/// Longest value quoted into a comment, in characters (before markup escaping).
+pub const FIELD_CHARS: usize = 500;
+
+/// Longest comment body, marker line excluded, in characters.
+pub const COMMENT_CHARS: usize = 4000;
 
 /// The comment renderer.
 pub struct CommentRenderer {
@@ -45,9 +55,43 @@ fn label(outcome: Outcome) -> &'static str {
 /// Collapses control characters (newlines included) to single spaces and neutralises anything
 /// that reads as a deskbridge marker.
 fn inert(text: &str, markup: &dyn Markup) -> String {
-    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let flat = deskbridge_connector::neutralize_markers(&flat.split_whitespace().collect::<Vec<_>>().join(" "));
-    markup.escape(&flat)
+    let flat: String = text
+        .chars()
+        .filter(|c| !crate::text::is_bidi_control(*c) && !crate::text::is_zero_width(*c))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let flat = crate::text::cap(&flat.split_whitespace().collect::<Vec<_>>().join(" "), FIELD_CHARS);
+    markup.escape(&deskbridge_connector::neutralize_markers(&flat))
+}
+
+/// `body` within [`COMMENT_CHARS`]: whole lines dropped from the middle, the first line (the
+/// outcome) and the last two (policy, and that the ticket grants nothing) always kept.
+fn shortened(body: &str) -> String {
+    let count = |s: &str| s.chars().count() + 1;
+    if body.chars().count() <= COMMENT_CHARS {
+        return body.to_owned();
+    }
+    let lines: Vec<&str> = body.lines().collect();
+    if lines.len() <= 3 {
+        return body.to_owned();
+    }
+    let (head, middle, tail) = (lines[0], &lines[1..lines.len() - 2], &lines[lines.len() - 2..]);
+    let notice_room = 80;
+    let mut budget = COMMENT_CHARS.saturating_sub(count(head) + tail.iter().map(|l| count(l)).sum::<usize>() + notice_room);
+    let mut kept = vec![head];
+    let mut dropped = 0;
+    for line in middle {
+        if dropped == 0 && count(line) <= budget {
+            budget -= count(line);
+            kept.push(line);
+        } else {
+            dropped += 1;
+        }
+    }
+    let notice = format!("… ({dropped} more line(s) left out: the comment is capped at {COMMENT_CHARS} characters)");
+    kept.push(&notice);
+    kept.extend(tail);
+    kept.join("\n")
 }
 
 fn sanitize(value: Value, markup: &dyn Markup) -> Value {
@@ -145,8 +189,8 @@ impl CommentRenderer {
 
     /// The comment text, ending with the marker line.
     pub fn render(&self, input: &CommentInput<'_>, marker: &str, markup: &dyn Markup) -> anyhow::Result<String> {
-        let body = self.render_body(input, markup)?;
-        Ok(format!("{}\n[{marker}]", body.trim_end()))
+        let body = shortened(self.render_body(input, markup)?.trim_end());
+        Ok(format!("{body}\n[{marker}]"))
     }
 }
 

@@ -1,8 +1,18 @@
 //! The hash-chained audit log: every pipeline step appends one record.
 //!
-//! A record's hash is SHA-256 over the canonical JSON (keys sorted) of its sequence number,
-//! time, connector, ticket, kind, payload and the previous record's hash. Editing, deleting,
-//! inserting or reordering any record breaks the chain at that record.
+//! A record's hash is SHA-256 over the canonical JSON of its sequence number, time, connector,
+//! ticket, kind, payload and the previous record's hash. Editing, deleting, inserting or
+//! reordering any record breaks the chain at that record.
+//!
+//! Canonical JSON, by the record's `scheme`:
+//! - 2 (every record written now): RFC 8785, the JSON Canonicalization Scheme, through
+//!   `serde_json_canonicalizer`; the object also holds `"scheme": 2`. It does not depend on how
+//!   serde_json orders maps, so no dependency's features can change a hash.
+//! - 1 (records written before scheme 2 existed): keys sorted by their bytes, no spaces, values
+//!   as serde_json writes them. Written out here, not by serde_json's map, so these records
+//!   verify whatever serde_json's features are.
+//!
+//! A log may hold scheme-1 records followed by scheme-2 records, never the other way round.
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -70,13 +80,79 @@ impl Event {
     }
 }
 
-/// SHA-256 of a record's canonical JSON (serde_json's default map keeps keys sorted).
-pub fn record_hash(seq: i64, at: &str, connector: &str, ticket_key: &str, kind: &str, payload: &Value, prev: &str) -> String {
-    let canonical = json!({
-        "seq": seq, "at": at, "connector": connector, "ticket_key": ticket_key,
-        "kind": kind, "payload": payload, "prev_hash": prev,
+/// The hash scheme of records written before RFC 8785 was adopted.
+pub const LEGACY_SCHEME: i64 = 1;
+/// RFC 8785 (JCS): the scheme every record is written with.
+pub const JCS_SCHEME: i64 = 2;
+
+/// What a record's hash is computed over.
+pub struct Content<'a> {
+    /// Position in the log.
+    pub seq: i64,
+    /// When.
+    pub at: &'a str,
+    /// Connector instance ("" for none).
+    pub connector: &'a str,
+    /// Ticket key ("" for none).
+    pub ticket_key: &'a str,
+    /// Event kind.
+    pub kind: &'a str,
+    /// Payload.
+    pub payload: &'a Value,
+    /// The previous record's hash.
+    pub prev: &'a str,
+}
+
+/// SHA-256 of a record's canonical JSON under `scheme`.
+pub fn record_hash(scheme: i64, c: &Content<'_>) -> Result<String, String> {
+    let mut object = json!({
+        "seq": c.seq, "at": c.at, "connector": c.connector, "ticket_key": c.ticket_key,
+        "kind": c.kind, "payload": c.payload, "prev_hash": c.prev,
     });
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    let bytes = match scheme {
+        JCS_SCHEME => {
+            object["scheme"] = json!(JCS_SCHEME);
+            serde_json_canonicalizer::to_vec(&object).map_err(|e| format!("canonical JSON: {e}"))?
+        }
+        LEGACY_SCHEME => {
+            let mut out = String::new();
+            legacy_json(&object, &mut out);
+            out.into_bytes()
+        }
+        other => return Err(format!("unknown hash scheme {other}")),
+    };
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Scheme 1: keys sorted by their UTF-8 bytes, no whitespace, scalars as serde_json writes them.
+fn legacy_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                legacy_json(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                legacy_json(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// Appends one record inside the caller's transaction, chained to the last one. SQLite's
@@ -87,9 +163,21 @@ pub async fn append(tx: &mut Transaction<'_, Any>, connector: &str, ticket_key: 
         .await?;
     let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
     let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let hash = record_hash(seq, &at, connector, ticket_key, event.as_str(), &payload, &prev);
+    let hash = record_hash(
+        JCS_SCHEME,
+        &Content {
+            seq,
+            at: &at,
+            connector,
+            ticket_key,
+            kind: event.as_str(),
+            payload: &payload,
+            prev: &prev,
+        },
+    )
+    .map_err(sqlx::Error::Protocol)?;
     sqlx::query(
-        "INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(seq)
     .bind(&at)
@@ -99,6 +187,7 @@ pub async fn append(tx: &mut Transaction<'_, Any>, connector: &str, ticket_key: 
     .bind(payload.to_string())
     .bind(&prev)
     .bind(&hash)
+    .bind(JCS_SCHEME)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -123,21 +212,29 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// This record's hash.
     pub hash: String,
+    /// Its hash scheme ([`LEGACY_SCHEME`] or [`JCS_SCHEME`]).
+    pub scheme: i64,
 }
+
+/// The columns of [`AuditRecord`], for queries.
+pub const COLUMNS: &str = "seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme";
 
 impl AuditRecord {
     /// The hash this record's content should have.
     pub fn expected_hash(&self) -> Result<String, String> {
         let payload: Value = serde_json::from_str(&self.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
-        Ok(record_hash(
-            self.seq,
-            &self.at,
-            self.connector.as_deref().unwrap_or_default(),
-            self.ticket_key.as_deref().unwrap_or_default(),
-            &self.kind,
-            &payload,
-            &self.prev_hash,
-        ))
+        record_hash(
+            self.scheme,
+            &Content {
+                seq: self.seq,
+                at: &self.at,
+                connector: self.connector.as_deref().unwrap_or_default(),
+                ticket_key: self.ticket_key.as_deref().unwrap_or_default(),
+                kind: &self.kind,
+                payload: &payload,
+                prev: &self.prev_hash,
+            },
+        )
     }
 
     fn describe(&self) -> String {
@@ -151,31 +248,74 @@ impl AuditRecord {
     }
 }
 
-/// Checks a run of records. `start_prev` is the hash before the first (GENESIS for a whole
-/// log). Returns how many verified, or a message naming the first bad record.
-pub fn verify_run(records: &[AuditRecord], start_prev: &str) -> Result<usize, String> {
-    let mut prev = start_prev.to_owned();
-    let first_seq = records.first().map_or(1, |r| r.seq);
-    for (expected_seq, r) in (first_seq..).zip(records) {
+/// Checks records one at a time, in order, holding only the last one's hash: memory stays flat
+/// however long the log is.
+pub struct ChainVerifier {
+    prev: String,
+    next_seq: Option<i64>,
+    scheme: i64,
+    count: usize,
+}
+
+impl ChainVerifier {
+    /// A verifier whose first record follows `start_prev` (GENESIS for a whole log).
+    pub fn new(start_prev: &str) -> Self {
+        Self {
+            prev: start_prev.to_owned(),
+            next_seq: None,
+            scheme: LEGACY_SCHEME,
+            count: 0,
+        }
+    }
+
+    /// Checks the next record; a message naming it if it is bad.
+    pub fn push(&mut self, r: &AuditRecord) -> Result<(), String> {
+        let expected_seq = self.next_seq.unwrap_or(r.seq);
         if r.seq != expected_seq {
             return Err(format!(
                 "{}: expected seq {expected_seq}; a record was deleted, inserted or reordered here",
                 r.describe()
             ));
         }
-        if r.prev_hash != prev {
+        if r.prev_hash != self.prev {
             return Err(format!(
                 "{}: prev_hash does not match the record before it; a record was deleted, inserted or reordered here",
                 r.describe()
+            ));
+        }
+        if r.scheme < self.scheme {
+            return Err(format!(
+                "{}: hash scheme {} after scheme {}; a log never goes back to an older scheme",
+                r.describe(),
+                r.scheme,
+                self.scheme
             ));
         }
         let expected = r.expected_hash().map_err(|e| format!("{}: {e}", r.describe()))?;
         if expected != r.hash {
             return Err(format!("{}: content does not match its hash; the record was edited", r.describe()));
         }
-        prev = r.hash.clone();
+        self.prev.clone_from(&r.hash);
+        self.next_seq = Some(r.seq + 1);
+        self.scheme = r.scheme;
+        self.count += 1;
+        Ok(())
     }
-    Ok(records.len())
+
+    /// Records verified so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+/// Checks a run of records. `start_prev` is the hash before the first (GENESIS for a whole
+/// log). Returns how many verified, or a message naming the first bad record.
+pub fn verify_run(records: &[AuditRecord], start_prev: &str) -> Result<usize, String> {
+    let mut verifier = ChainVerifier::new(start_prev);
+    for r in records {
+        verifier.push(r)?;
+    }
+    Ok(verifier.count())
 }
 
 /// Checks a whole log from the first record.

@@ -28,7 +28,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyPool, ConnectOptions as _, Executor as _};
+use sqlx::{AnyPool, ConnectOptions as _, Connection as _, Executor as _};
 
 pub use audit::{AuditRecord, Event};
 pub use parking::{Halt, Parked, Retried};
@@ -276,6 +276,14 @@ impl Store {
     /// processes starting together on a new file do not race.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
+        private_file(path).map_err(|e| anyhow::anyhow!("creating the store {}: {e}", path.display()))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            if Path::new(&side).exists() {
+                private_file(Path::new(&side)).map_err(|e| anyhow::anyhow!("{}: {e}", Path::new(&side).display()))?;
+            }
+        }
         // Built from the file name, not parsed from text: a path holding `?`, `#` or spaces
         // opens as written (sqlx percent-encodes it into the URL and decodes it back).
         let url = SqliteConnectOptions::new().filename(path).create_if_missing(true).to_url_lossy();
@@ -349,6 +357,16 @@ impl Store {
     pub async fn connect_postgres(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let options: AnyConnectOptions = url.parse()?;
+        // One direct connection first: the pool reports only "timed out" when the server is
+        // unreachable, while the connection says why (refused, no such host, bad password).
+        let target = describe_postgres(url);
+        match tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => anyhow::bail!("cannot connect to PostgreSQL at {target}: {}", redact(&error_causes(&e), url)),
+            Err(_) => anyhow::bail!("cannot connect to PostgreSQL at {target}: no answer within 10 s (a firewall dropping packets, or the wrong host)"),
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(15))
@@ -475,13 +493,29 @@ impl Store {
 fn open_lock_file(path: &Path, suffix: &str) -> anyhow::Result<std::fs::File> {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{suffix}"));
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&name)
-        .map_err(|e| anyhow::anyhow!("opening the lock file {}: {e}", Path::new(&name).display()))
+    private_file(Path::new(&name)).map_err(|e| anyhow::anyhow!("opening the lock file {}: {e}", Path::new(&name).display()))
+}
+
+/// Opens (creating if missing) a file only its owner may read and write: the store holds
+/// tickets, decisions, the marker key and OAuth tokens. A file found readable by others is
+/// tightened to 0600. SQLite creates the `-wal` and `-shm` files with the database file's mode.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "the store file was readable by others; tightening it to 0600");
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path)
 }
 
 /// A per-installation secret, made (random, 256 bits) the first time any process asks; every
@@ -501,6 +535,34 @@ async fn installation_secret(pool: &AnyPool, name: &str) -> anyhow::Result<secre
 }
 
 /// Removes a connection URL (and so its password) from an error message.
+/// `host:port, database D, user U` of a PostgreSQL URL, never its password.
+fn describe_postgres(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{} (database {:?}, user {:?})",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path().trim_start_matches('/'),
+            u.username()
+        ),
+        Err(_) => "the configured URL".into(),
+    }
+}
+
+/// An error and its causes on one line.
+fn error_causes(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
 fn redact(message: &str, url: &str) -> String {
     let mut out = message.replace(url, "<store url>");
     if let Ok(parsed) = url::Url::parse(url) {

@@ -59,29 +59,41 @@ impl Store {
         })
     }
 
-    /// The whole audit log in order.
+    /// The whole audit log in order, in memory: for tests and small logs. Verification and
+    /// export read it a page at a time ([`Store::audit_page`]).
     pub async fn audit_records(&self) -> anyhow::Result<Vec<AuditRecord>> {
-        Ok(
-            sqlx::query_as("SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit ORDER BY seq")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as(&format!("SELECT {} FROM audit ORDER BY seq", audit::COLUMNS))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Up to `limit` records after `after_seq`, in order, written at or after `since` (an RFC 3339
+    /// time in the store's format; "" for all).
+    pub async fn audit_page(&self, after_seq: i64, since: &str, limit: i64) -> anyhow::Result<Vec<AuditRecord>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM audit WHERE seq > $1 AND at >= $2 ORDER BY seq LIMIT $3",
+            audit::COLUMNS
+        ))
+        .bind(after_seq)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The latest audit record.
     pub async fn last_audit_record(&self) -> anyhow::Result<Option<AuditRecord>> {
-        Ok(
-            sqlx::query_as("SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as(&format!("SELECT {} FROM audit ORDER BY seq DESC LIMIT 1", audit::COLUMNS))
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Every audit record of one ticket, in order.
     pub async fn audit_for_ticket(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Vec<AuditRecord>> {
-        Ok(sqlx::query_as(
-            "SELECT seq, at, connector, ticket_key, kind, payload, prev_hash, hash FROM audit WHERE connector = $1 AND ticket_key = $2 ORDER BY seq",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM audit WHERE connector = $1 AND ticket_key = $2 ORDER BY seq",
+            audit::COLUMNS
+        ))
         .bind(connector)
         .bind(ticket_key)
         .fetch_all(&self.pool)
@@ -130,6 +142,51 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    /// Up to `limit` checkpoints covering records `from_seq..=to_seq`, after the checkpoint
+    /// `(after_seq, after_id)` in (seq, id) order: `(id, checkpoint)` pairs.
+    pub async fn checkpoint_page(
+        &self,
+        (after_seq, after_id): (i64, i64),
+        to_seq: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(i64, crate::audit::Checkpoint)>> {
+        let rows: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, seq, hash, at, public_key, signature FROM audit_checkpoints
+             WHERE (seq > $1 OR (seq = $1 AND id > $2)) AND seq <= $3 ORDER BY seq, id LIMIT $4",
+        )
+        .bind(after_seq)
+        .bind(after_id)
+        .bind(to_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, seq, hash, at, public_key, signature)| {
+                (
+                    id,
+                    crate::audit::Checkpoint {
+                        seq,
+                        hash,
+                        at,
+                        public_key,
+                        signature,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Whether `public_key` has signed record `seq`.
+    pub async fn has_checkpoint(&self, seq: i64, public_key: &str) -> anyhow::Result<bool> {
+        let found: Option<(i64,)> = sqlx::query_as("SELECT seq FROM audit_checkpoints WHERE seq = $1 AND public_key = $2 LIMIT 1")
+            .bind(seq)
+            .bind(public_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Stores a checkpoint.

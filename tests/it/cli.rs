@@ -111,8 +111,7 @@ mapping = "nope.toml"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     for needle in [
-        "connectors[0] (id \"one\")",
-        "unknown field `bse_url`",
+        "bad.toml:14: unknown key connectors[0].bse_url (id \"one\")",
         "nope.toml",
         "unknown connector kind \"zendesk\"; known kinds: servicenow",
         "missing.rego",

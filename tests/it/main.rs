@@ -8,6 +8,7 @@ mod crash;
 mod directory;
 mod drift;
 mod exactly_once;
+mod hardening;
 mod helpers;
 mod jira;
 mod mapping_fixtures;

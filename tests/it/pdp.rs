@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::helpers::{fixture, shipped_mapping, shipped_policy, TestApp};
 use crate::pdp_servers::{self, Mode, WebhookFault};
 
-fn seeded_requests() -> BTreeMap<&'static str, AccessRequest> {
+pub(crate) fn seeded_requests() -> BTreeMap<&'static str, AccessRequest> {
     let mapping = shipped_mapping();
     SEEDED_ACCESS_TICKETS
         .iter()
@@ -28,7 +28,7 @@ fn seeded_requests() -> BTreeMap<&'static str, AccessRequest> {
         .collect()
 }
 
-fn authzen(url: &str, extra: Value) -> AuthzenDecisionPoint {
+pub(crate) fn authzen(url: &str, extra: Value) -> AuthzenDecisionPoint {
     let mut config = json!({"url": url, "transport": {"timeout_ms": 500, "auth": {"type": "bearer", "token": "pdp-token"}}});
     for (k, v) in extra.as_object().expect("object") {
         config[k] = v.clone();
@@ -36,7 +36,7 @@ fn authzen(url: &str, extra: Value) -> AuthzenDecisionPoint {
     AuthzenDecisionPoint::new(serde_json::from_value::<AuthzenConfig>(config).expect("config")).expect("client")
 }
 
-fn boolean_outcomes() -> Value {
+pub(crate) fn boolean_outcomes() -> Value {
     json!({"outcomes": {"request_action": "request", "auto_approve_action": "auto_approve"}})
 }
 

@@ -35,6 +35,10 @@ pub struct Behaviour {
     pub body: Option<String>,
     pub delay: Option<Duration>,
     pub item_error: bool,
+    /// Discovery advertises its evaluation endpoints under this base instead of its own.
+    pub endpoints_base: Option<String>,
+    /// Boolean mode: obligations attached to the answer for the `request` action.
+    pub request_obligations: Option<Value>,
     pub calls: Vec<(String, Value)>,
 }
 
@@ -50,6 +54,8 @@ impl Default for Behaviour {
             body: None,
             delay: None,
             item_error: false,
+            endpoints_base: None,
+            request_obligations: None,
             calls: Vec::new(),
         }
     }
@@ -96,12 +102,13 @@ pub async fn authzen() -> Server {
 
 async fn metadata(State((state, base)): State<Shared>) -> Response {
     let s = state.lock().expect("lock");
+    let endpoints = s.endpoints_base.clone().unwrap_or_else(|| base.clone());
     let mut doc = json!({
         "policy_decision_point": s.advertised_pdp.clone().unwrap_or_else(|| base.clone()),
-        "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+        "access_evaluation_endpoint": format!("{endpoints}/access/v1/evaluation"),
     });
     if s.batch_supported {
-        doc["access_evaluations_endpoint"] = json!(format!("{base}/access/v1/evaluations"));
+        doc["access_evaluations_endpoint"] = json!(format!("{endpoints}/access/v1/evaluations"));
     }
     drop(s);
     state.lock().expect("lock").calls.push(("metadata".into(), Value::Null));
@@ -163,13 +170,16 @@ fn well_formed(item: &Value) -> bool {
         && item["action"]["name"].is_string()
 }
 
-fn decide(mode: &Mode, item: &Value) -> Value {
+fn decide(mode: &Mode, item: &Value, request_obligations: Option<&Value>) -> Value {
     let entitlement = item["resource"]["id"].as_str().unwrap_or_default();
     let privileged = item["resource"]["properties"]["privileged"] == json!(true);
     let prod = item["resource"]["properties"]["environment"] == json!("prod");
     match mode {
         Mode::Boolean => match item["action"]["name"].as_str() {
-            Some("request") => json!({"decision": entitlement != "payroll-approver"}),
+            Some("request") => match request_obligations {
+                Some(o) => json!({"decision": entitlement != "payroll-approver", "context": {"obligations": o}}),
+                None => json!({"decision": entitlement != "payroll-approver"}),
+            },
             Some("auto_approve") => json!({"decision": !privileged && !prod}),
             _ => json!({"decision": false}),
         },
@@ -225,8 +235,11 @@ async fn evaluation(State((state, _)): State<Shared>, headers: HeaderMap, body: 
     if !well_formed(&request) {
         return error(StatusCode::BAD_REQUEST, "subject, resource and action are required");
     }
-    let mode = state.lock().expect("lock").mode.clone();
-    respond(&state, &headers, decide(&mode, &request)).await
+    let (mode, obligations) = {
+        let s = state.lock().expect("lock");
+        (s.mode.clone(), s.request_obligations.clone())
+    };
+    respond(&state, &headers, decide(&mode, &request, obligations.as_ref())).await
 }
 
 async fn evaluations(State((state, _)): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -236,16 +249,16 @@ async fn evaluations(State((state, _)): State<Shared>, headers: HeaderMap, body:
     };
     state.lock().expect("lock").calls.push(("evaluations".into(), request.clone()));
     let items = request["evaluations"].as_array().cloned().unwrap_or_default();
-    let (mode, item_error) = {
+    let (mode, item_error, obligations) = {
         let s = state.lock().expect("lock");
-        (s.mode.clone(), s.item_error)
+        (s.mode.clone(), s.item_error, s.request_obligations.clone())
     };
     if items.is_empty() {
         // Backwards compatible with a single evaluation.
         if !well_formed(&request) {
             return error(StatusCode::BAD_REQUEST, "subject, resource and action are required");
         }
-        return respond(&state, &headers, decide(&mode, &request)).await;
+        return respond(&state, &headers, decide(&mode, &request, obligations.as_ref())).await;
     }
     let semantic = request["options"]["evaluations_semantic"]
         .as_str()
@@ -264,7 +277,7 @@ async fn evaluations(State((state, _)): State<Shared>, headers: HeaderMap, body:
         let answer = if item_error && n == 1 {
             json!({"decision": false, "context": {"error": {"status": 500, "message": "evaluation failed"}}})
         } else if well_formed(&merged) {
-            decide(&mode, &merged)
+            decide(&mode, &merged, obligations.as_ref())
         } else {
             json!({"decision": false, "context": {"error": {"status": 400, "message": "subject, resource and action are required"}}})
         };

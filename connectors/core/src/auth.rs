@@ -30,6 +30,7 @@ pub enum AuthConfig {
     /// OAuth 2.0 resource-owner password grant, renewed with the refresh-token grant.
     OauthPassword {
         /// The token endpoint, e.g. `https://acme.service-now.com/oauth_token.do`.
+        #[serde(deserialize_with = "crate::urls::http_url_string")]
         token_url: String,
         /// The OAuth client id.
         client_id: String,
@@ -52,6 +53,7 @@ pub enum AuthConfig {
     /// `state_file` (and synced to disk) before the new access token is used.
     OauthRefresh {
         /// The token endpoint (`https://auth.atlassian.com/oauth/token`).
+        #[serde(deserialize_with = "crate::urls::http_url_string")]
         token_url: String,
         /// The OAuth client id.
         client_id: String,
@@ -514,9 +516,12 @@ fn token_error(connector: &str, e: TokenError) -> ConnectorError {
             connector,
             message: format!("token endpoint: {}", error_chain(&e)),
         },
-        RequestTokenError::Parse(e, _) => ConnectorError::Permanent {
+        RequestTokenError::Parse(e, body) => ConnectorError::Permanent {
             connector,
-            message: format!("token endpoint answered malformed JSON: {e}"),
+            message: format!(
+                "token endpoint answered something that is not an OAuth 2.0 token response ({e}); it said: {}",
+                answered(&body)
+            ),
         },
         RequestTokenError::Other(m) => ConnectorError::Permanent {
             connector,
@@ -525,7 +530,23 @@ fn token_error(connector: &str, e: TokenError) -> ConnectorError {
     }
 }
 
-/// An error and its causes, `outer: inner: …` (reqwest and hyper put the useful part in causes).
+/// The start of a server's answer, on one line, for an error message.
+fn answered(body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        "(an empty body)".into()
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// An error and its causes, `outer: inner: …` (reqwest and hyper put the useful part in
+/// causes), with credentials removed from any URL in them.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
@@ -536,5 +557,5 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    parts.join(": ")
+    crate::urls::strip_userinfo(&parts.join(": "))
 }

@@ -15,6 +15,7 @@ pub mod simkit;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod ticket;
+pub mod urls;
 pub mod webhook;
 
 pub use connector::{Connector, Markup};

@@ -11,7 +11,8 @@ use sha2::Sha256;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The shared secret the ITSM signs with; use `${VAR}`.
+    /// The shared secret the ITSM signs with (at least 16 characters); use `${VAR}`.
+    #[serde(deserialize_with = "hmac_secret")]
     pub secret: SecretString,
     /// The header carrying `sha256=<hex>` (or bare hex). Jira always uses `X-Hub-Signature`.
     #[serde(default)]
@@ -23,6 +24,25 @@ pub struct WebhookConfig {
     /// Largest body accepted, in bytes; larger deliveries get 413 unread.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+}
+
+/// Fewest characters a shared HMAC secret may have.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// `deserialize_with` for a shared HMAC secret: an empty or short secret is refused at load
+/// (anyone could forge deliveries signed with it). The error never repeats the secret.
+pub fn hmac_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    let secret = SecretString::deserialize(d)?;
+    let chars = secret.expose_secret().trim().chars().count();
+    if chars == 0 {
+        return Err(serde::de::Error::custom("the secret is empty"));
+    }
+    if chars < MIN_SECRET_CHARS {
+        return Err(serde::de::Error::custom(format!(
+            "the secret has {chars} characters; at least {MIN_SECRET_CHARS} are needed (make one with `openssl rand -hex 32`)"
+        )));
+    }
+    Ok(secret)
 }
 
 fn default_max_body() -> usize {

@@ -12,10 +12,11 @@ pub struct JiraConfig {
     pub deployment: Deployment,
     /// The API base: `https://acme.atlassian.net`, the OAuth gateway
     /// `https://api.atlassian.com/ex/jira/{cloudId}`, or a Data Center URL.
+    #[serde(deserialize_with = "deskbridge_connector::urls::http_url")]
     pub base_url: url::Url,
     /// Where people open issues (`<site_url>/browse/KEY`); defaults to `base_url`. Set it when
     /// `base_url` is the OAuth gateway.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "deskbridge_connector::urls::http_url_opt")]
     pub site_url: Option<url::Url>,
     /// Cloud: `basic` with the account email as `username` and an API token as `password`, or
     /// `oauth_refresh` (3LO). Data Center: `bearer` with a personal access token.

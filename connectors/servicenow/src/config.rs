@@ -8,6 +8,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct ServiceNowConfig {
     /// The instance URL, e.g. `https://acme.service-now.com`.
+    #[serde(deserialize_with = "deskbridge_connector::urls::http_url")]
     pub base_url: url::Url,
     /// Credentials of the integration user.
     pub auth: AuthConfig,
