@@ -10,13 +10,24 @@ type Factory = fn(&str, toml::Table) -> Result<Arc<dyn Connector>, String>;
 /// Every connector kind deskbridge knows.
 pub const KINDS: &[(&str, Factory)] = &[(deskbridge_servicenow::KIND, servicenow), (deskbridge_jira::KIND, jira)];
 
+/// A settings error with the key it is at, when toml knows it: `message (at webhook.secret)`.
+fn settings_error(e: toml::de::Error) -> String {
+    let text = e.to_string();
+    let mut lines = text.lines();
+    let message = lines.next().unwrap_or_default().to_owned();
+    match lines.find_map(|l| l.strip_prefix("in `").and_then(|l| l.strip_suffix('`'))) {
+        Some(at) => format!("{at}: {message}"),
+        None => message,
+    }
+}
+
 fn jira(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
-    let config: deskbridge_jira::JiraConfig = settings.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let config: deskbridge_jira::JiraConfig = settings.try_into().map_err(settings_error)?;
     Ok(Arc::new(deskbridge_jira::Jira::new(id, config).map_err(|e| e.to_string())?))
 }
 
 fn servicenow(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
-    let config: deskbridge_servicenow::ServiceNowConfig = settings.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let config: deskbridge_servicenow::ServiceNowConfig = settings.try_into().map_err(settings_error)?;
     Ok(Arc::new(
         deskbridge_servicenow::ServiceNow::new(id, config).map_err(|e| e.to_string())?,
     ))
@@ -27,7 +38,10 @@ fn servicenow(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, Str
 pub fn check(kind: &str, settings: toml::Table) -> Result<(), String> {
     let message = |e: toml::de::Error| e.message().to_owned();
     match kind {
-        k if k == deskbridge_servicenow::KIND => settings.try_into::<deskbridge_servicenow::ServiceNowConfig>().map(drop).map_err(message),
+        k if k == deskbridge_servicenow::KIND => settings
+            .try_into::<deskbridge_servicenow::ServiceNowConfig>()
+            .map(drop)
+            .map_err(message),
         k if k == deskbridge_jira::KIND => settings.try_into::<deskbridge_jira::JiraConfig>().map(drop).map_err(message),
         _ => Ok(()),
     }

@@ -47,7 +47,10 @@ pub struct TerminalLines<W: std::io::Write> {
 impl<W: std::io::Write> TerminalLines<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        Self { inner, pending: Vec::new() }
+        Self {
+            inner,
+            pending: Vec::new(),
+        }
     }
 
     fn emit(&mut self, line: &[u8]) -> std::io::Result<()> {
@@ -95,10 +98,7 @@ mod tests {
         let role = "viewer\x1b[2K\x1b]0;pwned\x07FAKE-LINE\0\u{202E}txt.exe\u{200B}";
         let safe = for_terminal(role);
         assert!(!safe.chars().any(|c| is_hostile(c)), "{safe:?}");
-        assert_eq!(
-            safe,
-            "viewer\\u001b[2K\\u001b]0;pwned\\u0007FAKE-LINE\\u0000\\u202etxt.exe\\u200b"
-        );
+        assert_eq!(safe, "viewer\\u001b[2K\\u001b]0;pwned\\u0007FAKE-LINE\\u0000\\u202etxt.exe\\u200b");
         assert_eq!(for_terminal("a\n\tb"), "a\n\tb");
         let json = serde_json::json!({"role": "x\u{202E}y"}).to_string();
         let back: serde_json::Value = serde_json::from_str(&for_terminal(&json)).expect("still JSON");

@@ -4,10 +4,11 @@ use serde_json::Value;
 
 use crate::store::TicketState;
 
-/// Text from tickets or ITSMs made safe to print on a terminal: control characters (escape
-/// sequences included) become spaces.
+/// Text from tickets or ITSMs made safe for one table cell: control characters (escape
+/// sequences included), bidi controls and zero-width characters become spaces. (Everything
+/// printed also passes through [`crate::text::for_terminal`].)
 pub fn terminal_safe(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars().map(|c| if crate::text::is_hostile(c) { ' ' } else { c }).collect()
 }
 
 fn cell(text: &str, width: usize) -> String {

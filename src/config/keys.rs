@@ -8,8 +8,8 @@
 
 use std::ops::Range;
 
-use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 use super::Config;
 
@@ -25,9 +25,11 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Vec<String>) {
         match toml::from_str::<Config>(&work) {
             Ok(config) => break Some(config),
             Err(e) => {
-                let located = unknown_field(e.message())
-                    .zip(e.span())
-                    .and_then(|((_, expected), span)| locate(&work, &span).map(|(path, range)| (path, range, expected)));
+                let located = unknown_field(e.message()).zip(e.span()).and_then(|((name, expected), span)| {
+                    locate(&work, &span)
+                        .or_else(|| locate_in_table(&work, &span, &name))
+                        .map(|(path, range)| (path, range, expected))
+                });
                 match located {
                     Some((path, range, expected)) if problems.len() < MAX_UNKNOWN => {
                         problems.push(format!(
@@ -50,6 +52,15 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Vec<String>) {
     if let Some(config) = &mut config {
         problems.extend(connector_keys(config, text, file));
     }
+    // In the order of the file.
+    let line = |p: &String| -> usize {
+        p.strip_prefix(file)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(usize::MAX)
+    };
+    problems.sort_by_key(line);
     (config, problems)
 }
 
@@ -67,10 +78,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Spaces over `range`, keeping newlines.
 fn blank(text: &mut String, range: Range<usize>) {
-    let replaced: String = text[range.clone()]
-        .chars()
-        .map(|c| if c == '\n' { '\n' } else { ' ' })
-        .collect();
+    let replaced: String = text[range.clone()].chars().map(|c| if c == '\n' { '\n' } else { ' ' }).collect();
     text.replace_range(range, &replaced);
 }
 
@@ -88,11 +96,66 @@ fn locate(text: &str, span: &Range<usize>) -> Option<(String, Range<usize>)> {
         value.span().end.max(key.end)
     };
     let start = if text[..key.start].trim_end().ends_with('[') {
-        text[..key.start].rfind('[').map(|i| text[..i].rfind('\n').map_or(0, |n| n + 1)).unwrap_or(key.start)
+        text[..key.start]
+            .rfind('[')
+            .map(|i| text[..i].rfind('\n').map_or(0, |n| n + 1))
+            .unwrap_or(key.start)
     } else {
         key.start
     };
     Some((path, start..end))
+}
+
+/// For an error spanning a whole table (serde reports unknown fields of an internally tagged
+/// enum, like `[decision]`, at the table): the key `name` inside that table.
+fn locate_in_table(text: &str, span: &Range<usize>, name: &str) -> Option<(String, Range<usize>)> {
+    let root = DeTable::parse(text).ok()?;
+    let mut found: Found<'_> = None;
+    table_at(root.get_ref(), "", span, &mut found);
+    let (path, _, table) = found?;
+    let DeValue::Table(table) = table.get_ref() else { return None };
+    let (key, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+    let path = if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    };
+    Some((path, key.span().start..value.span().end.max(key.span().end)))
+}
+
+fn table_at<'a>(table: &'a DeTable<'a>, prefix: &str, span: &Range<usize>, found: &mut Found<'a>) {
+    for (key, value) in table.iter() {
+        if found.is_some() {
+            return;
+        }
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        match value.get_ref() {
+            DeValue::Table(inner) => {
+                if value.span() == *span || key.span() == *span {
+                    *found = Some((path, key.span(), value));
+                    return;
+                }
+                table_at(inner, &path, span, found);
+            }
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let DeValue::Table(inner) = item.get_ref() {
+                        let indexed = format!("{path}[{i}]");
+                        if item.span() == *span {
+                            *found = Some((indexed, item.span(), item));
+                            return;
+                        }
+                        table_at(inner, &indexed, span, found);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn section_end(text: &str, from: usize) -> usize {
@@ -139,7 +202,14 @@ fn descend<'a>(value: &'a Spanned<DeValue<'a>>, path: &str, span: &Range<usize>,
     }
 }
 
-/// Unknown keys in each `[[connectors]]` entry's settings, checked against its kind.
+/// A key no configuration type has: deserializing a table holding it asks serde which keys
+/// the type takes. Keys are read in sorted order and `_` sorts before letters, so the probe is
+/// met before any other key can fail.
+const PROBE: &str = "__deskbridge_probe";
+
+/// Unknown keys in each `[[connectors]]` entry's settings, checked against its kind, at every
+/// level (`http`, `auth`, `webhook`), whatever else is wrong with the entry; they are removed
+/// from the settings so that building the connector reports only the other problems.
 fn connector_keys(config: &mut Config, text: &str, file: &str) -> Vec<String> {
     let root = DeTable::parse(text).ok();
     let entries = root
@@ -151,22 +221,18 @@ fn connector_keys(config: &mut Config, text: &str, file: &str) -> Vec<String> {
         });
     let mut problems = Vec::new();
     for (i, entry) in config.connectors.iter_mut().enumerate() {
-        let settings = &mut entry.settings;
-        for _ in 0..MAX_UNKNOWN {
-            let Err(message) = crate::registry::check(&entry.kind, settings.clone()) else { break };
-            let Some((name, expected)) = unknown_field(&message) else { break };
-            let mut path = Vec::new();
-            if !remove_key(settings, &name, &mut path) {
-                break;
-            }
-            let dotted = format!("connectors[{i}].{}", path.join("."));
+        let mut unknown = Vec::new();
+        find_unknown(&entry.kind, &entry.settings, &mut Vec::new(), &mut unknown);
+        for (path, expected) in unknown {
+            remove_path(&mut entry.settings, &path);
             let line = entries
                 .and_then(|items| items.get(i))
                 .and_then(|item| key_span(item, &path))
                 .map(|s| format!(":{}", line_of(text, s.start)))
                 .unwrap_or_default();
             problems.push(format!(
-                "{file}{line}: unknown key {dotted} (id {:?}){}",
+                "{file}{line}: unknown key connectors[{i}].{} (id {:?}){}",
+                path.join("."),
                 entry.id,
                 expected.map(|x| format!(" (expected {x})")).unwrap_or_default()
             ));
@@ -175,22 +241,66 @@ fn connector_keys(config: &mut Config, text: &str, file: &str) -> Vec<String> {
     problems
 }
 
-/// Removes the first key named `name`, depth first; `path` is where it was.
-fn remove_key(table: &mut toml::Table, name: &str, path: &mut Vec<String>) -> bool {
-    if table.remove(name).is_some() {
-        path.push(name.to_owned());
-        return true;
-    }
-    for (key, value) in table.iter_mut() {
-        if let toml::Value::Table(inner) = value {
-            path.push(key.clone());
-            if remove_key(inner, name, path) {
-                return true;
+/// The keys the settings type takes at `path`, learnt by probing; `None` if it does not say.
+fn expected_keys(kind: &str, settings: &toml::Table, path: &[String]) -> Option<(Vec<String>, String)> {
+    // Only the chain down to `path`, each level keeping its `type` tag (tagged enums need it).
+    fn scratch(level: &toml::Table, path: &[String]) -> toml::Table {
+        let mut out = toml::Table::new();
+        if let Some(tag) = level.get("type") {
+            out.insert("type".into(), tag.clone());
+        }
+        match path.split_first() {
+            None => {
+                out.insert(PROBE.into(), toml::Value::Boolean(true));
             }
-            path.pop();
+            Some((first, rest)) => {
+                let inner = level.get(first).and_then(toml::Value::as_table).cloned().unwrap_or_default();
+                out.insert(first.clone(), toml::Value::Table(scratch(&inner, rest)));
+            }
+        }
+        out
+    }
+    let message = crate::registry::check(kind, scratch(settings, path)).err()?;
+    let (name, expected) = unknown_field(&message)?;
+    if name != PROBE {
+        return None;
+    }
+    let expected = expected.unwrap_or_default();
+    let keys = expected.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+    Some((keys, expected))
+}
+
+fn find_unknown(kind: &str, settings: &toml::Table, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, Option<String>)>) {
+    let level = path.iter().try_fold(settings, |t, k| t.get(k).and_then(toml::Value::as_table));
+    let (Some(level), Some((known, expected))) = (level, expected_keys(kind, settings, path)) else {
+        return;
+    };
+    for (key, value) in level {
+        if key == "type" && level.contains_key("type") && !known.contains(key) {
+            continue; // an enum's tag
+        }
+        path.push(key.clone());
+        if !known.contains(key) {
+            out.push((path.clone(), Some(expected.clone())));
+        } else if value.is_table() {
+            find_unknown(kind, settings, path, out);
+        }
+        path.pop();
+    }
+}
+
+fn remove_path(table: &mut toml::Table, path: &[String]) {
+    match path {
+        [] => {}
+        [last] => {
+            table.remove(last);
+        }
+        [first, rest @ ..] => {
+            if let Some(toml::Value::Table(inner)) = table.get_mut(first) {
+                remove_path(inner, rest);
+            }
         }
     }
-    false
 }
 
 fn key_span(item: &Spanned<DeValue<'_>>, path: &[String]) -> Option<Range<usize>> {

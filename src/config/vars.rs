@@ -16,7 +16,9 @@ pub struct Redactor {
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.values.iter().map(|(name, _)| format!("${{{name}}}"))).finish()
+        f.debug_list()
+            .entries(self.values.iter().map(|(name, _)| format!("${{{name}}}")))
+            .finish()
     }
 }
 
@@ -141,7 +143,10 @@ mod tests {
     fn secrets_are_escaped_into_the_string() {
         let (out, redactor) = interpolate("password = \"${PASS}\"\nliteral = \"$${HOME}\"\n", "c.toml", &env).expect("ok");
         assert_eq!(redactor.redact(&out), "password = \"${PASS}\"\nliteral = \"${HOME}\"\n");
-        assert_eq!(redactor.redact(r#"invalid type: string "p"a\ss""#), r#"invalid type: string "${PASS}""#);
+        assert_eq!(
+            redactor.redact(r#"invalid type: string "p"a\ss""#),
+            r#"invalid type: string "${PASS}""#
+        );
         assert_eq!(out, "password = \"p\\\"a\\\\ss\"\nliteral = \"${HOME}\"\n");
         let parsed: toml::Table = toml::from_str(&out).expect("valid toml");
         assert_eq!(parsed["password"].as_str(), Some(r#"p"a\ss"#));

@@ -270,7 +270,12 @@ impl AuthzenDecisionPoint {
             "directory": request.context, "claims": request.claims,
             "supported_obligations": ["step-up", "custom:max_duration_days"]});
         // AuthZEN: absent values are omitted, never sent as null.
-        Ok((strip_nulls(subject), strip_nulls(resource), strip_nulls(action), strip_nulls(context)))
+        Ok((
+            strip_nulls(subject),
+            strip_nulls(resource),
+            strip_nulls(action),
+            strip_nulls(context),
+        ))
     }
 
     async fn call(&self, url: &str, body: &Value, calls: &mut Vec<Value>) -> Result<Value, DecisionError> {

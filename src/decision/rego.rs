@@ -122,7 +122,11 @@ impl Pool {
         let spawned = std::thread::Builder::new().name("rego-eval".into()).spawn(move || {
             let mut evaluator = make();
             for job in queue.iter() {
-                if job.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                if job
+                    .state
+                    .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
                     continue; // its caller gave up while it waited
                 }
                 let started = Instant::now();
@@ -272,8 +276,7 @@ impl RegoDecisionPoint {
 
     fn pool(&self) -> &Pool {
         self.pool.get_or_init(|| {
-            let (template, program, timer, entrypoint) =
-                (self.template.clone(), self.program.clone(), self.timer, self.entrypoint.clone());
+            let (template, program, timer, entrypoint) = (self.template.clone(), self.program.clone(), self.timer, self.entrypoint.clone());
             let make: Arc<dyn Fn() -> Evaluator + Send + Sync> = Arc::new(move || match &program {
                 Some(program) => {
                     let mut vm = RegoVM::new();
@@ -348,7 +351,10 @@ impl RegoDecisionPoint {
     pub async fn evaluate_async(&self, input: &serde_json::Value) -> Result<serde_json::Value, DecisionError> {
         let started = Instant::now();
         let (answer, state) = self.pool().submit(regorus::Value::from(input.clone()))?;
-        let answer = tokio::time::timeout(self.timeout, answer.recv_async()).await.ok().and_then(Result::ok);
+        let answer = tokio::time::timeout(self.timeout, answer.recv_async())
+            .await
+            .ok()
+            .and_then(Result::ok);
         let value = self.conclude(answer, started.elapsed(), &state)?;
         self.finish(value)
     }

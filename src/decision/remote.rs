@@ -137,10 +137,12 @@ impl PdpHttp {
                         for s in scope.iter().flat_map(|s| s.split_whitespace()) {
                             request = request.add_scope(Scope::new(s.to_owned()));
                         }
-                        let response = request
-                            .request_async(&self.client)
-                            .await
-                            .map_err(|e| DecisionError::Unavailable(deskbridge_connector::urls::strip_userinfo(&format!("{}: token endpoint: {e}", self.name))))?;
+                        let response = request.request_async(&self.client).await.map_err(|e| {
+                            DecisionError::Unavailable(deskbridge_connector::urls::strip_userinfo(&format!(
+                                "{}: token endpoint: {e}",
+                                self.name
+                            )))
+                        })?;
                         let token = SecretString::from(response.access_token().secret().to_owned());
                         let lifetime = response.expires_in().unwrap_or(Duration::from_secs(300));
                         *cached = Some(CachedToken {

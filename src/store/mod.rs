@@ -365,7 +365,9 @@ impl Store {
                 let _ = conn.close().await;
             }
             Ok(Err(e)) => anyhow::bail!("cannot connect to PostgreSQL at {target}: {}", redact(&error_causes(&e), url)),
-            Err(_) => anyhow::bail!("cannot connect to PostgreSQL at {target}: no answer within 10 s (a firewall dropping packets, or the wrong host)"),
+            Err(_) => anyhow::bail!(
+                "cannot connect to PostgreSQL at {target}: no answer within 10 s (a firewall dropping packets, or the wrong host)"
+            ),
         }
         let pool = AnyPoolOptions::new()
             .max_connections(8)

@@ -83,9 +83,11 @@ impl Store {
 
     /// The latest audit record.
     pub async fn last_audit_record(&self) -> anyhow::Result<Option<AuditRecord>> {
-        Ok(sqlx::query_as(&format!("SELECT {} FROM audit ORDER BY seq DESC LIMIT 1", audit::COLUMNS))
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as(&format!("SELECT {} FROM audit ORDER BY seq DESC LIMIT 1", audit::COLUMNS))
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Every audit record of one ticket, in order.

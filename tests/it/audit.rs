@@ -143,9 +143,7 @@ async fn an_export_verifies_with_the_public_key_alone_and_tampering_fails_it() {
         assert_eq!(n, records.len());
         let text = String::from_utf8(out).expect("utf8");
         assert!(
-            verify_text(&text, &key)
-                .expect("verifies")
-                .contains(&format!("{n} records")),
+            verify_text(&text, &key).expect("verifies").contains(&format!("{n} records")),
             "{format:?}"
         );
 

@@ -427,7 +427,7 @@ async fn the_jira_example_runs_against_the_simulator_and_a_missing_permission_st
             .env("JIRA_URL", sim.base_url())
             .env("JIRA_EMAIL", email)
             .env("JIRA_API_TOKEN", token)
-            .env("JIRA_WEBHOOK_SECRET", "s")
+            .env("JIRA_WEBHOOK_SECRET", "jira-webhook-secret-0123")
             .output()
             .expect("runs")
     };

@@ -250,7 +250,8 @@ async fn servicenow_webhooks_use_the_configured_header() {
         .await
         .expect("simulator");
     let mut config = deskbridge::commands::demo::servicenow_config(sim.base_url()).expect("config");
-    config.webhook = Some(serde_json::from_value(json!({"secret": "sn-secret", "signature_header": "X-SN-Signature"})).expect("webhook"));
+    config.webhook =
+        Some(serde_json::from_value(json!({"secret": "sn-webhook-secret-0123", "signature_header": "X-SN-Signature"})).expect("webhook"));
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("db")).await.expect("store");
     let pipeline = Arc::new(
@@ -274,17 +275,27 @@ async fn servicenow_webhooks_use_the_configured_header() {
     });
     let sys_id = sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
     let body = json!({"sys_id": sys_id}).to_string();
-    let (status, _) = post(&url, body.as_bytes(), &[("X-Hub-Signature", sign("sn-secret", body.as_bytes()))]).await;
+    let (status, _) = post(
+        &url,
+        body.as_bytes(),
+        &[("X-Hub-Signature", sign("sn-webhook-secret-0123", body.as_bytes()))],
+    )
+    .await;
     assert_eq!(status, 401, "the configured header, not Jira's");
     assert_eq!(store.counts().await.expect("counts").inbox, 0);
-    let (status, _) = post(&url, body.as_bytes(), &[("X-SN-Signature", sign("sn-secret", body.as_bytes()))]).await;
+    let (status, _) = post(
+        &url,
+        body.as_bytes(),
+        &[("X-SN-Signature", sign("sn-webhook-secret-0123", body.as_bytes()))],
+    )
+    .await;
     assert_eq!(status, 202);
     assert_eq!(store.counts().await.expect("counts").inbox, 1);
     let injected = json!({"sys_id": "x' OR 1=1"}).to_string();
     let (status, _) = post(
         &url,
         injected.as_bytes(),
-        &[("X-SN-Signature", sign("sn-secret", injected.as_bytes()))],
+        &[("X-SN-Signature", sign("sn-webhook-secret-0123", injected.as_bytes()))],
     )
     .await;
     assert_eq!(status, 400, "only sys_ids reach a query");

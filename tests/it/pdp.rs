@@ -329,24 +329,31 @@ async fn a_webhook_pdp_signs_both_ways() {
         )
         .expect("client")
     };
-    let url = pdp_servers::webhook_adapter("s3cret", WebhookFault::None).await;
-    let d = client(&url, "s3cret").decide(request).await.expect("decides").decision;
+    let url = pdp_servers::webhook_adapter("pdp-webhook-s3cret-0123", WebhookFault::None).await;
+    let d = client(&url, "pdp-webhook-s3cret-0123")
+        .decide(request)
+        .await
+        .expect("decides")
+        .decision;
     assert_eq!(
         (d.outcome, d.policy_id.as_str(), d.decision_id.as_str()),
         (Outcome::Review, "iga-adapter", "iga-42")
     );
-    let refused = client(&url, "wrong").decide(request).await;
+    let refused = client(&url, "wrong-secret-0123456").decide(request).await;
     assert!(
         matches!(refused, Err(DecisionError::Rejected(_))),
         "the adapter refuses an unsigned request: {refused:?}"
     );
-    let forged = client(&pdp_servers::webhook_adapter("s3cret", WebhookFault::BadSignature).await, "s3cret")
-        .decide(request)
-        .await;
+    let forged = client(
+        &pdp_servers::webhook_adapter("pdp-webhook-s3cret-0123", WebhookFault::BadSignature).await,
+        "pdp-webhook-s3cret-0123",
+    )
+    .decide(request)
+    .await;
     assert!(matches!(forged, Err(DecisionError::Malformed(_))), "{forged:?}");
     let replayed = client(
-        &pdp_servers::webhook_adapter("s3cret", WebhookFault::WrongRequestId).await,
-        "s3cret",
+        &pdp_servers::webhook_adapter("pdp-webhook-s3cret-0123", WebhookFault::WrongRequestId).await,
+        "pdp-webhook-s3cret-0123",
     )
     .decide(request)
     .await;

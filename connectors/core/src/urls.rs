@@ -19,7 +19,9 @@ pub fn normalize_http_url(raw: &str) -> Result<url::Url, String> {
         return Err(format!("scheme {} is not http or https", url.scheme()));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("the URL carries credentials (user:password@); remove them and configure them under auth, where they are kept secret".into());
+        return Err(
+            "the URL carries credentials (user:password@); remove them and configure them under auth, where they are kept secret".into(),
+        );
     }
     if url.fragment().is_some() {
         return Err(format!("the URL has a #fragment: {}", url.as_str()));
@@ -59,9 +61,7 @@ pub fn http_url_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Err
 /// `text` with the `user:password@` part removed from every URL in it.
 pub fn strip_userinfo(text: &str) -> String {
     static PATTERN: OnceLock<regex::Regex> = OnceLock::new();
-    let pattern = PATTERN.get_or_init(|| {
-        regex::Regex::new(r#"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#@\s"'<>()\[\]]*@"#).expect("static regex")
-    });
+    let pattern = PATTERN.get_or_init(|| regex::Regex::new(r#"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#@\s"'<>()\[\]]*@"#).expect("static regex"));
     pattern.replace_all(text, "$1").into_owned()
 }
 
@@ -75,7 +75,10 @@ mod tests {
             strip_userinfo("error sending request for url (http://svc:S3cr%40t@host:8080/x?y=1): refused"),
             "error sending request for url (http://host:8080/x?y=1): refused"
         );
-        assert_eq!(strip_userinfo("postgres://u:p@db/x and https://a@b/c"), "postgres://db/x and https://b/c");
+        assert_eq!(
+            strip_userinfo("postgres://u:p@db/x and https://a@b/c"),
+            "postgres://db/x and https://b/c"
+        );
         assert_eq!(strip_userinfo("no url here: a@b"), "no url here: a@b");
         let err = normalize_http_url("https://svc:hunter2@acme.service-now.com").expect_err("refused");
         assert!(!err.contains("hunter2"), "{err}");

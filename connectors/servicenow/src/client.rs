@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::config::ServiceNowConfig;
 use crate::cursor::Keyset;
 use crate::markup::JournalMarkup;
+use crate::query::Query;
 
 /// `sys_updated_on` format: second resolution, UTC.
 const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
@@ -106,7 +107,11 @@ impl ServiceNow {
     async fn side_rows(&self, table: &str, column: &str, ids: &[&str], fields: &str) -> Result<Vec<Record>, ConnectorError> {
         let mut rows = Vec::new();
         for chunk in ids.chunks(IN_CHUNK) {
-            let query = format!("{column}IN{}^ORDERBYsys_id", chunk.join(","));
+            let query = Query::new(None)
+                .one_of(column, chunk)
+                .map_err(|e| self.permanent(e.to_string()))?
+                .order_by("sys_id")
+                .build();
             let mut offset = 0;
             loop {
                 let page = self.list(table, &query, fields, SIDE_PAGE, offset).await?;
@@ -204,21 +209,23 @@ impl ServiceNow {
         })
     }
 
-    fn filtered(&self, query: String) -> String {
-        match &self.config.filter {
-            Some(filter) if !filter.trim().is_empty() => format!("{filter}^{query}"),
-            _ => query,
-        }
+    /// A query on the polled table: the admin's filter first.
+    fn filtered(&self) -> Query {
+        Query::new(self.config.filter.as_deref())
     }
 
-    fn journal_query(&self, key: &str, marker: &str) -> String {
-        let mut query = format!("element_id={key}^element={}^valueLIKE{marker}", self.config.comment_field.as_str());
+    fn journal_query(&self, key: &str, marker: &str) -> Result<String, ConnectorError> {
+        let query = Query::new(None)
+            .eq("element_id", key)
+            .and_then(|q| q.eq("element", self.config.comment_field.as_str()))
+            .and_then(|q| q.like("value", marker));
         // Only our own entries count: a requester who pastes a marker into a comment must not
         // be able to suppress the decision.
-        if let Some(user) = self.http.auth().username() {
-            query.push_str(&format!("^sys_created_by={user}"));
-        }
-        query
+        let query = match self.http.auth().username() {
+            Some(user) => query.and_then(|q| q.eq("sys_created_by", user)),
+            None => query,
+        };
+        query.map(|q| q.build()).map_err(|e| self.permanent(e.to_string()))
     }
 }
 
@@ -245,12 +252,26 @@ impl Connector for ServiceNow {
         let mut rows = Vec::new();
         if let Some(k) = &keyset {
             // Drain the rest of the second the cursor stopped in, in sys_id order.
-            let q = self.filtered(format!("sys_updated_on={}^sys_id>{}^ORDERBYsys_id", k.t, k.id));
+            let q = self
+                .filtered()
+                .eq("sys_updated_on", &k.t)
+                .and_then(|q| q.gt("sys_id", &k.id))
+                .map_err(|e| self.permanent(format!("cursor: {e}")))?
+                .order_by("sys_id")
+                .build();
             rows = self.list(table, &q, &self.fields, limit, 0).await?;
         }
         if rows.len() < limit {
-            let lower = keyset.as_ref().map(|k| format!("sys_updated_on>{}^", k.t)).unwrap_or_default();
-            let q = self.filtered(format!("{lower}sys_updated_on<={upper}^ORDERBYsys_updated_on^ORDERBYsys_id"));
+            let mut q = self.filtered();
+            if let Some(k) = &keyset {
+                q = q.gt("sys_updated_on", &k.t).map_err(|e| self.permanent(format!("cursor: {e}")))?;
+            }
+            let q = q
+                .le("sys_updated_on", &upper)
+                .map_err(|e| self.permanent(e.to_string()))?
+                .order_by("sys_updated_on")
+                .order_by("sys_id")
+                .build();
             rows.extend(self.list(table, &q, &self.fields, limit - rows.len(), 0).await?);
         }
         let more = rows.len() == limit;
@@ -298,7 +319,11 @@ impl Connector for ServiceNow {
         if !is_sys_id(key) {
             return Ok(None);
         }
-        let query = self.filtered(format!("sys_id={key}"));
+        let query = self
+            .filtered()
+            .eq("sys_id", key)
+            .map_err(|e| self.permanent(e.to_string()))?
+            .build();
         let rows = self.list(&self.config.table, &query, &self.fields, 1, 0).await?;
         Ok(self.tickets(rows).await?.pop())
     }
@@ -437,7 +462,7 @@ impl ServiceNow {
         let rows = self
             .list(
                 "sys_journal_field",
-                &self.journal_query(key, marker),
+                &self.journal_query(key, marker)?,
                 "sys_id,value",
                 JOURNAL_MATCHES,
                 0,

@@ -12,6 +12,7 @@ mod client;
 mod config;
 mod cursor;
 mod markup;
+pub mod query;
 #[cfg(feature = "simulator")]
 pub mod simulator;
 

@@ -33,9 +33,7 @@ async fn discovery_never_sends_the_token_to_another_origin() {
     );
 
     // An origin the admin lists explicitly is used.
-    let allowed = authzen(&pdp.url, json!({"allowed_origins": [elsewhere.url]}))
-        .decide(request)
-        .await;
+    let allowed = authzen(&pdp.url, json!({"allowed_origins": [elsewhere.url]})).decide(request).await;
     assert!(allowed.is_ok(), "{allowed:?}");
     assert!(!elsewhere.calls().is_empty());
 
@@ -83,10 +81,7 @@ fn nulls(value: &Value, path: &str, found: &mut Vec<String>) {
     match value {
         Value::Null => found.push(path.to_owned()),
         Value::Object(map) => map.iter().for_each(|(k, v)| nulls(v, &format!("{path}.{k}"), found)),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .for_each(|(i, v)| nulls(v, &format!("{path}[{i}]"), found)),
+        Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| nulls(v, &format!("{path}[{i}]"), found)),
         _ => {}
     }
 }
@@ -100,10 +95,7 @@ async fn authzen_requests_omit_absent_values() {
     }
     pdp.set(|b| b.mode = Mode::Boolean);
     for request in requests.values() {
-        authzen(&pdp.url, boolean_outcomes())
-            .decide(request)
-            .await
-            .expect("decides");
+        authzen(&pdp.url, boolean_outcomes()).decide(request).await.expect("decides");
     }
     let mut found = Vec::new();
     for (kind, body) in pdp.calls() {
@@ -147,7 +139,10 @@ async fn a_runaway_policy_is_stopped_at_the_wall_clock_limit_without_blocking_th
         matches!(result, Err(DecisionError::Timeout(_))),
         "an approve computed past the limit is not accepted: {result:?}"
     );
-    assert!(took < Duration::from_millis(900), "answered at the limit, not when the policy finished: {took:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "answered at the limit, not when the policy finished: {took:?}"
+    );
     assert!(
         ticks.load(Ordering::Relaxed) >= 4,
         "the runtime kept turning: {} ticks",

@@ -2,3 +2,8 @@
 //! its fix: decision points, secrets, hostile ticket text, evidence at scale, and errors.
 
 mod decision;
+mod errors;
+mod evidence;
+mod hostile;
+mod props;
+mod secrets;

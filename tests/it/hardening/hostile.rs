@@ -1,0 +1,117 @@
+//! Ticket text is hostile: it reaches neither the terminal nor a comment as escapes, bidi
+//! controls or hidden characters, and no length of it pushes the marker out of a comment.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
+
+use crate::helpers::{root, TestApp};
+
+const HOSTILE_ROLE: &str = "viewer\x1b[2K\x1b]0;pwned\x07FAKE-LINE\0\u{202E}exe.txt\u{200B}";
+
+fn deskbridge() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskbridge"));
+    cmd.current_dir(root()).env_remove("DESKBRIDGE_CONFIG");
+    cmd
+}
+
+fn assert_terminal_safe(what: &str, text: &str) {
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|c| {
+            (c.is_control() && *c != '\n' && *c != '\t') || deskbridge::text::is_bidi_control(*c) || deskbridge::text::is_zero_width(*c)
+        })
+        .collect();
+    assert!(bad.is_empty(), "{what} printed {bad:?}:\n{text}");
+}
+
+#[tokio::test]
+async fn escapes_and_bidi_controls_from_a_ticket_reach_neither_the_terminal_nor_the_comment() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let ritm = sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
+    sim.set_variable(&ritm, "role", HOSTILE_ROLE);
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("d.db");
+    let config = dir.path().join("deskbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+path = "{db}"
+
+[decision]
+kind = "rego"
+policies = ["{root}/examples/policies/access.rego"]
+
+[[connectors]]
+id = "snow"
+kind = "servicenow"
+mapping = "{root}/mappings/servicenow/sc_req_item.toml"
+base_url = "{url}"
+lag_secs = 0
+auth = {{ type = "basic", username = "{user}", password = "{password}" }}
+"#,
+            db = db.display(),
+            root = root().display(),
+            url = sim.base_url(),
+            user = INTEGRATION_USER,
+            password = INTEGRATION_PASSWORD,
+        ),
+    )
+    .expect("write");
+    let run = |args: Vec<String>| tokio::task::spawn_blocking(move || deskbridge().args(&args).output().expect("runs"));
+    let arg = |s: &str| s.to_owned();
+    let sync = run(vec![arg("sync"), arg("--once"), arg("--config"), config.display().to_string()])
+        .await
+        .expect("join");
+    assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
+    let stdout = String::from_utf8(sync.stdout).expect("utf-8");
+    assert!(stdout.contains("RITM0010001"), "{stdout}");
+    assert_terminal_safe("sync", &stdout);
+
+    let db_arg = db.display().to_string();
+    for args in [
+        vec![arg("trace"), arg("RITM0010001"), arg("--db"), db_arg.clone()],
+        vec![arg("audit"), arg("export"), arg("--db"), db_arg.clone()],
+        vec![arg("report"), arg("drift"), arg("--db"), db_arg.clone()],
+    ] {
+        let out = run(args.clone()).await.expect("join");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(
+            out.status.success() || out.status.code() == Some(1),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.is_empty(), "{args:?} printed nothing");
+        assert_terminal_safe(&args.join(" "), &text);
+    }
+
+    // The work note quotes the role without any of it.
+    let journal = sim.journal(&ritm);
+    let note = &journal.last().expect("a work note").value;
+    assert!(note.contains("viewer"), "{note}");
+    assert_terminal_safe("the work note", note);
+}
+
+#[tokio::test]
+async fn a_huge_field_is_capped_and_the_marker_stays_on_the_last_line() {
+    let app = TestApp::spawn().await;
+    let ritm = app.sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
+    app.sim.set_variable(&ritm, "role", &"A".repeat(200_000));
+    app.sim.set_variable(&ritm, "business_justification", &"because ".repeat(20_000));
+    let pipeline = Arc::new(app.pipeline());
+    let report = pipeline.run_once().await.expect("pass");
+    assert!(report.posted >= 1, "{report:?}");
+    let note = app.journal_of("RITM0010001").last().expect("a work note").value.clone();
+    let chars = note.chars().count();
+    assert!(
+        chars <= deskbridge::render::COMMENT_CHARS + 100,
+        "the work note has {chars} characters"
+    );
+    assert!(note.starts_with("deskbridge decision:"), "{}", &note[..200]);
+    let last = note.lines().last().expect("lines");
+    assert!(last.starts_with("[deskbridge-id:"), "the marker is the last line: {last}");
+    assert!(note.contains("AAAA…"), "the role is shown, shortened");
+}
