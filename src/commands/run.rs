@@ -277,6 +277,7 @@ async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json
         Ok((c, parked, halts)) => Ok(Json(serde_json::json!({
             "last_pass": pipeline.last_report().map(|(at, r)| serde_json::json!({
                 "finished_at": at, "ingested": r.ingested, "decided": r.decided, "failed_decisions": r.failed_decisions,
+                "held_back_by_open_circuit": r.held_back,
                 "posted": r.posted, "failed_posts": r.failed_posts, "parked": r.parked, "connector_errors": r.connector_errors,
             })),
             "inbox": c.inbox, "decisions": c.decisions, "comments_posted": c.posted,

@@ -115,3 +115,29 @@ async fn a_huge_field_is_capped_and_the_marker_stays_on_the_last_line() {
     assert!(last.starts_with("[deskbridge-id:"), "the marker is the last line: {last}");
     assert!(note.contains("AAAA…"), "the role is shown, shortened");
 }
+
+#[tokio::test]
+async fn no_value_read_from_a_ticket_or_cursor_changes_a_servicenow_query() {
+    use deskbridge_connector::{Connector, ConnectorError, Cursor};
+    let app = TestApp::spawn().await;
+    let connector = app.connector();
+    app.sim.set_recording(true);
+    for cursor in [
+        serde_json::json!({"t": "2026-01-01 00:00:00^ORsys_id!=x", "id": "0"}),
+        serde_json::json!({"t": "2026-01-01 00:00:00", "id": "0^NQactive=true"}),
+        serde_json::json!({"t": "javascript:gs.getUserID()", "id": "0"}),
+    ] {
+        let result = connector.poll(&Cursor(Some(cursor.to_string()))).await;
+        assert!(matches!(result, Err(ConnectorError::Permanent { .. })), "{cursor}: {result:?}");
+    }
+    let queries: Vec<String> = app
+        .sim
+        .requests()
+        .iter()
+        .flat_map(|r| r.query.iter().filter(|(k, _)| k == "sysparm_query").map(|(_, v)| v.clone()))
+        .collect();
+    assert!(
+        queries.iter().all(|q| !q.contains("^OR") && !q.contains("^NQ") && !q.contains("javascript")),
+        "{queries:?}"
+    );
+}
