@@ -66,7 +66,11 @@ async fn child(mode: &str, db: &std::path::Path, extra: Option<&str>) -> anyhow:
                 "export-since" => {
                     let last = store.last_audit_record().await?.map_or(0, |r| r.seq);
                     let middle = store.audit_page(last / 2, "", 1).await?;
-                    middle.first().map(|r| chrono::DateTime::parse_from_rfc3339(&r.at)).transpose()?.map(|t| t.to_utc())
+                    middle
+                        .first()
+                        .map(|r| chrono::DateTime::parse_from_rfc3339(&r.at))
+                        .transpose()?
+                        .map(|t| t.to_utc())
                 }
                 _ => None,
             };

@@ -97,7 +97,7 @@ mod tests {
     fn escapes_bidi_and_zero_width_become_visible() {
         let role = "viewer\x1b[2K\x1b]0;pwned\x07FAKE-LINE\0\u{202E}txt.exe\u{200B}";
         let safe = for_terminal(role);
-        assert!(!safe.chars().any(|c| is_hostile(c)), "{safe:?}");
+        assert!(!safe.chars().any(is_hostile), "{safe:?}");
         assert_eq!(safe, "viewer\\u001b[2K\\u001b]0;pwned\\u0007FAKE-LINE\\u0000\\u202etxt.exe\\u200b");
         assert_eq!(for_terminal("a\n\tb"), "a\n\tb");
         let json = serde_json::json!({"role": "x\u{202E}y"}).to_string();

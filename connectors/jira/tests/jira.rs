@@ -509,7 +509,7 @@ async fn the_simulator_rejects_invalid_adf_as_jira_does() {
 async fn webhook_payloads_only_name_the_issue() {
     let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
     let mut cfg = config(&sim, Deployment::Cloud, basic(INTEGRATION_EMAIL, API_TOKEN), 50);
-    cfg.webhook = Some(serde_json::from_value(json!({"secret": "hook-secret"})).expect("webhook"));
+    cfg.webhook = Some(serde_json::from_value(json!({"secret": "jira-hook-secret-0123"})).expect("webhook"));
     let jira = Jira::new("jira", cfg).expect("connector");
     let verifier = jira.webhook().expect("configured");
     assert_eq!(verifier.signature_header, "X-Hub-Signature");

@@ -82,7 +82,7 @@ async fn an_export_since_a_time_is_filtered_in_the_store_and_verifies() {
             .expect("export");
         let expected = store.audit_page(0, &middle.at, 10_000).await.expect("page").len();
         assert_eq!(n, expected, "{format:?}");
-        assert!(n >= 600 && n < 2_100, "{n}");
+        assert!((600..2_100).contains(&n), "{n}");
         let file = tempfile::NamedTempFile::new().expect("file");
         std::fs::write(file.path(), &out).expect("write");
         let key = audit::signing::parse_public_key(&public).expect("key");

@@ -137,7 +137,9 @@ async fn no_value_read_from_a_ticket_or_cursor_changes_a_servicenow_query() {
         .flat_map(|r| r.query.iter().filter(|(k, _)| k == "sysparm_query").map(|(_, v)| v.clone()))
         .collect();
     assert!(
-        queries.iter().all(|q| !q.contains("^OR") && !q.contains("^NQ") && !q.contains("javascript")),
+        queries
+            .iter()
+            .all(|q| !q.contains("^OR") && !q.contains("^NQ") && !q.contains("javascript")),
         "{queries:?}"
     );
 }
