@@ -92,3 +92,43 @@ fn a_broken_template_fails_at_start_up() {
     let err = CommentRenderer::new(Some(&path)).err().expect("fails");
     assert!(format!("{err:#}").contains("t.j2"), "{err:#}");
 }
+
+/// Found by the property test: two long reasons made a 4,083-character comment before bodies
+/// were capped.
+#[test]
+fn long_reasons_are_capped_and_the_marker_stays_last() {
+    let r = CommentRenderer::new(None).expect("template");
+    let mut d = decision(Outcome::Review);
+    d.reasons = vec![
+        "a".repeat(3_000),
+        "b".repeat(3_000),
+        "c".repeat(3_000),
+        "d".repeat(3_000),
+        "e".repeat(3_000),
+        "f".repeat(3_000),
+        "g".repeat(3_000),
+        "h".repeat(3_000),
+        "i".repeat(3_000),
+    ];
+    let text = r
+        .render(
+            &CommentInput {
+                number: "RITM1",
+                request: None,
+                decision: &d,
+                supersedes: None,
+            },
+            "deskbridge-id:real",
+            &JournalMarkup,
+        )
+        .expect("render");
+    assert!(text.chars().count() <= COMMENT_CHARS + 30, "{} characters", text.chars().count());
+    assert!(text.starts_with("deskbridge decision: REVIEW required"), "{text}");
+    assert!(text.ends_with("[deskbridge-id:real]"), "{text}");
+    assert!(text.contains("line(s) left out"), "{text}");
+    assert!(
+        text.contains("This ticket does not grant access by itself"),
+        "the closing lines stay: {text}"
+    );
+    assert!(text.contains(&format!("{}…", "a".repeat(FIELD_CHARS - 1))), "each reason is capped");
+}
