@@ -276,22 +276,23 @@ impl OAuthPassword {
             .set_token_uri(self.token_url.clone())
             .set_auth_type(AuthType::RequestBody);
         let refresh = guard.as_ref().and_then(|t| t.refresh.clone());
+        let http = TokenHttp::new(http);
         let response = match refresh {
             Some(refresh) => {
                 let refreshed = client
                     .exchange_refresh_token(&RefreshToken::new(refresh.expose_secret().to_owned()))
-                    .request_async(http)
+                    .request_async(&http)
                     .await;
                 match refreshed {
                     Ok(r) => Ok(r),
                     // An expired or revoked refresh token: start over with the password grant.
-                    Err(RequestTokenError::ServerResponse(_)) => self.password_grant(&client, http).await,
+                    Err(RequestTokenError::ServerResponse(_)) => self.password_grant(&client, &http).await,
                     Err(e) => Err(e),
                 }
             }
-            None => self.password_grant(&client, http).await,
+            None => self.password_grant(&client, &http).await,
         }
-        .map_err(|e| token_error(connector, e))?;
+        .map_err(|e| token_error(connector, e, http.status()))?;
         let lifetime = response.expires_in().unwrap_or(Duration::from_secs(1800));
         let access = SecretString::from(response.access_token().secret().to_owned());
         let refresh = response
@@ -306,7 +307,7 @@ impl OAuthPassword {
         Ok(access)
     }
 
-    async fn password_grant(&self, client: &TokenClient, http: &reqwest::Client) -> Result<oauth2::basic::BasicTokenResponse, TokenError> {
+    async fn password_grant(&self, client: &TokenClient, http: &TokenHttp<'_>) -> Result<oauth2::basic::BasicTokenResponse, TokenError> {
         client
             .exchange_password(
                 &ResourceOwnerUsername::new(self.username.clone()),
@@ -479,11 +480,12 @@ impl OAuthRefresh {
             .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_owned()))
             .set_token_uri(self.token_url.clone())
             .set_auth_type(AuthType::RequestBody);
+        let http = TokenHttp::new(http);
         client
             .exchange_refresh_token(&RefreshToken::new(refresh.expose_secret().to_owned()))
-            .request_async(http)
+            .request_async(&http)
             .await
-            .map_err(|e| match token_error(connector, e) {
+            .map_err(|e| match token_error(connector, e, http.status()) {
                 ConnectorError::Unauthorized { connector, message } => ConnectorError::Unauthorized {
                     connector,
                     message: format!(
@@ -501,8 +503,42 @@ type TokenClient =
 
 type TokenError = RequestTokenError<oauth2::HttpClientError<reqwest::Error>, oauth2::StandardErrorResponse<BasicErrorResponseType>>;
 
-fn token_error(connector: &str, e: TokenError) -> ConnectorError {
+/// The token endpoint's HTTP client, keeping the status of the last answer: oauth2 reports an
+/// answer it cannot parse without it, and a 502 from a proxy is not a 404 from a wrong URL.
+struct TokenHttp<'a> {
+    http: &'a reqwest::Client,
+    status: std::sync::Mutex<Option<reqwest::StatusCode>>,
+}
+
+impl<'a> TokenHttp<'a> {
+    fn new(http: &'a reqwest::Client) -> Self {
+        Self {
+            http,
+            status: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn status(&self) -> Option<reqwest::StatusCode> {
+        *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp<'_> {
+    type Error = oauth2::HttpClientError<reqwest::Error>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, Self::Error>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = oauth2::AsyncHttpClient::call(self.http, request).await?;
+            *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(response.status());
+            Ok(response)
+        })
+    }
+}
+
+fn token_error(connector: &str, e: TokenError, status: Option<reqwest::StatusCode>) -> ConnectorError {
     let connector = connector.to_owned();
+    let answered_with = status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
     match e {
         RequestTokenError::ServerResponse(r) => ConnectorError::Unauthorized {
             connector,
@@ -516,10 +552,18 @@ fn token_error(connector: &str, e: TokenError) -> ConnectorError {
             connector,
             message: format!("token endpoint: {}", error_chain(&e)),
         },
+        // A server or proxy failing (5xx, 429) may recover; anything else is the wrong URL.
+        RequestTokenError::Parse(e, body) if status.is_some_and(|s| s.is_server_error() || s.as_u16() == 429) => ConnectorError::Transient {
+            connector,
+            message: format!(
+                "token endpoint answered {answered_with}with something that is not an OAuth 2.0 token response ({e}); it said: {}",
+                answered(&body)
+            ),
+        },
         RequestTokenError::Parse(e, body) => ConnectorError::Permanent {
             connector,
             message: format!(
-                "token endpoint answered something that is not an OAuth 2.0 token response ({e}); it said: {}",
+                "token endpoint answered {answered_with}with something that is not an OAuth 2.0 token response ({e}); it said: {}; check auth.token_url",
                 answered(&body)
             ),
         },

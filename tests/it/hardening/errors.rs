@@ -120,6 +120,7 @@ async fn urls_are_normalised_and_a_token_endpoint_that_is_not_one_is_quoted() {
     assert!(!ok, "{text}");
     assert!(text.contains("not an OAuth 2.0 token response"), "{text}");
     assert!(text.contains("it said:"), "{text}");
+    assert!(text.contains("answered HTTP 4"), "the status is named: {text}");
 }
 
 #[tokio::test]
