@@ -289,6 +289,28 @@ fn find_unknown(kind: &str, settings: &toml::Table, path: &mut Vec<String>, out:
     }
 }
 
+/// The line of every key inside `[[connectors]]` entries, by dotted path.
+pub fn connector_lines(text: &str) -> std::collections::HashMap<String, usize> {
+    fn walk(value: &Spanned<DeValue<'_>>, path: &str, text: &str, out: &mut std::collections::HashMap<String, usize>) {
+        if let DeValue::Table(table) = value.get_ref() {
+            for (key, inner) in table.iter() {
+                let here = format!("{path}.{}", key.get_ref());
+                out.insert(here.clone(), line_of(text, key.span().start));
+                walk(inner, &here, text, out);
+            }
+        }
+    }
+    let mut out = std::collections::HashMap::new();
+    if let Ok(root) = DeTable::parse(text) {
+        if let Some(DeValue::Array(items)) = root.get_ref().get("connectors").map(|c| c.get_ref()) {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, &format!("connectors[{i}]"), text, &mut out);
+            }
+        }
+    }
+    out
+}
+
 fn remove_path(table: &mut toml::Table, path: &[String]) {
     match path {
         [] => {}

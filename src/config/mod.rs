@@ -52,6 +52,10 @@ pub struct Config {
     /// The `${VAR}` values substituted into the file, kept out of every error.
     #[serde(skip)]
     pub redactor: vars::Redactor,
+    /// The line of every key in `[[connectors]]` entries (`connectors[0].http.timeout_secs`),
+    /// for errors found when the connector is built.
+    #[serde(skip)]
+    pub key_lines: std::collections::HashMap<String, usize>,
 }
 
 /// `[catalog]`.
@@ -293,6 +297,7 @@ impl Config {
             anyhow::bail!("config {file} is invalid:\n  {}", redactor.redact(&problems.join("\n  ")));
         };
         config.redactor = redactor;
+        config.key_lines = keys::connector_lines(&text);
         config.rebase(path.parent().unwrap_or(Path::new(".")));
         if problems.is_empty() {
             return Ok(config);
@@ -405,7 +410,16 @@ impl Config {
                 .map_err(|e| problems.push(format!("{key}: mapping: {e}")))
                 .ok();
             let connector = crate::registry::build(&entry.kind, &entry.id, entry.settings.clone())
-                .map_err(|e| problems.push(format!("{key}: {e}")))
+                .map_err(|e| {
+                    // `base_url: …` names a key: say its line too.
+                    let line = e
+                        .split_once(": ")
+                        .and_then(|(path, _)| self.key_lines.get(&format!("connectors[{i}].{path}")));
+                    problems.push(match line {
+                        Some(line) => format!("{file}:{line}: connectors[{i}] (id {:?}): {e}", entry.id),
+                        None => format!("{key}: {e}"),
+                    })
+                })
                 .ok();
             if let (Some(mapping), Some(connector)) = (mapping, connector) {
                 instances.push(Instance {

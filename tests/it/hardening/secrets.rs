@@ -102,6 +102,7 @@ fn credentials_in_urls_are_refused_at_load_without_being_repeated() {
     let (ok, stderr) = check(&in_base);
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("base_url") && stderr.contains("credentials"), "{stderr}");
+    assert!(stderr.contains("deskbridge.toml:13: connectors[0]"), "the line is named: {stderr}");
     assert!(!stderr.contains("hunter2pw"), "{stderr}");
 
     let in_token_url = config_with(
