@@ -364,7 +364,10 @@ impl Store {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
             }
-            Ok(Err(e)) => anyhow::bail!("cannot connect to PostgreSQL at {target}: {}", redact(&error_causes(&e), url)),
+            Ok(Err(e)) => anyhow::bail!(
+                "cannot connect to PostgreSQL at {target}: {}",
+                redact(&deskbridge_connector::urls::error_chain(&e), url)
+            ),
             Err(_) => anyhow::bail!(
                 "cannot connect to PostgreSQL at {target}: no answer within 10 s (a firewall dropping packets, or the wrong host)"
             ),
@@ -549,20 +552,6 @@ fn describe_postgres(url: &str) -> String {
         ),
         Err(_) => "the configured URL".into(),
     }
-}
-
-/// An error and its causes on one line.
-fn error_causes(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 fn redact(message: &str, url: &str) -> String {

@@ -550,7 +550,7 @@ fn token_error(connector: &str, e: TokenError, status: Option<reqwest::StatusCod
         },
         RequestTokenError::Request(e) => ConnectorError::Transient {
             connector,
-            message: format!("token endpoint: {}", error_chain(&e)),
+            message: format!("token endpoint: {}", crate::urls::error_chain(&e)),
         },
         // A server or proxy failing (5xx, 429) may recover; anything else is the wrong URL.
         RequestTokenError::Parse(e, body) if status.is_some_and(|s| s.is_server_error() || s.as_u16() == 429) => ConnectorError::Transient {
@@ -587,19 +587,4 @@ fn answered(body: &[u8]) -> String {
     } else {
         format!("{text:?}")
     }
-}
-
-/// An error and its causes, `outer: inner: …` (reqwest and hyper put the useful part in
-/// causes), with credentials removed from any URL in them.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    crate::urls::strip_userinfo(&parts.join(": "))
 }

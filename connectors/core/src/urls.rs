@@ -6,7 +6,8 @@
 //!   fragment, and runs of `/` in the path collapsed, so `${BASE}/oauth_token.do` with a
 //!   trailing slash in `BASE` still names the token endpoint.
 //! - Any text about to reach a log or an error goes through [`strip_userinfo`], which removes
-//!   `user:password@` from every URL in it (reqwest and oauth2 errors print the URL).
+//!   `user:password@` from every URL in it (reqwest and oauth2 errors print the URL);
+//!   [`error_chain`] puts an error and its causes on one line that way.
 
 use std::sync::OnceLock;
 
@@ -56,6 +57,21 @@ pub fn http_url_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<url::Url>,
 /// `deserialize_with` for a URL kept as a `String` (an OAuth token endpoint).
 pub fn http_url_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     http_url(d).map(String::from)
+}
+
+/// An error and its causes on one line, `outer: inner: …` (reqwest, hyper and sqlx put the
+/// useful part in causes), with credentials removed from any URL in them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    strip_userinfo(&parts.join(": "))
 }
 
 /// `text` with the `user:password@` part removed from every URL in it.
