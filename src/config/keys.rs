@@ -50,7 +50,8 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Vec<String>) {
     };
     let mut config = config;
     if let Some(config) = &mut config {
-        problems.extend(connector_keys(config, text, file));
+        config.key_lines = connector_lines(text);
+        problems.extend(connector_keys(config, file));
     }
     // In the order of the file.
     let line = |p: &String| -> usize {
@@ -82,13 +83,62 @@ fn blank(text: &mut String, range: Range<usize>) {
     text.replace_range(range, &replaced);
 }
 
+/// One key of the document, at any depth, or one table of an array of tables (no key).
+struct Entry<'a> {
+    /// `connectors[0].http.timeout_secs`.
+    path: String,
+    key: Option<Range<usize>>,
+    value: &'a Spanned<DeValue<'a>>,
+}
+
+/// Every key and array item of `table`, depth first, in document order.
+fn entries<'a>(table: &'a DeTable<'a>) -> Vec<Entry<'a>> {
+    fn walk_table<'a>(table: &'a DeTable<'a>, prefix: &str, out: &mut Vec<Entry<'a>>) {
+        for (key, value) in table.iter() {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            out.push(Entry {
+                path: path.clone(),
+                key: Some(key.span()),
+                value,
+            });
+            walk_value(value, &path, out);
+        }
+    }
+    fn walk_value<'a>(value: &'a Spanned<DeValue<'a>>, path: &str, out: &mut Vec<Entry<'a>>) {
+        match value.get_ref() {
+            DeValue::Table(table) => walk_table(table, path, out),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let indexed = format!("{path}[{i}]");
+                    out.push(Entry {
+                        path: indexed.clone(),
+                        key: None,
+                        value: item,
+                    });
+                    walk_value(item, &indexed, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk_table(table, "", &mut out);
+    out
+}
+
 /// The dotted path of the key whose span is `span`, and the text to blank to remove it: the
 /// key through its value, or the whole `[table]` section when the key is a table header.
 fn locate(text: &str, span: &Range<usize>) -> Option<(String, Range<usize>)> {
     let root = DeTable::parse(text).ok()?;
-    let mut found = None;
-    find(root.get_ref(), "", span, &mut found);
-    let (path, key, value) = found?;
+    let all = entries(root.get_ref());
+    let (path, key, value) = all.into_iter().find_map(|e| {
+        let k = e.key?;
+        (k.start <= span.start && span.start < k.end.max(k.start + 1)).then_some((e.path, k, e.value))
+    })?;
     let end = if matches!(value.get_ref(), DeValue::Table(_)) && text[..key.start].trim_end().ends_with('[') {
         // `[section]`: up to the next header line or the end of the file.
         section_end(text, key.end)
@@ -110,52 +160,18 @@ fn locate(text: &str, span: &Range<usize>) -> Option<(String, Range<usize>)> {
 /// enum, like `[decision]`, at the table): the key `name` inside that table.
 fn locate_in_table(text: &str, span: &Range<usize>, name: &str) -> Option<(String, Range<usize>)> {
     let root = DeTable::parse(text).ok()?;
-    let mut found: Found<'_> = None;
-    table_at(root.get_ref(), "", span, &mut found);
-    let (path, _, table) = found?;
-    let DeValue::Table(table) = table.get_ref() else { return None };
-    let (key, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
-    let path = if path.is_empty() {
+    let all = entries(root.get_ref());
+    let table = all
+        .iter()
+        .find(|e| matches!(e.value.get_ref(), DeValue::Table(_)) && (e.value.span() == *span || e.key.as_ref() == Some(span)))?;
+    let path = if table.path.is_empty() {
         name.to_owned()
     } else {
-        format!("{path}.{name}")
+        format!("{}.{name}", table.path)
     };
-    Some((path, key.span().start..value.span().end.max(key.span().end)))
-}
-
-fn table_at<'a>(table: &'a DeTable<'a>, prefix: &str, span: &Range<usize>, found: &mut Found<'a>) {
-    for (key, value) in table.iter() {
-        if found.is_some() {
-            return;
-        }
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
-        };
-        match value.get_ref() {
-            DeValue::Table(inner) => {
-                if value.span() == *span || key.span() == *span {
-                    *found = Some((path, key.span(), value));
-                    return;
-                }
-                table_at(inner, &path, span, found);
-            }
-            DeValue::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let DeValue::Table(inner) = item.get_ref() {
-                        let indexed = format!("{path}[{i}]");
-                        if item.span() == *span {
-                            *found = Some((indexed, item.span(), item));
-                            return;
-                        }
-                        table_at(inner, &indexed, span, found);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    let inner = all.iter().find(|e| e.path == path)?;
+    let key = inner.key.clone()?;
+    Some((path, key.start..inner.value.span().end.max(key.end)))
 }
 
 fn section_end(text: &str, from: usize) -> usize {
@@ -169,39 +185,6 @@ fn section_end(text: &str, from: usize) -> usize {
     text.len()
 }
 
-type Found<'a> = Option<(String, Range<usize>, &'a Spanned<DeValue<'a>>)>;
-
-fn find<'a>(table: &'a DeTable<'a>, prefix: &str, span: &Range<usize>, found: &mut Found<'a>) {
-    for (key, value) in table.iter() {
-        if found.is_some() {
-            return;
-        }
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
-        };
-        let k = key.span();
-        if k.start <= span.start && span.start < k.end.max(k.start + 1) {
-            *found = Some((path, k, value));
-            return;
-        }
-        descend(value, &path, span, found);
-    }
-}
-
-fn descend<'a>(value: &'a Spanned<DeValue<'a>>, path: &str, span: &Range<usize>, found: &mut Found<'a>) {
-    match value.get_ref() {
-        DeValue::Table(t) => find(t, path, span, found),
-        DeValue::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                descend(item, &format!("{path}[{i}]"), span, found);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// A key no configuration type has: deserializing a table holding it asks serde which keys
 /// the type takes. Keys are read in sorted order and `_` sorts before letters, so the probe is
 /// met before any other key can fail.
@@ -210,29 +193,17 @@ const PROBE: &str = "__deskbridge_probe";
 /// Unknown keys in each `[[connectors]]` entry's settings, checked against its kind, at every
 /// level (`http`, `auth`, `webhook`), whatever else is wrong with the entry; they are removed
 /// from the settings so that building the connector reports only the other problems.
-fn connector_keys(config: &mut Config, text: &str, file: &str) -> Vec<String> {
-    let root = DeTable::parse(text).ok();
-    let entries = root
-        .as_ref()
-        .and_then(|r| r.get_ref().get("connectors"))
-        .and_then(|c| match c.get_ref() {
-            DeValue::Array(items) => Some(items),
-            _ => None,
-        });
+fn connector_keys(config: &mut Config, file: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for (i, entry) in config.connectors.iter_mut().enumerate() {
         let mut unknown = Vec::new();
         find_unknown(&entry.kind, &entry.settings, &mut Vec::new(), &mut unknown);
         for (path, expected) in unknown {
             remove_path(&mut entry.settings, &path);
-            let line = entries
-                .and_then(|items| items.get(i))
-                .and_then(|item| key_span(item, &path))
-                .map(|s| format!(":{}", line_of(text, s.start)))
-                .unwrap_or_default();
+            let dotted = format!("connectors[{i}].{}", path.join("."));
+            let line = config.key_lines.get(&dotted).map(|l| format!(":{l}")).unwrap_or_default();
             problems.push(format!(
-                "{file}{line}: unknown key connectors[{i}].{} (id {:?}){}",
-                path.join("."),
+                "{file}{line}: unknown key {dotted} (id {:?}){}",
                 entry.id,
                 expected.map(|x| format!(" (expected {x})")).unwrap_or_default()
             ));
@@ -276,7 +247,7 @@ fn find_unknown(kind: &str, settings: &toml::Table, path: &mut Vec<String>, out:
         return;
     };
     for (key, value) in level {
-        if key == "type" && level.contains_key("type") && !known.contains(key) {
+        if key == "type" && !known.contains(key) {
             continue; // an enum's tag
         }
         path.push(key.clone());
@@ -290,25 +261,15 @@ fn find_unknown(kind: &str, settings: &toml::Table, path: &mut Vec<String>, out:
 }
 
 /// The line of every key inside `[[connectors]]` entries, by dotted path.
-pub fn connector_lines(text: &str) -> std::collections::HashMap<String, usize> {
-    fn walk(value: &Spanned<DeValue<'_>>, path: &str, text: &str, out: &mut std::collections::HashMap<String, usize>) {
-        if let DeValue::Table(table) = value.get_ref() {
-            for (key, inner) in table.iter() {
-                let here = format!("{path}.{}", key.get_ref());
-                out.insert(here.clone(), line_of(text, key.span().start));
-                walk(inner, &here, text, out);
-            }
-        }
-    }
-    let mut out = std::collections::HashMap::new();
-    if let Ok(root) = DeTable::parse(text) {
-        if let Some(DeValue::Array(items)) = root.get_ref().get("connectors").map(|c| c.get_ref()) {
-            for (i, item) in items.iter().enumerate() {
-                walk(item, &format!("connectors[{i}]"), text, &mut out);
-            }
-        }
-    }
-    out
+fn connector_lines(text: &str) -> std::collections::HashMap<String, usize> {
+    let Ok(root) = DeTable::parse(text) else {
+        return Default::default();
+    };
+    entries(root.get_ref())
+        .into_iter()
+        .filter(|e| e.path.starts_with("connectors["))
+        .filter_map(|e| Some((e.path, line_of(text, e.key?.start))))
+        .collect()
 }
 
 fn remove_path(table: &mut toml::Table, path: &[String]) {
@@ -322,16 +283,5 @@ fn remove_path(table: &mut toml::Table, path: &[String]) {
                 remove_path(inner, rest);
             }
         }
-    }
-}
-
-fn key_span(item: &Spanned<DeValue<'_>>, path: &[String]) -> Option<Range<usize>> {
-    let DeValue::Table(table) = item.get_ref() else { return None };
-    let (first, rest) = path.split_first()?;
-    let (key, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
-    if rest.is_empty() {
-        Some(key.span())
-    } else {
-        key_span(value, rest)
     }
 }

@@ -297,7 +297,6 @@ impl Config {
             anyhow::bail!("config {file} is invalid:\n  {}", redactor.redact(&problems.join("\n  ")));
         };
         config.redactor = redactor;
-        config.key_lines = keys::connector_lines(&text);
         config.rebase(path.parent().unwrap_or(Path::new(".")));
         if problems.is_empty() {
             return Ok(config);
