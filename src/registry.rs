@@ -7,8 +7,32 @@ use deskbridge_connector::Connector;
 
 type Factory = fn(&str, toml::Table) -> Result<Arc<dyn Connector>, String>;
 
+/// One connector kind: how its settings are checked, and how an instance is built.
+pub struct Kind {
+    /// Its `kind` in configuration.
+    pub name: &'static str,
+    check: fn(toml::Table) -> Result<(), toml::de::Error>,
+    build: Factory,
+}
+
 /// Every connector kind deskbridge knows.
-pub const KINDS: &[(&str, Factory)] = &[(deskbridge_servicenow::KIND, servicenow), (deskbridge_jira::KIND, jira)];
+pub const KINDS: &[Kind] = &[
+    Kind {
+        name: deskbridge_servicenow::KIND,
+        check: check_as::<deskbridge_servicenow::ServiceNowConfig>,
+        build: servicenow,
+    },
+    Kind {
+        name: deskbridge_jira::KIND,
+        check: check_as::<deskbridge_jira::JiraConfig>,
+        build: jira,
+    },
+];
+
+/// Reads settings as a kind's configuration type, for checking only.
+fn check_as<T: serde::de::DeserializeOwned>(settings: toml::Table) -> Result<(), toml::de::Error> {
+    settings.try_into::<T>().map(drop)
+}
 
 /// A settings error with the key it is at, when toml knows it: `message (at webhook.secret)`.
 fn settings_error(e: toml::de::Error) -> String {
@@ -36,23 +60,18 @@ fn servicenow(id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, Str
 /// Checks a settings table against its kind's configuration, building nothing: the first
 /// problem's message, or `Ok` (also for an unknown kind, which [`build`] reports).
 pub fn check(kind: &str, settings: toml::Table) -> Result<(), String> {
-    let message = |e: toml::de::Error| e.message().to_owned();
-    match kind {
-        k if k == deskbridge_servicenow::KIND => settings
-            .try_into::<deskbridge_servicenow::ServiceNowConfig>()
-            .map(drop)
-            .map_err(message),
-        k if k == deskbridge_jira::KIND => settings.try_into::<deskbridge_jira::JiraConfig>().map(drop).map_err(message),
-        _ => Ok(()),
+    match KINDS.iter().find(|k| k.name == kind) {
+        Some(k) => (k.check)(settings).map_err(|e| e.message().to_owned()),
+        None => Ok(()),
     }
 }
 
 /// Builds connector `id` of `kind` from its settings table.
 pub fn build(kind: &str, id: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, String> {
-    match KINDS.iter().find(|(k, _)| *k == kind) {
-        Some((_, factory)) => factory(id, settings),
+    match KINDS.iter().find(|k| k.name == kind) {
+        Some(k) => (k.build)(id, settings),
         None => {
-            let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+            let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
             Err(format!("unknown connector kind {kind:?}; known kinds: {}", known.join(", ")))
         }
     }
