@@ -121,31 +121,19 @@ pub async fn export(
         }
     }
     if count > 0 {
-        let mut cursor = (first, 0);
-        loop {
-            let page = store.checkpoint_page(cursor, last, super::PAGE).await?;
-            let Some((id, end)) = page.last() else { break };
-            cursor = (end.seq, *id);
-            let short = (page.len() as i64) < super::PAGE;
-            for (_, c) in page {
-                if c.seq < first {
-                    continue;
-                }
-                match &mut sink {
-                    Sink::Csv(writer) => writer.serialize(Row {
-                        kind_of_row: "checkpoint".into(),
-                        seq: c.seq,
-                        at: c.at.clone(),
-                        hash: c.hash.clone(),
-                        public_key: c.public_key.clone(),
-                        signature: c.signature.clone(),
-                        ..Row::default()
-                    })?,
-                    Sink::Jsonl(out) => writeln!(out, "{}", serde_json::to_string(&Line::Checkpoint(c))?)?,
-                }
-            }
-            if short {
-                break;
+        let mut checkpoints = super::CheckpointPages::new(first, last);
+        while let Some(c) = checkpoints.next(store).await? {
+            match &mut sink {
+                Sink::Csv(writer) => writer.serialize(Row {
+                    kind_of_row: "checkpoint".into(),
+                    seq: c.seq,
+                    at: c.at.clone(),
+                    hash: c.hash.clone(),
+                    public_key: c.public_key.clone(),
+                    signature: c.signature.clone(),
+                    ..Row::default()
+                })?,
+                Sink::Jsonl(out) => writeln!(out, "{}", serde_json::to_string(&Line::Checkpoint(c))?)?,
             }
         }
     }

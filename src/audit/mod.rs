@@ -19,7 +19,7 @@ pub(crate) const PAGE: i64 = 1000;
 /// record.
 pub async fn verify_store(store: &Store) -> anyhow::Result<Result<String, String>> {
     let mut chain = ChainVerifier::new(GENESIS);
-    let mut checkpoints = Checkpoints::new(i64::MAX);
+    let mut checkpoints = Checkpoints::new();
     let mut after = 0;
     loop {
         let page = store.audit_page(after, "", PAGE).await?;
@@ -50,29 +50,28 @@ pub async fn verify_store(store: &Store) -> anyhow::Result<Result<String, String
     )))
 }
 
-/// Stored checkpoints, read in (seq, id) order beside the records they cover.
-struct Checkpoints {
+/// Stored checkpoints covering records `from_seq..=to_seq`, read a page at a time in (seq, id)
+/// order.
+pub(crate) struct CheckpointPages {
     to_seq: i64,
     after: (i64, i64),
     buffered: std::collections::VecDeque<Checkpoint>,
     exhausted: bool,
-    keys: std::collections::HashMap<String, ed25519_dalek::VerifyingKey>,
-    seen: usize,
 }
 
-impl Checkpoints {
-    fn new(to_seq: i64) -> Self {
+impl CheckpointPages {
+    pub(crate) fn new(from_seq: i64, to_seq: i64) -> Self {
         Self {
             to_seq,
-            after: (0, 0),
+            // Checkpoint ids start at 1: (from_seq, 0) comes just before the first at from_seq.
+            after: (from_seq, 0),
             buffered: Default::default(),
             exhausted: false,
-            keys: Default::default(),
-            seen: 0,
         }
     }
 
-    async fn peek(&mut self, store: &Store) -> anyhow::Result<Option<&Checkpoint>> {
+    /// The next checkpoint, without taking it.
+    pub(crate) async fn peek(&mut self, store: &Store) -> anyhow::Result<Option<&Checkpoint>> {
         if self.buffered.is_empty() && !self.exhausted {
             let page = store.checkpoint_page(self.after, self.to_seq, PAGE).await?;
             self.exhausted = (page.len() as i64) < PAGE;
@@ -84,13 +83,33 @@ impl Checkpoints {
         Ok(self.buffered.front())
     }
 
+    /// The next checkpoint.
+    pub(crate) async fn next(&mut self, store: &Store) -> anyhow::Result<Option<Checkpoint>> {
+        self.peek(store).await?;
+        Ok(self.buffered.pop_front())
+    }
+}
+
+/// The store's checkpoints, checked beside the records they cover.
+struct Checkpoints {
+    pages: CheckpointPages,
+    keys: std::collections::HashMap<String, ed25519_dalek::VerifyingKey>,
+    seen: usize,
+}
+
+impl Checkpoints {
+    fn new() -> Self {
+        Self {
+            pages: CheckpointPages::new(0, i64::MAX),
+            keys: Default::default(),
+            seen: 0,
+        }
+    }
+
     /// Checks every checkpoint of record `r` (signature, and that it signed this record).
     async fn check(&mut self, store: &Store, r: &AuditRecord) -> anyhow::Result<Result<(), String>> {
-        while let Some(cp) = self.peek(store).await?.cloned() {
-            if cp.seq > r.seq {
-                break;
-            }
-            self.buffered.pop_front();
+        while self.pages.peek(store).await?.is_some_and(|cp| cp.seq <= r.seq) {
+            let Some(cp) = self.pages.next(store).await? else { break };
             self.seen += 1;
             let key = match self.keys.get(&cp.public_key) {
                 Some(k) => *k,
@@ -114,7 +133,7 @@ impl Checkpoints {
 
     /// After the last record: a checkpoint beyond it means records were cut off the end.
     async fn finish(&mut self, store: &Store, last_seq: i64) -> anyhow::Result<Result<(), String>> {
-        if let Some(cp) = self.peek(store).await? {
+        if let Some(cp) = self.pages.peek(store).await? {
             return Ok(Err(format!(
                 "a signed checkpoint covers seq {} but the log ends at seq {last_seq}: records were deleted from the end",
                 cp.seq
