@@ -229,7 +229,8 @@ impl AuthzenDecisionPoint {
         let allowed = std::iter::once(&self.config.url)
             .chain(&self.config.allowed_origins)
             .any(|u| u.origin() == origin);
-        if !allowed || !origin.is_tuple() {
+        // An opaque origin (a scheme without host) equals no configured one.
+        if !allowed {
             return Err(DecisionError::Malformed(format!(
                 "AuthZEN metadata at {metadata_url} puts {key} on origin {}, not the PDP's {}: refusing it, \
                  the PDP's credentials go only to its own origin (list others in decision.allowed_origins)",
