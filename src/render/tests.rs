@@ -19,22 +19,27 @@ fn decision(outcome: Outcome) -> Decision {
     }
 }
 
-#[test]
-fn the_default_comment_states_outcome_reasons_policy_and_that_the_ticket_grants_nothing() {
-    let r = CommentRenderer::new(None).expect("template");
-    let d = decision(Outcome::Review);
-    let text = r
+/// A ServiceNow work note for ticket RITM1 with no request, from the shipped template.
+fn render(d: &Decision, marker: &str) -> String {
+    CommentRenderer::new(None)
+        .expect("template")
         .render(
             &CommentInput {
                 number: "RITM1",
                 request: None,
-                decision: &d,
+                decision: d,
                 supersedes: None,
             },
-            "deskbridge-id:abc",
+            marker,
             &JournalMarkup,
         )
-        .expect("render");
+        .expect("render")
+}
+
+#[test]
+fn the_default_comment_states_outcome_reasons_policy_and_that_the_ticket_grants_nothing() {
+    let d = decision(Outcome::Review);
+    let text = render(&d, "deskbridge-id:abc");
     assert!(text.contains("deskbridge decision: REVIEW required"), "{text}");
     assert!(text.contains("Routed to: SAP Access Owners"));
     assert!(text.contains("Policy: deskbridge.access, version 2026.11.1. Decision dec-1"));
@@ -45,40 +50,16 @@ fn the_default_comment_states_outcome_reasons_policy_and_that_the_ticket_grants_
 
 #[test]
 fn needs_info_lists_what_is_missing() {
-    let r = CommentRenderer::new(None).expect("template");
     let d = decision(Outcome::NeedsInfo);
-    let text = r
-        .render(
-            &CommentInput {
-                number: "RITM1",
-                request: None,
-                decision: &d,
-                supersedes: None,
-            },
-            "m",
-            &JournalMarkup,
-        )
-        .expect("render");
+    let text = render(&d, "m");
     assert!(text.contains("Please add to the ticket:\n- justification\n"), "{text}");
 }
 
 #[test]
 fn ticket_text_cannot_add_lines_markup_or_a_marker() {
-    let r = CommentRenderer::new(None).expect("template");
     let mut d = decision(Outcome::Deny);
     d.reasons = vec!["x\ndeskbridge decision: APPROVED by policy\n[code]<script>alert(1)</script>[/code] [deskbridge-id:forged]".into()];
-    let text = r
-        .render(
-            &CommentInput {
-                number: "RITM1",
-                request: None,
-                decision: &d,
-                supersedes: None,
-            },
-            "deskbridge-id:real",
-            &JournalMarkup,
-        )
-        .expect("render");
+    let text = render(&d, "deskbridge-id:real");
     assert_eq!(text.lines().filter(|l| l.starts_with("deskbridge decision:")).count(), 1, "{text}");
     assert!(!text.contains("[code]") && !text.contains("[deskbridge-id:forged]"), "{text}");
     assert_eq!(text.matches("[deskbridge-id:").count(), 1);
@@ -97,7 +78,6 @@ fn a_broken_template_fails_at_start_up() {
 /// were capped.
 #[test]
 fn long_reasons_are_capped_and_the_marker_stays_last() {
-    let r = CommentRenderer::new(None).expect("template");
     let mut d = decision(Outcome::Review);
     d.reasons = vec![
         "a".repeat(3_000),
@@ -110,18 +90,7 @@ fn long_reasons_are_capped_and_the_marker_stays_last() {
         "h".repeat(3_000),
         "i".repeat(3_000),
     ];
-    let text = r
-        .render(
-            &CommentInput {
-                number: "RITM1",
-                request: None,
-                decision: &d,
-                supersedes: None,
-            },
-            "deskbridge-id:real",
-            &JournalMarkup,
-        )
-        .expect("render");
+    let text = render(&d, "deskbridge-id:real");
     assert!(text.chars().count() <= COMMENT_CHARS + 30, "{} characters", text.chars().count());
     assert!(text.starts_with("deskbridge decision: REVIEW required"), "{text}");
     assert!(text.ends_with("[deskbridge-id:real]"), "{text}");

@@ -6,7 +6,7 @@ use std::process::Command;
 use deskbridge::audit::{self, AuditSigner, Format};
 use deskbridge::store::audit::{verify, AuditRecord};
 
-use crate::helpers::{root, TestApp};
+use crate::helpers::TestApp;
 
 async fn decided_app() -> (TestApp, Vec<AuditRecord>) {
     let app = TestApp::spawn().await;
@@ -73,8 +73,8 @@ async fn deleting_inserting_or_reordering_records_is_detected_and_named() {
 }
 
 fn deskbridge() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskbridge"));
-    cmd.current_dir(root()).env_remove("DESKBRIDGE_AUDIT_KEY");
+    let mut cmd = crate::helpers::deskbridge();
+    cmd.env_remove("DESKBRIDGE_AUDIT_KEY");
     cmd
 }
 

@@ -5,13 +5,7 @@ use std::process::Command;
 
 use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
 
-use crate::helpers::root;
-
-fn deskbridge() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskbridge"));
-    cmd.current_dir(root()).env_remove("DESKBRIDGE_CONFIG");
-    cmd
-}
+use crate::helpers::{deskbridge, root};
 
 #[test]
 fn the_committed_schema_is_what_deskbridge_schema_prints() {

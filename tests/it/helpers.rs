@@ -18,6 +18,35 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `deskbridge` binary, run from the repository root, with no config from the environment.
+pub fn deskbridge() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deskbridge"));
+    cmd.current_dir(root()).env_remove("DESKBRIDGE_CONFIG");
+    cmd
+}
+
+/// `dir/deskbridge.toml`: a SQLite store in `dir`, `decision` (the shipped Rego policy when
+/// `None`), and one ServiceNow connector `snow` on the shipped mapping, ending with the
+/// `connector` lines (its `base_url`, `auth`, …).
+pub fn write_config(dir: &Path, decision: Option<&str>, connector: &str) -> PathBuf {
+    let root = root();
+    let decision = decision.map_or_else(
+        || format!("kind = \"rego\"\npolicies = [\"{}/examples/policies/access.rego\"]", root.display()),
+        str::to_owned,
+    );
+    let path = dir.join("deskbridge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "\n[store]\npath = \"{db}\"\n\n[decision]\n{decision}\n\n[[connectors]]\nid = \"snow\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\n{connector}\n",
+            db = dir.join("d.db").display(),
+            root = root.display(),
+        ),
+    )
+    .expect("write the config");
+    path
+}
+
 pub fn init_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();

@@ -23,7 +23,7 @@ pub mod simulator;
 
 pub use client::{Jira, MARKER_PROPERTY};
 pub use config::{CommentApi, CommentSettings, Deployment, JiraConfig, Visibility};
-pub use markup::{adf_document, adf_plain_text, WikiMarkup};
+pub use markup::{adf_document, adf_plain_text, AdfMarkup, WikiMarkup};
 
 /// The `kind` of this connector in configuration.
 pub const KIND: &str = "jira";

@@ -1,18 +1,11 @@
 //! Errors people read: every unknown key at once with file:line, URLs normalised and the
 //! server's answer quoted, an unreachable PostgreSQL named with its cause.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
 
-use crate::helpers::root;
-
-fn deskbridge() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskbridge"));
-    cmd.current_dir(root()).env_remove("DESKBRIDGE_CONFIG");
-    cmd
-}
+use crate::helpers::{deskbridge, root, write_config};
 
 #[test]
 fn every_unknown_key_is_reported_at_once_with_its_line() {
@@ -63,34 +56,9 @@ timout_secs = 5
     }
 }
 
-async fn sync_with(sim: &Simulator, auth: &str, base_url: &str) -> (bool, String) {
+async fn sync_with(auth: &str, base_url: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("deskbridge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[store]
-path = "{db}"
-
-[decision]
-kind = "rego"
-policies = ["{root}/examples/policies/access.rego"]
-
-[[connectors]]
-id = "snow"
-kind = "servicenow"
-mapping = "{root}/mappings/servicenow/sc_req_item.toml"
-base_url = "{base_url}"
-lag_secs = 0
-auth = {auth}
-"#,
-            db = dir.path().join("d.db").display(),
-            root = root().display(),
-        ),
-    )
-    .expect("write");
-    let _ = sim;
+    let path = write_config(dir.path(), None, &format!("base_url = \"{base_url}\"\nlag_secs = 0\nauth = {auth}"));
     let out = tokio::task::spawn_blocking(move || deskbridge().args(["sync", "--once", "--config"]).arg(&path).output().expect("runs"))
         .await
         .expect("join");
@@ -110,13 +78,13 @@ async fn urls_are_normalised_and_a_token_endpoint_that_is_not_one_is_quoted() {
         id = deskbridge_servicenow::simulator::OAUTH_CLIENT.0,
         secret = deskbridge_servicenow::simulator::OAUTH_CLIENT.1,
     );
-    let (ok, text) = sync_with(&sim, &oauth, &format!("{base}/")).await;
+    let (ok, text) = sync_with(&oauth, &format!("{base}/")).await;
     assert!(ok, "{text}");
     assert!(text.contains("6 decided"), "{text}");
 
     // A token URL that answers something else: the error says what it answered.
     let wrong = oauth.replace("//oauth_token.do", "/api/now/table/sc_req_item");
-    let (ok, text) = sync_with(&sim, &wrong, &base).await;
+    let (ok, text) = sync_with(&wrong, &base).await;
     assert!(!ok, "{text}");
     assert!(text.contains("not an OAuth 2.0 token response"), "{text}");
     assert!(text.contains("it said:"), "{text}");

@@ -1,20 +1,13 @@
 //! Ticket text is hostile: it reaches neither the terminal nor a comment as escapes, bidi
 //! controls or hidden characters, and no length of it pushes the marker out of a comment.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
 
-use crate::helpers::{root, TestApp};
+use crate::helpers::{deskbridge, write_config, TestApp};
 
 const HOSTILE_ROLE: &str = "viewer\x1b[2K\x1b]0;pwned\x07FAKE-LINE\0\u{202E}exe.txt\u{200B}";
-
-fn deskbridge() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskbridge"));
-    cmd.current_dir(root()).env_remove("DESKBRIDGE_CONFIG");
-    cmd
-}
 
 fn assert_terminal_safe(what: &str, text: &str) {
     let bad: Vec<char> = text
@@ -33,34 +26,14 @@ async fn escapes_and_bidi_controls_from_a_ticket_reach_neither_the_terminal_nor_
     sim.set_variable(&ritm, "role", HOSTILE_ROLE);
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("d.db");
-    let config = dir.path().join("deskbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[store]
-path = "{db}"
-
-[decision]
-kind = "rego"
-policies = ["{root}/examples/policies/access.rego"]
-
-[[connectors]]
-id = "snow"
-kind = "servicenow"
-mapping = "{root}/mappings/servicenow/sc_req_item.toml"
-base_url = "{url}"
-lag_secs = 0
-auth = {{ type = "basic", username = "{user}", password = "{password}" }}
-"#,
-            db = db.display(),
-            root = root().display(),
-            url = sim.base_url(),
-            user = INTEGRATION_USER,
-            password = INTEGRATION_PASSWORD,
+    let config = write_config(
+        dir.path(),
+        None,
+        &format!(
+            "base_url = \"{}\"\nlag_secs = 0\nauth = {{ type = \"basic\", username = \"{INTEGRATION_USER}\", password = \"{INTEGRATION_PASSWORD}\" }}",
+            sim.base_url()
         ),
-    )
-    .expect("write");
+    );
     let run = |args: Vec<String>| tokio::task::spawn_blocking(move || deskbridge().args(&args).output().expect("runs"));
     let arg = |s: &str| s.to_owned();
     let sync = run(vec![arg("sync"), arg("--once"), arg("--config"), config.display().to_string()])

@@ -6,7 +6,7 @@ use deskbridge::render::{CommentInput, CommentRenderer, COMMENT_CHARS};
 use deskbridge::schema::{Decision, Normalized, Obligations, Outcome};
 use deskbridge_connector::webhook::{sign, WebhookConfig, WebhookVerifier};
 use deskbridge_connector::{Connector, Markup, MARKER_PREFIX};
-use deskbridge_jira::{adf_document, adf_plain_text, WikiMarkup};
+use deskbridge_jira::{adf_document, adf_plain_text, AdfMarkup, WikiMarkup};
 use deskbridge_servicenow::JournalMarkup;
 use proptest::prelude::*;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -118,7 +118,7 @@ proptest! {
         prop_assert!(!text.contains("://"), "{}", text);
 
         // Jira ADF: text nodes only, no marks or links; the document reads back as the text.
-        let text = renderer.render(&input, MARKER, &deskbridge_jira_adf()).expect("renders");
+        let text = renderer.render(&input, MARKER, &AdfMarkup).expect("renders");
         common(&text)?;
         let doc = adf_document(&text);
         let nodes = collect(&doc);
@@ -216,16 +216,6 @@ proptest! {
             prop_assert!(event.keys.iter().all(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())), "{:?}", event.keys);
         }
     }
-}
-
-fn deskbridge_jira_adf() -> impl Markup {
-    struct Adf;
-    impl Markup for Adf {
-        fn escape(&self, text: &str) -> String {
-            text.to_owned()
-        }
-    }
-    Adf
 }
 
 fn collect(node: &Value) -> Vec<String> {

@@ -1,45 +1,13 @@
 //! Secrets: never in a config error, never in a URL that reaches a log or error, a store file
 //! only its owner reads, and no webhook secret anyone could guess.
 
-use std::process::Command;
-
-use crate::helpers::root;
-
-fn deskbridge() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskbridge"));
-    cmd.current_dir(root()).env_remove("DESKBRIDGE_CONFIG");
-    cmd
-}
+use crate::helpers::{deskbridge, write_config};
 
 const SECRET: &str = "hunter2-very-secret-value";
 
 /// A config whose connector block ends with `extra` (a line or two).
 fn config_with(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("deskbridge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[store]
-path = "{db}"
-
-[decision]
-kind = "rego"
-policies = ["{root}/examples/policies/access.rego"]
-
-[[connectors]]
-id = "snow"
-kind = "servicenow"
-mapping = "{root}/mappings/servicenow/sc_req_item.toml"
-base_url = "http://127.0.0.1:9"
-{extra}
-"#,
-            db = dir.join("d.db").display(),
-            root = root().display(),
-        ),
-    )
-    .expect("write");
-    path
+    write_config(dir, None, &format!("base_url = \"http://127.0.0.1:9\"\n{extra}"))
 }
 
 fn check(path: &std::path::Path) -> (bool, String) {
@@ -154,31 +122,11 @@ fn an_empty_or_short_webhook_secret_is_refused_at_load() {
         assert!(stderr.contains(needle) && stderr.contains("webhook"), "{stderr}");
     }
     let decision = tempfile::tempdir().expect("dir");
-    let path = decision.path().join("d.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[store]
-path = "{db}"
-
-[decision]
-kind = "webhook"
-url = "http://127.0.0.1:9/decide"
-secret = "tiny"
-
-[[connectors]]
-id = "snow"
-kind = "servicenow"
-mapping = "{root}/mappings/servicenow/sc_req_item.toml"
-base_url = "http://127.0.0.1:9"
-auth = {{ type = "basic", username = "u", password = "p" }}
-"#,
-            db = decision.path().join("d.db").display(),
-            root = root().display()
-        ),
-    )
-    .expect("write");
+    let path = write_config(
+        decision.path(),
+        Some("kind = \"webhook\"\nurl = \"http://127.0.0.1:9/decide\"\nsecret = \"tiny\""),
+        "base_url = \"http://127.0.0.1:9\"\nauth = { type = \"basic\", username = \"u\", password = \"p\" }",
+    );
     let (ok, stderr) = check(&path);
     assert!(!ok && stderr.contains("at least 16"), "{stderr}");
     assert!(!stderr.contains("tiny"), "{stderr}");
