@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use deskbridge::commands::demo::{servicenow_config, shipped};
 use deskbridge::pipeline::{Instance, Pipeline, Report, Settings};
 use deskbridge::render::CommentRenderer;
-use deskbridge::schema::Normalized;
+use deskbridge::schema::{AccessRequest, Normalized};
 use deskbridge::store::Store;
 use deskbridge_connector::Ticket;
 use deskbridge_servicenow::simulator::{SimConfig, Simulator};
@@ -56,11 +56,14 @@ fn in_process(iterations: usize) -> anyhow::Result<()> {
         percentile(&both, 0.99).as_secs_f64() * 1e6,
         iterations
     );
-    println!(
-        "embedded Rego decision alone (interpreter): median {:.1} µs, p99 {:.1} µs",
-        percentile(&decide_only, 0.5).as_secs_f64() * 1e6,
-        percentile(&decide_only, 0.99).as_secs_f64() * 1e6
-    );
+    print_times("embedded Rego decision alone (interpreter)", &decide_only);
+    let requests: Vec<AccessRequest> = tickets
+        .iter()
+        .filter_map(|t| match mapping.normalize(t) {
+            Normalized::AccessRequest { request } => Some(*request),
+            _ => None,
+        })
+        .collect();
     // Beside it, the same policy evaluated by regorus on this thread: what the hop to the
     // evaluation threads (which give decisions their wall-clock limit) costs.
     let mut engine = regorus::Engine::new();
@@ -70,39 +73,45 @@ fn in_process(iterations: usize) -> anyhow::Result<()> {
             std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/access.rego"))?,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut inline = Vec::with_capacity(iterations);
-    for i in 0..iterations {
-        if let Normalized::AccessRequest { request } = mapping.normalize(&tickets[i % tickets.len()]) {
-            let input = regorus::Value::from(serde_json::to_value(&request)?);
-            let started = Instant::now();
-            engine.set_input(input);
-            let _ = engine.eval_rule("data.deskbridge.access.decision".into());
-            inline.push(started.elapsed());
-        }
-    }
-    inline.sort();
-    println!(
-        "  the same evaluation on the calling thread (no time limit): median {:.1} µs, p99 {:.1} µs",
-        percentile(&inline, 0.5).as_secs_f64() * 1e6,
-        percentile(&inline, 0.99).as_secs_f64() * 1e6
-    );
+    let inline = time_each(&requests, iterations, |request| {
+        let input = regorus::Value::from(serde_json::to_value(request)?);
+        let started = Instant::now();
+        engine.set_input(input);
+        let _ = engine.eval_rule("data.deskbridge.access.decision".into());
+        Ok(started.elapsed())
+    })?;
+    print_times("  the same evaluation on the calling thread (no time limit)", &inline);
     // Beside it, the register VM decisions no longer use (it answers some policies wrongly).
     let vm = shipped()?.1.with_vm();
-    let mut vm_only = Vec::with_capacity(iterations);
-    for i in 0..iterations {
-        if let Normalized::AccessRequest { request } = mapping.normalize(&tickets[i % tickets.len()]) {
-            let started = Instant::now();
-            let _ = vm.decide_now(&request);
-            vm_only.push(started.elapsed());
-        }
-    }
-    vm_only.sort();
-    println!(
-        "  for comparison, regorus's register VM: median {:.1} µs, p99 {:.1} µs",
-        percentile(&vm_only, 0.5).as_secs_f64() * 1e6,
-        percentile(&vm_only, 0.99).as_secs_f64() * 1e6
-    );
+    let vm_only = time_each(&requests, iterations, |request| {
+        let started = Instant::now();
+        let _ = vm.decide_now(request);
+        Ok(started.elapsed())
+    })?;
+    print_times("  for comparison, regorus's register VM", &vm_only);
     Ok(())
+}
+
+/// `measure` run `iterations` times over `requests` in turn; the durations it returns, sorted.
+fn time_each(
+    requests: &[AccessRequest],
+    iterations: usize,
+    mut measure: impl FnMut(&AccessRequest) -> anyhow::Result<Duration>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        times.push(measure(&requests[i % requests.len()])?);
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn print_times(label: &str, sorted: &[Duration]) {
+    println!(
+        "{label}: median {:.1} µs, p99 {:.1} µs",
+        percentile(sorted, 0.5).as_secs_f64() * 1e6,
+        percentile(sorted, 0.99).as_secs_f64() * 1e6
+    );
 }
 
 fn rss_mib(pid: &str, field: &str) -> f64 {
