@@ -340,17 +340,21 @@ impl RegoDecisionPoint {
     /// Evaluates the entrypoint for one input, blocking this thread up to the time limit; the
     /// raw answer as JSON. For CLI tools and benches; the pipeline uses [`DecisionPoint::decide`].
     pub fn evaluate(&self, input: &serde_json::Value) -> Result<serde_json::Value, DecisionError> {
+        self.evaluate_blocking(regorus::Value::from(input.clone()))
+    }
+
+    fn evaluate_blocking(&self, input: regorus::Value) -> Result<serde_json::Value, DecisionError> {
         let started = Instant::now();
-        let (answer, state) = self.pool().submit(regorus::Value::from(input.clone()))?;
+        let (answer, state) = self.pool().submit(input)?;
         let answer = answer.recv_timeout(self.timeout).ok();
         let value = self.conclude(answer, started.elapsed(), &state)?;
         self.finish(value)
     }
 
     /// The same, awaiting the answer without holding the runtime's thread.
-    pub async fn evaluate_async(&self, input: &serde_json::Value) -> Result<serde_json::Value, DecisionError> {
+    async fn evaluate_awaiting(&self, input: regorus::Value) -> Result<serde_json::Value, DecisionError> {
         let started = Instant::now();
-        let (answer, state) = self.pool().submit(regorus::Value::from(input.clone()))?;
+        let (answer, state) = self.pool().submit(input)?;
         let answer = tokio::time::timeout(self.timeout, answer.recv_async())
             .await
             .ok()
@@ -371,8 +375,7 @@ impl RegoDecisionPoint {
 
     /// Decides, blocking this thread up to the time limit (CLI tools, benches, tests).
     pub fn decide_now(&self, request: &AccessRequest) -> Result<Decided, DecisionError> {
-        let input = serde_json::to_value(request).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
-        self.decided(self.evaluate(&input)?)
+        self.decided(self.evaluate_blocking(policy_input(request)?)?)
     }
 
     /// Runs every `test_*` rule of the loaded test packages; returns `(name, passed)` pairs.
@@ -410,6 +413,13 @@ impl RegoDecisionPoint {
     }
 }
 
+/// The policy's `input` for a request, converted once (no intermediate copy).
+fn policy_input(request: &AccessRequest) -> Result<regorus::Value, DecisionError> {
+    serde_json::to_value(request)
+        .map(regorus::Value::from)
+        .map_err(|e| DecisionError::Engine(format!("input: {e}")))
+}
+
 #[async_trait]
 impl DecisionPoint for RegoDecisionPoint {
     fn describe(&self) -> String {
@@ -417,8 +427,7 @@ impl DecisionPoint for RegoDecisionPoint {
     }
 
     async fn decide(&self, request: &AccessRequest) -> Result<Decided, DecisionError> {
-        let input = serde_json::to_value(request).map_err(|e| DecisionError::Engine(format!("input: {e}")))?;
-        self.decided(self.evaluate_async(&input).await?)
+        self.decided(self.evaluate_awaiting(policy_input(request)?).await?)
     }
 }
 
