@@ -277,11 +277,9 @@ impl Store {
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         private_file(path).map_err(|e| anyhow::anyhow!("creating the store {}: {e}", path.display()))?;
-        for suffix in ["-wal", "-shm"] {
-            let mut side = path.as_os_str().to_owned();
-            side.push(suffix);
-            if Path::new(&side).exists() {
-                private_file(Path::new(&side)).map_err(|e| anyhow::anyhow!("{}: {e}", Path::new(&side).display()))?;
+        for side in [beside(path, "-wal"), beside(path, "-shm")] {
+            if side.exists() {
+                private_file(&side).map_err(|e| anyhow::anyhow!("{}: {e}", side.display()))?;
             }
         }
         // Built from the file name, not parsed from text: a path holding `?`, `#` or spaces
@@ -496,9 +494,15 @@ impl Store {
 
 /// Opens (creating) `<store file>.<suffix>` for a file lock.
 fn open_lock_file(path: &Path, suffix: &str) -> anyhow::Result<std::fs::File> {
+    let name = beside(path, &format!(".{suffix}"));
+    private_file(&name).map_err(|e| anyhow::anyhow!("opening the lock file {}: {e}", name.display()))
+}
+
+/// `path` with `suffix` appended to its file name (`deskbridge.db` → `deskbridge.db-wal`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{suffix}"));
-    private_file(Path::new(&name)).map_err(|e| anyhow::anyhow!("opening the lock file {}: {e}", Path::new(&name).display()))
+    name.push(suffix);
+    name.into()
 }
 
 /// Opens (creating if missing) a file only its owner may read and write: the store holds
