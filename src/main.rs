@@ -15,8 +15,19 @@ use deskbridge::report::drift::{Format as DriftFormat, Options as DriftOptions};
     about = "Connects service desks to identity decision points. The ticket never grants access."
 )]
 struct Cli {
+    /// Log format on standard error: `text` (plain, no colour codes) or `json` (one object
+    /// per line, for log shippers). The level comes from DESKBRIDGE_LOG, else RUST_LOG
+    /// (`info`, `deskbridge=debug,warn`, …).
+    #[arg(long, global = true, value_enum, env = "DESKBRIDGE_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +118,56 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// Check a config file without running it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Admin API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Start the ServiceNow, Jira and SCIM simulators on loopback, seeded, and print their URLs,
+    /// credentials and a ready config file; runs until Ctrl-C.
+    Simulate {
+        /// Where to write the config, catalog and store (a new temporary folder when absent).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every validation and start-up check (credentials, permissions, catalog, directory,
+    /// decision point), posting nothing; exits 1 when any fails.
+    Check {
+        /// Config file.
+        #[arg(long, env = "DESKBRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a new admin API token: prints the token once and the `[[server.tokens]]` entry (its
+    /// SHA-256) to add to the config.
+    New {
+        /// Who will hold it (written to the audit log with every operator action).
+        #[arg(long)]
+        name: String,
+        /// viewer or operator.
+        #[arg(long, value_parser = parse_role)]
+        role: deskbridge::config::Role,
+    },
+}
+
+fn parse_role(text: &str) -> Result<deskbridge::config::Role, String> {
+    match text {
+        "viewer" => Ok(deskbridge::config::Role::Viewer),
+        "operator" => Ok(deskbridge::config::Role::Operator),
+        other => Err(format!("{other:?} is not a role: viewer or operator")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -254,20 +315,45 @@ async fn audit(command: AuditCommand) -> anyhow::Result<(String, bool)> {
     }
 }
 
-fn init_tracing(default: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("DESKBRIDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+/// Logs go to standard error. The level is DESKBRIDGE_LOG, else RUST_LOG, else `default`; a
+/// variable that does not parse is reported, not silently ignored.
+fn init_tracing(default: &str, format: LogFormat) {
+    let mut problem = None;
+    let filter = ["DESKBRIDGE_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| {
+            let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+            match tracing_subscriber::EnvFilter::try_new(&value) {
+                Ok(filter) => Some(filter),
+                Err(e) => {
+                    problem = Some(format!("{var}={value:?} is not a log filter ({e}); using {default:?}"));
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    // Log lines quote ticket text: each passes through the same filter as everything else
+    // printed, so no control, bidi or zero-width character reaches a terminal or a log file
+    // (JSON lines stay valid: they become \uXXXX escapes). That rules colour out, too.
+    let writer = || deskbridge::text::TerminalLines::new(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(writer)
+        .with_ansi(false);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Sync { .. });
-    init_tracing(if quiet { "warn" } else { "info" });
+    let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Sync { .. } | Command::Simulate { .. });
+    init_tracing(if quiet { "warn" } else { "info" }, cli.log_format);
     let result: anyhow::Result<(String, bool)> = match cli.command {
         Command::Demo { store } => deskbridge::commands::demo::run(store.as_deref()).await.map(|out| (out, true)),
         Command::Serve { config } => deskbridge::commands::serve(&config).await.map(|()| (String::new(), true)),
@@ -300,6 +386,21 @@ async fn main() -> ExitCode {
         Command::Report {
             command: ReportCommand::Parked { store },
         } => deskbridge::commands::audit::parked(&store).await,
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => deskbridge::commands::config_check(&config).await,
+        Command::Token {
+            command: TokenCommand::New { name, role },
+        } => {
+            let (token, entry) = deskbridge::server::auth::new_token(&name, role);
+            Ok((
+                format!(
+                    "token (shown once; give it to {name} and keep it out of files):\n  {token}\n\nadd to the config:\n\n{entry}"
+                ),
+                true,
+            ))
+        }
+        Command::Simulate { dir } => deskbridge::commands::simulate(dir.as_deref()).await.map(|out| (out, true)),
         Command::Trace { ticket, store } => deskbridge::commands::audit::trace(&store, &ticket).await.map(|out| (out, true)),
         Command::Report {
             command:

@@ -78,6 +78,12 @@ impl<W: std::io::Write> std::io::Write for TerminalLines<W> {
     }
 }
 
+impl<W: std::io::Write> Drop for TerminalLines<W> {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}
+
 /// At most `max` characters of `text`, ending in `…` when shortened.
 pub fn cap(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {

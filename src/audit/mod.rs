@@ -2,7 +2,7 @@
 
 mod export;
 pub mod signing;
-mod trace;
+pub(crate) mod trace;
 
 use crate::store::audit::{AuditRecord, ChainVerifier, GENESIS};
 use crate::store::Store;

@@ -5,11 +5,11 @@ use serde_json::Value;
 
 use crate::store::Store;
 
-fn short(h: &str) -> &str {
+pub(crate) fn short(h: &str) -> &str {
     h.get(..12).unwrap_or(h)
 }
 
-fn summary(kind: &str, p: &Value) -> String {
+pub(crate) fn summary(kind: &str, p: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     match kind {
         "ticket_seen" => format!(

@@ -140,7 +140,7 @@ pub async fn drift(args: &StoreArgs, options: &drift::Options, format: drift::Fo
 /// ticket's. Safe beside a running `serve`: it only requeues rows.
 pub async fn retry(args: &StoreArgs, connector: Option<&str>, ticket: Option<&str>) -> anyhow::Result<String> {
     let (store, _) = open(args).await?;
-    let r = store.retry_parked(connector, ticket).await?;
+    let r = store.retry_parked(connector, ticket, &cli_actor()).await?;
     Ok(format!(
         "queued again: {} comment(s), {} ticket version(s); {} connector halt(s) lifted\n",
         r.comments, r.tickets, r.halts
@@ -177,4 +177,12 @@ pub async fn parked(args: &StoreArgs) -> anyhow::Result<(String, bool)> {
         ));
     }
     Ok((out, false))
+}
+
+/// Who runs a command from the shell, for the audit log: `cli:<login name>`.
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
 }

@@ -5,9 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -130,8 +127,8 @@ run the same command again to resume
     })
 }
 
-/// `deskbridge serve --config FILE`: the pipeline on an interval plus a small HTTP API
-/// (`/healthz`, `/status`), stopped gracefully on SIGTERM or Ctrl-C: the pass in flight
+/// `deskbridge serve --config FILE`: the pipeline on an interval plus the HTTP side (health,
+/// readiness, status, metrics, webhooks, the admin API and console; see [`crate::server`]), stopped gracefully on SIGTERM or Ctrl-C: the pass in flight
 /// finishes, so no post is cut in half.
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (config, pipeline) = pipeline_from(config_path).await?;
@@ -142,7 +139,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "deskbridge serving");
     let (tx, rx) = watch::channel(false);
     let wake = Arc::new(tokio::sync::Notify::new());
-    let app = app(pipeline.clone(), wake.clone());
+    let app = crate::server::app(pipeline.clone(), wake.clone(), crate::server::Options::from_config(&config));
     let mut server_rx = rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -174,125 +171,6 @@ async fn stop(pipeline: &Pipeline, tx: &watch::Sender<bool>, worker: tokio::task
     Ok(())
 }
 
-/// The HTTP API of `serve`: `/healthz`, `/status`, and `POST /webhooks/<connector id>` for
-/// every connector instance with `[connectors.webhook]`. `wake` is notified when a delivery
-/// stored something, so decisions follow within moments rather than at the next poll.
-pub fn app(pipeline: Arc<Pipeline>, wake: Arc<tokio::sync::Notify>) -> Router {
-    let limit = pipeline.webhook_body_limit();
-    let hooks = Router::new()
-        .route("/webhooks/{connector}", axum::routing::post(webhook))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .with_state(Hooks {
-            pipeline: pipeline.clone(),
-            wake,
-        });
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/status", get(status))
-        .with_state(pipeline)
-        .merge(hooks)
-}
-
-#[derive(Clone)]
-struct Hooks {
-    pipeline: Arc<Pipeline>,
-    wake: Arc<tokio::sync::Notify>,
-}
-
-/// One webhook delivery: verified on the raw body before anything is read or stored (401),
-/// dropped if its delivery id was seen (200), then the tickets it names are read again from the
-/// ITSM and stored with the delivery id in one transaction (202). A failure to read them is a
-/// 503, so the ITSM retries; nothing is stored.
-async fn webhook(
-    State(hooks): State<Hooks>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> (axum::http::StatusCode, &'static str) {
-    use axum::http::StatusCode;
-    let Some(instance) = hooks.pipeline.instance(&id) else {
-        return (StatusCode::NOT_FOUND, "no such connector\n");
-    };
-    let connector = instance.connector.clone();
-    let Some(verifier) = connector.webhook() else {
-        return (StatusCode::NOT_FOUND, "webhooks are not configured for this connector\n");
-    };
-    if body.len() > verifier.max_body_bytes {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
-    }
-    if let Err(why) = verifier.verify(&headers, &body) {
-        tracing::warn!(connector = %id, reason = %why, "webhook delivery refused");
-        return (StatusCode::UNAUTHORIZED, "signature missing or invalid\n");
-    }
-    let event = match connector.webhook_event(&headers, &body) {
-        Ok(event) => event,
-        Err(e) => {
-            tracing::warn!(connector = %id, error = %e, "webhook delivery unreadable");
-            return (StatusCode::BAD_REQUEST, "payload names no ticket\n");
-        }
-    };
-    let store = hooks.pipeline.store();
-    if let Some(delivery) = &event.delivery_id {
-        match store.delivery_seen(&id, delivery).await {
-            Ok(true) => return (StatusCode::OK, "duplicate delivery ignored\n"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(connector = %id, error = %format!("{e:#}"), "webhook dedup query failed");
-                return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n");
-            }
-        }
-    }
-    let mut tickets = Vec::new();
-    for key in &event.keys {
-        match connector.fetch(key).await {
-            Ok(Some(ticket)) => tickets.push(ticket),
-            // Gone, or outside the projects/filter this connector reads.
-            Ok(None) => tracing::info!(connector = %id, ticket = %key, "webhook names a ticket this connector does not read"),
-            Err(e) => {
-                tracing::warn!(connector = %id, ticket = %key, error = %e, "could not read the ticket a webhook named; the ITSM will retry");
-                return (StatusCode::SERVICE_UNAVAILABLE, "could not read the ticket; retry later\n");
-            }
-        }
-    }
-    match store.ingest_webhook(&id, event.delivery_id.as_deref(), &tickets).await {
-        Ok(None) => (StatusCode::OK, "duplicate delivery ignored\n"),
-        Ok(Some(inserted)) => {
-            tracing::info!(connector = %id, tickets = tickets.len(), new_versions = inserted, "webhook delivery taken in");
-            if inserted > 0 {
-                hooks.wake.notify_one();
-            }
-            (StatusCode::ACCEPTED, "accepted\n")
-        }
-        Err(e) => {
-            tracing::error!(connector = %id, error = %format!("{e:#}"), "storing a webhook delivery failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
-        }
-    }
-}
-
-async fn status(State(pipeline): State<Arc<Pipeline>>) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, &'static str)> {
-    let store = pipeline.store();
-    let read = async { Ok::<_, anyhow::Error>((store.counts().await?, store.parked().await?, store.halts().await?)) };
-    match read.await {
-        Ok((c, parked, halts)) => Ok(Json(serde_json::json!({
-            "last_pass": pipeline.last_report().map(|(at, r)| serde_json::json!({
-                "finished_at": at, "ingested": r.ingested, "decided": r.decided, "failed_decisions": r.failed_decisions,
-                "held_back_by_open_circuit": r.held_back,
-                "posted": r.posted, "failed_posts": r.failed_posts, "parked": r.parked, "connector_errors": r.connector_errors,
-            })),
-            "inbox": c.inbox, "decisions": c.decisions, "comments_posted": c.posted,
-            "comments_queued": c.queued, "pending_decisions": c.pending,
-            "parked": parked, "halted_connectors": halts,
-            "catalog": pipeline.enricher().map(|e| e.catalog.get().label()),
-            "directory": pipeline.enricher().and_then(|e| e.directory.as_ref().map(|d| d.describe())),
-        }))),
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "status query failed");
-            Err((axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
-        }
-    }
-}
-
 /// Signs the latest audit record when a key is configured.
 async fn sign(pipeline: &Pipeline, config: &Config) -> anyhow::Result<()> {
     if let Some(signer) = config.audit.signer()? {
@@ -301,6 +179,8 @@ async fn sign(pipeline: &Pipeline, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+const FINDINGS_EVERY: Duration = Duration::from_secs(300);
+
 async fn work(
     pipeline: Arc<Pipeline>,
     config: Arc<Config>,
@@ -308,12 +188,23 @@ async fn work(
     mut stop: watch::Receiver<bool>,
     wake: Arc<tokio::sync::Notify>,
 ) {
+    let mut findings_counted: Option<std::time::Instant> = None;
     loop {
         reload_catalog(&pipeline, false);
         match pipeline.run_once().await {
             Ok(_) if pipeline.stopping() => return,
+            // An idle pass says so once, at debug level; a pass that did something at info.
+            Ok(report) if report == Report::default() => tracing::debug!("idle pass: nothing new"),
             Ok(report) => tracing::info!(summary = %summarize(&report), "pass complete"),
             Err(e) => tracing::error!(error = %format!("{e:#}"), "pass failed; retrying next interval"),
+        }
+        // The drift findings gauge: the report reads every ticket, so at most every 5 minutes.
+        if findings_counted.is_none_or(|at| at.elapsed() >= FINDINGS_EVERY) {
+            match crate::report::drift::drift(pipeline.store(), &Default::default()).await {
+                Ok(findings) => crate::metrics::global().findings(&findings),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "counting drift findings for metrics failed"),
+            }
+            findings_counted = Some(std::time::Instant::now());
         }
         if let Err(e) = sign(&pipeline, &config).await {
             tracing::error!(error = %format!("{e:#}"), "signing an audit checkpoint failed");
@@ -354,7 +245,7 @@ async fn reload_on_sighup(pipeline: Arc<Pipeline>) {
     let _ = pipeline;
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

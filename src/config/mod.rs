@@ -216,14 +216,45 @@ impl Default for PipelineConfig {
 pub struct ServerConfig {
     /// Listen address of the health/status API.
     pub listen: String,
+    /// Whether `/metrics` answers without a token (for a scraper on a private network).
+    /// Without, it needs a viewer token like the admin API.
+    pub metrics_public: bool,
+    /// Who may use the admin API and console: `deskbridge token new` makes a token and prints
+    /// its entry. Only the token's SHA-256 is kept here. Without any, only `/healthz`,
+    /// `/readyz` and webhooks answer.
+    pub tokens: Vec<ApiToken>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            metrics_public: false,
+            tokens: Vec::new(),
         }
     }
+}
+
+/// `[[server.tokens]]`: one bearer token of the admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it: written to the audit log with every operator action.
+    pub name: String,
+    /// `viewer` reads; `operator` also retries parked work and re-decides tickets.
+    pub role: Role,
+    /// SHA-256 of the token, 64 hex characters.
+    pub sha256: String,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything the admin API shows, and previews mappings.
+    Viewer,
+    /// A viewer who may also act: retry parked work, re-decide a ticket.
+    Operator,
 }
 
 /// `[audit]`.
@@ -365,6 +396,25 @@ impl Config {
         problems
     }
 
+    /// Every admin token entry must name a holder once and carry a SHA-256.
+    fn token_problems(&self, file: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in self.server.tokens.iter().enumerate() {
+            if token.name.trim().is_empty() {
+                problems.push(format!("{file}: server.tokens[{i}].name: must name who holds the token"));
+            } else if !names.insert(token.name.as_str()) {
+                problems.push(format!("{file}: server.tokens[{i}].name: {:?} is used more than once", token.name));
+            }
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(format!(
+                    "{file}: server.tokens[{i}].sha256: must be the token's SHA-256 as 64 hex characters (`deskbridge token new` prints it); never put the token itself here"
+                ));
+            }
+        }
+        problems
+    }
+
     /// The catalog and directory, when `[catalog]` is configured.
     pub fn build_enricher(&self) -> anyhow::Result<Option<Arc<crate::pipeline::enrich::Enricher>>> {
         let Some(catalog) = &self.catalog else {
@@ -428,6 +478,7 @@ impl Config {
             }
         }
         problems.extend(self.lease_problems(file));
+        problems.extend(self.token_problems(file));
         let decision_point = self
             .decision
             .build(&self.breaker)

@@ -34,6 +34,8 @@ pub struct Mapping {
     pub name: String,
     /// `[mapping] version`.
     pub version: String,
+    /// The mapping's text as written (the admin console's playground starts from it).
+    pub text: String,
     any: Vec<Condition>,
     all: Vec<Condition>,
     not_access_reason: String,
@@ -96,6 +98,7 @@ impl Mapping {
         Ok(Self {
             name: parsed.mapping.name,
             version: parsed.mapping.version,
+            text: text.to_owned(),
             any,
             all,
             not_access_reason: reason.unwrap_or_else(|| "the ticket does not match the mapping's access-request conditions".into()),

@@ -34,7 +34,7 @@ fn problems_hash(problems: &[FieldProblem]) -> String {
 
 /// A needs-info decision made by deskbridge itself when the mapping finds required fields
 /// missing. It decides nothing about access; it asks for what the policy needs.
-fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided {
+pub(crate) fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) -> Decided {
     let decision = Decision {
         outcome: Outcome::NeedsInfo,
         reasons: problems.iter().map(|p| format!("{}: {}", p.field, p.reason)).collect(),
@@ -74,6 +74,7 @@ impl Pipeline {
             if self.stopping() {
                 break;
             }
+            self.beat();
             match self.decide_row(row, report).await {
                 Ok(()) => {}
                 Err(e) if super::contended(&e) => {
@@ -87,6 +88,15 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Asks the decision point, counting the answer and its latency.
+    async fn timed_decision(&self, request: &AccessRequest) -> Result<Decided, crate::decision::DecisionError> {
+        let started = std::time::Instant::now();
+        let result = self.decision_point.decide(request).await;
+        let outcome = result.as_ref().map(|d| d.decision.outcome.as_str()).map_err(|_| ());
+        crate::metrics::global().decision(&self.decision_point_name, outcome, started.elapsed());
+        result
     }
 
     /// Queues one "decision delayed" comment once a request has waited past the configured time.
@@ -237,8 +247,12 @@ impl Pipeline {
             (None, r) => r,
         };
         let decided = match request {
-            Err(problems) => incomplete_decision(&instance.mapping, problems),
-            Ok(request) => match self.decision_point.decide(request).await {
+            Err(problems) => {
+                let decided = incomplete_decision(&instance.mapping, problems);
+                crate::metrics::global().own_decision("deskbridge.mapping", decided.decision.outcome.as_str());
+                decided
+            }
+            Ok(request) => match self.timed_decision(request).await {
                 Ok(decided) => decided,
                 Err(e) => {
                     let delay = crate::backoff::delay(row.attempts, self.settings.decision_retry_base, self.settings.decision_retry_max);

@@ -6,7 +6,7 @@
 //! ticket.
 
 mod backfill;
-mod decide;
+pub(crate) mod decide;
 pub mod enrich;
 mod post;
 
@@ -94,6 +94,31 @@ pub struct Report {
     pub connector_errors: Vec<String>,
 }
 
+/// What an operator needs to know about one connector instance, kept in memory by this
+/// process (`/status`, `/readyz`).
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ConnectorState {
+    /// The connector kind (`servicenow`, `jira`).
+    pub kind: String,
+    /// The stored poll cursor after the last page this process read.
+    pub cursor: Option<String>,
+    /// When this process's last poll of it succeeded.
+    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a poll last reached the end of the connector's changes.
+    pub caught_up_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds since then.
+    pub lag_secs: Option<f64>,
+    /// The last poll's error, when the last poll failed (cleared by a successful one).
+    pub last_error: Option<String>,
+    /// When that error happened.
+    pub last_error_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether the last poll was refused for credentials or configuration (nothing is read
+    /// until an admin acts).
+    pub fatal: bool,
+    /// Whether another replica holds the poller lease (this process does not poll it).
+    pub polled_elsewhere: bool,
+}
+
 /// The pipeline over a set of connector instances.
 pub struct Pipeline {
     store: Store,
@@ -106,6 +131,9 @@ pub struct Pipeline {
     last_report: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, Report)>>,
     stopping: AtomicBool,
     enricher: Option<Arc<enrich::Enricher>>,
+    decision_point_name: String,
+    states: std::sync::Mutex<HashMap<String, ConnectorState>>,
+    heartbeat: std::sync::atomic::AtomicI64,
 }
 
 impl Pipeline {
@@ -118,18 +146,31 @@ impl Pipeline {
         settings: Settings,
     ) -> Self {
         let order = instances.iter().map(|i| i.connector.id().to_owned()).collect();
+        let states = instances
+            .iter()
+            .map(|i| {
+                let state = ConnectorState {
+                    kind: i.connector.kind().to_owned(),
+                    ..ConnectorState::default()
+                };
+                (i.connector.id().to_owned(), state)
+            })
+            .collect();
         let instances = instances.into_iter().map(|i| (i.connector.id().to_owned(), i)).collect();
         Self {
             store,
             instances,
             order,
-            decision_point,
             shadow: None,
             renderer,
             settings,
             last_report: std::sync::Mutex::new(None),
             stopping: AtomicBool::new(false),
             enricher: None,
+            decision_point_name: decision_point.describe(),
+            states: std::sync::Mutex::new(states),
+            heartbeat: std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp_millis()),
+            decision_point,
         }
     }
 
@@ -209,40 +250,142 @@ impl Pipeline {
         for id in &self.order {
             let Some(instance) = self.instances.get(id) else { continue };
             let mut cursor = self.store.cursor(id).await?;
-            for _ in 0..self.settings.max_pages_per_pass {
+            let started = chrono::Utc::now();
+            for page_number in 0..self.settings.max_pages_per_pass {
                 // One poller per connector instance across replicas; renewed every page.
-                if self.stopping() || !self.store.try_lease(&poll_lease(id)).await? {
+                if self.stopping() {
                     break;
                 }
+                if !self.store.try_lease(&poll_lease(id)).await? {
+                    if page_number == 0 {
+                        self.update_state(id, |s| s.polled_elsewhere = true);
+                    }
+                    break;
+                }
+                self.beat();
                 let page = match instance.connector.poll(&cursor).await {
                     Ok(page) => page,
-                    Err(e) if is_fatal(&e) => {
-                        tracing::error!(connector = %id, error = %e, "the ITSM refused deskbridge's credentials or the configuration; nothing is read until an admin fixes it");
-                        report.connector_errors.push(e.to_string());
-                        break;
-                    }
                     Err(e) => {
-                        tracing::warn!(connector = %id, error = %e, "poll failed; will retry next pass");
+                        let fatal = is_fatal(&e);
+                        if fatal {
+                            tracing::error!(connector = %id, error = %e, "the ITSM refused deskbridge's credentials or the configuration; nothing is read until an admin fixes it");
+                        } else {
+                            tracing::warn!(connector = %id, error = %e, "poll failed; will retry next pass");
+                        }
                         report.connector_errors.push(e.to_string());
+                        self.update_state(id, |s| {
+                            s.last_error = Some(e.to_string());
+                            s.last_error_at = Some(chrono::Utc::now());
+                            s.fatal = fatal;
+                        });
                         break;
                     }
                 };
-                report.ingested += self.store.ingest_page(id, &page.tickets, &page.next).await?;
+                let stored = self.store.ingest_page(id, &page.tickets, &page.next).await?;
+                crate::metrics::global().tickets_read(id, stored);
+                report.ingested += stored;
                 cursor = page.next;
+                self.update_state(id, |s| {
+                    s.cursor = cursor.0.clone();
+                    s.last_success = Some(chrono::Utc::now());
+                    s.last_error = None;
+                    s.last_error_at = None;
+                    s.fatal = false;
+                    s.polled_elsewhere = false;
+                    if !page.more {
+                        s.caught_up_at = Some(started);
+                    }
+                });
                 if !page.more {
                     break;
                 }
             }
         }
+        self.refresh_lag();
         Ok(())
+    }
+
+    fn update_state(&self, id: &str, change: impl FnOnce(&mut ConnectorState)) {
+        if let Ok(mut states) = self.states.lock() {
+            if let Some(state) = states.get_mut(id) {
+                change(state);
+            }
+        }
+    }
+
+    /// Recomputes every connector's poll lag (now − when its poll last caught up).
+    fn refresh_lag(&self) {
+        let now = chrono::Utc::now();
+        if let Ok(mut states) = self.states.lock() {
+            for (id, state) in states.iter_mut() {
+                if let Some(at) = state.caught_up_at {
+                    let lag = (now - at).to_std().unwrap_or_default();
+                    state.lag_secs = Some(lag.as_secs_f64());
+                    crate::metrics::global().poll_lag(id, lag);
+                }
+            }
+        }
+    }
+
+    /// Every connector instance's state, in configuration order.
+    pub fn connector_states(&self) -> Vec<(String, ConnectorState)> {
+        self.refresh_lag();
+        let Ok(states) = self.states.lock() else {
+            return Vec::new();
+        };
+        self.order
+            .iter()
+            .filter_map(|id| states.get(id).map(|s| (id.clone(), s.clone())))
+            .collect()
+    }
+
+    /// Marks the work loop as turning (liveness).
+    pub fn beat(&self) {
+        self.heartbeat.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// How long ago the work loop last showed it was turning.
+    pub fn since_heartbeat(&self) -> Duration {
+        let ms = chrono::Utc::now().timestamp_millis() - self.heartbeat.load(Ordering::Relaxed);
+        Duration::from_millis(ms.max(0) as u64)
+    }
+
+    /// The decision point's name (`rego:deskbridge.access.decision`).
+    pub fn decision_point_name(&self) -> &str {
+        &self.decision_point_name
+    }
+
+    /// The decision point (for the admin API's mapping preview).
+    pub fn decision_point(&self) -> &Arc<dyn DecisionPoint> {
+        &self.decision_point
+    }
+
+    /// The comment renderer (for the admin API's mapping preview).
+    pub fn renderer(&self) -> &CommentRenderer {
+        &self.renderer
+    }
+
+    /// Connector instance ids in configuration order.
+    pub fn connector_ids(&self) -> &[String] {
+        &self.order
     }
 
     /// One full pass: poll, decide everything due, post everything due.
     pub async fn run_once(&self) -> anyhow::Result<Report> {
         let mut report = Report::default();
+        self.beat();
         self.poll(&mut report).await?;
+        self.beat();
         self.decide_all(&mut report).await?;
+        self.beat();
         self.post_all(&mut report).await?;
+        self.beat();
+        let metrics = crate::metrics::global();
+        metrics.pass();
+        match self.store.backlog().await {
+            Ok(backlog) => metrics.backlog(&backlog),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "counting unfinished work for metrics failed"),
+        }
         if let Ok(mut last) = self.last_report.lock() {
             *last = Some((chrono::Utc::now(), report.clone()));
         }
@@ -265,6 +408,7 @@ impl Pipeline {
                 report.contended,
                 report.parked,
             );
+            self.beat();
             self.decide_due(report, &pass_start).await?;
             if self.stopping()
                 || (
@@ -285,6 +429,7 @@ impl Pipeline {
         let pass_start = crate::store::now();
         loop {
             let before = (report.posted, report.failed_posts, report.parked);
+            self.beat();
             self.post_due(report, &pass_start).await?;
             if self.stopping() || (report.posted, report.failed_posts, report.parked) == before {
                 return Ok(());

@@ -38,6 +38,7 @@ impl Pipeline {
             if self.stopping() {
                 break;
             }
+            self.beat();
             // A connector halted during this batch posts nothing more; its rows wait unclaimed.
             if halted.contains(&row.connector) {
                 self.store.release_comment(&row).await?;
@@ -120,6 +121,7 @@ impl Pipeline {
         match self.with_heartbeat(row, self.attempt(connector.as_ref(), row)).await?? {
             Attempt::Posted { id, existing } => {
                 self.store.comment_posted(row, &id, existing).await?;
+                crate::metrics::global().comment_post(&row.connector, if existing { "found_existing" } else { "posted" });
                 tracing::info!(comment = %id, existing, "comment posted");
                 report.posted += 1;
             }
@@ -128,6 +130,7 @@ impl Pipeline {
                 let retry_in = e.retry_after().map_or(backoff, |after| after.max(backoff));
                 tracing::warn!(error = %e, retry_in_s = retry_in.as_secs(), "posting the comment failed; the next attempt looks for it first");
                 self.store.comment_failed(row, &e.to_string(), retry_in).await?;
+                crate::metrics::global().comment_post(&row.connector, "failed");
                 report.failed_posts += 1;
             }
             Attempt::Failed(e) => {
@@ -139,6 +142,7 @@ impl Pipeline {
                     tracing::error!(error = %e, "posting the comment failed for a reason a retry will not fix; parked");
                 }
                 self.store.park_comment(row, &e.to_string()).await?;
+                crate::metrics::global().comment_post(&row.connector, "parked");
                 report.failed_posts += 1;
                 report.parked += 1;
             }

@@ -28,7 +28,7 @@ impl Default for Options {
 }
 
 /// One finding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Finding {
     /// What kind of drift.
     pub kind: &'static str,

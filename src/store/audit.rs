@@ -53,6 +53,8 @@ pub enum Event {
     ConnectorHalted,
     /// An admin asked for parked work to be tried again.
     RetryRequested,
+    /// An operator asked for a ticket to be read and decided again now.
+    RedecideRequested,
     /// The facts a decision rests on: catalog entries, directory answers, and what the ticket
     /// claimed (with any claim that understates the catalog).
     Enriched,
@@ -75,6 +77,7 @@ impl Event {
             Self::Parked => "parked",
             Self::ConnectorHalted => "connector_halted",
             Self::RetryRequested => "retry_requested",
+            Self::RedecideRequested => "redecide_requested",
             Self::Enriched => "enriched",
         }
     }

@@ -185,7 +185,7 @@ pub struct ShadowResult {
 }
 
 /// One stored shadow comparison.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ShadowRow {
     /// Ticket number.
     pub number: String,
@@ -225,8 +225,12 @@ impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for ShadowRow {
 pub struct TicketState {
     /// Connector.
     pub connector: String,
+    /// Ticket key.
+    pub ticket_key: String,
     /// Number.
     pub number: String,
+    /// Link to the ticket in the ITSM.
+    pub url: String,
     /// Inbox status of the latest version.
     pub status: String,
     /// Its normalized JSON.
@@ -252,6 +256,21 @@ pub struct Counts {
     pub queued: i64,
     /// Requests waiting for a decision retry.
     pub pending: i64,
+}
+
+/// Unfinished work, for metrics and `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Backlog {
+    /// Ticket versions stored and not yet normalized.
+    pub received: i64,
+    /// Requests waiting for a decision retry.
+    pub pending: i64,
+    /// Ticket versions parked until `deskbridge retry`.
+    pub parked_tickets: i64,
+    /// Comments decided and not yet on their ticket.
+    pub queued: i64,
+    /// Comments parked until `deskbridge retry`.
+    pub parked_comments: i64,
 }
 
 /// Now, in the store's timestamp format.

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{audit, now, still_claimed, Event, InboxRow, OutboxRow, Store};
 
 /// One parked piece of work, for `/status`, reports and `retry`.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Parked {
     /// `comment` or `ticket`.
     pub what: String,
@@ -21,7 +21,7 @@ pub struct Parked {
 }
 
 /// A connector that posts nothing until an admin acts.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Halt {
     /// Connector instance.
     pub connector: String,
@@ -32,7 +32,7 @@ pub struct Halt {
 }
 
 /// What `retry` put back to work.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Retried {
     /// Comments queued again.
     pub comments: u64,
@@ -124,8 +124,8 @@ impl Store {
     }
 
     /// Puts parked work back to work: all of it, one connector's (which also lifts its halt),
-    /// or one ticket's (by number or key). Recorded in the audit log.
-    pub async fn retry_parked(&self, connector: Option<&str>, ticket: Option<&str>) -> anyhow::Result<Retried> {
+    /// or one ticket's (by number or key). Recorded in the audit log with who asked (`actor`).
+    pub async fn retry_parked(&self, connector: Option<&str>, ticket: Option<&str>, actor: &str) -> anyhow::Result<Retried> {
         let mut tx = self.begin_write().await?;
         let (c, t) = (connector.unwrap_or(""), ticket.unwrap_or(""));
         let comments = sqlx::query(
@@ -157,9 +157,29 @@ impl Store {
         } else {
             0
         };
-        let payload = json!({"connector": connector, "ticket": ticket, "comments": comments, "tickets": tickets, "halts_lifted": halts});
+        let payload = json!({"connector": connector, "ticket": ticket, "comments": comments, "tickets": tickets, "halts_lifted": halts, "actor": actor});
         audit::append(&mut tx, c, t, Event::RetryRequested, payload).await?;
         tx.commit().await?;
         Ok(Retried { comments, tickets, halts })
+    }
+
+    /// An operator asked for one ticket to be decided again now: its requests waiting for a
+    /// decision retry are due at once (their backoff cleared). Recorded in the audit log with
+    /// who asked. Returns how many were made due.
+    pub async fn redecide_now(&self, connector: &str, ticket_key: &str, actor: &str, fetched_versions: usize) -> anyhow::Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let due = sqlx::query(
+            "UPDATE inbox SET next_attempt_at = $1 WHERE connector = $2 AND ticket_key = $3 AND status = 'pending'",
+        )
+        .bind(now())
+        .bind(connector)
+        .bind(ticket_key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let payload = json!({"actor": actor, "pending_made_due": due, "new_versions_read": fetched_versions});
+        audit::append(&mut tx, connector, ticket_key, Event::RedecideRequested, payload).await?;
+        tx.commit().await?;
+        Ok(due)
     }
 }

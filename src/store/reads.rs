@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{audit, now, AuditRecord, Counts, Event, InboxRow, ShadowResult, ShadowRow, Store, TicketState};
+use super::{audit, now, AuditRecord, Backlog, Counts, Event, InboxRow, ShadowResult, ShadowRow, Store, TicketState};
 
 impl Store {
     /// Records what the shadow decision point said beside the primary decision.
@@ -57,6 +57,43 @@ impl Store {
             queued: one("SELECT COUNT(*) FROM outbox WHERE status = 'queued'").await?,
             pending: one("SELECT COUNT(*) FROM inbox WHERE status = 'pending'").await?,
         })
+    }
+
+    /// Unfinished work by state. Each count reads the status index over the unfinished rows
+    /// only, so it stays cheap however many tickets are finished.
+    pub async fn backlog(&self) -> anyhow::Result<Backlog> {
+        let mut b = Backlog::default();
+        let inbox: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM inbox WHERE status IN ('received', 'pending', 'parked') GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (status, n) in inbox {
+            match status.as_str() {
+                "received" => b.received = n,
+                "pending" => b.pending = n,
+                _ => b.parked_tickets = n,
+            }
+        }
+        let outbox: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM outbox WHERE status IN ('queued', 'parked') GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        for (status, n) in outbox {
+            match status.as_str() {
+                "queued" => b.queued = n,
+                _ => b.parked_comments = n,
+            }
+        }
+        Ok(b)
+    }
+
+    /// Whether the store answers a trivial query within `limit`.
+    pub async fn ping(&self, limit: std::time::Duration) -> anyhow::Result<()> {
+        match tokio::time::timeout(limit, sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&self.pool)).await {
+            Ok(result) => result.map(|_| ()).map_err(|e| anyhow::anyhow!("{}", deskbridge_connector::urls::error_chain(&e))),
+            Err(_) => anyhow::bail!("no answer within {} ms", limit.as_millis()),
+        }
     }
 
     /// The whole audit log in order, in memory: for tests and small logs. Verification and
@@ -116,7 +153,7 @@ impl Store {
     /// the demo table; a ticket not yet normalized is left out).
     pub async fn ticket_states(&self) -> anyhow::Result<Vec<TicketState>> {
         Ok(sqlx::query_as(
-            "SELECT i.connector, i.number, i.status, i.normalized, i.received_at, i.attempts,
+            "SELECT i.connector, i.ticket_key, i.number, i.url, i.status, i.normalized, i.received_at, i.attempts,
                     (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision
              FROM inbox i
              WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
@@ -124,6 +161,18 @@ impl Store {
              ORDER BY i.connector, i.number",
         )
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The latest stored version of one ticket.
+    pub async fn latest_ticket(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Option<InboxRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at FROM inbox
+             WHERE connector = $1 AND ticket_key = $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(connector)
+        .bind(ticket_key)
+        .fetch_optional(&self.pool)
         .await?)
     }
 

@@ -289,7 +289,7 @@ async fn a_poison_row_is_parked_while_the_rest_flows_and_retried_on_request() {
     // Later passes skip it.
     let again = app.pipeline().run_once().await.expect("pass");
     assert_eq!((again.parked, again.decided), (0, 0), "{again:?}");
-    let retried = app.store.retry_parked(Some("removed"), None).await.expect("retry");
+    let retried = app.store.retry_parked(Some("removed"), None, "test").await.expect("retry");
     assert_eq!(retried.tickets, 1);
     let records = app.store.audit_records().await.expect("audit");
     assert!(records.iter().any(|r| r.kind == "parked") && records.iter().any(|r| r.kind == "retry_requested"));
@@ -315,7 +315,7 @@ async fn a_refused_write_halts_the_connector_instead_of_retrying_forever() {
     assert_eq!(patches(), before, "a halted connector writes nothing");
     // The admin fixes the role and asks for a retry: everything is posted, once.
     app.sim.clear_faults();
-    app.store.retry_parked(Some(CONNECTOR), None).await.expect("retry");
+    app.store.retry_parked(Some(CONNECTOR), None, "test").await.expect("retry");
     let report = settle(&pipeline, &app.store).await;
     assert_eq!(report.posted, SEEDED_ACCESS_TICKETS.len());
     for number in SEEDED_ACCESS_TICKETS {

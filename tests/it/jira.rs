@@ -75,7 +75,7 @@ async fn env(deployment: Deployment) -> Env {
         )
         .with_enricher(Some(crate::helpers::example_enricher())),
     );
-    let app = deskbridge::commands::app(pipeline.clone(), Arc::new(tokio::sync::Notify::new()));
+    let app = deskbridge::server::app(pipeline.clone(), Arc::new(tokio::sync::Notify::new()), Default::default());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -269,7 +269,7 @@ async fn servicenow_webhooks_use_the_configured_header() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/webhooks/snow", listener.local_addr().expect("addr"));
-    let app = deskbridge::commands::app(pipeline, Arc::new(tokio::sync::Notify::new()));
+    let app = deskbridge::server::app(pipeline, Arc::new(tokio::sync::Notify::new()), Default::default());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

@@ -197,6 +197,24 @@ impl From<ConnectorError> for Failure {
     }
 }
 
+/// One ITSM request as metrics see it: the connector instance, the method, the status
+/// (`None` when no answer came: a timeout or a dropped connection) and how long it took.
+pub type CallObserver = dyn Fn(&str, &str, Option<u16>, Duration) + Send + Sync;
+
+static OBSERVER: std::sync::OnceLock<Box<CallObserver>> = std::sync::OnceLock::new();
+
+/// Sets the process's observer of ITSM requests (the metrics registry); the first one set wins.
+/// Every request every [`HttpClient`] makes, retries included, is reported to it once.
+pub fn observe_calls(observer: Box<CallObserver>) {
+    let _ = OBSERVER.set(observer);
+}
+
+fn observe(connector: &str, method: &str, status: Option<u16>, elapsed: Duration) {
+    if let Some(observer) = OBSERVER.get() {
+        observer(connector, method, status, elapsed);
+    }
+}
+
 /// An authenticated, rate-aware HTTP client for one connector instance.
 pub struct HttpClient {
     connector: String,
@@ -304,10 +322,17 @@ impl HttpClient {
         if let Some(header) = self.auth.header(&self.connector, &self.client).await? {
             request = request.header(reqwest::header::AUTHORIZATION, header);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| self.transport_error(e))?.to_vec();
+        let request = request.build().map_err(|e| self.transport_error(e))?;
+        let method = request.method().clone();
+        let started = std::time::Instant::now();
+        let (status, headers, body) = match self.exchange(request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                observe(&self.connector, method.as_str(), None, started.elapsed());
+                return Err(Failure::from(self.transport_error(e)));
+            }
+        };
+        observe(&self.connector, method.as_str(), Some(status.as_u16()), started.elapsed());
         if status.is_success() {
             return Ok(Response { status, headers, body });
         }
@@ -315,6 +340,14 @@ impl HttpClient {
             error: error_for_status(&self.connector, status, &headers, (self.error_message)(&body)),
             status: Some(status),
         })
+    }
+
+    /// Sends one request and reads its whole answer.
+    async fn exchange(&self, request: reqwest::Request) -> Result<(StatusCode, HeaderMap, Vec<u8>), reqwest::Error> {
+        let response = self.client.execute(request).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        Ok((status, headers, response.bytes().await?.to_vec()))
     }
 
     fn transport_error(&self, e: reqwest::Error) -> ConnectorError {

@@ -1,0 +1,578 @@
+//! The admin API: JSON under `/api`, every route behind a bearer token (viewer or operator),
+//! described by an OpenAPI document generated from these handlers at `/api/openapi.json`.
+//! Operator actions are written to the audit log with who asked.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::OpenApi;
+
+use super::auth::{Caller, Operator, Viewer};
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "deskbridge admin API",
+        description = "Tickets, decisions, reports and parked work of one deskbridge deployment, and a side-effect-free mapping preview. Every route needs `Authorization: Bearer <token>`; operator actions need the operator role and are audited with the caller's name."
+    ),
+    paths(
+        whoami,
+        api_status,
+        tickets,
+        ticket,
+        redecide,
+        drift,
+        shadow,
+        parked,
+        retry,
+        mappings,
+        super::preview::preview
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The OpenAPI document of the admin API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/whoami", get(whoami))
+        .route("/status", get(api_status))
+        .route("/tickets", get(tickets))
+        .route("/tickets/{connector}/{key}", get(ticket))
+        .route("/tickets/{connector}/{key}/redecide", post(redecide))
+        .route("/reports/drift", get(drift))
+        .route("/reports/shadow", get(shadow))
+        .route("/parked", get(parked))
+        .route("/parked/retry", post(retry))
+        .route("/mappings", get(mappings))
+        .route("/preview", post(super::preview::preview))
+}
+
+/// An error answer: `{"error": "..."}`.
+pub(super) struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub(super) fn internal(e: &anyhow::Error) -> Self {
+        tracing::error!(error = %format!("{e:#}"), "admin API request failed");
+        Self(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see deskbridge's log".into())
+    }
+
+    pub(super) fn not_found(what: String) -> Self {
+        Self(StatusCode::NOT_FOUND, what)
+    }
+
+    pub(super) fn bad_request(what: String) -> Self {
+        Self(StatusCode::BAD_REQUEST, what)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::internal(&e)
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn openapi_json(_caller: Viewer) -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// Who the token belongs to and what it may do.
+#[utoipa::path(get, path = "/api/whoami", responses((status = 200, body = Caller), (status = 401, description = "no valid token")))]
+async fn whoami(Viewer(caller): Viewer) -> Json<Caller> {
+    Json(caller)
+}
+
+/// Per-connector state, unfinished work, readiness and version.
+#[utoipa::path(get, path = "/api/status", responses((status = 200, body = super::Status), (status = 401, description = "no valid token")))]
+async fn api_status(State(state): State<AppState>, _caller: Viewer) -> ApiResult<super::Status> {
+    Ok(Json(super::status_of(&state.pipeline).await?))
+}
+
+/// One ticket as the list shows it: its latest version's state and its latest decision.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TicketRow {
+    /// Connector instance.
+    pub connector: String,
+    /// Ticket key (sys_id, issue id).
+    pub key: String,
+    /// Human-facing number.
+    pub number: String,
+    /// Link to the ticket in the ITSM.
+    pub url: String,
+    /// State of the latest version: decided, pending, unchanged, not_access, parked, ….
+    pub state: String,
+    /// The latest decision's outcome.
+    pub outcome: Option<String>,
+    /// The latest decision's id.
+    pub decision_id: Option<String>,
+    /// Who is asking (the request's requester).
+    pub requester: Option<String>,
+    /// Who would get access.
+    pub beneficiary: Option<String>,
+    /// Target system.
+    pub system: Option<String>,
+    /// Entitlement asked for.
+    pub entitlement: Option<String>,
+    /// When the latest version arrived.
+    pub received_at: String,
+    /// Failed decision attempts on it.
+    pub attempts: i64,
+}
+
+fn ticket_row(t: &crate::store::TicketState) -> TicketRow {
+    let normalized: Value = serde_json::from_str(&t.normalized).unwrap_or(Value::Null);
+    let decision: Value = t
+        .decision
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    let request = &normalized["request"];
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    TicketRow {
+        connector: t.connector.clone(),
+        key: t.ticket_key.clone(),
+        number: t.number.clone(),
+        url: t.url.clone(),
+        state: t.status.clone(),
+        outcome: text(&decision["outcome"]),
+        decision_id: text(&decision["decision_id"]),
+        requester: text(&request["requester"]["id"]),
+        beneficiary: text(&request["beneficiary"]["id"]),
+        system: text(&request["target"]["system"]),
+        entitlement: text(&request["entitlement"]["id"]),
+        received_at: t.received_at.clone(),
+        attempts: t.attempts,
+    }
+}
+
+/// Every ticket deskbridge has read, with its state and latest outcome.
+#[utoipa::path(get, path = "/api/tickets", responses((status = 200, body = [TicketRow]), (status = 401, description = "no valid token")))]
+async fn tickets(State(state): State<AppState>, _caller: Viewer) -> ApiResult<Vec<TicketRow>> {
+    let states = state.pipeline.store().ticket_states().await?;
+    Ok(Json(states.iter().map(ticket_row).collect()))
+}
+
+/// One step of a ticket's timeline.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TimelineEntry {
+    /// Position in the audit log.
+    pub seq: i64,
+    /// When.
+    pub at: String,
+    /// What happened (ticket_seen, normalized, decided, comment_posted, …).
+    pub kind: String,
+    /// One line saying what it was.
+    pub summary: String,
+    /// The record's hash (the audit chain links them).
+    pub hash: String,
+    /// The record's payload.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+}
+
+/// One ticket: its latest stored version (raw, as the ITSM gave it) and its timeline.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TicketDetail {
+    /// As in the list (absent when the ticket was never normalized).
+    pub ticket: Option<TicketRow>,
+    /// Connector instance.
+    pub connector: String,
+    /// Ticket key.
+    pub key: String,
+    /// Number.
+    pub number: String,
+    /// The latest stored version, as the connector read it (`{source, key, number, url, updated, version, raw}`).
+    #[schema(value_type = Object)]
+    pub stored: Value,
+    /// Every audit record of the ticket, in order.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// A ticket's latest stored version and its audit timeline.
+#[utoipa::path(
+    get,
+    path = "/api/tickets/{connector}/{key}",
+    params(("connector" = String, Path, description = "connector instance"), ("key" = String, Path, description = "ticket key")),
+    responses((status = 200, body = TicketDetail), (status = 404, description = "no such ticket"), (status = 401, description = "no valid token"))
+)]
+async fn ticket(State(state): State<AppState>, _caller: Viewer, Path((connector, key)): Path<(String, String)>) -> ApiResult<TicketDetail> {
+    let store = state.pipeline.store();
+    let Some(row) = store.latest_ticket(&connector, &key).await? else {
+        return Err(ApiError::not_found(format!("no ticket {key:?} from connector {connector:?}")));
+    };
+    let ticket = row.ticket()?;
+    let timeline = store
+        .audit_for_ticket(&connector, &key)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let payload: Value = serde_json::from_str(&r.payload).unwrap_or(Value::Null);
+            TimelineEntry {
+                summary: crate::audit::trace::summary(&r.kind, &payload),
+                seq: r.seq,
+                at: r.at,
+                kind: r.kind,
+                hash: r.hash,
+                payload,
+            }
+        })
+        .collect();
+    let listed = store
+        .ticket_states()
+        .await?
+        .iter()
+        .find(|t| t.connector == connector && t.ticket_key == key)
+        .map(ticket_row);
+    Ok(Json(TicketDetail {
+        ticket: listed,
+        number: row.number.clone(),
+        connector,
+        key,
+        stored: serde_json::to_value(&ticket).map_err(anyhow::Error::from)?,
+        timeline,
+    }))
+}
+
+/// What a re-decide did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Redecided {
+    /// New versions of the ticket read from the ITSM now (each is decided if its ask changed).
+    pub new_versions: usize,
+    /// Requests waiting for a decision retry that were made due at once.
+    pub pending_made_due: u64,
+    /// What happens next, in words.
+    pub detail: String,
+}
+
+/// Operator: read the ticket from the ITSM again now and decide what is due at once. A changed
+/// ask gets a new decision and comment; a request waiting for a decision retry is retried now;
+/// an ask already decided keeps its decision (one decision, one comment per ask). Audited.
+#[utoipa::path(
+    post,
+    path = "/api/tickets/{connector}/{key}/redecide",
+    params(("connector" = String, Path, description = "connector instance"), ("key" = String, Path, description = "ticket key")),
+    responses((status = 200, body = Redecided), (status = 403, description = "needs the operator role"), (status = 404, description = "no such ticket"), (status = 503, description = "the ITSM could not be read"))
+)]
+async fn redecide(State(state): State<AppState>, Operator(caller): Operator, Path((connector, key)): Path<(String, String)>) -> ApiResult<Redecided> {
+    let pipeline = &state.pipeline;
+    let Some(instance) = pipeline.instance(&connector) else {
+        return Err(ApiError::not_found(format!("no connector {connector:?}")));
+    };
+    if pipeline.store().latest_ticket(&connector, &key).await?.is_none() {
+        return Err(ApiError::not_found(format!("no ticket {key:?} from connector {connector:?}")));
+    }
+    let fetched = instance.connector.fetch(&key).await.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("could not read the ticket from the ITSM: {e}"),
+        )
+    })?;
+    let new_versions = match fetched {
+        Some(t) => pipeline
+            .store()
+            .ingest_webhook(&connector, None, std::slice::from_ref(&t))
+            .await?
+            .unwrap_or(0),
+        None => 0,
+    };
+    let due = pipeline
+        .store()
+        .redecide_now(&connector, &key, &caller.actor(), new_versions)
+        .await?;
+    tracing::info!(connector = %connector, ticket = %key, actor = %caller.actor(), new_versions, pending_made_due = due, "re-decide requested");
+    state.wake.notify_one();
+    let detail = match (new_versions, due) {
+        (0, 0) => "the ticket has not changed and nothing was waiting: its decision stands".to_owned(),
+        (n, 0) => format!("{n} new version(s) read; decided within moments"),
+        (_, d) => format!("{d} pending request(s) decided within moments"),
+    };
+    Ok(Json(Redecided {
+        new_versions,
+        pending_made_due: due,
+        detail,
+    }))
+}
+
+/// A bar of a chart: a label and a count.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Bar {
+    /// What the bar counts.
+    pub label: String,
+    /// How many.
+    pub count: usize,
+}
+
+/// The drift report with the figures the console charts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DriftReport {
+    /// Every finding, by kind then ticket.
+    pub findings: Vec<crate::report::drift::Finding>,
+    /// Findings per kind (every kind, zeros included).
+    pub by_kind: Vec<Bar>,
+    /// Requests for an entitlement the same beneficiary asked for before, per target system.
+    pub repeated_by_system: Vec<Bar>,
+    /// Requests still waiting for a decision, by how long they have waited.
+    pub pending_age: Vec<Bar>,
+}
+
+/// The drift report: where the service desk and the policy disagree.
+#[utoipa::path(get, path = "/api/reports/drift", responses((status = 200, body = DriftReport), (status = 401, description = "no valid token")))]
+async fn drift(State(state): State<AppState>, _caller: Viewer) -> ApiResult<DriftReport> {
+    let store = state.pipeline.store();
+    let findings = crate::report::drift::drift(store, &crate::report::drift::Options::default()).await?;
+    crate::metrics::global().findings(&findings);
+    let by_kind = crate::report::drift::KINDS
+        .iter()
+        .map(|k| Bar {
+            label: (*k).into(),
+            count: findings.iter().filter(|f| f.kind == *k).count(),
+        })
+        .collect();
+    let rows: Vec<TicketRow> = store.ticket_states().await?.iter().map(ticket_row).collect();
+    Ok(Json(DriftReport {
+        findings,
+        by_kind,
+        repeated_by_system: repeated_by_system(&rows),
+        pending_age: pending_age(&rows, chrono::Utc::now()),
+    }))
+}
+
+fn repeated_by_system(rows: &[TicketRow]) -> Vec<Bar> {
+    use std::collections::BTreeMap;
+    let mut asks: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
+    for r in rows {
+        if let (Some(s), Some(b), Some(e)) = (&r.system, &r.beneficiary, &r.entitlement) {
+            *asks.entry((s, b, e)).or_default() += 1;
+        }
+    }
+    let mut by_system: BTreeMap<&str, usize> = BTreeMap::new();
+    for ((system, _, _), n) in asks {
+        if n >= 2 {
+            *by_system.entry(system).or_default() += n;
+        }
+    }
+    let mut bars: Vec<Bar> = by_system
+        .into_iter()
+        .map(|(s, count)| Bar { label: s.into(), count })
+        .collect();
+    bars.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
+    bars
+}
+
+fn pending_age(rows: &[TicketRow], now: chrono::DateTime<chrono::Utc>) -> Vec<Bar> {
+    const BUCKETS: [(&str, i64); 5] = [
+        ("under 1 h", 3600),
+        ("1–4 h", 4 * 3600),
+        ("4–24 h", 24 * 3600),
+        ("1–3 days", 72 * 3600),
+        ("over 3 days", i64::MAX),
+    ];
+    let mut counts = [0usize; 5];
+    for r in rows.iter().filter(|r| matches!(r.state.as_str(), "pending" | "received")) {
+        let age = chrono::DateTime::parse_from_rfc3339(&r.received_at)
+            .map(|at| (now - at.with_timezone(&chrono::Utc)).num_seconds())
+            .unwrap_or(0);
+        if let Some(i) = BUCKETS.iter().position(|(_, limit)| age < *limit) {
+            counts[i] += 1;
+        }
+    }
+    BUCKETS
+        .iter()
+        .zip(counts)
+        .map(|((label, _), count)| Bar {
+            label: (*label).into(),
+            count,
+        })
+        .collect()
+}
+
+/// Shadow agreement.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ShadowReport {
+    /// Requests the shadow decision point also decided.
+    pub compared: usize,
+    /// Of those, how many it agreed on.
+    pub agreed: usize,
+    /// Every comparison, newest first.
+    pub rows: Vec<crate::store::ShadowRow>,
+}
+
+/// How often the shadow decision point agrees with the primary.
+#[utoipa::path(get, path = "/api/reports/shadow", responses((status = 200, body = ShadowReport), (status = 401, description = "no valid token")))]
+async fn shadow(State(state): State<AppState>, _caller: Viewer) -> ApiResult<ShadowReport> {
+    let rows = state.pipeline.store().shadow_results().await?;
+    Ok(Json(ShadowReport {
+        compared: rows.len(),
+        agreed: rows.iter().filter(|r| r.agree).count(),
+        rows,
+    }))
+}
+
+/// Parked work and halted connectors.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ParkedReport {
+    /// Ticket versions and comments waiting for a retry.
+    pub parked: Vec<crate::store::Parked>,
+    /// Connectors that post nothing until an operator retries them.
+    pub halts: Vec<crate::store::Halt>,
+}
+
+/// Parked work and halted connectors.
+#[utoipa::path(get, path = "/api/parked", responses((status = 200, body = ParkedReport), (status = 401, description = "no valid token")))]
+async fn parked(State(state): State<AppState>, _caller: Viewer) -> ApiResult<ParkedReport> {
+    let store = state.pipeline.store();
+    Ok(Json(ParkedReport {
+        parked: store.parked().await?,
+        halts: store.halts().await?,
+    }))
+}
+
+/// Which parked work to retry; both absent means all of it.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Only this connector's work (also lifts its halt).
+    #[serde(default)]
+    pub connector: Option<String>,
+    /// Only this ticket's (number or key).
+    #[serde(default)]
+    pub ticket: Option<String>,
+}
+
+/// Operator: put parked work back to work. Audited with the caller's name.
+#[utoipa::path(
+    post,
+    path = "/api/parked/retry",
+    request_body = RetryRequest,
+    responses((status = 200, body = crate::store::Retried), (status = 403, description = "needs the operator role"), (status = 401, description = "no valid token"))
+)]
+async fn retry(State(state): State<AppState>, Operator(caller): Operator, Json(request): Json<RetryRequest>) -> ApiResult<crate::store::Retried> {
+    let retried = state
+        .pipeline
+        .store()
+        .retry_parked(request.connector.as_deref(), request.ticket.as_deref(), &caller.actor())
+        .await?;
+    tracing::info!(actor = %caller.actor(), comments = retried.comments, tickets = retried.tickets, halts = retried.halts, "retry requested");
+    state.wake.notify_one();
+    Ok(Json(retried))
+}
+
+/// A connector instance's mapping.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MappingInfo {
+    /// Connector instance.
+    pub connector: String,
+    /// Connector kind.
+    pub kind: String,
+    /// `[mapping] name`.
+    pub name: String,
+    /// `[mapping] version`.
+    pub version: String,
+    /// The mapping file's text.
+    pub text: String,
+}
+
+/// Each connector instance's mapping, as loaded.
+#[utoipa::path(get, path = "/api/mappings", responses((status = 200, body = [MappingInfo]), (status = 401, description = "no valid token")))]
+async fn mappings(State(state): State<AppState>, _caller: Viewer) -> Json<Vec<MappingInfo>> {
+    let pipeline = &state.pipeline;
+    Json(
+        pipeline
+            .connector_ids()
+            .iter()
+            .filter_map(|id| pipeline.instance(id))
+            .map(|i| MappingInfo {
+                connector: i.connector.id().to_owned(),
+                kind: i.connector.kind().to_owned(),
+                name: i.mapping.name.clone(),
+                version: i.mapping.version.clone(),
+                text: i.mapping.text.clone(),
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(system: &str, beneficiary: &str, state: &str, received_at: &str) -> TicketRow {
+        TicketRow {
+            connector: "c".into(),
+            key: "k".into(),
+            number: "n".into(),
+            url: String::new(),
+            state: state.into(),
+            outcome: None,
+            decision_id: None,
+            requester: None,
+            beneficiary: Some(beneficiary.into()),
+            system: Some(system.into()),
+            entitlement: Some("e".into()),
+            received_at: received_at.into(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn charts_count_repeats_per_system_and_pending_by_age() {
+        let rows = vec![
+            row("sap", "ann", "decided", "2026-01-01T00:00:00Z"),
+            row("sap", "ann", "decided", "2026-01-01T00:00:00Z"),
+            row("sap", "bob", "pending", "2026-01-01T10:00:00Z"),
+            row("git", "ann", "received", "2026-01-01T11:30:00Z"),
+        ];
+        let repeated = repeated_by_system(&rows);
+        assert_eq!(repeated.len(), 1);
+        assert_eq!((repeated[0].label.as_str(), repeated[0].count), ("sap", 2));
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let ages: Vec<usize> = pending_age(&rows, now).iter().map(|b| b.count).collect();
+        assert_eq!(ages, vec![1, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_document_names_every_route_and_the_bearer_scheme() {
+        let doc = serde_json::to_value(openapi()).expect("json");
+        for path in [
+            "/api/tickets",
+            "/api/tickets/{connector}/{key}",
+            "/api/tickets/{connector}/{key}/redecide",
+            "/api/parked/retry",
+            "/api/preview",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+}
