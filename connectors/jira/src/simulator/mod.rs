@@ -212,6 +212,82 @@ impl State {
             .map(|n| format!("customfield_{}", self.config.field_id_base + n as u32))
     }
 
+    /// The name of custom field `customfield_<n>`.
+    pub(crate) fn field_name(&self, id: &str) -> Option<&str> {
+        let n: u32 = id.strip_prefix("customfield_")?.parse().ok()?;
+        self.fields
+            .get(n.checked_sub(self.config.field_id_base)? as usize)
+            .map(|f| f.name.as_str())
+    }
+
+    /// Creates an issue (the portal, `POST /rest/api/3/issue`, JSM's create request).
+    pub(crate) fn create(self: &Arc<Self>, new: NewIssue) -> Issue {
+        let issue = {
+            let mut db = lock(&self.db);
+            let id = db.next_id;
+            db.next_id += 1;
+            let number = {
+                let n = db.numbers.entry(new.project.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let at = new.updated_ms.unwrap_or_else(now_ms);
+            let reporter = self
+                .users
+                .iter()
+                .find(|u| u.email == new.reporter || u.account_id == new.reporter)
+                .map_or_else(|| new.reporter.clone(), |u| u.account_id.clone());
+            let request_type = new
+                .request_type
+                .as_deref()
+                .and_then(|name| seed::REQUEST_TYPES.iter().find(|(id, n)| *n == name || *id == name))
+                .map(|(id, name)| (id.to_string(), name.to_string()));
+            let issue = Issue {
+                id,
+                project: new.project,
+                number,
+                issue_type: new.issue_type,
+                status: new.status.unwrap_or_else(|| "Waiting for support".into()),
+                summary: new.summary,
+                description: new.description,
+                reporter,
+                created_ms: at,
+                updated_ms: at,
+                request_type,
+                custom: new.custom.into_iter().collect(),
+                comments: Vec::new(),
+            };
+            db.issues.push(issue.clone());
+            issue
+        };
+        self.deliver("jira:issue_created", &issue);
+        issue
+    }
+
+    /// Changes fields by name (`status`, `summary`, `description`, a custom field's name);
+    /// `updated` becomes now. `None` when the issue does not exist.
+    pub(crate) fn change(self: &Arc<Self>, id_or_key: &str, changes: &[(&str, Value)]) -> Option<Issue> {
+        let issue = {
+            let mut db = lock(&self.db);
+            let issue = db.issues.iter_mut().find(|i| i.id.to_string() == id_or_key || i.key() == id_or_key)?;
+            for (name, value) in changes {
+                let text = value.as_str().unwrap_or_default().to_owned();
+                match *name {
+                    "status" => issue.status = text,
+                    "summary" => issue.summary = text,
+                    "description" => issue.description = text,
+                    other => {
+                        issue.custom.insert(other.to_owned(), value.clone());
+                    }
+                }
+            }
+            State::touch(issue);
+            issue.clone()
+        };
+        self.deliver("jira:issue_updated", &issue);
+        Some(issue)
+    }
+
     pub(crate) fn user(&self, account_id: &str) -> Option<&SimUser> {
         self.users.iter().find(|u| u.account_id == account_id)
     }
@@ -355,68 +431,14 @@ impl Simulator {
 
     /// Creates an issue as a user would in the portal; returns `(id, key)`.
     pub fn create_issue(&self, new: NewIssue) -> (String, String) {
-        let issue = {
-            let mut db = lock(&self.state.db);
-            let id = db.next_id;
-            db.next_id += 1;
-            let number = {
-                let n = db.numbers.entry(new.project.clone()).or_insert(0);
-                *n += 1;
-                *n
-            };
-            let at = new.updated_ms.unwrap_or_else(now_ms);
-            let reporter = self.account_id(&new.reporter).unwrap_or_else(|| new.reporter.clone());
-            let request_type = new
-                .request_type
-                .as_deref()
-                .and_then(|name| seed::REQUEST_TYPES.iter().find(|(_, n)| *n == name))
-                .map(|(id, name)| (id.to_string(), name.to_string()));
-            let issue = Issue {
-                id,
-                project: new.project,
-                number,
-                issue_type: new.issue_type,
-                status: new.status.unwrap_or_else(|| "Waiting for support".into()),
-                summary: new.summary,
-                description: new.description,
-                reporter,
-                created_ms: at,
-                updated_ms: at,
-                request_type,
-                custom: new.custom.into_iter().collect(),
-                comments: Vec::new(),
-            };
-            db.issues.push(issue.clone());
-            issue
-        };
-        self.state.deliver("jira:issue_created", &issue);
+        let issue = self.state.create(new);
         (issue.id.to_string(), issue.key())
     }
 
     /// Changes fields as a user would (`status`, `summary`, `description` or a custom field
     /// name); `updated` becomes now. Returns false when the issue does not exist.
     pub fn update_issue(&self, id_or_key: &str, changes: &[(&str, Value)]) -> bool {
-        let issue = {
-            let mut db = lock(&self.state.db);
-            let Some(issue) = db.issues.iter_mut().find(|i| i.id.to_string() == id_or_key || i.key() == id_or_key) else {
-                return false;
-            };
-            for (name, value) in changes {
-                let text = value.as_str().unwrap_or_default().to_owned();
-                match *name {
-                    "status" => issue.status = text,
-                    "summary" => issue.summary = text,
-                    "description" => issue.description = text,
-                    other => {
-                        issue.custom.insert(other.to_owned(), value.clone());
-                    }
-                }
-            }
-            State::touch(issue);
-            issue.clone()
-        };
-        self.state.deliver("jira:issue_updated", &issue);
-        true
+        self.state.change(id_or_key, changes).is_some()
     }
 
     /// Sets an issue's `updated` directly (no webhook), for paging tests.

@@ -35,15 +35,19 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/rest/api/{v}/myself", get(myself))
         .route("/rest/api/{v}/mypermissions", get(mypermissions))
         .route("/rest/api/{v}/field", get(fields))
-        .route("/rest/api/3/search/jql", post(search_jql))
+        .route("/rest/api/{v}/search/jql", post(search_jql).get(search_jql_get))
         .route("/rest/api/{v}/search", post(search_dc).get(search_dc_get))
-        .route("/rest/api/{v}/issue/{key}", get(get_issue))
+        .route("/rest/api/{v}/issue", post(create_issue))
+        .route("/rest/api/{v}/issue/{key}", get(get_issue).put(edit_issue))
+        .route("/rest/servicedeskapi/request", post(jsm_create_request))
         .route("/rest/api/{v}/issue/{key}/comment", get(list_comments).post(create_comment))
         .route("/rest/api/{v}/comment/{id}/properties/{prop}", put(put_property).get(get_property))
         .route("/rest/servicedeskapi/request/{key}/comment", post(jsm_comment))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)
+        // Answered without credentials, as on Cloud: the `jira` Python client's first call.
+        .route("/rest/api/{v}/serverInfo", get(server_info))
         .route("/oauth/token", post(oauth_token))
         .layer(middleware::from_fn_with_state(state.kit.clone(), simkit::faults))
         .layer(middleware::from_fn_with_state(state.kit.clone(), simkit::record))
@@ -309,10 +313,43 @@ fn matching(state: &State, jql: &Jql) -> Result<Vec<Issue>, Response> {
 
 /// `POST /rest/api/3/search/jql`: the enhanced search. Bounded JQL only; pages by
 /// `nextPageToken` (absent on the last page), no `total`.
-async fn search_jql(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+async fn search_jql(AxState(state): AxState<Shared>, Path(v): Path<String>, body: Bytes) -> Response {
+    let version = match version_of(&v) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return bad("The request body is not valid JSON.");
     };
+    jql_search(&state, &body, version)
+}
+
+/// `GET …/search/jql?jql=…&fields=a,b&maxResults=…&nextPageToken=…`: the same search, its
+/// parameters in the query string.
+async fn search_jql_get(AxState(state): AxState<Shared>, Path(v): Path<String>, Query(q): Params) -> Response {
+    let version = match version_of(&v) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut body = Map::new();
+    for (k, val) in q {
+        let list = |text: &str| json!(text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>());
+        let value = match k.as_str() {
+            "maxResults" => match val.parse::<u64>() {
+                Ok(n) => json!(n),
+                Err(_) => return bad(&format!("The value '{val}' is invalid for maxResults.")),
+            },
+            "fields" | "properties" => list(&val),
+            "fieldsByKeys" | "failFast" => json!(val == "true"),
+            "reconcileIssues" => json!(val.split(',').filter_map(|n| n.trim().parse::<u64>().ok()).collect::<Vec<_>>()),
+            _ => json!(val),
+        };
+        body.insert(k, value);
+    }
+    jql_search(&state, &body, version)
+}
+
+fn jql_search(state: &State, body: &Map<String, Value>, version: u8) -> Response {
     const KNOWN: &[&str] = &[
         "jql",
         "nextPageToken",
@@ -353,7 +390,7 @@ async fn search_jql(AxState(state): AxState<Shared>, body: Bytes) -> Response {
     } else {
         wanted.iter().map(String::as_str).collect()
     };
-    let hits = match matching(&state, &jql) {
+    let hits = match matching(state, &jql) {
         Ok(h) => h,
         Err(r) => return r,
     };
@@ -366,7 +403,7 @@ async fn search_jql(AxState(state): AxState<Shared>, body: Bytes) -> Response {
     };
     let page: Vec<&Issue> = rest.iter().take(max).copied().collect();
     let is_last = page.len() >= rest.len();
-    let mut out = json!({"issues": page.iter().map(|i| issue_json(&state, i, &wanted, 3)).collect::<Vec<_>>(), "isLast": is_last});
+    let mut out = json!({"issues": page.iter().map(|i| issue_json(state, i, &wanted, version)).collect::<Vec<_>>(), "isLast": is_last});
     if let (false, Some(last)) = (is_last, page.last()) {
         out["nextPageToken"] = json!(encode_token(last, &hash));
     }
@@ -848,4 +885,237 @@ async fn oauth_token(AxState(state): AxState<Shared>, headers: HeaderMap, body: 
         "expires_in": state.config.token_ttl.as_secs(), "scope": "read:jira-work write:jira-work offline_access",
     }))
     .into_response()
+}
+
+async fn server_info(AxState(state): AxState<Shared>, Path(v): Path<String>) -> Response {
+    if let Err(r) = version_of(&v) {
+        return r;
+    }
+    let now = jira_time(now_ms());
+    Json(json!({
+        "baseUrl": state.base_url, "displayUrl": state.base_url, "version": "1001.0.0-SNAPSHOT",
+        "versionNumbers": [1001, 0, 0], "deploymentType": "Cloud", "buildNumber": 100_287,
+        "buildDate": now, "serverTime": now, "scmInfo": "deskbridge-simulator", "serverTitle": "Jira (deskbridge simulator)",
+        "defaultLocale": {"locale": "en_US"}, "serverTimeZone": "Etc/UTC",
+    }))
+    .into_response()
+}
+
+/// A field value as `issue_json` serves it back: text fields as strings, select fields as
+/// `{value}`, user fields as `{accountId}`, dates as strings.
+fn custom_value(state: &State, value: &Value) -> Value {
+    match value {
+        Value::Object(o) if o.contains_key("value") => json!({"value": o["value"]}),
+        Value::Object(o) if o.contains_key("accountId") || o.contains_key("id") => {
+            let id = o.get("accountId").or_else(|| o.get("id")).cloned().unwrap_or(Value::Null);
+            json!({"accountId": id})
+        }
+        Value::Object(o) if o.contains_key("emailAddress") => {
+            let email = o["emailAddress"].as_str().unwrap_or_default();
+            let id = state.users.iter().find(|u| u.email == email).map(|u| u.account_id.clone());
+            json!({"accountId": id})
+        }
+        other => other.clone(),
+    }
+}
+
+/// Reads `fields` of a create or edit: summary, description (ADF on v3, text on v2) and
+/// custom fields by id. Anything else is refused as Jira refuses it.
+fn editable_fields(state: &State, fields: &Map<String, Value>, version: u8, skip: &[&str]) -> Result<Vec<(String, Value)>, Response> {
+    let mut out = Vec::new();
+    let mut errors = Map::new();
+    for (id, value) in fields {
+        if skip.contains(&id.as_str()) {
+            continue;
+        }
+        match id.as_str() {
+            "summary" => match value.as_str() {
+                Some(text) if !text.trim().is_empty() => out.push(("summary".to_owned(), json!(text))),
+                _ => {
+                    errors.insert("summary".into(), json!("You must specify a summary of the issue."));
+                }
+            },
+            "description" => {
+                let text = match (version, value) {
+                    (_, Value::Null) => Ok(String::new()),
+                    (3, doc) => adf_text(doc),
+                    (_, Value::String(s)) => Ok(s.clone()),
+                    _ => Err("must be a string".to_owned()),
+                };
+                match text {
+                    Ok(text) => out.push(("description".to_owned(), json!(text))),
+                    Err(_) => {
+                        errors.insert("description".into(), json!("Operation value must be an Atlassian Document"));
+                    }
+                }
+            }
+            other => match state.field_name(other) {
+                Some(name) => out.push((name.to_owned(), custom_value(state, value))),
+                None => {
+                    errors.insert(
+                        other.into(),
+                        json!(format!("Field '{other}' cannot be set. It is not on the appropriate screen, or unknown.")),
+                    );
+                }
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(error(StatusCode::BAD_REQUEST, &[], Value::Object(errors)))
+    }
+}
+
+fn created(state: &State, issue: &Issue) -> Response {
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": issue.id.to_string(), "key": issue.key(), "self": format!("{}/rest/api/3/issue/{}", state.base_url, issue.id)})),
+    )
+        .into_response()
+}
+
+/// `POST /rest/api/{2,3}/issue`: `{"fields": {"project": {"key"}, "issuetype": {"name"},
+/// "summary", "description", "customfield_…"}}`.
+async fn create_issue(AxState(state): AxState<Shared>, Extension(user): Extension<User>, Path(v): Path<String>, body: Bytes) -> Response {
+    let version = match version_of(&v) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
+        return bad("The request body is not valid JSON.");
+    };
+    if !may(&state, &user, "CREATE_ISSUES") {
+        return error(StatusCode::FORBIDDEN, &["You do not have permission to create issues in this project."], json!({}));
+    }
+    let Some(fields) = body.get("fields").and_then(Value::as_object) else {
+        return bad("fields is required.");
+    };
+    let project = fields["project"]["key"].as_str().or_else(|| fields["project"]["id"].as_str()).unwrap_or_default().to_owned();
+    let known_project = lock(&state.db).issues.iter().any(|i| i.project == project) || project == super::SEEDED_PROJECT;
+    let issue_type = fields["issuetype"]["name"].as_str().unwrap_or("Task").to_owned();
+    if !known_project {
+        return error(StatusCode::BAD_REQUEST, &[], json!({"project": "valid project is required"}));
+    }
+    if fields.get("summary").is_none() {
+        return error(StatusCode::BAD_REQUEST, &[], json!({"summary": "You must specify a summary of the issue."}));
+    }
+    let values = match editable_fields(&state, fields, version, &["project", "issuetype", "reporter"]) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let reporter = fields["reporter"]["accountId"]
+        .as_str()
+        .or_else(|| fields["reporter"]["id"].as_str())
+        .map_or_else(|| user.account_id.clone(), str::to_owned);
+    let mut new = super::NewIssue {
+        project,
+        issue_type,
+        summary: String::new(),
+        description: String::new(),
+        reporter,
+        request_type: None,
+        custom: Vec::new(),
+        status: None,
+        updated_ms: None,
+    };
+    for (name, value) in values {
+        match name.as_str() {
+            "summary" => new.summary = value.as_str().unwrap_or_default().to_owned(),
+            "description" => new.description = value.as_str().unwrap_or_default().to_owned(),
+            _ => new.custom.push((name, value)),
+        }
+    }
+    let issue = state.create(new);
+    created(&state, &issue)
+}
+
+/// `PUT /rest/api/{2,3}/issue/{key}`: `{"fields": {…}}` (status changes need a transition, as
+/// on Jira); 204.
+async fn edit_issue(
+    AxState(state): AxState<Shared>,
+    Extension(user): Extension<User>,
+    Path((v, key)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let version = match version_of(&v) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
+        return bad("The request body is not valid JSON.");
+    };
+    if !may(&state, &user, "EDIT_ISSUES") {
+        return error(StatusCode::FORBIDDEN, &["You do not have permission to edit issues in this project."], json!({}));
+    }
+    let empty = Map::new();
+    let fields = body.get("fields").and_then(Value::as_object).unwrap_or(&empty);
+    let values = match editable_fields(&state, fields, version, &[]) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let changes: Vec<(&str, Value)> = values.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    match state.change(&key, &changes) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => error(StatusCode::NOT_FOUND, &["Issue does not exist or you do not have permission to see it."], json!({})),
+    }
+}
+
+/// JSM `POST /rest/servicedeskapi/request`: `{"serviceDeskId", "requestTypeId",
+/// "requestFieldValues": {"summary", "description", "customfield_…"}, "raiseOnBehalfOf"}`.
+async fn jsm_create_request(AxState(state): AxState<Shared>, Extension(user): Extension<User>, body: Bytes) -> Response {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
+        return bad("The request body is not valid JSON.");
+    };
+    if !may(&state, &user, "CREATE_ISSUES") {
+        return error(StatusCode::FORBIDDEN, &["You do not have permission to raise requests."], json!({}));
+    }
+    let text = |v: &Value| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string()));
+    if text(&body["serviceDeskId"]).as_deref() != Some("1") {
+        return error(StatusCode::NOT_FOUND, &["The service desk does not exist."], json!({}));
+    }
+    let Some(request_type) = text(&body["requestTypeId"]).filter(|id| super::seed::REQUEST_TYPES.iter().any(|(t, _)| t == id)) else {
+        return bad("The request type does not exist in this service desk.");
+    };
+    let empty = Map::new();
+    let fields = body.get("requestFieldValues").and_then(Value::as_object).unwrap_or(&empty);
+    if fields.get("summary").is_none() {
+        return bad("Summary is required.");
+    }
+    let values = match editable_fields(&state, fields, 2, &[]) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let reporter = body["raiseOnBehalfOf"].as_str().map_or_else(|| user.account_id.clone(), str::to_owned);
+    let mut new = super::NewIssue {
+        project: super::SEEDED_PROJECT.into(),
+        issue_type: "Service Request".into(),
+        summary: String::new(),
+        description: String::new(),
+        reporter,
+        request_type: Some(request_type),
+        custom: Vec::new(),
+        status: None,
+        updated_ms: None,
+    };
+    for (name, value) in values {
+        match name.as_str() {
+            "summary" => new.summary = value.as_str().unwrap_or_default().to_owned(),
+            "description" => new.description = value.as_str().unwrap_or_default().to_owned(),
+            _ => new.custom.push((name, value)),
+        }
+    }
+    let issue = state.create(new);
+    let (type_id, _) = issue.request_type.clone().unwrap_or_default();
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "issueId": issue.id.to_string(), "issueKey": issue.key(), "requestTypeId": type_id, "serviceDeskId": "1",
+            "createdDate": {"epochMillis": issue.created_ms, "iso8601": jira_time(issue.created_ms)},
+            "reporter": user_json(&state, &issue.reporter),
+            "currentStatus": {"status": issue.status},
+            "_links": {"self": format!("{}/rest/servicedeskapi/request/{}", state.base_url, issue.id), "web": format!("{}/browse/{}", state.base_url, issue.key())},
+        })),
+    )
+        .into_response()
 }

@@ -34,7 +34,14 @@ fn account(name: &str) -> String {
 }
 
 pub(super) fn users() -> Vec<SimUser> {
-    let all = ["BROWSE_PROJECTS", "ADD_COMMENTS", "EDIT_OWN_COMMENTS", "SERVICEDESK_AGENT"];
+    let all = [
+        "BROWSE_PROJECTS",
+        "ADD_COMMENTS",
+        "EDIT_OWN_COMMENTS",
+        "SERVICEDESK_AGENT",
+        "CREATE_ISSUES",
+        "EDIT_ISSUES",
+    ];
     let mut users = vec![
         SimUser {
             account_id: account("deskbridge"),
@@ -60,7 +67,7 @@ pub(super) fn users() -> Vec<SimUser> {
             email: format!("{name}@example.com"),
             api_token: None,
             pat: None,
-            permissions: vec!["BROWSE_PROJECTS".into(), "ADD_COMMENTS".into()],
+            permissions: vec!["BROWSE_PROJECTS".into(), "ADD_COMMENTS".into(), "CREATE_ISSUES".into()],
         });
     }
     users

@@ -45,6 +45,42 @@ pub fn journal_fields(table: &str) -> &'static [&'static str] {
     }
 }
 
+/// The label an instance shows for a choice field's stored value (`sysparm_display_value`).
+pub fn choice_label(table: &str, field: &str, value: &str) -> Option<&'static str> {
+    Some(match (table, field, value) {
+        ("sc_req_item" | "sc_request", "state", "-5") => "Pending",
+        ("sc_req_item" | "sc_request", "state", "1") => "Open",
+        ("sc_req_item" | "sc_request", "state", "2") => "Work in Progress",
+        ("sc_req_item" | "sc_request", "state", "3") => "Closed Complete",
+        ("sc_req_item" | "sc_request", "state", "4") => "Closed Incomplete",
+        ("sc_req_item" | "sc_request", "state", "7") => "Closed Skipped",
+        (_, "approval" | "state", "requested") => "Requested",
+        (_, "approval" | "state", "approved") => "Approved",
+        (_, "approval" | "state", "rejected") => "Rejected",
+        (_, "approval", "not requested") => "Not Yet Requested",
+        ("sysapproval_approver", "state", "not_required") => "No Longer Required",
+        (_, "urgency", "1") => "1 - High",
+        (_, "urgency", "2") => "2 - Medium",
+        (_, "urgency", "3") => "3 - Low",
+        (_, "priority", "1") => "1 - Critical",
+        (_, "priority", "2") => "2 - High",
+        (_, "priority", "3") => "3 - Moderate",
+        (_, "priority", "4") => "4 - Low",
+        (_, "priority", "5") => "5 - Planning",
+        _ => return None,
+    })
+}
+
+/// Task tables carry `active`: true while the state is open (pending, open, work in
+/// progress), false once closed. A record that does not set it gets it from its state.
+fn derived_active(table: &str, record: &Record) -> Option<String> {
+    if !matches!(table, "sc_req_item" | "sc_request") || record.contains_key("active") {
+        return None;
+    }
+    let open = matches!(record.get("state").map(String::as_str), None | Some("-5" | "1" | "2"));
+    Some(open.to_string())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Display {
     False,
@@ -120,6 +156,8 @@ impl Db {
             if parts.peek().is_none() {
                 let value = if journal_fields(table).contains(&part) {
                     String::new()
+                } else if let Some(active) = (part == "active").then(|| derived_active(table, record)).flatten() {
+                    active
                 } else {
                     record.get(part)?.clone()
                 };
@@ -164,6 +202,7 @@ impl Db {
                 all = record
                     .keys()
                     .cloned()
+                    .chain(derived_active(table, record).map(|_| "active".to_owned()))
                     .chain(journal_fields(table).iter().map(|s| s.to_string()))
                     .collect();
                 &all
@@ -189,8 +228,14 @@ impl Db {
                         (Display::All, false) => json!({"display_value": shown, "value": value, "link": link}),
                     }
                 }
-                _ if display == Display::All => json!({"display_value": value, "value": value}),
-                _ => json!(value),
+                _ => {
+                    let shown = choice_label(owner, field, &value).map_or_else(|| value.clone(), str::to_owned);
+                    match display {
+                        Display::All => json!({"display_value": shown, "value": value}),
+                        Display::True => json!(shown),
+                        Display::False => json!(value),
+                    }
+                }
             };
             out.insert(path.clone(), rendered);
         }

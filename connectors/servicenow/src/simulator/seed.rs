@@ -107,7 +107,7 @@ pub fn seed_reference_data(db: &mut Db) {
     }
     // Empty tables the API serves; one column-defining row keeps field validation working.
     for (table, columns) in [
-        ("sc_request", &["number", "requested_for", "opened_by", "approval"][..]),
+        ("sc_request", &["number", "requested_for", "opened_by", "approval", "state", "active"][..]),
         (
             "sc_req_item",
             &[
@@ -120,6 +120,7 @@ pub fn seed_reference_data(db: &mut Db) {
                 "short_description",
                 "description",
                 "state",
+                "active",
                 "stage",
                 "approval",
                 "urgency",
