@@ -394,9 +394,7 @@ async fn main() -> ExitCode {
         } => {
             let (token, entry) = deskbridge::server::auth::new_token(&name, role);
             Ok((
-                format!(
-                    "token (shown once; give it to {name} and keep it out of files):\n  {token}\n\nadd to the config:\n\n{entry}"
-                ),
+                format!("token (shown once; give it to {name} and keep it out of files):\n  {token}\n\nadd to the config:\n\n{entry}"),
                 true,
             ))
         }

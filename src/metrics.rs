@@ -119,11 +119,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("tickets_read", "New ticket versions stored, by connector", m.tickets_read.clone());
-        registry.register(
-            "decisions",
-            "Decisions made, by decision point and outcome",
-            m.decisions.clone(),
-        );
+        registry.register("decisions", "Decisions made, by decision point and outcome", m.decisions.clone());
         registry.register(
             "decision_failures",
             "Decisions that failed (the request stays pending), by decision point",
@@ -307,9 +303,7 @@ impl Metrics {
     pub fn findings(&self, findings: &[crate::report::drift::Finding]) {
         for kind in crate::report::drift::KINDS {
             let n = findings.iter().filter(|f| f.kind == *kind).count();
-            self.findings
-                .get_or_create(&KindLabel { kind: (*kind).into() })
-                .set(n as i64);
+            self.findings.get_or_create(&KindLabel { kind: (*kind).into() }).set(n as i64);
         }
     }
 

@@ -90,7 +90,12 @@ pub async fn config_check(path: &Path) -> anyhow::Result<(String, bool)> {
                 .connector
                 .check()
                 .await
-                .map(|()| format!("{}: credentials accepted, permissions and fields present", instance.connector.kind()))
+                .map(|()| {
+                    format!(
+                        "{}: credentials accepted, permissions and fields present",
+                        instance.connector.kind()
+                    )
+                })
                 .map_err(|e| e.to_string()),
         );
     }
@@ -101,21 +106,30 @@ pub async fn config_check(path: &Path) -> anyhow::Result<(String, bool)> {
             let key = request.requester.id.clone();
             c.add(
                 "directory",
-                directory
-                    .lookup(std::slice::from_ref(&key))
-                    .await
-                    .map(|found| {
-                        let known = found.get(&key).is_some_and(Option::is_some);
-                        format!("{} answers (looked up {key:?}: {})", directory.describe(), if known { "found" } else { "not known" })
-                    }),
+                directory.lookup(std::slice::from_ref(&key)).await.map(|found| {
+                    let known = found.get(&key).is_some_and(Option::is_some);
+                    format!(
+                        "{} answers (looked up {key:?}: {})",
+                        directory.describe(),
+                        if known { "found" } else { "not known" }
+                    )
+                }),
             );
         } else {
-            c.add("directory", Ok("none configured: identities stay unverified and requests are reviewed".into()));
+            c.add(
+                "directory",
+                Ok("none configured: identities stay unverified and requests are reviewed".into()),
+            );
         }
     } else {
-        c.add("catalog", Ok("none configured: every request is reviewed as not in the catalog".into()));
+        c.add(
+            "catalog",
+            Ok("none configured: every request is reviewed as not in the catalog".into()),
+        );
     }
-    for (name, point) in std::iter::once(("decision point", &built.decision_point)).chain(built.shadow.as_ref().map(|s| ("shadow decision point", s))) {
+    for (name, point) in
+        std::iter::once(("decision point", &built.decision_point)).chain(built.shadow.as_ref().map(|s| ("shadow decision point", s)))
+    {
         c.add(
             name,
             point

@@ -23,7 +23,14 @@ pub async fn simulate(dir: Option<&Path>) -> anyhow::Result<String> {
             temp.path().to_path_buf()
         }
     };
-    let servicenow = snow::Simulator::start(snow::SimConfig::default()).await?;
+    // HTTPS, as every instance is (ServiceNow's Python client refuses plain http), with its own
+    // CA written beside the config.
+    let servicenow = snow::Simulator::start(snow::SimConfig {
+        tls: true,
+        ..snow::SimConfig::default()
+    })
+    .await?;
+    std::fs::write(dir.join("servicenow-ca.pem"), servicenow.ca_pem().unwrap_or_default())?;
     let jira_sim = jira::Simulator::start(jira::SimConfig::default()).await?;
     let directory = scim::Simulator::start(scim::SimConfig::default()).await?;
     std::fs::write(dir.join("catalog.toml"), demo::CATALOG)?;
@@ -64,6 +71,7 @@ base_url = "{snow_url}"
 filter = "active=true"
 lag_secs = 0
 auth = {{ type = "basic", username = "{snow_user}", password = "{snow_password}" }}
+http = {{ ca_cert_file = {ca} }}
 
 [[connectors]]
 id = "jira"
@@ -79,6 +87,7 @@ auth = {{ type = "basic", username = "{jira_user}", password = "{jira_token}" }}
         snow_url = servicenow.base_url(),
         snow_user = snow::INTEGRATION_USER,
         snow_password = snow::INTEGRATION_PASSWORD,
+        ca = toml::Value::String(dir.join("servicenow-ca.pem").display().to_string()),
         jira_url = jira_sim.base_url(),
         jira_project = jira::SEEDED_PROJECT,
         jira_user = jira::INTEGRATION_EMAIL,
@@ -88,7 +97,7 @@ auth = {{ type = "basic", username = "{jira_user}", password = "{jira_token}" }}
     std::fs::write(&config_path, config)?;
     let text = format!(
         "deskbridge simulators, seeded, on loopback (they stop with this command):\n\
-         \n  ServiceNow  {snow_url}   basic {snow_user} / {snow_password}   (OAuth client {client_id} / {client_secret})\
+         \n  ServiceNow  {snow_url}   basic {snow_user} / {snow_password}   (OAuth client {client_id} / {client_secret}; CA {dir}/servicenow-ca.pem)\
          \n  Jira Cloud  {jira_url}   basic {jira_user} / {jira_token}   project {jira_project}\
          \n  SCIM 2.0    {scim_url}   bearer {scim_token}\
          \n\nconfig: {config}\n\
@@ -108,6 +117,7 @@ auth = {{ type = "basic", username = "{jira_user}", password = "{jira_token}" }}
         scim_url = directory.base_url(),
         scim_token = scim::TOKEN,
         config = config_path.display(),
+        dir = dir.display(),
     );
     let mut stdout = std::io::stdout();
     stdout.write_all(crate::text::for_terminal(&text).as_bytes())?;

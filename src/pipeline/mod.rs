@@ -145,6 +145,8 @@ impl Pipeline {
         renderer: CommentRenderer,
         settings: Settings,
     ) -> Self {
+        // Registers the metrics and the observer of ITSM requests before the first request.
+        let _ = crate::metrics::global();
         let order = instances.iter().map(|i| i.connector.id().to_owned()).collect();
         let states = instances
             .iter()

@@ -282,7 +282,11 @@ pub struct Redecided {
     params(("connector" = String, Path, description = "connector instance"), ("key" = String, Path, description = "ticket key")),
     responses((status = 200, body = Redecided), (status = 403, description = "needs the operator role"), (status = 404, description = "no such ticket"), (status = 503, description = "the ITSM could not be read"))
 )]
-async fn redecide(State(state): State<AppState>, Operator(caller): Operator, Path((connector, key)): Path<(String, String)>) -> ApiResult<Redecided> {
+async fn redecide(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path((connector, key)): Path<(String, String)>,
+) -> ApiResult<Redecided> {
     let pipeline = &state.pipeline;
     let Some(instance) = pipeline.instance(&connector) else {
         return Err(ApiError::not_found(format!("no connector {connector:?}")));
@@ -380,10 +384,7 @@ fn repeated_by_system(rows: &[TicketRow]) -> Vec<Bar> {
             *by_system.entry(system).or_default() += n;
         }
     }
-    let mut bars: Vec<Bar> = by_system
-        .into_iter()
-        .map(|(s, count)| Bar { label: s.into(), count })
-        .collect();
+    let mut bars: Vec<Bar> = by_system.into_iter().map(|(s, count)| Bar { label: s.into(), count }).collect();
     bars.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
     bars
 }
@@ -475,7 +476,11 @@ pub struct RetryRequest {
     request_body = RetryRequest,
     responses((status = 200, body = crate::store::Retried), (status = 403, description = "needs the operator role"), (status = 401, description = "no valid token"))
 )]
-async fn retry(State(state): State<AppState>, Operator(caller): Operator, Json(request): Json<RetryRequest>) -> ApiResult<crate::store::Retried> {
+async fn retry(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Json(request): Json<RetryRequest>,
+) -> ApiResult<crate::store::Retried> {
     let retried = state
         .pipeline
         .store()

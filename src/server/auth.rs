@@ -62,7 +62,10 @@ pub fn new_token(name: &str, role: Role) -> (String, String) {
         Role::Viewer => "viewer",
         Role::Operator => "operator",
     };
-    let entry = format!("[[server.tokens]]\nname = {}\nrole = \"{role}\"\nsha256 = \"{hash}\"\n", toml_string(name));
+    let entry = format!(
+        "[[server.tokens]]\nname = {}\nrole = \"{role}\"\nsha256 = \"{hash}\"\n",
+        toml_string(name)
+    );
     (token, entry)
 }
 

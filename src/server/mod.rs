@@ -183,7 +183,10 @@ fn connector_readiness(state: &ConnectorState, halt: Option<&crate::store::Halt>
     if let Some(halt) = halt {
         return (
             false,
-            format!("halted since {}: {} (fix it, then `deskbridge retry --connector`)", halt.at, halt.reason),
+            format!(
+                "halted since {}: {} (fix it, then `deskbridge retry --connector`)",
+                halt.at, halt.reason
+            ),
         );
     }
     if let Some(error) = &state.last_error {

@@ -96,7 +96,11 @@ fn problem(text: &str) -> MappingProblem {
     request_body = PreviewRequest,
     responses((status = 200, body = Preview), (status = 400, description = "no such connector, or the ticket is not a JSON object"), (status = 401, description = "no valid token"))
 )]
-pub(super) async fn preview(State(state): State<AppState>, _caller: Viewer, Json(request): Json<PreviewRequest>) -> Result<Json<Preview>, ApiError> {
+pub(super) async fn preview(
+    State(state): State<AppState>,
+    _caller: Viewer,
+    Json(request): Json<PreviewRequest>,
+) -> Result<Json<Preview>, ApiError> {
     let pipeline = &state.pipeline;
     let Some(instance) = pipeline.instance(&request.connector) else {
         return Err(ApiError::bad_request(format!("no connector {:?}", request.connector)));
@@ -177,7 +181,11 @@ pub(super) async fn preview(State(state): State<AppState>, _caller: Viewer, Json
     Ok(Json(out))
 }
 
-fn render(pipeline: &crate::pipeline::Pipeline, instance: &crate::pipeline::Instance, input: &CommentInput<'_>) -> Result<Option<String>, ApiError> {
+fn render(
+    pipeline: &crate::pipeline::Pipeline,
+    instance: &crate::pipeline::Instance,
+    input: &CommentInput<'_>,
+) -> Result<Option<String>, ApiError> {
     match pipeline
         .renderer()
         .render(input, "deskbridge-id:preview", instance.connector.markup())
@@ -194,7 +202,10 @@ mod tests {
     #[test]
     fn problems_name_their_line_and_key() {
         let p = problem("mapping:12: fields.entitlement.id: no such field");
-        assert_eq!((p.line, p.key.as_str(), p.message.as_str()), (Some(12), "fields.entitlement.id", "no such field"));
+        assert_eq!(
+            (p.line, p.key.as_str(), p.message.as_str()),
+            (Some(12), "fields.entitlement.id", "no such field")
+        );
         let p = problem("mapping: TOML parse error at line 3, column 5\n    |\n  3 | x =");
         assert_eq!(p.line, Some(3));
     }

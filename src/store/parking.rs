@@ -168,15 +168,13 @@ impl Store {
     /// who asked. Returns how many were made due.
     pub async fn redecide_now(&self, connector: &str, ticket_key: &str, actor: &str, fetched_versions: usize) -> anyhow::Result<u64> {
         let mut tx = self.begin_write().await?;
-        let due = sqlx::query(
-            "UPDATE inbox SET next_attempt_at = $1 WHERE connector = $2 AND ticket_key = $3 AND status = 'pending'",
-        )
-        .bind(now())
-        .bind(connector)
-        .bind(ticket_key)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let due = sqlx::query("UPDATE inbox SET next_attempt_at = $1 WHERE connector = $2 AND ticket_key = $3 AND status = 'pending'")
+            .bind(now())
+            .bind(connector)
+            .bind(ticket_key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let payload = json!({"actor": actor, "pending_made_due": due, "new_versions_read": fetched_versions});
         audit::append(&mut tx, connector, ticket_key, Event::RedecideRequested, payload).await?;
         tx.commit().await?;

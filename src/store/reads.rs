@@ -63,11 +63,10 @@ impl Store {
     /// only, so it stays cheap however many tickets are finished.
     pub async fn backlog(&self) -> anyhow::Result<Backlog> {
         let mut b = Backlog::default();
-        let inbox: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM inbox WHERE status IN ('received', 'pending', 'parked') GROUP BY status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let inbox: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM inbox WHERE status IN ('received', 'pending', 'parked') GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
         for (status, n) in inbox {
             match status.as_str() {
                 "received" => b.received = n,
@@ -91,7 +90,9 @@ impl Store {
     /// Whether the store answers a trivial query within `limit`.
     pub async fn ping(&self, limit: std::time::Duration) -> anyhow::Result<()> {
         match tokio::time::timeout(limit, sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&self.pool)).await {
-            Ok(result) => result.map(|_| ()).map_err(|e| anyhow::anyhow!("{}", deskbridge_connector::urls::error_chain(&e))),
+            Ok(result) => result
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{}", deskbridge_connector::urls::error_chain(&e))),
             Err(_) => anyhow::bail!("no answer within {} ms", limit.as_millis()),
         }
     }

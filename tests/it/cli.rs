@@ -262,14 +262,16 @@ async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
         .expect("addr")
         .port();
     let config = dir.path().join("deskbridge.toml");
+    let tokens = crate::operators::tokens();
     std::fs::write(
         &config,
         format!(
-            "[store]\npath = \"{db}\"\n\n[decision]\nkind = \"rego\"\npolicies = [\"{root}/examples/policies/access.rego\"]\n\n[pipeline]\npoll_interval_secs = 1\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[[connectors]]\nid = \"snow-serve\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\nbase_url = \"{url}\"\nauth = {{ type = \"basic\", username = \"{user}\", password = \"wrong\" }}\n",
+            "[store]\npath = \"{db}\"\n\n[decision]\nkind = \"rego\"\npolicies = [\"{root}/examples/policies/access.rego\"]\n\n[pipeline]\npoll_interval_secs = 1\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n{tokens}\n[[connectors]]\nid = \"snow-serve\"\nkind = \"servicenow\"\nmapping = \"{root}/mappings/servicenow/sc_req_item.toml\"\nbase_url = \"{url}\"\nauth = {{ type = \"basic\", username = \"{user}\", password = \"wrong\" }}\n",
             db = dir.path().join("s.db").display(),
             root = root().display(),
             url = sim.base_url(),
             user = INTEGRATION_USER,
+            tokens = tokens.toml,
         ),
     )
     .expect("write");
@@ -304,7 +306,12 @@ async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
     let mut revoked = false;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/status")).await {
+        if let Ok(r) = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/status"))
+            .bearer_auth(&tokens.viewer)
+            .send()
+            .await
+        {
             status = r.json().await.expect("json");
             if !status["last_pass"].is_null() && !revoked {
                 sim.inject(
@@ -319,6 +326,12 @@ async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
             }
         }
     }
+    assert!(
+        status["connectors"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("credentials refused (401)")),
+        "{status}"
+    );
     let errors = status["last_pass"]["connector_errors"].to_string();
     assert!(errors.contains("connector snow-serve: credentials refused (401)"), "{status}");
     assert_eq!(
@@ -328,7 +341,7 @@ async fn serve_reports_refused_credentials_on_status_and_stops_on_sigterm() {
             .text()
             .await
             .expect("text"),
-        "ok"
+        "ok\n"
     );
     let kill = Command::new("kill")
         .arg("-TERM")

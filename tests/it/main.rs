@@ -14,6 +14,7 @@ mod jira;
 mod mapping_fixtures;
 mod oauth_chain;
 mod one_writer;
+mod operators;
 mod pdp;
 mod pdp_servers;
 mod pipeline;

@@ -186,9 +186,13 @@ async fn serve_reloads_the_catalog_on_sighup_and_keeps_the_last_good_one() {
         .expect("addr")
         .port();
     let config = config(dir.path(), &sim, "");
+    let tokens = crate::operators::tokens();
     let text = std::fs::read_to_string(&config)
         .expect("read")
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\n{}", tokens.toml),
+        )
         .replace(
             "[pipeline]",
             &format!(
@@ -206,7 +210,10 @@ async fn serve_reloads_the_catalog_on_sighup_and_keeps_the_last_good_one() {
             .expect("serve"),
     );
     let status = || async {
-        reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/status"))
+            .bearer_auth(&tokens.viewer)
+            .send()
             .await
             .ok()?
             .json::<serde_json::Value>()

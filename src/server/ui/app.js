@@ -257,7 +257,7 @@ async function showPlayground(target) {
   const fillTickets = () => {
     const c = connector.value;
     ticketSel.replaceChildren(el("option", { value: "" }, "— paste a ticket below —"),
-      tickets.filter((t) => t.connector === c).map((t) => el("option", { value: t.key }, t.number + (t.outcome ? " · " + t.outcome : ""))));
+      ...tickets.filter((t) => t.connector === c).map((t) => el("option", { value: t.key }, t.number + (t.outcome ? " · " + t.outcome : ""))));
   };
   const setMapping = () => {
     const m = mappings.find((x) => x.connector === connector.value);

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use deskbridge_connector::simkit::SimKit;
 pub use deskbridge_connector::simkit::{Fault, RecordedRequest, Target};
 pub use jql::Jql;
-pub use seed::{SEEDED_ACCESS_ISSUES, SEEDED_PROJECT};
+pub use seed::{REQUEST_TYPES, SEEDED_ACCESS_ISSUES, SEEDED_PROJECT};
 
 /// A user of the simulated site.
 #[derive(Debug, Clone)]
@@ -269,7 +269,10 @@ impl State {
     pub(crate) fn change(self: &Arc<Self>, id_or_key: &str, changes: &[(&str, Value)]) -> Option<Issue> {
         let issue = {
             let mut db = lock(&self.db);
-            let issue = db.issues.iter_mut().find(|i| i.id.to_string() == id_or_key || i.key() == id_or_key)?;
+            let issue = db
+                .issues
+                .iter_mut()
+                .find(|i| i.id.to_string() == id_or_key || i.key() == id_or_key)?;
             for (name, value) in changes {
                 let text = value.as_str().unwrap_or_default().to_owned();
                 match *name {

@@ -38,6 +38,8 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/rest/api/{v}/search/jql", post(search_jql).get(search_jql_get))
         .route("/rest/api/{v}/search", post(search_dc).get(search_dc_get))
         .route("/rest/api/{v}/issue", post(create_issue))
+        .route("/rest/api/{v}/project/{key}", get(project))
+        .route("/rest/api/{v}/issue/createmeta/{project}/issuetypes", get(create_meta_types))
         .route("/rest/api/{v}/issue/{key}", get(get_issue).put(edit_issue))
         .route("/rest/servicedeskapi/request", post(jsm_create_request))
         .route("/rest/api/{v}/issue/{key}/comment", get(list_comments).post(create_comment))
@@ -954,7 +956,9 @@ fn editable_fields(state: &State, fields: &Map<String, Value>, version: u8, skip
                 None => {
                     errors.insert(
                         other.into(),
-                        json!(format!("Field '{other}' cannot be set. It is not on the appropriate screen, or unknown.")),
+                        json!(format!(
+                            "Field '{other}' cannot be set. It is not on the appropriate screen, or unknown."
+                        )),
                     );
                 }
             },
@@ -986,27 +990,48 @@ async fn create_issue(AxState(state): AxState<Shared>, Extension(user): Extensio
         return bad("The request body is not valid JSON.");
     };
     if !may(&state, &user, "CREATE_ISSUES") {
-        return error(StatusCode::FORBIDDEN, &["You do not have permission to create issues in this project."], json!({}));
+        return error(
+            StatusCode::FORBIDDEN,
+            &["You do not have permission to create issues in this project."],
+            json!({}),
+        );
     }
     let Some(fields) = body.get("fields").and_then(Value::as_object) else {
         return bad("fields is required.");
     };
-    let project = fields["project"]["key"].as_str().or_else(|| fields["project"]["id"].as_str()).unwrap_or_default().to_owned();
+    let null = Value::Null;
+    let field = |name: &str| fields.get(name).unwrap_or(&null);
+    let project = match (field("project")["key"].as_str(), field("project")["id"].as_str()) {
+        (Some(key), _) => key.to_owned(),
+        (None, Some(PROJECT_ID)) => super::SEEDED_PROJECT.to_owned(),
+        (None, id) => id.unwrap_or_default().to_owned(),
+    };
     let known_project = lock(&state.db).issues.iter().any(|i| i.project == project) || project == super::SEEDED_PROJECT;
-    let issue_type = fields["issuetype"]["name"].as_str().unwrap_or("Task").to_owned();
+    let issue_type = match (field("issuetype")["name"].as_str(), field("issuetype")["id"].as_str()) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(id)) => match ISSUE_TYPES.iter().find(|(i, _)| *i == id) {
+            Some((_, name)) => (*name).to_owned(),
+            None => return error(StatusCode::BAD_REQUEST, &[], json!({"issuetype": "valid issue type is required"})),
+        },
+        (None, None) => return error(StatusCode::BAD_REQUEST, &[], json!({"issuetype": "issue type is required"})),
+    };
     if !known_project {
         return error(StatusCode::BAD_REQUEST, &[], json!({"project": "valid project is required"}));
     }
     if fields.get("summary").is_none() {
-        return error(StatusCode::BAD_REQUEST, &[], json!({"summary": "You must specify a summary of the issue."}));
+        return error(
+            StatusCode::BAD_REQUEST,
+            &[],
+            json!({"summary": "You must specify a summary of the issue."}),
+        );
     }
     let values = match editable_fields(&state, fields, version, &["project", "issuetype", "reporter"]) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let reporter = fields["reporter"]["accountId"]
+    let reporter = field("reporter")["accountId"]
         .as_str()
-        .or_else(|| fields["reporter"]["id"].as_str())
+        .or_else(|| field("reporter")["id"].as_str())
         .map_or_else(|| user.account_id.clone(), str::to_owned);
     let mut new = super::NewIssue {
         project,
@@ -1046,7 +1071,11 @@ async fn edit_issue(
         return bad("The request body is not valid JSON.");
     };
     if !may(&state, &user, "EDIT_ISSUES") {
-        return error(StatusCode::FORBIDDEN, &["You do not have permission to edit issues in this project."], json!({}));
+        return error(
+            StatusCode::FORBIDDEN,
+            &["You do not have permission to edit issues in this project."],
+            json!({}),
+        );
     }
     let empty = Map::new();
     let fields = body.get("fields").and_then(Value::as_object).unwrap_or(&empty);
@@ -1057,7 +1086,11 @@ async fn edit_issue(
     let changes: Vec<(&str, Value)> = values.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     match state.change(&key, &changes) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => error(StatusCode::NOT_FOUND, &["Issue does not exist or you do not have permission to see it."], json!({})),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &["Issue does not exist or you do not have permission to see it."],
+            json!({}),
+        ),
     }
 }
 
@@ -1070,6 +1103,7 @@ async fn jsm_create_request(AxState(state): AxState<Shared>, Extension(user): Ex
     if !may(&state, &user, "CREATE_ISSUES") {
         return error(StatusCode::FORBIDDEN, &["You do not have permission to raise requests."], json!({}));
     }
+    let body = Value::Object(body);
     let text = |v: &Value| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string()));
     if text(&body["serviceDeskId"]).as_deref() != Some("1") {
         return error(StatusCode::NOT_FOUND, &["The service desk does not exist."], json!({}));
@@ -1086,7 +1120,9 @@ async fn jsm_create_request(AxState(state): AxState<Shared>, Extension(user): Ex
         Ok(v) => v,
         Err(r) => return r,
     };
-    let reporter = body["raiseOnBehalfOf"].as_str().map_or_else(|| user.account_id.clone(), str::to_owned);
+    let reporter = body["raiseOnBehalfOf"]
+        .as_str()
+        .map_or_else(|| user.account_id.clone(), str::to_owned);
     let mut new = super::NewIssue {
         project: super::SEEDED_PROJECT.into(),
         issue_type: "Service Request".into(),
@@ -1117,5 +1153,49 @@ async fn jsm_create_request(AxState(state): AxState<Shared>, Extension(user): Ex
             "_links": {"self": format!("{}/rest/servicedeskapi/request/{}", state.base_url, issue.id), "web": format!("{}/browse/{}", state.base_url, issue.key())},
         })),
     )
+        .into_response()
+}
+
+/// The seeded project's id.
+const PROJECT_ID: &str = "10000";
+/// Issue types of the seeded project: `(id, name)`.
+const ISSUE_TYPES: &[(&str, &str)] = &[("10001", "Service Request"), ("10002", "Task")];
+
+fn issue_types(state: &State) -> Vec<Value> {
+    ISSUE_TYPES
+        .iter()
+        .map(
+            |(id, name)| json!({"id": id, "name": name, "subtask": false, "self": format!("{}/rest/api/3/issuetype/{id}", state.base_url)}),
+        )
+        .collect()
+}
+
+async fn project(AxState(state): AxState<Shared>, Path((v, key)): Path<(String, String)>) -> Response {
+    if let Err(r) = version_of(&v) {
+        return r;
+    }
+    if key != super::SEEDED_PROJECT && key != PROJECT_ID {
+        return error(
+            StatusCode::NOT_FOUND,
+            &[&format!("No project could be found with key '{key}'.")],
+            json!({}),
+        );
+    }
+    Json(json!({
+        "id": PROJECT_ID, "key": super::SEEDED_PROJECT, "name": "Access requests", "projectTypeKey": "service_desk",
+        "self": format!("{}/rest/api/3/project/{PROJECT_ID}", state.base_url), "issueTypes": issue_types(&state),
+    }))
+    .into_response()
+}
+
+async fn create_meta_types(AxState(state): AxState<Shared>, Path((v, project)): Path<(String, String)>) -> Response {
+    if let Err(r) = version_of(&v) {
+        return r;
+    }
+    if project != super::SEEDED_PROJECT && project != PROJECT_ID {
+        return error(StatusCode::NOT_FOUND, &["No project could be found."], json!({}));
+    }
+    let types = issue_types(&state);
+    Json(json!({"issueTypes": types, "values": types, "startAt": 0, "maxResults": 50, "total": ISSUE_TYPES.len(), "isLast": true}))
         .into_response()
 }

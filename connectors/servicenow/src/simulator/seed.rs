@@ -107,7 +107,10 @@ pub fn seed_reference_data(db: &mut Db) {
     }
     // Empty tables the API serves; one column-defining row keeps field validation working.
     for (table, columns) in [
-        ("sc_request", &["number", "requested_for", "opened_by", "approval", "state", "active"][..]),
+        (
+            "sc_request",
+            &["number", "requested_for", "opened_by", "approval", "state", "active"][..],
+        ),
         (
             "sc_req_item",
             &[
