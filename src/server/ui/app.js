@@ -323,10 +323,10 @@ async function showPlayground(target) {
       el("div", {}, el("h2", {}, "Mapping"), el("div", { class: "editor" }, gutter, mapping), out.problems,
         el("h2", {}, "Ticket"), ticketText),
       el("div", {}, out.stage,
-        el("h2", {}, "Normalized request"), out.normalized,
-        el("h2", {}, "Facts from the catalog and directory"), out.facts,
+        el("h2", {}, "Comment as it would be posted"), out.comment,
         el("h2", {}, "Decision"), out.decision,
-        el("h2", {}, "Comment"), out.comment)));
+        el("h2", {}, "Normalized request"), out.normalized,
+        el("h2", {}, "Facts from the catalog and directory"), out.facts)));
   drawGutter(new Set());
   await loadTicket();
   run();
