@@ -96,6 +96,7 @@ impl Pipeline {
         let result = self.decision_point.decide(request).await;
         let outcome = result.as_ref().map(|d| d.decision.outcome.as_str()).map_err(|_| ());
         crate::metrics::global().decision(&self.decision_point_name, outcome, started.elapsed());
+        self.note_decision(result.as_ref().err().map(ToString::to_string));
         result
     }
 
@@ -216,7 +217,9 @@ impl Pipeline {
         let mut normalized_json = normalized_json;
         if let (Ok(ask), Some(enricher)) = (request, &self.enricher) {
             let mut request = ask.clone();
-            match enricher.enrich(&mut request).await {
+            let enriched_now = enricher.enrich(&mut request).await;
+            self.note_facts(enriched_now.as_ref().err().cloned());
+            match enriched_now {
                 Ok(understated) => {
                     let found: Vec<serde_json::Value> = understated
                         .iter()

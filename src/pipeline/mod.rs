@@ -134,6 +134,18 @@ pub struct Pipeline {
     decision_point_name: String,
     states: std::sync::Mutex<HashMap<String, ConnectorState>>,
     heartbeat: std::sync::atomic::AtomicI64,
+    /// The last failure of the decision point and of the facts (catalog and directory), cleared
+    /// by the next success: readiness says why requests stay pending.
+    last_failures: std::sync::Mutex<LastFailures>,
+}
+
+/// When the decision point or the facts last failed, and how.
+#[derive(Debug, Clone, Default)]
+pub struct LastFailures {
+    /// The decision point's last failure, while it lasts.
+    pub decision: Option<(chrono::DateTime<chrono::Utc>, String)>,
+    /// The facts' (enrichment's) last failure, while it lasts.
+    pub facts: Option<(chrono::DateTime<chrono::Utc>, String)>,
 }
 
 impl Pipeline {
@@ -172,6 +184,7 @@ impl Pipeline {
             decision_point_name: decision_point.describe(),
             states: std::sync::Mutex::new(states),
             heartbeat: std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp_millis()),
+            last_failures: std::sync::Mutex::new(LastFailures::default()),
             decision_point,
         }
     }
@@ -339,6 +352,23 @@ impl Pipeline {
             .iter()
             .filter_map(|id| states.get(id).map(|s| (id.clone(), s.clone())))
             .collect()
+    }
+
+    /// The decision point's and the facts' failures that have not been followed by a success.
+    pub fn last_failures(&self) -> LastFailures {
+        self.last_failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn note_decision(&self, failure: Option<String>) {
+        if let Ok(mut f) = self.last_failures.lock() {
+            f.decision = failure.map(|e| (chrono::Utc::now(), e));
+        }
+    }
+
+    pub(crate) fn note_facts(&self, failure: Option<String>) {
+        if let Ok(mut f) = self.last_failures.lock() {
+            f.facts = failure.map(|e| (chrono::Utc::now(), e));
+        }
     }
 
     /// Marks the work loop as turning (liveness).

@@ -151,10 +151,17 @@ async fn readiness(pipeline: &Pipeline) -> Readiness {
             Err(e) => format!("unreachable: {e:#}"),
         },
     });
+    let failures = pipeline.last_failures();
+    let pending = |(at, why): &(chrono::DateTime<chrono::Utc>, String)| {
+        format!("failing since {}: {why}; requests stay pending until it answers", at.to_rfc3339())
+    };
     checks.push(Check {
-        name: "policy".into(),
-        ok: true,
-        detail: format!("{} loaded", pipeline.decision_point_name()),
+        name: "decision point".into(),
+        ok: failures.decision.is_none(),
+        detail: failures
+            .decision
+            .as_ref()
+            .map_or_else(|| format!("{} loaded", pipeline.decision_point_name()), pending),
     });
     if let Some(enricher) = pipeline.enricher() {
         checks.push(Check {
@@ -162,6 +169,16 @@ async fn readiness(pipeline: &Pipeline) -> Readiness {
             ok: true,
             detail: format!("{} loaded", enricher.catalog.get().label()),
         });
+        if let Some(directory) = &enricher.directory {
+            checks.push(Check {
+                name: "directory".into(),
+                ok: failures.facts.is_none(),
+                detail: failures
+                    .facts
+                    .as_ref()
+                    .map_or_else(|| format!("{} answering", directory.describe()), pending),
+            });
+        }
     }
     let halts = pipeline.store().halts().await.unwrap_or_default();
     for (id, state) in pipeline.connector_states() {

@@ -73,3 +73,39 @@ fn the_software_mapping_reads_an_access_request_issue_and_ignores_other_types() 
     ticket.raw["fields"]["issuetype"]["name"] = "Bug".into();
     assert!(matches!(mapping.normalize(&ticket), Normalized::NotAnAccessRequest { .. }));
 }
+
+/// Fixtures downloaded from the console's mapping playground (`Download fixture`): a ticket, the
+/// name of the mapping it was tried with, and what that mapping made of it. Each must still
+/// normalize the same way through the shipped mapping of that name. (The outcome and comment
+/// they record depend on the deployment's catalog, directory and clock; they are kept for the
+/// reader.)
+#[test]
+fn every_playground_fixture_still_normalizes_as_expected() {
+    let dir = crate::helpers::root().join("tests/fixtures/expected");
+    let mut shipped = Vec::new();
+    for folder in ["mappings/servicenow", "mappings/jira"] {
+        for entry in std::fs::read_dir(crate::helpers::root().join(folder)).expect("mappings") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                shipped.push(deskbridge::mapping::Mapping::load(&path).expect("shipped mapping"));
+            }
+        }
+    }
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("fixtures/expected") {
+        let path = entry.expect("entry").path();
+        let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        let name = fixture["mapping"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no mapping name", path.display()));
+        let mapping = shipped
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{}: no shipped mapping named {name:?}", path.display()));
+        let ticket = deskbridge::commands::ticket_from_value(fixture["ticket"].clone(), "fixture").expect("ticket");
+        let normalized = serde_json::to_value(mapping.normalize(&ticket)).expect("json");
+        assert_eq!(normalized, fixture["expected"]["normalized"], "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 1, "no fixture in {}", dir.display());
+}

@@ -317,7 +317,8 @@ async function showPlayground(target) {
       el("button", { id: "pg-download-fixture", type: "button", class: "secondary", onclick: () => {
         if (!last) return;
         const name = (last.ticket.number || "ticket") + ".expected.json";
-        download(name, "application/json", JSON.stringify({ ticket: last.ticket, expected: { normalized: last.preview.normalized, outcome: last.preview.decision && last.preview.decision.outcome, comment: last.preview.comment } }, null, 2) + "\n");
+        const named = /^\s*name\s*=\s*"([^"]*)"/m.exec(mapping.value);
+        download(name, "application/json", JSON.stringify({ mapping: named ? named[1] : null, ticket: last.ticket, expected: { normalized: last.preview.normalized, outcome: last.preview.decision && last.preview.decision.outcome, comment: last.preview.comment } }, null, 2) + "\n");
       } }, "Download fixture")),
     el("div", { class: "grid" },
       el("div", {}, el("h2", {}, "Mapping"), el("div", { class: "editor" }, gutter, mapping), out.problems,

@@ -248,3 +248,32 @@ async fn operator_actions_are_audited_with_who_asked() {
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(console.app.store.audit_records().await.expect("audit").len(), records.len());
 }
+
+#[tokio::test]
+async fn readiness_names_a_decision_point_that_fails() {
+    let app = crate::helpers::TestApp::spawn().await;
+    // A policy whose decision is undefined: every request stays pending (fail closed).
+    let broken = crate::helpers::policy_from_text("package deskbridge.access\n\ndecision := x if { x := input.nothing }\n");
+    let pipeline = app.pipeline_with(std::sync::Arc::new(broken));
+    let console = Console::with(app, pipeline).await;
+    let r = console
+        .client()
+        .get(format!("{}/readyz", console.url))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.expect("json");
+    let check = body["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "decision point")
+        .expect("decision point check")
+        .clone();
+    assert_eq!(check["ok"], false, "{body}");
+    assert!(
+        check["detail"].as_str().expect("detail").contains("requests stay pending"),
+        "{body}"
+    );
+}

@@ -24,7 +24,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser() -> (Driver, Client) {
+async fn browser(downloads: &std::path::Path) -> (Driver, Client) {
     let driver = std::env::var("DESKBRIDGE_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
     let chromium = std::env::var("DESKBRIDGE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -50,6 +50,7 @@ async fn browser() -> (Driver, Client) {
             "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
                      format!("--user-data-dir={}", profile.display())],
+            "prefs": {"download.default_directory": downloads.display().to_string(), "download.prompt_for_download": false},
         }),
     );
     let mut last = None;
@@ -131,7 +132,8 @@ async fn the_console_in_a_real_browser() {
     );
     let console = Console::over(app).await;
     assert_eq!(console.app.store.parked().await.expect("parked").len(), 1, "one comment parked");
-    let (_driver, client) = browser().await;
+    let downloads = tempfile::tempdir().expect("downloads");
+    let (_driver, client) = browser(downloads.path()).await;
 
     // A wrong token is refused on the page.
     sign_in_refused(&client, &console).await;
@@ -239,6 +241,36 @@ async fn the_console_in_a_real_browser() {
     assert!(comment.starts_with("deskbridge decision:"), "{comment}");
     text_of(&client, "#pg-stage", "complete", |t| t.contains("Reached: comment")).await;
     shot(&client, "playground").await;
+    // The ticket with its expected output, as a fixture for tests/fixtures/expected.
+    client
+        .find(Locator::Id("pg-download-fixture"))
+        .await
+        .expect("download button")
+        .click()
+        .await
+        .expect("download");
+    let file = downloads.path().join("RITM0010002.expected.json");
+    let mut fixture = None;
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                fixture = Some(v);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fixture = fixture.unwrap_or_else(|| panic!("no fixture downloaded to {}", file.display()));
+    assert_eq!(fixture["mapping"], "servicenow-sc_req_item");
+    assert_eq!(fixture["ticket"]["number"], "RITM0010002");
+    assert_eq!(fixture["expected"]["normalized"]["status"], "access_request");
+    let mapping = crate::helpers::shipped_mapping();
+    let ticket = deskbridge::commands::ticket_from_value(fixture["ticket"].clone(), "fixture").expect("ticket");
+    assert_eq!(
+        serde_json::to_value(mapping.normalize(&ticket)).expect("json"),
+        fixture["expected"]["normalized"],
+        "the downloaded fixture is what tests/fixtures/expected checks"
+    );
     // Edit as a user types: the entitlement now comes from a field the ticket lacks.
     let editor = client.find(Locator::Id("pg-mapping")).await.expect("editor");
     let text: Value = client

@@ -60,7 +60,13 @@ impl Console {
     }
 
     pub async fn over(app: TestApp) -> Self {
-        let pipeline = Arc::new(app.pipeline());
+        let pipeline = app.pipeline();
+        Self::with(app, pipeline).await
+    }
+
+    /// Over `app` with its `pipeline`, after one pass.
+    pub async fn with(app: TestApp, pipeline: deskbridge::pipeline::Pipeline) -> Self {
+        let pipeline = Arc::new(pipeline);
         pipeline.run_once().await.expect("first pass");
         let tokens = tokens();
         let router = deskbridge::server::app(
