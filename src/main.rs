@@ -419,7 +419,10 @@ async fn main() -> ExitCode {
     match result {
         Ok((out, ok)) => {
             // Reports quote ticket text: nothing in it may drive the terminal.
-            print!("{}", deskbridge::text::for_terminal(&out));
+            // A closed standard output (`| head`, a reader that went away) is not an error.
+            let mut stdout = std::io::stdout();
+            let _ = std::io::Write::write_all(&mut stdout, deskbridge::text::for_terminal(&out).as_bytes());
+            let _ = std::io::Write::flush(&mut stdout);
             if ok {
                 ExitCode::SUCCESS
             } else {

@@ -387,3 +387,67 @@ async fn config_check_checks_everything_and_posts_nothing() {
         .collect();
     assert!(writes.is_empty(), "config check wrote to the ITSM: {writes:?}");
 }
+
+#[tokio::test]
+async fn simulate_writes_a_config_that_passes_every_check() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = deskbridge()
+        .args(["simulate", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("simulate");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Killed(child);
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("line");
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("Ctrl-C stops the simulators") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .expect("join");
+    for what in ["ServiceNow  https://", "Jira Cloud  http://", "SCIM 2.0    http://", "dbt_"] {
+        assert!(printed.contains(what), "{what}: {printed}");
+    }
+    let config = dir.path().join("deskbridge.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        deskbridge()
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "ok    connector servicenow",
+        "ok    connector jira",
+        "ok    directory",
+        "ok    decision point",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    // SIGTERM stops the simulators cleanly.
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || child.0.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(status.success(), "{status:?}");
+}
