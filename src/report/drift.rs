@@ -75,12 +75,7 @@ pub async fn drift(store: &Store, options: &Options) -> anyhow::Result<Vec<Findi
                 detail,
             })
         };
-        let normalized: Value = serde_json::from_str(&t.normalized).unwrap_or(Value::Null);
-        let decision: Value = t
-            .decision
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or(Value::Null);
+        let (normalized, decision) = t.parsed();
         let outcome = decision["outcome"].as_str().unwrap_or("none");
         if t.status == "pending" {
             let since = chrono::DateTime::parse_from_rfc3339(&t.received_at)

@@ -149,12 +149,7 @@ pub struct TicketRow {
 }
 
 fn ticket_row(t: &crate::store::TicketState) -> TicketRow {
-    let normalized: Value = serde_json::from_str(&t.normalized).unwrap_or(Value::Null);
-    let decision: Value = t
-        .decision
-        .as_deref()
-        .and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or(Value::Null);
+    let (normalized, decision) = t.parsed();
     let request = &normalized["request"];
     let text = |v: &Value| v.as_str().map(str::to_owned);
     TicketRow {

@@ -243,6 +243,19 @@ pub struct TicketState {
     pub decision: Option<String>,
 }
 
+impl TicketState {
+    /// The normalized JSON and the latest decision JSON, `null` where absent or unreadable.
+    pub fn parsed(&self) -> (serde_json::Value, serde_json::Value) {
+        let normalized = serde_json::from_str(&self.normalized).unwrap_or(serde_json::Value::Null);
+        let decision = self
+            .decision
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (normalized, decision)
+    }
+}
+
 /// Counts for progress reports and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {

@@ -91,28 +91,28 @@ async fn text_of(client: &Client, css: &str, what: &str, check: impl Fn(&str) ->
     panic!("{what}: {css} never matched; last text {last:?}")
 }
 
+/// Waits for the element, then clicks it.
+async fn click(client: &Client, locator: Locator<'_>, what: &str) {
+    client
+        .wait()
+        .for_element(locator)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {what}: {e}"));
+}
+
 async fn sign_in(client: &Client, console: &Console, token: &str) {
     client.goto(&format!("{}/ui", console.url)).await.expect("open the console");
     let field = client.wait().for_element(Locator::Id("token")).await.expect("token field");
     field.send_keys(token).await.expect("type the token");
-    client
-        .find(Locator::Id("login-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("sign in");
+    click(client, Locator::Id("login-button"), "button").await;
     text_of(client, "#who", "signed in", |t| !t.is_empty()).await;
 }
 
 async fn sign_out(client: &Client) {
-    client
-        .find(Locator::Id("logout"))
-        .await
-        .expect("sign out")
-        .click()
-        .await
-        .expect("click");
+    click(client, Locator::Id("logout"), "sign out").await;
     client.wait().for_element(Locator::Id("token")).await.expect("signed out");
 }
 
@@ -158,13 +158,7 @@ async fn the_console_in_a_real_browser() {
     shot(&client, "tickets").await;
 
     // Open a ticket: its timeline.
-    client
-        .find(Locator::Css("tr[data-number='RITM0010002'] a.ticket-link"))
-        .await
-        .expect("ticket link")
-        .click()
-        .await
-        .expect("open");
+    click(&client, Locator::Css("tr[data-number='RITM0010002'] a.ticket-link"), "ticket link").await;
     let timeline = text_of(&client, "#timeline", "timeline", |t| t.contains("comment_posted")).await;
     assert!(timeline.contains("decided") && timeline.contains("ticket_seen"), "{timeline}");
     shot(&client, "ticket").await;
@@ -181,14 +175,7 @@ async fn the_console_in_a_real_browser() {
 
     // A viewer's retry is refused, and nothing changes.
     client.goto(&format!("{}/ui#parked", console.url)).await.expect("parked");
-    client
-        .wait()
-        .for_element(Locator::Css("#parked button.retry"))
-        .await
-        .expect("retry button")
-        .click()
-        .await
-        .expect("click");
+    click(&client, Locator::Css("#parked button.retry"), "retry button").await;
     let flash = text_of(&client, "#flash", "refusal", |t| !t.is_empty()).await;
     assert!(flash.contains("Refused") && flash.contains("operator"), "{flash}");
     assert_eq!(console.app.store.parked().await.expect("parked").len(), 1);
@@ -198,14 +185,7 @@ async fn the_console_in_a_real_browser() {
     sign_out(&client).await;
     sign_in(&client, &console, &console.tokens.operator).await;
     client.goto(&format!("{}/ui#parked", console.url)).await.expect("parked");
-    client
-        .wait()
-        .for_element(Locator::Css("#parked button.retry"))
-        .await
-        .expect("retry button")
-        .click()
-        .await
-        .expect("click");
+    click(&client, Locator::Css("#parked button.retry"), "retry button").await;
     let flash = text_of(&client, "#flash", "retried", |t| t.contains("Queued again")).await;
     assert!(flash.contains("1 comment(s)"), "{flash}");
     assert!(console.app.store.parked().await.expect("parked").is_empty());
@@ -242,13 +222,7 @@ async fn the_console_in_a_real_browser() {
     text_of(&client, "#pg-stage", "complete", |t| t.contains("Reached: comment")).await;
     shot(&client, "playground").await;
     // The ticket with its expected output, as a fixture for tests/fixtures/expected.
-    client
-        .find(Locator::Id("pg-download-fixture"))
-        .await
-        .expect("download button")
-        .click()
-        .await
-        .expect("download");
+    click(&client, Locator::Id("pg-download-fixture"), "download button").await;
     let file = downloads.path().join("RITM0010002.expected.json");
     let mut fixture = None;
     for _ in 0..100 {
@@ -315,13 +289,7 @@ async fn sign_in_refused(client: &Client, console: &Console) {
     client.goto(&format!("{}/ui", console.url)).await.expect("open the console");
     let field = client.wait().for_element(Locator::Id("token")).await.expect("token field");
     field.send_keys("dbt_wrong").await.expect("type");
-    client
-        .find(Locator::Id("login-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click(client, Locator::Id("login-button"), "button").await;
     let error = text_of(client, "#login-error", "refusal", |t| !t.is_empty()).await;
     assert!(error.contains("not valid"), "{error}");
     shot(client, "login-refused").await;

@@ -20,6 +20,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `deskbridge serve --config config`, killed when dropped.
+fn serve(config: &std::path::Path) -> Killed {
+    Killed(
+        deskbridge()
+            .args(["serve", "--config"])
+            .arg(config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    )
+}
+
 fn connector_lines(sim: &Simulator, password: &str) -> String {
     format!(
         "base_url = \"{}\"\nlag_secs = 0\nauth = {{ type = \"basic\", username = \"{INTEGRATION_USER}\", password = \"{password}\" }}\n",
@@ -96,14 +108,7 @@ async fn metrics_move_as_work_flows() {
     let port = free_port();
     let tokens = super::tokens();
     let config = serve_config(dir.path(), &sim, None, port, &token_tables(&tokens));
-    let _serve = Killed(
-        deskbridge()
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve"),
-    );
+    let _serve = serve(&config);
     let base = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{base}/readyz"), None, "ready", |code, _| code == 200).await;
     // Not public unless configured.
@@ -220,14 +225,7 @@ async fn readiness_follows_the_store_and_the_credentials() {
     let tokens = super::tokens();
     let store = format!("url = \"{url}\"");
     let config = serve_config(dir.path(), &sim, Some(&store), port, &token_tables(&tokens));
-    let _serve = Killed(
-        deskbridge()
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve"),
-    );
+    let _serve = serve(&config);
     let base = format!("http://127.0.0.1:{port}");
     let ready = format!("{base}/readyz");
     let (_, body) = wait_for(&ready, None, "ready", |code, _| code == 200).await;

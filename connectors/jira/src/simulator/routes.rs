@@ -971,6 +971,58 @@ fn editable_fields(state: &State, fields: &Map<String, Value>, version: u8, skip
     }
 }
 
+/// The start of a write: the API version, a JSON object body, and the user's `permission`
+/// (refused with `refusal`, as Jira words it).
+fn write_request(
+    state: &State,
+    user: &User,
+    v: Option<&str>,
+    body: &[u8],
+    permission: &str,
+    refusal: &str,
+) -> Result<(u8, Map<String, Value>), Response> {
+    let version = match v {
+        Some(v) => version_of(v)?,
+        None => 2,
+    };
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
+        return Err(bad("The request body is not valid JSON."));
+    };
+    if !may(state, user, permission) {
+        return Err(error(StatusCode::FORBIDDEN, &[refusal], json!({})));
+    }
+    Ok((version, body))
+}
+
+/// A new issue from the fields a create gave (summary, description, custom fields by name).
+fn new_issue(
+    project: String,
+    issue_type: String,
+    reporter: String,
+    request_type: Option<String>,
+    values: Vec<(String, Value)>,
+) -> super::NewIssue {
+    let mut new = super::NewIssue {
+        project,
+        issue_type,
+        summary: String::new(),
+        description: String::new(),
+        reporter,
+        request_type,
+        custom: Vec::new(),
+        status: None,
+        updated_ms: None,
+    };
+    for (name, value) in values {
+        match name.as_str() {
+            "summary" => new.summary = value.as_str().unwrap_or_default().to_owned(),
+            "description" => new.description = value.as_str().unwrap_or_default().to_owned(),
+            _ => new.custom.push((name, value)),
+        }
+    }
+    new
+}
+
 fn created(state: &State, issue: &Issue) -> Response {
     (
         StatusCode::CREATED,
@@ -982,20 +1034,17 @@ fn created(state: &State, issue: &Issue) -> Response {
 /// `POST /rest/api/{2,3}/issue`: `{"fields": {"project": {"key"}, "issuetype": {"name"},
 /// "summary", "description", "customfield_…"}}`.
 async fn create_issue(AxState(state): AxState<Shared>, Extension(user): Extension<User>, Path(v): Path<String>, body: Bytes) -> Response {
-    let version = match version_of(&v) {
-        Ok(v) => v,
+    let (version, body) = match write_request(
+        &state,
+        &user,
+        Some(&v),
+        &body,
+        "CREATE_ISSUES",
+        "You do not have permission to create issues in this project.",
+    ) {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return bad("The request body is not valid JSON.");
-    };
-    if !may(&state, &user, "CREATE_ISSUES") {
-        return error(
-            StatusCode::FORBIDDEN,
-            &["You do not have permission to create issues in this project."],
-            json!({}),
-        );
-    }
     let Some(fields) = body.get("fields").and_then(Value::as_object) else {
         return bad("fields is required.");
     };
@@ -1033,25 +1082,7 @@ async fn create_issue(AxState(state): AxState<Shared>, Extension(user): Extensio
         .as_str()
         .or_else(|| field("reporter")["id"].as_str())
         .map_or_else(|| user.account_id.clone(), str::to_owned);
-    let mut new = super::NewIssue {
-        project,
-        issue_type,
-        summary: String::new(),
-        description: String::new(),
-        reporter,
-        request_type: None,
-        custom: Vec::new(),
-        status: None,
-        updated_ms: None,
-    };
-    for (name, value) in values {
-        match name.as_str() {
-            "summary" => new.summary = value.as_str().unwrap_or_default().to_owned(),
-            "description" => new.description = value.as_str().unwrap_or_default().to_owned(),
-            _ => new.custom.push((name, value)),
-        }
-    }
-    let issue = state.create(new);
+    let issue = state.create(new_issue(project, issue_type, reporter, None, values));
     created(&state, &issue)
 }
 
@@ -1063,20 +1094,17 @@ async fn edit_issue(
     Path((v, key)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let version = match version_of(&v) {
-        Ok(v) => v,
+    let (version, body) = match write_request(
+        &state,
+        &user,
+        Some(&v),
+        &body,
+        "EDIT_ISSUES",
+        "You do not have permission to edit issues in this project.",
+    ) {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return bad("The request body is not valid JSON.");
-    };
-    if !may(&state, &user, "EDIT_ISSUES") {
-        return error(
-            StatusCode::FORBIDDEN,
-            &["You do not have permission to edit issues in this project."],
-            json!({}),
-        );
-    }
     let empty = Map::new();
     let fields = body.get("fields").and_then(Value::as_object).unwrap_or(&empty);
     let values = match editable_fields(&state, fields, version, &[]) {
@@ -1097,12 +1125,17 @@ async fn edit_issue(
 /// JSM `POST /rest/servicedeskapi/request`: `{"serviceDeskId", "requestTypeId",
 /// "requestFieldValues": {"summary", "description", "customfield_…"}, "raiseOnBehalfOf"}`.
 async fn jsm_create_request(AxState(state): AxState<Shared>, Extension(user): Extension<User>, body: Bytes) -> Response {
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return bad("The request body is not valid JSON.");
+    let (_, body) = match write_request(
+        &state,
+        &user,
+        None,
+        &body,
+        "CREATE_ISSUES",
+        "You do not have permission to raise requests.",
+    ) {
+        Ok(r) => r,
+        Err(r) => return r,
     };
-    if !may(&state, &user, "CREATE_ISSUES") {
-        return error(StatusCode::FORBIDDEN, &["You do not have permission to raise requests."], json!({}));
-    }
     let body = Value::Object(body);
     let text = |v: &Value| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string()));
     if text(&body["serviceDeskId"]).as_deref() != Some("1") {
@@ -1123,25 +1156,13 @@ async fn jsm_create_request(AxState(state): AxState<Shared>, Extension(user): Ex
     let reporter = body["raiseOnBehalfOf"]
         .as_str()
         .map_or_else(|| user.account_id.clone(), str::to_owned);
-    let mut new = super::NewIssue {
-        project: super::SEEDED_PROJECT.into(),
-        issue_type: "Service Request".into(),
-        summary: String::new(),
-        description: String::new(),
+    let issue = state.create(new_issue(
+        super::SEEDED_PROJECT.into(),
+        "Service Request".into(),
         reporter,
-        request_type: Some(request_type),
-        custom: Vec::new(),
-        status: None,
-        updated_ms: None,
-    };
-    for (name, value) in values {
-        match name.as_str() {
-            "summary" => new.summary = value.as_str().unwrap_or_default().to_owned(),
-            "description" => new.description = value.as_str().unwrap_or_default().to_owned(),
-            _ => new.custom.push((name, value)),
-        }
-    }
-    let issue = state.create(new);
+        Some(request_type),
+        values,
+    ));
     let (type_id, _) = issue.request_type.clone().unwrap_or_default();
     (
         StatusCode::CREATED,
