@@ -137,6 +137,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "deskbridge serving");
+    if config.server.tokens.is_empty() {
+        let metrics = if config.server.metrics_public { "" } else { ", /metrics" };
+        tracing::warn!("no [[server.tokens]] configured: /status{metrics}, the admin API and the console refuse every request (`deskbridge token new` makes one)");
+    }
     let (tx, rx) = watch::channel(false);
     let wake = Arc::new(tokio::sync::Notify::new());
     let app = crate::server::app(pipeline.clone(), wake.clone(), crate::server::Options::from_config(&config));
