@@ -2,7 +2,7 @@
 //! described by an OpenAPI document generated from these handlers at `/api/openapi.json`.
 //! Operator actions are written to the audit log with who asked.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -169,11 +169,45 @@ fn ticket_row(t: &crate::store::TicketState) -> TicketRow {
     }
 }
 
-/// Every ticket deskbridge has read, with its state and latest outcome.
-#[utoipa::path(get, path = "/api/tickets", responses((status = 200, body = [TicketRow]), (status = 401, description = "no valid token")))]
-async fn tickets(State(state): State<AppState>, _caller: Viewer) -> ApiResult<Vec<TicketRow>> {
-    let states = state.pipeline.store().ticket_states().await?;
-    Ok(Json(states.iter().map(ticket_row).collect()))
+/// Which tickets to list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TicketQuery {
+    /// Only tickets whose number, key or request contains this (any case).
+    #[serde(default)]
+    pub q: String,
+    /// At most this many (default 500, at most 5,000).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// Skip this many first.
+    #[serde(default)]
+    pub offset: Option<i64>,
+}
+
+/// A page of tickets.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TicketList {
+    /// The tickets, by connector then number.
+    pub tickets: Vec<TicketRow>,
+    /// Where this page starts.
+    pub offset: i64,
+    /// Whether more tickets match after this page.
+    pub more: bool,
+}
+
+/// Tickets deskbridge has read, with their state and latest outcome: a page, filtered in SQL.
+#[utoipa::path(get, path = "/api/tickets", params(TicketQuery), responses((status = 200, body = TicketList), (status = 401, description = "no valid token")))]
+async fn tickets(State(state): State<AppState>, _caller: Viewer, Query(query): Query<TicketQuery>) -> ApiResult<TicketList> {
+    let limit = query.limit.unwrap_or(500).clamp(1, 5000);
+    let offset = query.offset.unwrap_or(0).max(0);
+    let mut states = state.pipeline.store().ticket_page(query.q.trim(), limit + 1, offset).await?;
+    let more = states.len() as i64 > limit;
+    states.truncate(limit as usize);
+    Ok(Json(TicketList {
+        tickets: states.iter().map(ticket_row).collect(),
+        offset,
+        more,
+    }))
 }
 
 /// One step of a ticket's timeline.
@@ -242,7 +276,7 @@ async fn ticket(State(state): State<AppState>, _caller: Viewer, Path((connector,
         })
         .collect();
     let listed = store
-        .ticket_states()
+        .ticket_page(&key, 50, 0)
         .await?
         .iter()
         .find(|t| t.connector == connector && t.ticket_key == key)

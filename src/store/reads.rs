@@ -153,14 +153,32 @@ impl Store {
     /// The latest normalized state of every ticket with its latest decision (for reports and
     /// the demo table; a ticket not yet normalized is left out).
     pub async fn ticket_states(&self) -> anyhow::Result<Vec<TicketState>> {
+        self.ticket_page("", i64::MAX, 0).await
+    }
+
+    /// A page of [`Store::ticket_states`] in the same order: `limit` tickets after `offset`,
+    /// only those whose number, key or normalized request contains `search` (any case; all when
+    /// empty). The filter and the page run in SQL.
+    pub async fn ticket_page(&self, search: &str, limit: i64, offset: i64) -> anyhow::Result<Vec<TicketState>> {
+        let pattern = format!(
+            "%{}%",
+            search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+        );
         Ok(sqlx::query_as(
             "SELECT i.connector, i.ticket_key, i.number, i.url, i.status, i.normalized, i.received_at, i.attempts,
                     (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision
              FROM inbox i
              WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
                            AND j.normalized IS NOT NULL AND j.status != 'stale')
-             ORDER BY i.connector, i.number",
+               AND ($1 = '' OR LOWER(i.number) LIKE $2 ESCAPE '\\' OR LOWER(i.ticket_key) LIKE $2 ESCAPE '\\'
+                    OR LOWER(i.normalized) LIKE $2 ESCAPE '\\')
+             ORDER BY i.connector, i.number
+             LIMIT $3 OFFSET $4",
         )
+        .bind(search)
+        .bind(pattern)
+        .bind(limit)
+        .bind(offset)
         .fetch_all(&self.pool)
         .await?)
     }

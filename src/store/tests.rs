@@ -270,3 +270,27 @@ async fn sqlite_runs_in_wal_mode_with_normal_sync() {
         .expect("pragma");
     assert_eq!((sync, mode.as_str(), busy), (1, "wal", 10_000));
 }
+
+on_both!(tickets_page_and_search_in_sql_with_literal_wildcards, ticket_page);
+async fn ticket_page(backend: Backend) {
+    let (store, _dir) = store(backend).await;
+    store
+        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &Cursor::start())
+        .await
+        .expect("ingest");
+    for (key, normalized) in [("a", r#"{"system": "Payroll_EU"}"#), ("b", r#"{"system": "payrollXeu 100%"}"#)] {
+        sqlx::query("UPDATE inbox SET normalized = $1, status = 'decided' WHERE ticket_key = $2")
+            .bind(normalized)
+            .bind(key)
+            .execute(store.pool())
+            .await
+            .expect("normalize");
+    }
+    let keys = |page: Vec<crate::store::TicketState>| page.into_iter().map(|t| t.ticket_key).collect::<Vec<_>>();
+    assert_eq!(keys(store.ticket_page("", 10, 0).await.expect("page")), ["a", "b"]);
+    assert_eq!(keys(store.ticket_page("", 1, 1).await.expect("page")), ["b"]);
+    assert_eq!(keys(store.ticket_page("payroll_eu", 10, 0).await.expect("page")), ["a"]);
+    assert_eq!(keys(store.ticket_page("100%", 10, 0).await.expect("page")), ["b"]);
+    assert_eq!(keys(store.ticket_page("N-B", 10, 0).await.expect("page")), ["b"]);
+    assert_eq!(store.backlog().await.expect("backlog"), crate::store::Backlog::default());
+}

@@ -237,6 +237,17 @@ async fn webhooks_are_verified_deduplicated_and_re_fetched() {
     let junk = br#"{"issue": {}}"#;
     let (status, _) = post(&env.hook_url, junk, &[("X-Hub-Signature", sign(SECRET, junk))]).await;
     assert_eq!(status, 400);
+    // Each delivery's result is counted (the metrics are the process's: other tests add to them).
+    let metrics = deskbridge::metrics::global().encode();
+    for result in ["accepted", "duplicate", "refused", "unreadable"] {
+        let line = format!("deskbridge_webhook_deliveries_total{{connector=\"jsm\",result=\"{result}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(count >= 1.0, "{result}: {metrics}");
+    }
 
     // The pipeline decides what the webhooks stored; polling then finds nothing new to decide.
     let report = env.pipeline.run_once().await.expect("pass");

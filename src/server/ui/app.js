@@ -107,24 +107,34 @@ function route() {
 // ---- tickets -------------------------------------------------------------------------------
 
 async function showTickets(target) {
-  const rows = await api("/tickets");
-  const filter = el("input", { id: "ticket-filter", type: "search", placeholder: "Filter by number, person, system, outcome…", size: 40 });
+  let page = await api("/tickets?limit=500");
+  const filter = el("input", { id: "ticket-filter", type: "search", placeholder: "Search number, person, system, entitlement…", size: 40 });
+  const title = el("h1", {});
+  const note = el("p", { class: "stage" });
   const body = el("tbody");
   const draw = () => {
-    const q = filter.value.trim().toLowerCase();
+    const rows = page.tickets;
+    title.textContent = "Tickets (" + rows.length + (page.more ? "+" : "") + ")";
+    note.textContent = page.more ? "Showing the first " + rows.length + "; search to narrow them down." : "";
     body.replaceChildren(...rows
-      .filter((r) => !q || [r.number, r.connector, r.state, r.outcome, r.requester, r.beneficiary, r.system, r.entitlement].some((v) => v && String(v).toLowerCase().includes(q)))
       .map((r) => el("tr", { class: "clickable", "data-number": r.number, onclick: () => { location.hash = "#ticket/" + encodeURIComponent(r.connector) + "/" + encodeURIComponent(r.key); } },
         el("td", {}, el("a", { href: "#ticket/" + encodeURIComponent(r.connector) + "/" + encodeURIComponent(r.key), class: "ticket-link" }, r.number)),
         el("td", {}, r.connector), el("td", {}, r.state), el("td", {}, badge(r.outcome)),
         el("td", {}, r.beneficiary || ""), el("td", {}, r.system || ""), el("td", {}, r.entitlement || ""),
         el("td", { class: "stage" }, r.received_at))));
   };
-  filter.addEventListener("input", draw);
+  let timer = null;
+  filter.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      page = await api("/tickets?limit=500&q=" + encodeURIComponent(filter.value.trim()));
+      draw();
+    }, 250);
+  });
   draw();
   target.replaceChildren(
-    el("h1", {}, "Tickets (" + rows.length + ")"),
-    el("div", { class: "toolbar" }, filter),
+    title,
+    el("div", { class: "toolbar" }, filter, note),
     el("table", { id: "tickets" }, el("thead", {}, el("tr", {}, ["Ticket", "Connector", "State", "Outcome", "Beneficiary", "System", "Entitlement", "Received"].map((h) => el("th", {}, h)))), body));
 }
 
@@ -238,7 +248,8 @@ function download(name, type, text) {
 }
 
 async function showPlayground(target) {
-  const [mappings, tickets] = await Promise.all([api("/mappings"), api("/tickets")]);
+  const [mappings, listed] = await Promise.all([api("/mappings"), api("/tickets?limit=1000")]);
+  const tickets = listed.tickets;
   if (!mappings.length) { target.replaceChildren(el("p", {}, "No connector is configured.")); return; }
   const connector = el("select", { id: "pg-connector" }, mappings.map((m) => el("option", { value: m.connector }, m.connector + " (" + m.kind + ")")));
   const ticketSel = el("select", { id: "pg-ticket" }, el("option", { value: "" }, "— paste a ticket below —"));

@@ -277,3 +277,45 @@ async fn readiness_names_a_decision_point_that_fails() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn tickets_are_paged_and_searched_in_the_store() {
+    let console = Console::start().await;
+    let list = |query: &'static str| {
+        let console = &console;
+        async move {
+            console
+                .client()
+                .get(format!("{}/api/tickets{query}", console.url))
+                .bearer_auth(&console.tokens.viewer)
+                .send()
+                .await
+                .expect("tickets")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let numbers = |v: &Value| -> Vec<String> {
+        v["tickets"]
+            .as_array()
+            .expect("tickets")
+            .iter()
+            .map(|t| t["number"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let all = list("").await;
+    assert_eq!(numbers(&all).len(), 7);
+    assert_eq!(all["more"], false);
+    let first = list("?limit=2").await;
+    assert_eq!(numbers(&first), numbers(&all)[..2]);
+    assert_eq!(first["more"], true);
+    let next = list("?limit=2&offset=2").await;
+    assert_eq!(numbers(&next), numbers(&all)[2..4]);
+    // Any case, any part of the number, key or request; wildcards are literal.
+    assert_eq!(numbers(&list("?q=ritm0010002").await), vec!["RITM0010002"]);
+    assert_eq!(numbers(&list("?q=FI_POSTING").await), vec!["RITM0010002"]);
+    // As wildcards these would match RITM0010002.
+    assert!(numbers(&list("?q=RITM001%25002").await).is_empty());
+    assert!(numbers(&list("?q=RITM001_002").await).is_empty());
+}
