@@ -70,7 +70,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// An error answer: `{"error": "..."}`.
-pub(super) struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl ApiError {
     pub(super) fn internal(e: &anyhow::Error) -> Self {
@@ -100,6 +100,48 @@ impl From<anyhow::Error> for ApiError {
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// A JSON body whose rejection (not JSON, wrong content type, wrong shape) answers like every
+/// other API error: `{"error": …}` with 400 or 415.
+pub(super) struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let value = match Json::<Value>::from_request(request, state).await {
+            Ok(Json(value)) => value,
+            Err(rejection) => {
+                let status = match rejection.status() {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return Err(ApiError(status, rejection.body_text()));
+            }
+        };
+        // serde would also read a struct from an array; the API takes objects only.
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(format!("the body does not match: {e}")))
+    }
+}
+
+/// Query parameters whose rejection answers `{"error": …}` with 400.
+pub(super) struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Self(q))
+            .map_err(|r| ApiError(StatusCode::BAD_REQUEST, r.body_text()))
+    }
+}
 
 async fn openapi_json(_caller: Viewer) -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
@@ -196,8 +238,8 @@ pub struct TicketList {
 }
 
 /// Tickets deskbridge has read, with their state and latest outcome: a page, filtered in SQL.
-#[utoipa::path(get, path = "/api/tickets", params(TicketQuery), responses((status = 200, body = TicketList), (status = 401, description = "no valid token")))]
-async fn tickets(State(state): State<AppState>, _caller: Viewer, Query(query): Query<TicketQuery>) -> ApiResult<TicketList> {
+#[utoipa::path(get, path = "/api/tickets", params(TicketQuery), responses((status = 200, body = TicketList), (status = 400, description = "a parameter that does not parse"), (status = 401, description = "no valid token")))]
+async fn tickets(State(state): State<AppState>, _caller: Viewer, ApiQuery(query): ApiQuery<TicketQuery>) -> ApiResult<TicketList> {
     let limit = query.limit.unwrap_or(500).clamp(1, 5000);
     let offset = query.offset.unwrap_or(0).max(0);
     let mut states = state.pipeline.store().ticket_page(query.q.trim(), limit + 1, offset).await?;
@@ -309,7 +351,7 @@ pub struct Redecided {
     post,
     path = "/api/tickets/{connector}/{key}/redecide",
     params(("connector" = String, Path, description = "connector instance"), ("key" = String, Path, description = "ticket key")),
-    responses((status = 200, body = Redecided), (status = 403, description = "needs the operator role"), (status = 404, description = "no such ticket"), (status = 503, description = "the ITSM could not be read"))
+    responses((status = 200, body = Redecided), (status = 401, description = "no valid token"), (status = 403, description = "needs the operator role"), (status = 404, description = "no such ticket"), (status = 503, description = "the ITSM could not be read"))
 )]
 async fn redecide(
     State(state): State<AppState>,
@@ -503,12 +545,12 @@ pub struct RetryRequest {
     post,
     path = "/api/parked/retry",
     request_body = RetryRequest,
-    responses((status = 200, body = crate::store::Retried), (status = 403, description = "needs the operator role"), (status = 401, description = "no valid token"))
+    responses((status = 200, body = crate::store::Retried), (status = 400, description = "a body that is not this JSON"), (status = 401, description = "no valid token"), (status = 403, description = "needs the operator role"), (status = 415, description = "the body is not application/json"))
 )]
 async fn retry(
     State(state): State<AppState>,
     Operator(caller): Operator,
-    Json(request): Json<RetryRequest>,
+    ApiJson(request): ApiJson<RetryRequest>,
 ) -> ApiResult<crate::store::Retried> {
     let retried = state
         .pipeline

@@ -241,8 +241,8 @@ pub struct Status {
     pub catalog: Option<String>,
     /// The directory in use.
     pub directory: Option<String>,
-    /// The last pass of this process.
-    #[schema(value_type = Object)]
+    /// The last pass of this process (null before the first).
+    #[schema(value_type = Option<Object>)]
     pub last_pass: serde_json::Value,
     /// Unfinished work (counted over the unfinished rows only).
     pub backlog: Option<crate::store::Backlog>,

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::api::ApiError;
+use super::api::{ApiError, ApiJson};
 use super::auth::Viewer;
 use super::AppState;
 use crate::mapping::Mapping;
@@ -48,15 +48,15 @@ pub struct Preview {
     /// Every problem in the mapping text (empty when it compiles).
     pub mapping_errors: Vec<MappingProblem>,
     /// The mapping's result: an access request, incomplete (with every missing field), or not an access request.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub normalized: Option<Value>,
     /// The request as the policy sees it, with the catalog's and directory's facts.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub enriched: Option<Value>,
     /// Why the facts could not be gathered (a real pass would leave the request pending).
     pub enrichment_error: Option<String>,
     /// The decision.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub decision: Option<Value>,
     /// Why the decision point did not decide (a real pass would leave the request pending).
     pub decision_error: Option<String>,
@@ -94,16 +94,16 @@ fn problem(text: &str) -> MappingProblem {
     post,
     path = "/api/preview",
     request_body = PreviewRequest,
-    responses((status = 200, body = Preview), (status = 400, description = "no such connector, or the ticket is not a JSON object"), (status = 401, description = "no valid token"))
+    responses((status = 200, body = Preview), (status = 400, description = "a ticket that is not a JSON object, or a body that is not this JSON"), (status = 404, description = "no such connector"), (status = 401, description = "no valid token"), (status = 415, description = "the body is not application/json"))
 )]
 pub(super) async fn preview(
     State(state): State<AppState>,
     _caller: Viewer,
-    Json(request): Json<PreviewRequest>,
+    ApiJson(request): ApiJson<PreviewRequest>,
 ) -> Result<Json<Preview>, ApiError> {
     let pipeline = &state.pipeline;
     let Some(instance) = pipeline.instance(&request.connector) else {
-        return Err(ApiError::bad_request(format!("no connector {:?}", request.connector)));
+        return Err(ApiError::not_found(format!("no connector {:?}", request.connector)));
     };
     let ticket = crate::commands::ticket_from_value(request.ticket, &request.connector)
         .map_err(|e| ApiError::bad_request(format!("ticket: {e:#}")))?;

@@ -319,3 +319,45 @@ async fn tickets_are_paged_and_searched_in_the_store() {
     assert!(numbers(&list("?q=RITM001%25002").await).is_empty());
     assert!(numbers(&list("?q=RITM001_002").await).is_empty());
 }
+
+/// schemathesis generates requests from `/api/openapi.json` (valid and invalid ones) and checks
+/// every answer against the document: status codes, bodies, content types, no server error.
+/// `.ci/schemathesis` installs it; set `DESKBRIDGE_SCHEMATHESIS` to its path.
+#[tokio::test]
+async fn the_api_answers_as_its_openapi_document_says() {
+    let exe = std::env::var("DESKBRIDGE_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let console = Console::start().await;
+    let doc = console
+        .client()
+        .get(format!("{}/api/openapi.json", console.url))
+        .bearer_auth(&console.tokens.operator)
+        .send()
+        .await
+        .expect("document")
+        .text()
+        .await
+        .expect("text");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, doc).expect("write");
+    let (url, token) = (console.url.clone(), console.tokens.operator.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&exe)
+            .arg("run")
+            .arg(&path)
+            .args(["--url", &url, "--max-examples", "40", "--no-color"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .current_dir(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("schemathesis is not installed ({exe}: {e}); run .ci/schemathesis or set DESKBRIDGE_SCHEMATHESIS"))
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the API does not answer as its document says:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("generated") && !stdout.contains("failed"), "{stdout}");
+}
