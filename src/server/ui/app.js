@@ -255,7 +255,7 @@ async function showPlayground(target) {
   const ticketSel = el("select", { id: "pg-ticket" }, el("option", { value: "" }, "— paste a ticket below —"));
   const gutter = el("div", { class: "gutter", id: "pg-gutter" });
   const mapping = el("textarea", { id: "pg-mapping", spellcheck: "false", wrap: "off", "aria-label": "Mapping (TOML)" });
-  const ticketText = el("textarea", { id: "pg-ticket-json", spellcheck: "false", rows: 12, "aria-label": "Ticket JSON", style: "width:100%" });
+  const ticketText = el("textarea", { id: "pg-ticket-json", spellcheck: "false", rows: 12, "aria-label": "Ticket JSON" });
   const out = {
     stage: el("p", { id: "pg-stage", class: "stage" }),
     problems: el("ul", { id: "pg-errors", class: "problems" }),
@@ -275,6 +275,9 @@ async function showPlayground(target) {
     mapping.value = m ? m.text : "";
   };
   const drawGutter = (bad) => {
+    // The textarea grows with its text, so the editor scrolls it and its line numbers together.
+    mapping.style.height = "auto";
+    mapping.style.height = mapping.scrollHeight + "px";
     const n = mapping.value.split("\n").length;
     gutter.replaceChildren(...Array.from({ length: n }, (_, i) => el("div", bad.has(i + 1) ? { class: "bad" } : {}, String(i + 1))));
   };
@@ -311,7 +314,6 @@ async function showPlayground(target) {
   let timer = null;
   const soon = () => { clearTimeout(timer); timer = setTimeout(run, 250); };
   mapping.addEventListener("input", () => { drawGutter(new Set()); soon(); });
-  mapping.addEventListener("scroll", () => { gutter.scrollTop = mapping.scrollTop; });
   ticketText.addEventListener("input", soon);
   connector.addEventListener("change", () => { setMapping(); fillTickets(); drawGutter(new Set()); soon(); });
   ticketSel.addEventListener("change", async () => { await loadTicket(); soon(); });
