@@ -179,14 +179,7 @@ async fn the_mapping_preview_writes_nothing_and_points_at_the_line() {
     assert!(incomplete["comment"].as_str().expect("comment").contains("MORE INFORMATION"));
     // Nothing stored, nothing written to the ITSM.
     assert_eq!(snapshot(&console).await, before);
-    let writes: Vec<String> = console
-        .app
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method != "GET")
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let writes = super::writes(&console.app.sim.requests());
     assert!(writes.is_empty(), "{writes:?}");
 }
 

@@ -13,6 +13,15 @@ use deskbridge::config::{ApiToken, Role};
 
 use crate::helpers::TestApp;
 
+/// Every request in `requests` that could change something (`METHOD path`).
+pub fn writes(requests: &[deskbridge_connector::simkit::RecordedRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
 /// A viewer and an operator token with their config entries.
 pub struct Tokens {
     pub viewer: String,

@@ -32,6 +32,19 @@ fn serve(config: &std::path::Path) -> Killed {
     )
 }
 
+/// `deskbridge config check --config config`.
+async fn config_check(config: std::path::PathBuf) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        deskbridge()
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join")
+}
+
 fn connector_lines(sim: &Simulator, password: &str) -> String {
     format!(
         "base_url = \"{}\"\nlag_secs = 0\nauth = {{ type = \"basic\", username = \"{INTEGRATION_USER}\", password = \"{password}\" }}\n",
@@ -343,18 +356,7 @@ async fn config_check_checks_everything_and_posts_nothing() {
         ),
     )
     .expect("write");
-    let check = |config: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || {
-            deskbridge()
-                .args(["config", "check", "--config"])
-                .arg(&config)
-                .output()
-                .expect("runs")
-        })
-        .await
-        .expect("join")
-    };
-    let out = check(good.clone()).await;
+    let out = config_check(good.clone()).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for line in [
@@ -369,7 +371,7 @@ async fn config_check_checks_everything_and_posts_nothing() {
     }
     let bad_dir = tempfile::tempdir().expect("dir");
     let bad = write_config(bad_dir.path(), None, &connector_lines(&sim, "wrong"));
-    let out = check(bad).await;
+    let out = config_check(bad).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -377,12 +379,7 @@ async fn config_check_checks_everything_and_posts_nothing() {
         "{stdout}"
     );
     assert!(!stdout.contains("wrong"), "{stdout}");
-    let writes: Vec<String> = sim
-        .requests()
-        .iter()
-        .filter(|r| r.method != "GET")
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let writes = super::writes(&sim.requests());
     assert!(writes.is_empty(), "config check wrote to the ITSM: {writes:?}");
 }
 
@@ -417,15 +414,7 @@ async fn simulate_writes_a_config_that_passes_every_check() {
         assert!(printed.contains(what), "{what}: {printed}");
     }
     let config = dir.path().join("deskbridge.toml");
-    let out = tokio::task::spawn_blocking(move || {
-        deskbridge()
-            .args(["config", "check", "--config"])
-            .arg(&config)
-            .output()
-            .expect("runs")
-    })
-    .await
-    .expect("join");
+    let out = config_check(config).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for line in [
