@@ -127,10 +127,13 @@ async fn metrics_move_as_work_flows() {
     // Not public unless configured.
     let (code, _) = get(&format!("{base}/metrics"), None).await.expect("answer");
     assert_eq!(code, 401);
-    let (_, before) = get(&format!("{base}/metrics"), Some(&tokens.viewer)).await.expect("metrics");
+    // Ready means the first poll succeeded; the pass it belongs to ends a moment later.
+    let (_, before) = wait_for(&format!("{base}/metrics"), Some(&tokens.viewer), "a first pass", |_, m| {
+        sample(m, "deskbridge_passes_total", &[]) >= 1.0
+    })
+    .await;
     assert_eq!(sample(&before, "deskbridge_tickets_read_total", &[]), 0.0, "{before}");
     assert_eq!(sample(&before, "deskbridge_decisions_total", &[]), 0.0);
-    assert!(sample(&before, "deskbridge_passes_total", &[]) >= 1.0, "{before}");
     let polls_before = sample(
         &before,
         "deskbridge_itsm_responses_total",
