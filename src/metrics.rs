@@ -208,21 +208,15 @@ impl Metrics {
         };
         self.decision_latency.get_or_create(&label).observe(elapsed.as_secs_f64());
         match outcome {
-            Ok(outcome) => {
-                self.decisions
-                    .get_or_create(&DecisionLabels {
-                        decision_point: decision_point.to_owned(),
-                        outcome: outcome.to_owned(),
-                    })
-                    .inc();
-            }
+            Ok(outcome) => self.own_decision(decision_point, outcome),
             Err(()) => {
                 self.decision_failures.get_or_create(&label).inc();
             }
         }
     }
 
-    /// A decision deskbridge made itself (a needs-info for missing fields).
+    /// A decision counted by its maker: the decision point, or deskbridge itself (a needs-info
+    /// for missing fields, which is not timed).
     pub fn own_decision(&self, decision_point: &str, outcome: &str) {
         self.decisions
             .get_or_create(&DecisionLabels {

@@ -106,7 +106,7 @@ pub struct ConnectorState {
     pub last_success: Option<chrono::DateTime<chrono::Utc>>,
     /// When a poll last reached the end of the connector's changes.
     pub caught_up_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Seconds since then.
+    /// Seconds since then (computed when read).
     pub lag_secs: Option<f64>,
     /// The last poll's error, when the last poll failed (cleared by a successful one).
     pub last_error: Option<String>,
@@ -316,7 +316,6 @@ impl Pipeline {
                 }
             }
         }
-        self.refresh_lag();
         Ok(())
     }
 
@@ -328,29 +327,29 @@ impl Pipeline {
         }
     }
 
-    /// Recomputes every connector's poll lag (now − when its poll last caught up).
-    fn refresh_lag(&self) {
-        let now = chrono::Utc::now();
-        if let Ok(mut states) = self.states.lock() {
-            for (id, state) in states.iter_mut() {
-                if let Some(at) = state.caught_up_at {
-                    let lag = (now - at).to_std().unwrap_or_default();
-                    state.lag_secs = Some(lag.as_secs_f64());
-                    crate::metrics::global().poll_lag(id, lag);
-                }
+    /// Sets every connector's poll-lag gauge (now − when its poll last caught up); `/metrics`
+    /// calls it before rendering, so the gauge is as of the scrape.
+    pub fn refresh_lag(&self) {
+        for (id, state) in self.connector_states() {
+            if let Some(lag) = state.lag_secs {
+                crate::metrics::global().poll_lag(&id, Duration::from_secs_f64(lag));
             }
         }
     }
 
-    /// Every connector instance's state, in configuration order.
+    /// Every connector instance's state, in configuration order, with its lag as of now.
     pub fn connector_states(&self) -> Vec<(String, ConnectorState)> {
-        self.refresh_lag();
         let Ok(states) = self.states.lock() else {
             return Vec::new();
         };
+        let now = chrono::Utc::now();
         self.order
             .iter()
-            .filter_map(|id| states.get(id).map(|s| (id.clone(), s.clone())))
+            .filter_map(|id| {
+                let mut state = states.get(id)?.clone();
+                state.lag_secs = state.caught_up_at.map(|at| (now - at).to_std().unwrap_or_default().as_secs_f64());
+                Some((id.clone(), state))
+            })
             .collect()
     }
 
@@ -407,9 +406,7 @@ impl Pipeline {
         let mut report = Report::default();
         self.beat();
         self.poll(&mut report).await?;
-        self.beat();
         self.decide_all(&mut report).await?;
-        self.beat();
         self.post_all(&mut report).await?;
         self.beat();
         let metrics = crate::metrics::global();
@@ -440,7 +437,6 @@ impl Pipeline {
                 report.contended,
                 report.parked,
             );
-            self.beat();
             self.decide_due(report, &pass_start).await?;
             if self.stopping()
                 || (
@@ -461,7 +457,6 @@ impl Pipeline {
         let pass_start = crate::store::now();
         loop {
             let before = (report.posted, report.failed_posts, report.parked);
-            self.beat();
             self.post_due(report, &pass_start).await?;
             if self.stopping() || (report.posted, report.failed_posts, report.parked) == before {
                 return Ok(());

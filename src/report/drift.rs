@@ -62,11 +62,16 @@ fn itsm_says_approved(ctx: &Value) -> bool {
 
 /// Every finding, sorted by kind then ticket.
 pub async fn drift(store: &Store, options: &Options) -> anyhow::Result<Vec<Finding>> {
+    drift_of(store, &store.ticket_states().await?, options).await
+}
+
+/// [`drift`] over ticket states the caller already read ([`Store::ticket_states`]).
+pub async fn drift_of(store: &Store, states: &[crate::store::TicketState], options: &Options) -> anyhow::Result<Vec<Finding>> {
     let mut findings = Vec::new();
     let mut repeats: BTreeMap<(String, String, String, String), Vec<String>> = BTreeMap::new();
     let now = chrono::Utc::now();
     let sla = chrono::Duration::from_std(options.sla).unwrap_or(chrono::Duration::MAX);
-    for t in store.ticket_states().await? {
+    for t in states {
         let mut add = |kind: &'static str, detail: String| {
             findings.push(Finding {
                 kind,

@@ -317,12 +317,7 @@ async fn ticket(State(state): State<AppState>, _caller: Viewer, Path((connector,
             }
         })
         .collect();
-    let listed = store
-        .ticket_page(&key, 50, 0)
-        .await?
-        .iter()
-        .find(|t| t.connector == connector && t.ticket_key == key)
-        .map(ticket_row);
+    let listed = store.ticket_state(&connector, &key).await?.as_ref().map(ticket_row);
     Ok(Json(TicketDetail {
         ticket: listed,
         number: row.number.clone(),
@@ -423,7 +418,8 @@ pub struct DriftReport {
 #[utoipa::path(get, path = "/api/reports/drift", responses((status = 200, body = DriftReport), (status = 401, description = "no valid token")))]
 async fn drift(State(state): State<AppState>, _caller: Viewer) -> ApiResult<DriftReport> {
     let store = state.pipeline.store();
-    let findings = crate::report::drift::drift(store, &crate::report::drift::Options::default()).await?;
+    let states = store.ticket_states().await?;
+    let findings = crate::report::drift::drift_of(store, &states, &crate::report::drift::Options::default()).await?;
     crate::metrics::global().findings(&findings);
     let by_kind = crate::report::drift::KINDS
         .iter()
@@ -432,7 +428,7 @@ async fn drift(State(state): State<AppState>, _caller: Viewer) -> ApiResult<Drif
             count: findings.iter().filter(|f| f.kind == *k).count(),
         })
         .collect();
-    let rows: Vec<TicketRow> = store.ticket_states().await?.iter().map(ticket_row).collect();
+    let rows: Vec<TicketRow> = states.iter().map(ticket_row).collect();
     Ok(Json(DriftReport {
         findings,
         by_kind,

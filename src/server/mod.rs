@@ -140,7 +140,9 @@ pub struct Readiness {
     pub checks: Vec<Check>,
 }
 
-async fn readiness(pipeline: &Pipeline) -> Readiness {
+/// Every readiness check; `halts` are the store's halted connectors (read by the caller, which
+/// may need them too).
+async fn readiness(pipeline: &Pipeline, halts: &[crate::store::Halt]) -> Readiness {
     let mut checks = Vec::new();
     let store = pipeline.store().ping(Duration::from_secs(2)).await;
     checks.push(Check {
@@ -180,7 +182,6 @@ async fn readiness(pipeline: &Pipeline) -> Readiness {
             });
         }
     }
-    let halts = pipeline.store().halts().await.unwrap_or_default();
     for (id, state) in pipeline.connector_states() {
         let halt = halts.iter().find(|h| h.connector == id);
         let (ok, detail) = connector_readiness(&state, halt);
@@ -221,7 +222,9 @@ fn connector_readiness(state: &ConnectorState, halt: Option<&crate::store::Halt>
 /// Readiness: 200 when the store answers, the policy and catalog are loaded and every
 /// connector's last poll succeeded; 503 with the reasons otherwise.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let ready = readiness(&state.pipeline).await;
+    // An unreachable store fails the store check; its halts then count as none.
+    let halts = state.pipeline.store().halts().await.unwrap_or_default();
+    let ready = readiness(&state.pipeline, &halts).await;
     let code = if ready.ready {
         StatusCode::OK
     } else {
@@ -271,7 +274,7 @@ pub(crate) async fn status_of(pipeline: &Pipeline) -> anyhow::Result<Status> {
     let parked = store.parked().await?;
     let halts = store.halts().await?;
     let backlog = store.backlog().await?;
-    let ready = readiness(pipeline).await.ready;
+    let ready = readiness(pipeline, &halts).await.ready;
     let connectors = pipeline
         .connector_states()
         .into_iter()
@@ -308,14 +311,11 @@ async fn status(State(state): State<AppState>, _caller: Viewer) -> Result<Json<S
 }
 
 /// Prometheus text format; needs a viewer token unless `server.metrics_public`.
-async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if !state.metrics_public {
-        let mut parts = axum::http::Request::new(()).into_parts().0;
-        parts.headers = headers;
-        if let Err(refused) = <Viewer as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state).await {
-            return refused.into_response();
-        }
+async fn metrics(State(state): State<AppState>, caller: Result<Viewer, auth::Refused>) -> Response {
+    if let (false, Err(refused)) = (state.metrics_public, caller) {
+        return refused.into_response();
     }
+    state.pipeline.refresh_lag();
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -337,11 +337,14 @@ async fn webhook(
     body: axum::body::Bytes,
 ) -> (StatusCode, &'static str) {
     let (code, text, result) = take_delivery(&state, &id, &headers, &body).await;
-    if state.pipeline.instance(&id).is_some() {
+    // An id that names no connector is not counted: the label set stays the configured ones.
+    if result != UNKNOWN_CONNECTOR {
         crate::metrics::global().webhook(&id, result);
     }
     (code, text)
 }
+
+const UNKNOWN_CONNECTOR: &str = "unknown_connector";
 
 async fn take_delivery(
     state: &AppState,
@@ -350,7 +353,7 @@ async fn take_delivery(
     body: &[u8],
 ) -> (StatusCode, &'static str, &'static str) {
     let Some(instance) = state.pipeline.instance(id) else {
-        return (StatusCode::NOT_FOUND, "no such connector\n", "unknown_connector");
+        return (StatusCode::NOT_FOUND, "no such connector\n", UNKNOWN_CONNECTOR);
     };
     let connector = instance.connector.clone();
     let Some(verifier) = connector.webhook() else {

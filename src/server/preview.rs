@@ -128,14 +128,11 @@ pub(super) async fn preview(
     let normalized = mapping.normalize(&ticket);
     out.normalized = Some(serde_json::to_value(&normalized).map_err(|e| ApiError::internal(&e.into()))?);
     out.reached = "normalized".into();
-    let decided = match &normalized {
+    let (decided, request) = match normalized {
         Normalized::NotAnAccessRequest { .. } => return Ok(Json(out)),
-        Normalized::Incomplete { problems, .. } => {
-            out.reached = "decision".into();
-            crate::pipeline::decide::incomplete_decision(mapping, problems)
-        }
+        Normalized::Incomplete { problems, .. } => (crate::pipeline::decide::incomplete_decision(mapping, &problems), None),
         Normalized::AccessRequest { request } => {
-            let mut request = request.as_ref().clone();
+            let mut request = *request;
             if let Some(enricher) = pipeline.enricher() {
                 if let Err(e) = enricher.enrich(&mut request).await {
                     out.enrichment_error = Some(e);
@@ -145,21 +142,7 @@ pub(super) async fn preview(
             }
             out.reached = "enrichment".into();
             match pipeline.decision_point().decide(&request).await {
-                Ok(d) => {
-                    out.reached = "decision".into();
-                    out.decision = serde_json::to_value(&d.decision).ok();
-                    let input = CommentInput {
-                        number: &ticket.number,
-                        request: Some(&request),
-                        decision: &d.decision,
-                        supersedes: None,
-                    };
-                    out.comment = render(pipeline, instance, &input)?;
-                    if out.comment.is_some() {
-                        out.reached = "comment".into();
-                    }
-                    return Ok(Json(out));
-                }
+                Ok(decided) => (decided, Some(request)),
                 Err(e) => {
                     out.decision_error = Some(e.to_string());
                     return Ok(Json(out));
@@ -167,17 +150,16 @@ pub(super) async fn preview(
             }
         }
     };
+    out.reached = "decision".into();
     out.decision = serde_json::to_value(&decided.decision).ok();
     let input = CommentInput {
         number: &ticket.number,
-        request: None,
+        request: request.as_ref(),
         decision: &decided.decision,
         supersedes: None,
     };
-    out.comment = render(pipeline, instance, &input)?;
-    if out.comment.is_some() {
-        out.reached = "comment".into();
-    }
+    out.comment = Some(render(pipeline, instance, &input)?);
+    out.reached = "comment".into();
     Ok(Json(out))
 }
 
@@ -185,14 +167,11 @@ fn render(
     pipeline: &crate::pipeline::Pipeline,
     instance: &crate::pipeline::Instance,
     input: &CommentInput<'_>,
-) -> Result<Option<String>, ApiError> {
-    match pipeline
+) -> Result<String, ApiError> {
+    pipeline
         .renderer()
         .render(input, "deskbridge-id:preview", instance.connector.markup())
-    {
-        Ok(body) => Ok(Some(body)),
-        Err(e) => Err(ApiError::bad_request(format!("the comment template failed: {e:#}"))),
-    }
+        .map_err(|e| ApiError::bad_request(format!("the comment template failed: {e:#}")))
 }
 
 #[cfg(test)]

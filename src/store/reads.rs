@@ -4,6 +4,14 @@ use serde_json::json;
 
 use super::{audit, now, AuditRecord, Backlog, Counts, Event, InboxRow, ShadowResult, ShadowRow, Store, TicketState};
 
+/// Each ticket's latest normalized version (not stale) with its latest decision; callers add
+/// `AND …` conditions.
+const LATEST_STATES: &str = "SELECT i.connector, i.ticket_key, i.number, i.url, i.status, i.normalized, i.received_at, i.attempts,
+        (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision
+    FROM inbox i
+    WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
+                  AND j.normalized IS NOT NULL AND j.status != 'stale')";
+
 impl Store {
     /// Records what the shadow decision point said beside the primary decision.
     pub async fn record_shadow(
@@ -62,29 +70,21 @@ impl Store {
     /// Unfinished work by state. Each count reads the status index over the unfinished rows
     /// only, so it stays cheap however many tickets are finished.
     pub async fn backlog(&self) -> anyhow::Result<Backlog> {
-        let mut b = Backlog::default();
-        let inbox: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM inbox WHERE status IN ('received', 'pending', 'parked') GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        for (status, n) in inbox {
-            match status.as_str() {
-                "received" => b.received = n,
-                "pending" => b.pending = n,
-                _ => b.parked_tickets = n,
-            }
-        }
-        let outbox: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM outbox WHERE status IN ('queued', 'parked') GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        for (status, n) in outbox {
-            match status.as_str() {
-                "queued" => b.queued = n,
-                _ => b.parked_comments = n,
-            }
-        }
-        Ok(b)
+        let by_status = |sql: &'static str| async move {
+            let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+            Ok::<_, anyhow::Error>(rows.into_iter().collect::<std::collections::HashMap<_, _>>())
+        };
+        let inbox =
+            by_status("SELECT status, COUNT(*) FROM inbox WHERE status IN ('received', 'pending', 'parked') GROUP BY status").await?;
+        let outbox = by_status("SELECT status, COUNT(*) FROM outbox WHERE status IN ('queued', 'parked') GROUP BY status").await?;
+        let n = |counts: &std::collections::HashMap<String, i64>, status: &str| counts.get(status).copied().unwrap_or(0);
+        Ok(Backlog {
+            received: n(&inbox, "received"),
+            pending: n(&inbox, "pending"),
+            parked_tickets: n(&inbox, "parked"),
+            queued: n(&outbox, "queued"),
+            parked_comments: n(&outbox, "parked"),
+        })
     }
 
     /// Whether the store answers a trivial query within `limit`.
@@ -164,23 +164,30 @@ impl Store {
             "%{}%",
             search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
         );
-        Ok(sqlx::query_as(
-            "SELECT i.connector, i.ticket_key, i.number, i.url, i.status, i.normalized, i.received_at, i.attempts,
-                    (SELECT d.decision FROM decisions d WHERE d.connector = i.connector AND d.ticket_key = i.ticket_key ORDER BY d.id DESC LIMIT 1) AS decision
-             FROM inbox i
-             WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
-                           AND j.normalized IS NOT NULL AND j.status != 'stale')
+        Ok(sqlx::query_as(&format!(
+            "{LATEST_STATES}
                AND ($1 = '' OR LOWER(i.number) LIKE $2 ESCAPE '\\' OR LOWER(i.ticket_key) LIKE $2 ESCAPE '\\'
                     OR LOWER(i.normalized) LIKE $2 ESCAPE '\\')
              ORDER BY i.connector, i.number
-             LIMIT $3 OFFSET $4",
-        )
+             LIMIT $3 OFFSET $4"
+        ))
         .bind(search)
         .bind(pattern)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// One ticket's row of [`Store::ticket_states`], when it was normalized.
+    pub async fn ticket_state(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Option<TicketState>> {
+        Ok(
+            sqlx::query_as(&format!("{LATEST_STATES} AND i.connector = $1 AND i.ticket_key = $2"))
+                .bind(connector)
+                .bind(ticket_key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The latest stored version of one ticket.
