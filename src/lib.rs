@@ -11,6 +11,7 @@ pub mod directory;
 pub mod mapping;
 pub mod metrics;
 pub mod pipeline;
+pub mod provisioning;
 pub mod registry;
 pub mod render;
 pub mod report;

@@ -264,6 +264,18 @@ enum ReportCommand {
         #[arg(long, default_value_t = 3)]
         repeat_threshold: usize,
     },
+    /// Access granted through deskbridge's decisions and held now: who, which entitlement,
+    /// when it was granted (evidence), when it expires, and the decision.
+    Access {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Every lifecycle: also approved and not yet granted, revoked and superseded.
+        #[arg(long)]
+        all: bool,
+        /// table, json or csv.
+        #[arg(long, value_enum, default_value = "table")]
+        format: DriftFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -415,6 +427,9 @@ async fn main() -> ExitCode {
                 .await
                 .map(|out| (out, true))
         }
+        Command::Report {
+            command: ReportCommand::Access { store, all, format },
+        } => deskbridge::commands::audit::access(&store, all, format).await.map(|out| (out, true)),
     };
     match result {
         Ok((out, ok)) => {

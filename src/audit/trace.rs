@@ -74,6 +74,37 @@ pub(crate) fn summary(kind: &str, p: &Value) -> String {
             }
         ),
         "comment_failed" => format!("{}: {}", s(&p["marker"]), s(&p["error"])),
+        "access_granted" => format!(
+            "{} added to {} ({}) at {} via {} {}; matches decision {}; expires {}",
+            s(&p["user"]),
+            s(&p["group"]),
+            s(&p["entitlement"]),
+            s(&p["granted_at"]),
+            s(&p["via"]),
+            s(&p["source"]),
+            s(&p["decision_id"]),
+            s(&p["expires_at"])
+        ),
+        "access_revoked" => format!(
+            "{} removed from {} at {} via {} {}{}",
+            s(&p["user"]),
+            s(&p["group"]),
+            s(&p["revoked_at"]),
+            s(&p["via"]),
+            s(&p["source"]),
+            if p["after_expiry"] == Value::Bool(true) { " (after expiry)" } else { " (before expiry)" }
+        ),
+        "access_expired" => format!(
+            "expired at {}: {} {}",
+            s(&p["expires_at"]),
+            s(&p["user"]),
+            if p["still_present"] == Value::Bool(true) {
+                "is still in the group: revocation required"
+            } else {
+                "no longer holds it"
+            }
+        ),
+        "access_finding" => format!("FINDING {}: {}", s(&p["kind"]), s(&p["detail"])),
         "enriched" => {
             let person = |who: &str| {
                 let f = &p["context"][who];

@@ -135,6 +135,12 @@ pub async fn drift(args: &StoreArgs, options: &drift::Options, format: drift::Fo
     drift::render(&findings, format)
 }
 
+/// `report access`.
+pub async fn access(args: &StoreArgs, all: bool, format: drift::Format) -> anyhow::Result<String> {
+    let rows = crate::report::access::access(&open(args).await?.0, all).await?;
+    crate::report::access::render(&rows, format)
+}
+
 /// `deskbridge retry`: puts parked ticket versions and comments back to work — all of them,
 /// one connector's (which also lifts that connector's halt after refused credentials), or one
 /// ticket's. Safe beside a running `serve`: it only requeues rows.

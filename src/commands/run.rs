@@ -27,7 +27,8 @@ async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)>
     }
     let pipeline = Pipeline::new(store, built.instances, built.decision_point, built.renderer, built.settings)
         .with_shadow(built.shadow)
-        .with_enricher(built.enricher);
+        .with_enricher(built.enricher)
+        .with_provisioning(built.provisioning);
     // Credentials, permissions and custom fields are checked before anything runs.
     let problems = pipeline.check_connectors().await;
     if !problems.is_empty() {

@@ -47,6 +47,10 @@ pub struct Config {
     /// The identity directory. Without one, identities are unverified and requests reviewed.
     #[serde(default)]
     pub directory: Option<crate::directory::DirectoryConfig>,
+    /// Provisioning evidence: where entitlement changes come from and how the access lifecycle
+    /// is timed.
+    #[serde(default)]
+    pub provisioning: Option<crate::provisioning::ProvisioningConfig>,
     /// ITSM instances.
     pub connectors: Vec<ConnectorEntry>,
     /// The `${VAR}` values substituted into the file, kept out of every error.
@@ -314,6 +318,8 @@ pub struct Built {
     pub settings: Settings,
     /// The catalog and directory, when configured.
     pub enricher: Option<Arc<crate::pipeline::enrich::Enricher>>,
+    /// Provisioning evidence, when configured.
+    pub provisioning: Option<Arc<crate::provisioning::Provisioning>>,
 }
 
 impl Config {
@@ -364,6 +370,11 @@ impl Config {
         }
         if let Some(d) = &mut self.directory {
             d.rebase(base);
+        }
+        if let Some(p) = &mut self.provisioning {
+            for source in &mut p.sources {
+                source.rebase(base);
+            }
         }
         for c in &mut self.connectors {
             fix(&mut c.mapping);
@@ -499,9 +510,22 @@ impl Config {
             .map_err(|e| problems.push(format!("{file}: {e:#}")))
             .ok()
             .flatten();
+        let provisioning = match &self.provisioning {
+            Some(p) => {
+                if self.catalog.is_none() {
+                    problems.push(format!("{file}: provisioning: a [catalog] is needed (it names the groups that represent entitlements)"));
+                }
+                crate::provisioning::Provisioning::build(p, self.directory.as_ref())
+                    .map_err(|e| problems.extend(format!("{e:#}").lines().map(|l| format!("{file}: {l}"))))
+                    .ok()
+                    .map(Arc::new)
+            }
+            None => None,
+        };
         match (decision_point, renderer) {
             (Some(decision_point), Some(renderer)) if problems.is_empty() => Ok(Built {
                 instances,
+                provisioning,
                 decision_point,
                 shadow,
                 renderer,

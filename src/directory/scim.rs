@@ -126,7 +126,7 @@ impl ScimDirectory {
             }
             // Not modified since `etag`.
             Err(ConnectorError::Permanent { message, .. }) if etag.is_some() && message.starts_with("304") => Ok(None),
-            Err(ConnectorError::NotFound { .. }) if path.starts_with("/Users/") => Ok(Some((Value::Null, None))),
+            Err(ConnectorError::NotFound { .. }) if path.starts_with("/Users/") || path.starts_with("/Groups/") => Ok(Some((Value::Null, None))),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -290,6 +290,79 @@ impl Directory for ScimDirectory {
         }
         Ok(out)
     }
+}
+
+/// A directory group as reconciliation reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMembers {
+    /// Its id.
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+    /// Its members' ids.
+    pub members: Vec<String>,
+}
+
+/// A user as provisioning evidence needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRef {
+    /// `userName`.
+    pub user_name: String,
+    /// `active`.
+    pub active: bool,
+}
+
+fn path_of(kind: &str, id: &str) -> String {
+    format!("/{kind}/{}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>())
+}
+
+impl ScimDirectory {
+    /// The user with SCIM id `id` (`None` when the directory has no such user).
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRef>, String> {
+        let (user, _) = self
+            .get(&path_of("Users", id), &[("attributes", "userName,active".into())], None)
+            .await?
+            .ok_or("unexpected 304")?;
+        let Some(name) = user["username"].as_str() else { return Ok(None) };
+        let active = super::file::truthy(&user["active"]).unwrap_or(true);
+        Ok(Some(UserRef {
+            user_name: name.to_owned(),
+            active,
+        }))
+    }
+
+    /// The group with SCIM id `id`, members included (`None` when there is no such group).
+    pub async fn group_by_id(&self, id: &str) -> Result<Option<GroupMembers>, String> {
+        let (group, _) = self.get(&path_of("Groups", id), &[], None).await?.ok_or("unexpected 304")?;
+        Ok(group_members(&group))
+    }
+
+    /// The group whose display name is `name`, members included.
+    pub async fn group_by_name(&self, name: &str) -> Result<Option<GroupMembers>, String> {
+        let (list, _) = self
+            .get("/Groups", &[("filter", eq_filter("displayName", name)), ("count", "2".into())], None)
+            .await?
+            .ok_or("unexpected 304")?;
+        let groups = list["resources"].as_array().cloned().unwrap_or_default();
+        match groups.as_slice() {
+            [] => Ok(None),
+            [group] => Ok(group_members(group)),
+            _ => Err(format!("more than one directory group is named {name:?}")),
+        }
+    }
+}
+
+fn group_members(group: &Value) -> Option<GroupMembers> {
+    Some(GroupMembers {
+        id: group["id"].as_str()?.to_owned(),
+        name: group["displayname"].as_str()?.to_owned(),
+        members: group["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["value"].as_str().map(String::from))
+            .collect(),
+    })
 }
 
 /// Keys looked up in one filtered query.

@@ -92,6 +92,8 @@ pub struct Report {
     pub parked: usize,
     /// Connector errors, as `connector: message`.
     pub connector_errors: Vec<String>,
+    /// Entitlement changes processed and lifecycle timers fired.
+    pub evidence: usize,
 }
 
 /// What an operator needs to know about one connector instance, kept in memory by this
@@ -134,6 +136,8 @@ pub struct Pipeline {
     decision_point_name: String,
     states: std::sync::Mutex<HashMap<String, ConnectorState>>,
     heartbeat: std::sync::atomic::AtomicI64,
+    /// Provisioning evidence and the access lifecycle, when configured.
+    provisioning: Option<Arc<crate::provisioning::Provisioning>>,
     /// The last failure of the decision point and of the facts (catalog and directory), cleared
     /// by the next success: readiness says why requests stay pending.
     last_failures: std::sync::Mutex<LastFailures>,
@@ -185,6 +189,7 @@ impl Pipeline {
             states: std::sync::Mutex::new(states),
             heartbeat: std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp_millis()),
             last_failures: std::sync::Mutex::new(LastFailures::default()),
+            provisioning: None,
             decision_point,
         }
     }
@@ -194,6 +199,18 @@ impl Pipeline {
     pub fn with_enricher(mut self, enricher: Option<Arc<enrich::Enricher>>) -> Self {
         self.enricher = enricher;
         self
+    }
+
+    /// Matches entitlement changes to decisions and times the access lifecycle (see
+    /// [`crate::provisioning`]).
+    pub fn with_provisioning(mut self, provisioning: Option<Arc<crate::provisioning::Provisioning>>) -> Self {
+        self.provisioning = provisioning;
+        self
+    }
+
+    /// Provisioning evidence, when configured.
+    pub fn provisioning(&self) -> Option<&Arc<crate::provisioning::Provisioning>> {
+        self.provisioning.as_ref()
     }
 
     /// The enricher, when one is configured (for catalog reloads).
@@ -225,6 +242,7 @@ impl Pipeline {
         for id in &self.order {
             self.store.release_lease(&poll_lease(id)).await?;
         }
+        self.store.release_lease("provisioning").await?;
         self.store.release_claims().await
     }
 
@@ -407,6 +425,10 @@ impl Pipeline {
         self.beat();
         self.poll(&mut report).await?;
         self.decide_all(&mut report).await?;
+        if let Some(provisioning) = &self.provisioning {
+            let done = crate::provisioning::engine::run(self, provisioning).await?;
+            report.evidence = done.processed + done.timers;
+        }
         self.post_all(&mut report).await?;
         self.beat();
         let metrics = crate::metrics::global();

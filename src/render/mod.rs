@@ -54,7 +54,7 @@ fn label(outcome: Outcome) -> &'static str {
 
 /// Collapses control characters (newlines included) to single spaces and neutralises anything
 /// that reads as a deskbridge marker.
-fn inert(text: &str, markup: &dyn Markup) -> String {
+pub(crate) fn inert(text: &str, markup: &dyn Markup) -> String {
     let flat: String = text
         .chars()
         .filter(|c| !crate::text::is_bidi_control(*c) && !crate::text::is_zero_width(*c))

@@ -50,6 +50,11 @@ pub const KINDS: &[&str] = &[
     "nhi_without_owner_or_expiry",
     "approved_without_expiry",
     "claim_understates_catalog",
+    "granted_without_approval",
+    "granted_beyond_decision",
+    "not_revoked_after_expiry",
+    "approved_not_fulfilled",
+    "identity_disabled_with_access",
 ];
 
 fn text(v: &Value) -> Option<String> {
@@ -221,6 +226,17 @@ pub async fn drift_of(store: &Store, states: &[crate::store::TicketState], optio
                 detail: format!("decision made {created_at} but not yet on the ticket"),
             });
         }
+    }
+    // Provisioning findings, recorded once each by the lifecycle and open until later evidence
+    // closes them (see `crate::provisioning`).
+    for f in store.open_access_findings().await? {
+        let Some(kind) = KINDS.iter().find(|k| **k == f.kind) else { continue };
+        findings.push(Finding {
+            kind,
+            connector: f.connector,
+            ticket: if f.number.is_empty() { "-".into() } else { f.number },
+            detail: f.detail,
+        });
     }
     findings.sort_by(|a, b| {
         let rank = |k: &str| KINDS.iter().position(|x| *x == k).unwrap_or(usize::MAX);

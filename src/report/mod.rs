@@ -1,3 +1,4 @@
 //! Governance reports over the store.
 
+pub mod access;
 pub mod drift;

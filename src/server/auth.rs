@@ -34,8 +34,7 @@ impl Tokens {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for (hash, name, role) in &self.entries {
-            let diff = hash.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if digest_eq(hash, &digest) {
                 found = Some(Caller {
                     name: name.clone(),
                     role: *role,
@@ -187,4 +186,9 @@ mod tests {
         assert!(tokens.identify("dbt_wrong").is_none());
         assert!(tokens.identify(t["sha256"].as_str().expect("hash")).is_none());
     }
+}
+
+/// Whether two SHA-256 digests are equal, compared in constant time.
+pub(crate) fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

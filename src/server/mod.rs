@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+mod events;
 mod preview;
 mod ui;
 
@@ -89,6 +90,7 @@ pub fn app(pipeline: Arc<Pipeline>, wake: Arc<tokio::sync::Notify>, options: Opt
     };
     let hooks = Router::new()
         .route("/webhooks/{connector}", axum::routing::post(webhook))
+        .route("/events/{source}", axum::routing::post(events::events))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state.clone());
     Router::new()

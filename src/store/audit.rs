@@ -58,6 +58,21 @@ pub enum Event {
     /// The facts a decision rests on: catalog entries, directory answers, and what the ticket
     /// claimed (with any claim that understates the catalog).
     Enriched,
+    /// A verified delivery of entitlement changes (SET, webhook or reconciliation) was stored.
+    AccessEventReceived,
+    /// A grant was observed and matched to the approving decision.
+    AccessGranted,
+    /// A revocation was observed.
+    AccessRevoked,
+    /// An access lifecycle's expiry passed (with whether the access was still present).
+    AccessExpired,
+    /// A provisioning finding (granted without approval, beyond the decision, not revoked after
+    /// expiry, approved but not fulfilled, disabled identity with access).
+    AccessFinding,
+    /// Later evidence closed a provisioning finding.
+    AccessFindingResolved,
+    /// An entitlement change that concerns no catalog group, or that nothing could be matched to.
+    AccessObserved,
 }
 
 impl Event {
@@ -79,6 +94,13 @@ impl Event {
             Self::RetryRequested => "retry_requested",
             Self::RedecideRequested => "redecide_requested",
             Self::Enriched => "enriched",
+            Self::AccessEventReceived => "access_event_received",
+            Self::AccessGranted => "access_granted",
+            Self::AccessRevoked => "access_revoked",
+            Self::AccessExpired => "access_expired",
+            Self::AccessFinding => "access_finding",
+            Self::AccessFindingResolved => "access_finding_resolved",
+            Self::AccessObserved => "access_observed",
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod audit;
 mod inbox;
 mod leases;
+pub mod lifecycle;
 mod outbox;
 mod parking;
 mod reads;

@@ -12,7 +12,7 @@ impl Store {
     /// no-op). Returns whether it was queued now.
     pub async fn queue_delayed_comment(&self, row: &InboxRow, request_hash: &str, marker: &str, body: &str) -> anyhow::Result<bool> {
         let mut tx = self.begin_write().await?;
-        let fresh = queue_comment(&mut tx, row, &format!("{request_hash}:delayed"), "delayed", marker, body).await?;
+        let fresh = queue_comment(&mut tx, &row.connector, &row.ticket_key, &format!("{request_hash}:delayed"), "delayed", marker, body).await?;
         tx.commit().await?;
         Ok(fresh)
     }
@@ -116,7 +116,8 @@ impl Store {
 /// in the audit log when it is new. Returns whether it was queued now.
 pub(super) async fn queue_comment(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    row: &InboxRow,
+    connector: &str,
+    ticket_key: &str,
     request_hash: &str,
     decision_id: &str,
     marker: &str,
@@ -126,8 +127,8 @@ pub(super) async fn queue_comment(
         "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
-    .bind(&row.connector)
-    .bind(&row.ticket_key)
+    .bind(connector)
+    .bind(ticket_key)
     .bind(request_hash)
     .bind(decision_id)
     .bind(marker)
@@ -139,7 +140,7 @@ pub(super) async fn queue_comment(
     let fresh = queued.rows_affected() > 0;
     if fresh {
         let payload = json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": decision_id});
-        audit::append(tx, &row.connector, &row.ticket_key, Event::CommentQueued, payload).await?;
+        audit::append(tx, connector, ticket_key, Event::CommentQueued, payload).await?;
     }
     Ok(fresh)
 }

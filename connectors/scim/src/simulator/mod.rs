@@ -6,6 +6,7 @@
 //! (`deskbridge_connector::simkit`). Like Entra's SCIM API, it does not return `User.groups`
 //! unless asked to (`SimConfig::user_groups`), so clients must query `members[value eq …]`.
 
+mod events;
 pub mod filter;
 mod routes;
 mod seed;
@@ -17,6 +18,7 @@ pub use deskbridge_connector::simkit::{Fault, RecordedRequest, Target};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+pub use events::{Delivery, Receiver};
 pub use seed::{LEAVER, NHI_OWNER_WHO_LEFT, SOD_HOLDER};
 
 /// The bearer token the simulator accepts by default.
@@ -52,6 +54,25 @@ pub(crate) struct State {
     db: Mutex<Db>,
     config: SimConfig,
     kit: Arc<SimKit>,
+    events: Arc<events::Transmitter>,
+    issuer: String,
+}
+
+impl State {
+    /// Pushes the membership change of group `id` (unless no receiver is set).
+    pub(crate) fn membership_changed(&self, group: &Value, added: &[String], removed: &[String]) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        let uri = format!("/Groups/{}", group["id"].as_str().unwrap_or_default());
+        let payload = events::membership_patch(&group["meta"]["version"], added, removed);
+        self.events.emit(&self.issuer, &uri, "prov:patch:full", payload);
+    }
+
+    /// Whether this removal is to be "forgotten" (acknowledged, not applied, no event).
+    pub(crate) fn forget_revocation(&self) -> bool {
+        events::Transmitter::take(&self.events.forget_next_revocations)
+    }
 }
 
 pub(crate) use deskbridge_connector::simkit::lock;
@@ -88,10 +109,13 @@ impl Simulator {
         if config.seed {
             seed::seed(&mut db);
         }
+        let base_url = format!("http://127.0.0.1:{}/scim/v2", addr.port());
         let state = Arc::new(State {
             db: Mutex::new(db),
             config,
             kit: SimKit::new(routes::Flavor),
+            events: events::Transmitter::start(),
+            issuer: base_url.clone(),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let app = routes::router(state.clone());
@@ -105,7 +129,7 @@ impl Simulator {
         });
         Ok(Self {
             state,
-            base_url: format!("http://127.0.0.1:{}/scim/v2", addr.port()),
+            base_url,
             _shutdown: tx,
         })
     }
@@ -125,7 +149,8 @@ impl Simulator {
         id
     }
 
-    /// Sets a user's `active` as a deprovisioning would.
+    /// Sets a user's `active` as a deprovisioning would (a deactivation is pushed as
+    /// `prov:deactivate`, an activation as `prov:activate`).
     pub fn set_active(&self, user_name: &str, active: bool) -> bool {
         let mut db = lock(&self.state.db);
         let Some(user) = db.users.iter_mut().find(|u| u["userName"] == user_name) else {
@@ -133,7 +158,88 @@ impl Simulator {
         };
         user["active"] = Value::Bool(active);
         touch(user);
+        let uri = format!("/Users/{}", user["id"].as_str().unwrap_or_default());
+        let event = if active { "prov:activate" } else { "prov:deactivate" };
+        self.state.events.emit(&self.state.issuer, &uri, event, serde_json::json!({}));
         true
+    }
+
+    /// Removes `user_name` from the group `display_name`, as a provisioning tool's revocation
+    /// would (pushed as a membership PATCH). A "forgotten" revocation changes nothing.
+    pub fn remove_from_group(&self, user_name: &str, display_name: &str) -> bool {
+        if self.state.forget_revocation() {
+            return true;
+        }
+        let mut db = lock(&self.state.db);
+        let Some(id) = db
+            .users
+            .iter()
+            .find(|u| u["userName"] == user_name)
+            .and_then(|u| u["id"].as_str().map(String::from))
+        else {
+            return false;
+        };
+        let Some(group) = db.groups.iter_mut().find(|g| g["displayName"] == display_name) else {
+            return false;
+        };
+        let before = group["members"].as_array().map_or(0, Vec::len);
+        if let Some(members) = group["members"].as_array_mut() {
+            members.retain(|m| m["value"] != id.as_str());
+        }
+        if group["members"].as_array().map_or(0, Vec::len) == before {
+            return false;
+        }
+        touch(group);
+        let group = group.clone();
+        drop(db);
+        self.state.membership_changed(&group, &[], &[id]);
+        true
+    }
+
+    /// The issuer of this directory's SETs (its base URL).
+    pub fn issuer(&self) -> &str {
+        &self.state.issuer
+    }
+
+    /// Pushes SETs to `receiver` from now on (`None` stops).
+    pub fn set_receiver(&self, receiver: Option<Receiver>) {
+        self.state.events.set_receiver(receiver);
+    }
+
+    /// The public JWKS the SETs verify with.
+    pub fn jwks(&self) -> Value {
+        self.state.events.jwks()
+    }
+
+    /// Where the JWKS is served (no authentication, as JWKS endpoints are).
+    pub fn jwks_url(&self) -> String {
+        format!("{}/jwks.json", self.base_url.trim_end_matches("/scim/v2"))
+    }
+
+    /// Signs arbitrary claims with this directory's key (to build replays and odd SETs in tests).
+    pub fn sign_set(&self, claims: &Value) -> String {
+        self.state.events.sign(claims)
+    }
+
+    /// Waits until every SET queued so far was pushed.
+    pub async fn flush_events(&self) {
+        self.state.events.flush().await;
+    }
+
+    /// Every push so far, with the receiver's answer.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state.events.deliveries()
+    }
+
+    /// Loses the next `n` events (the change is applied; its SET is never sent).
+    pub fn drop_next_events(&self, n: usize) {
+        self.state.events.drop_next.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// "Forgets" the next `n` revocations: the removal is acknowledged but not applied, and no
+    /// event is sent, as a provisioning job that failed silently.
+    pub fn forget_next_revocations(&self, n: usize) {
+        self.state.events.forget_next_revocations.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Adds `user_name` to the group `display_name` (created when missing).
@@ -147,7 +253,23 @@ impl Simulator {
         else {
             return false;
         };
+        let known = db
+            .groups
+            .iter()
+            .find(|g| g["displayName"] == display_name)
+            .is_some_and(|g| g["members"].as_array().is_some_and(|m| m.iter().any(|x| x["value"] == id.as_str())));
         seed::add_member(&mut db, display_name, &id);
+        if known {
+            return true;
+        }
+        let group = db.groups.iter_mut().find(|g| g["displayName"] == display_name).map(|g| {
+            touch(g);
+            g.clone()
+        });
+        drop(db);
+        if let Some(group) = group {
+            self.state.membership_changed(&group, &[id], &[]);
+        }
         true
     }
 

@@ -64,6 +64,7 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/scim/v2/Groups/{id}", get(get_group).patch(patch_group))
         .route("/scim/v2/ServiceProviderConfig", get(service_provider_config))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let api = api.route("/jwks.json", get(jwks));
     api.layer(middleware::from_fn_with_state(state.kit.clone(), simkit::faults))
         .layer(middleware::from_fn_with_state(state.kit.clone(), simkit::record))
         .with_state(state)
@@ -292,10 +293,39 @@ async fn patch_group(AxState(state): AxState<Shared>, Path(id): Path<String>, bo
         };
         group["members"] = Value::Array(new_members);
     }
+    let (old, mut new) = (member_ids(&before), member_ids(group));
+    let mut removed: Vec<String> = old.iter().filter(|m| !new.contains(m)).cloned().collect();
+    if !removed.is_empty() && state.forget_revocation() {
+        // A provisioning job that "succeeds" without removing anyone.
+        for m in &removed {
+            new.push(m.clone());
+            if let Some(list) = group["members"].as_array_mut() {
+                list.push(json!({"value": m, "type": "User"}));
+            }
+        }
+        removed.clear();
+    }
+    let added: Vec<String> = new.iter().filter(|m| !old.contains(m)).cloned().collect();
     if *group != before {
         touch(group);
     }
-    scim_json(StatusCode::OK, group.clone())
+    let answer = group.clone();
+    drop(db);
+    state.membership_changed(&answer, &added, &removed);
+    scim_json(StatusCode::OK, answer)
+}
+
+async fn jwks(AxState(state): AxState<Shared>) -> Response {
+    (StatusCode::OK, [("content-type", "application/json")], state.events.jwks().to_string()).into_response()
+}
+
+fn member_ids(group: &Value) -> Vec<String> {
+    group["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["value"].as_str().map(String::from))
+        .collect()
 }
 
 async fn service_provider_config() -> Response {
