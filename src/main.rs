@@ -429,7 +429,9 @@ async fn main() -> ExitCode {
         }
         Command::Report {
             command: ReportCommand::Access { store, all, format },
-        } => deskbridge::commands::audit::access(&store, all, format).await.map(|out| (out, true)),
+        } => deskbridge::commands::audit::access(&store, all, format)
+            .await
+            .map(|out| (out, true)),
     };
     match result {
         Ok((out, ok)) => {

@@ -92,7 +92,11 @@ pub(crate) fn summary(kind: &str, p: &Value) -> String {
             s(&p["revoked_at"]),
             s(&p["via"]),
             s(&p["source"]),
-            if p["after_expiry"] == Value::Bool(true) { " (after expiry)" } else { " (before expiry)" }
+            if p["after_expiry"] == Value::Bool(true) {
+                " (after expiry)"
+            } else {
+                " (before expiry)"
+            }
         ),
         "access_expired" => format!(
             "expired at {}: {} {}",

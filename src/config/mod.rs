@@ -513,7 +513,9 @@ impl Config {
         let provisioning = match &self.provisioning {
             Some(p) => {
                 if self.catalog.is_none() {
-                    problems.push(format!("{file}: provisioning: a [catalog] is needed (it names the groups that represent entitlements)"));
+                    problems.push(format!(
+                        "{file}: provisioning: a [catalog] is needed (it names the groups that represent entitlements)"
+                    ));
                 }
                 crate::provisioning::Provisioning::build(p, self.directory.as_ref())
                     .map_err(|e| problems.extend(format!("{e:#}").lines().map(|l| format!("{file}: {l}"))))

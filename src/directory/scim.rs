@@ -126,7 +126,9 @@ impl ScimDirectory {
             }
             // Not modified since `etag`.
             Err(ConnectorError::Permanent { message, .. }) if etag.is_some() && message.starts_with("304") => Ok(None),
-            Err(ConnectorError::NotFound { .. }) if path.starts_with("/Users/") || path.starts_with("/Groups/") => Ok(Some((Value::Null, None))),
+            Err(ConnectorError::NotFound { .. }) if path.starts_with("/Users/") || path.starts_with("/Groups/") => {
+                Ok(Some((Value::Null, None)))
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -313,7 +315,10 @@ pub struct UserRef {
 }
 
 fn path_of(kind: &str, id: &str) -> String {
-    format!("/{kind}/{}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>())
+    format!(
+        "/{kind}/{}",
+        url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+    )
 }
 
 impl ScimDirectory {
@@ -340,7 +345,11 @@ impl ScimDirectory {
     /// The group whose display name is `name`, members included.
     pub async fn group_by_name(&self, name: &str) -> Result<Option<GroupMembers>, String> {
         let (list, _) = self
-            .get("/Groups", &[("filter", eq_filter("displayName", name)), ("count", "2".into())], None)
+            .get(
+                "/Groups",
+                &[("filter", eq_filter("displayName", name)), ("count", "2".into())],
+                None,
+            )
             .await?
             .ok_or("unexpected 304")?;
         let groups = list["resources"].as_array().cloned().unwrap_or_default();

@@ -87,6 +87,20 @@ pub async fn run(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<Pas
     Ok(pass.report)
 }
 
+/// Fires every due lifecycle timer without taking the `provisioning` lease: each fires once
+/// however many replicas call this at the same time (the store's update is fenced). Returns how
+/// many this call fired.
+pub async fn fire_due_timers(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<usize> {
+    let mut pass = Pass {
+        pipeline,
+        prov,
+        catalog: pipeline.enricher().map(|e| e.catalog.get()),
+        report: PassReport::default(),
+    };
+    pass.fire_timers().await?;
+    Ok(pass.report.timers)
+}
+
 impl Pass<'_> {
     fn store(&self) -> &Store {
         self.pipeline.store()
@@ -196,8 +210,17 @@ impl Pass<'_> {
         fx.memberships.push((group.to_owned(), user.to_owned(), true));
         let at = parse(&e.occurred_at).unwrap_or_else(Utc::now);
         if store.is_disabled(user).await? {
-            fx.findings.push(finding("identity_disabled_with_access", &format!("{user}|{group}"), None, user, group,
-                format!("{user} is disabled in the directory and was added to {group} ({})", entitlements.join(", "))));
+            fx.findings.push(finding(
+                "identity_disabled_with_access",
+                &format!("{user}|{group}"),
+                None,
+                user,
+                group,
+                format!(
+                    "{user} is disabled in the directory and was added to {group} ({})",
+                    entitlements.join(", ")
+                ),
+            ));
         }
         if !store.lifecycles_of(user, Some(group), &["granted", "expired"]).await?.is_empty() {
             fx.outcome = "already_granted".into();
@@ -256,7 +279,14 @@ impl Pass<'_> {
             ),
             None => format!("{user} was added to {group} ({}) with no approving policy decision", entitlements.join(", ")),
         };
-        let mut f = finding("granted_without_approval", &format!("{user}|{group}|{}", e.id), None, user, group, detail);
+        let mut f = finding(
+            "granted_without_approval",
+            &format!("{user}|{group}|{}", e.id),
+            None,
+            user,
+            group,
+            detail,
+        );
         if let Some((connector, key, number, _)) = itsm {
             (f.connector, f.ticket_key, f.number) = (connector, key, number);
         }
@@ -304,11 +334,18 @@ impl Pass<'_> {
             }),
         ));
         let expiry_line = match expires {
-            Some(x) => format!("Expires {} (from the decision's maximum duration); revocation is expected by then.", stamp_short(x)),
+            Some(x) => format!(
+                "Expires {} (from the decision's maximum duration); revocation is expected by then.",
+                stamp_short(x)
+            ),
             None => "The decision set no expiry.".to_owned(),
         };
         let observed = if e.via == "reconcile" {
-            format!("observed by reconciliation between {} and {}", e.observed_after.as_deref().unwrap_or("the first read"), e.occurred_at)
+            format!(
+                "observed by reconciliation between {} and {}",
+                e.observed_after.as_deref().unwrap_or("the first read"),
+                e.occurred_at
+            )
         } else {
             format!("reported by {} ({})", e.source, e.via)
         };
@@ -317,7 +354,12 @@ impl Pass<'_> {
             "granted",
             &[
                 format!("Access granted — matches decision {}.", row.decision_id),
-                format!("{user} was added to {group} ({}/{}) at {}, {observed}.", row.system_id, row.entitlement, stamp_short(at)),
+                format!(
+                    "{user} was added to {group} ({}/{}) at {}, {observed}.",
+                    row.system_id,
+                    row.entitlement,
+                    stamp_short(at)
+                ),
                 expiry_line,
                 "deskbridge records this evidence; it does not grant or revoke access.".into(),
             ],
@@ -360,14 +402,23 @@ impl Pass<'_> {
             if entitlements.is_empty() {
                 continue;
             }
-            let row = self.store().lifecycles_of(user, Some(&group), &["granted", "expired"]).await?.into_iter().next();
+            let row = self
+                .store()
+                .lifecycles_of(user, Some(&group), &["granted", "expired"])
+                .await?
+                .into_iter()
+                .next();
             fx.findings.push(finding(
                 "identity_disabled_with_access",
                 &format!("{user}|{group}"),
                 row.as_ref(),
                 user,
                 &group,
-                format!("{user} was disabled in the directory at {} and is still in {group} ({})", e.occurred_at, entitlements.join(", ")),
+                format!(
+                    "{user} was disabled in the directory at {} and is still in {group} ({})",
+                    e.occurred_at,
+                    entitlements.join(", ")
+                ),
             ));
         }
         Ok(())
@@ -378,11 +429,29 @@ impl Pass<'_> {
         for t in self.store().ticket_states().await? {
             let (normalized, decision) = t.parsed();
             let r = &normalized["request"];
-            let who = r["context"]["beneficiary"]["user_name"].as_str().or(r["beneficiary"]["id"].as_str()).unwrap_or_default();
-            let g = r["catalog"]["entitlement"]["group"].as_str().unwrap_or_default();
+            let who = r["context"]["beneficiary"]["user_name"]
+                .as_str()
+                .or(r["beneficiary"]["id"].as_str())
+                .unwrap_or_default();
+            // The latest version may be an unchanged re-read stored without its facts: the
+            // catalog names the group of what was asked.
+            let g = match r["catalog"]["entitlement"]["group"].as_str() {
+                Some(g) => g.to_owned(),
+                None => self
+                    .catalog
+                    .as_ref()
+                    .and_then(|c| {
+                        c.resolve(r["target"]["system"].as_str()?, r["entitlement"]["id"].as_str()?)
+                            .entitlement?
+                            .group
+                    })
+                    .unwrap_or_default(),
+            };
             let ctx = &r["approver_context"];
             let approved = ctx["itsm_approval"].as_str().is_some_and(|a| a.eq_ignore_ascii_case("approved"))
-                || ctx["itsm_state"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("closed_complete"));
+                || ctx["itsm_state"]
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("closed_complete"));
             let outcome = decision["outcome"].as_str().unwrap_or("none");
             if who.eq_ignore_ascii_case(user) && g.eq_ignore_ascii_case(group) && approved && outcome != "approve" {
                 return Ok(Some((t.connector, t.ticket_key, t.number, outcome.to_owned())));
@@ -397,7 +466,9 @@ impl Pass<'_> {
         if !self.prov.settings.comments {
             return;
         }
-        let Some(instance) = self.pipeline.instance(&row.connector) else { return };
+        let Some(instance) = self.pipeline.instance(&row.connector) else {
+            return;
+        };
         let markup = instance.connector.markup();
         let body: Vec<String> = lines.iter().map(|l| crate::render::inert(l, markup)).collect();
         let key = format!("{}:{step}", row.request_hash);
@@ -441,7 +512,11 @@ impl Pass<'_> {
                     fulfil.num_hours()
                 ),
             ));
-            if self.store().fire_timer(&row.decision_id, TimerColumn::Unfulfilled, false, &fx).await? {
+            if self
+                .store()
+                .fire_timer(&row.decision_id, TimerColumn::Unfulfilled, false, &fx)
+                .await?
+            {
                 self.report.timers += 1;
                 self.report.findings += 1;
             }
@@ -454,7 +529,11 @@ impl Pass<'_> {
 /// comment; gone → the expiry is recorded. `false` when another replica fired it first.
 async fn fire_expiry(pass: &Pass<'_>, row: &LifecycleRow) -> anyhow::Result<bool> {
     let store = pass.store();
-    let present = store.members_of(&row.group_name).await?.iter().any(|m| m.eq_ignore_ascii_case(&row.beneficiary));
+    let present = store
+        .members_of(&row.group_name)
+        .await?
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(&row.beneficiary));
     let mut fx = Effects::default();
     let expires = row.expires_at.clone().unwrap_or_default();
     fx.audit.push((
@@ -484,7 +563,10 @@ async fn fire_expiry(pass: &Pass<'_>, row: &LifecycleRow) -> anyhow::Result<bool
             row,
             "expired",
             &[
-                format!("Access expired — still present: revocation required (decision {}).", row.decision_id),
+                format!(
+                    "Access expired — still present: revocation required (decision {}).",
+                    row.decision_id
+                ),
                 format!(
                     "{} was allowed {}/{} ({}) until {}; the directory still shows the membership.",
                     row.beneficiary,
@@ -493,7 +575,10 @@ async fn fire_expiry(pass: &Pass<'_>, row: &LifecycleRow) -> anyhow::Result<bool
                     row.group_name,
                     parse(&expires).map(stamp_short).unwrap_or(expires.clone())
                 ),
-                format!("Owner: {}. deskbridge records the revocation when the directory reports it.", row.owner),
+                format!(
+                    "Owner: {}. deskbridge records the revocation when the directory reports it.",
+                    row.owner
+                ),
             ],
             &mut fx,
         );

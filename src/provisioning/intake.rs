@@ -77,7 +77,9 @@ fn members_of_operation(op: &Value) -> Option<Option<(String, Vec<String>)>> {
 /// refused with `invalid_request`; event types deskbridge does not act on are kept as evidence.
 pub fn set_changes(set: &VerifiedSet) -> Result<Vec<NewAccessEvent>, SetError> {
     let bad = |d: &str| SetError::new("invalid_request", d.to_owned());
-    let uri = set.claims["sub_id"]["uri"].as_str().ok_or_else(|| bad("sub_id.uri is missing (RFC 9967 names the subject there)"))?;
+    let uri = set.claims["sub_id"]["uri"]
+        .as_str()
+        .ok_or_else(|| bad("sub_id.uri is missing (RFC 9967 names the subject there)"))?;
     let (kind, id) = subject(uri).ok_or_else(|| bad("sub_id.uri is not /Users/<id> or /Groups/<id>"))?;
     let occurred_at = rfc3339(set.toe.unwrap_or(set.iat));
     let base = NewAccessEvent {
@@ -214,7 +216,10 @@ mod tests {
     #[test]
     fn patch_operations_as_entra_and_okta_send_them() {
         let add = json!({"op": "Add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]});
-        assert_eq!(members_of_operation(&add), Some(Some(("add".into(), vec!["u1".into(), "u2".into()]))));
+        assert_eq!(
+            members_of_operation(&add),
+            Some(Some(("add".into(), vec!["u1".into(), "u2".into()])))
+        );
         let remove = json!({"op": "remove", "path": "members[value eq \"u3\"]"});
         assert_eq!(members_of_operation(&remove), Some(Some(("remove".into(), vec!["u3".into()]))));
         let pathless = json!({"op": "add", "value": {"members": [{"value": "u4"}]}});
@@ -227,13 +232,19 @@ mod tests {
 
     #[test]
     fn webhook_fields_are_checked_by_name() {
-        let err = |body: Value| webhook_changes(body.to_string().as_bytes(), None).unwrap_err();
+        let err = |body: Value| webhook_changes(body.to_string().as_bytes(), None).expect_err("refused");
         assert!(err(json!({})).starts_with("id:"));
         assert!(err(json!({"id": "1", "event": "grant", "identity": "a", "at": "yesterday", "group": "g"})).starts_with("at:"));
-        assert!(err(json!({"id": "1", "event": "grant", "identity": "a", "at": "2026-12-01T00:00:00Z"})).starts_with("entitlement or group"));
-        assert!(err(json!({"id": "1", "event": "promote", "identity": "a", "at": "2026-12-01T00:00:00Z", "group": "g"})).starts_with("event:"));
+        assert!(
+            err(json!({"id": "1", "event": "grant", "identity": "a", "at": "2026-12-01T00:00:00Z"})).starts_with("entitlement or group")
+        );
+        assert!(
+            err(json!({"id": "1", "event": "promote", "identity": "a", "at": "2026-12-01T00:00:00Z", "group": "g"})).starts_with("event:")
+        );
         let (id, changes) = webhook_changes(
-            json!({"id": "e1", "event": "revoke", "identity": "a", "at": "2026-12-01T00:00:00Z", "group": "g"}).to_string().as_bytes(),
+            json!({"id": "e1", "event": "revoke", "identity": "a", "at": "2026-12-01T00:00:00Z", "group": "g"})
+                .to_string()
+                .as_bytes(),
             None,
         )
         .expect("valid");

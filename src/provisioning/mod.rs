@@ -228,9 +228,13 @@ impl Provisioning {
                     (Some(url), None, None) => set::KeySource::Url(url.clone()),
                     (None, Some(file), None) => {
                         let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("jwks_file {}: {e}", file.display()))?;
-                        set::KeySource::Fixed(serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("jwks_file {}: not a JWKS: {e}", file.display()))?)
+                        set::KeySource::Fixed(
+                            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("jwks_file {}: not a JWKS: {e}", file.display()))?,
+                        )
                     }
-                    (None, None, Some(text)) => set::KeySource::Fixed(serde_json::from_str(text).map_err(|e| anyhow::anyhow!("jwks: not a JWKS: {e}"))?),
+                    (None, None, Some(text)) => {
+                        set::KeySource::Fixed(serde_json::from_str(text).map_err(|e| anyhow::anyhow!("jwks: not a JWKS: {e}"))?)
+                    }
                     _ => anyhow::bail!("set exactly one of jwks_url, jwks_file or jwks"),
                 };
                 if issuer.trim().is_empty() || audience.trim().is_empty() {

@@ -26,11 +26,17 @@ pub fn catalog_groups(catalog: &Catalog) -> BTreeSet<String> {
 
 /// Reconciles every catalog group. Returns the changes found.
 pub async fn all(store: &Store, prov: &Provisioning, catalog: Option<&Catalog>) -> anyhow::Result<usize> {
-    let dir = prov.directory().ok_or_else(|| anyhow::anyhow!("no SCIM [directory] to reconcile against"))?;
+    let dir = prov
+        .directory()
+        .ok_or_else(|| anyhow::anyhow!("no SCIM [directory] to reconcile against"))?;
     let catalog = catalog.ok_or_else(|| anyhow::anyhow!("no [catalog] names the groups to reconcile"))?;
     let mut found = 0;
     for name in catalog_groups(catalog) {
-        match dir.group_by_name(&name).await.map_err(|e| anyhow::anyhow!("reading group {name}: {e}"))? {
+        match dir
+            .group_by_name(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading group {name}: {e}"))?
+        {
             Some(g) => found += group(store, dir, &g, Some(catalog)).await?,
             // A catalog name the directory does not have: never read as "everyone removed".
             None => tracing::warn!(group = %name, "the catalog names a group the directory does not have; not reconciled"),
@@ -49,7 +55,11 @@ pub async fn group(store: &Store, dir: &ScimDirectory, g: &GroupMembers, catalog
     let known: BTreeSet<String> = store.members_of(&name).await?.into_iter().collect();
     let mut current: BTreeMap<String, bool> = BTreeMap::new();
     for id in &g.members {
-        if let Some(user) = dir.user_by_id(id).await.map_err(|e| anyhow::anyhow!("reading member {id} of {name}: {e}"))? {
+        if let Some(user) = dir
+            .user_by_id(id)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading member {id} of {name}: {e}"))?
+        {
             current.insert(user.user_name.to_lowercase(), user.active);
         }
     }

@@ -93,9 +93,15 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
         "EdDSA" => Algorithm::EdDSA,
         "none" => return Err("`none` is never accepted: an unsigned SET proves nothing".into()),
         other if other.starts_with("HS") => {
-            return Err(format!("{other} is a shared-secret algorithm; SETs must be signed with the directory's private key"))
+            return Err(format!(
+                "{other} is a shared-secret algorithm; SETs must be signed with the directory's private key"
+            ))
         }
-        other => return Err(format!("{other:?} is not a supported algorithm (RS256/384/512, PS256/384/512, ES256/384, EdDSA)")),
+        other => {
+            return Err(format!(
+                "{other:?} is not a supported algorithm (RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
+            ))
+        }
     })
 }
 
@@ -104,7 +110,9 @@ fn header_of(token: &str) -> Result<Value, SetError> {
     use base64::Engine as _;
     let mut parts = token.split('.');
     let (Some(head), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(invalid_request("the body is not a compact JWS (three base64url parts separated by dots)"));
+        return Err(invalid_request(
+            "the body is not a compact JWS (three base64url parts separated by dots)",
+        ));
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(head.trim_end_matches('='))
@@ -185,7 +193,10 @@ impl SetVerifier {
             set = self.key_set(true).await?;
         }
         let Some(jwk) = set.find(kid) else {
-            return Err(invalid_key(format!("kid {:?} is not among the issuer's keys", crate::text::cap(kid, 60))));
+            return Err(invalid_key(format!(
+                "kid {:?} is not among the issuer's keys",
+                crate::text::cap(kid, 60)
+            )));
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid_key(format!("the key {kid:?} cannot verify {alg_name}")))?;
         let mut validation = Validation::new(alg);
@@ -196,7 +207,9 @@ impl SetVerifier {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::InvalidSignature => invalid_key(format!("the signature does not verify with key {kid:?}")),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => invalid_key(format!("alg {alg_name} does not fit key {kid:?}")),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    invalid_key(format!("alg {alg_name} does not fit key {kid:?}"))
+                }
                 ErrorKind::InvalidKeyFormat | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
                     invalid_key(format!("the key {kid:?} is not usable"))
                 }
@@ -240,7 +253,7 @@ impl SetVerifier {
         if claims.get("sub").is_some() {
             return Err(invalid_request("a SCIM SET names its subject in sub_id, never sub"));
         }
-        if !claims["events"].as_object().is_some_and(|e| !e.is_empty()) {
+        if claims["events"].as_object().is_none_or(|e| e.is_empty()) {
             return Err(invalid_request("events is missing or empty"));
         }
         Ok(VerifiedSet {

@@ -230,7 +230,9 @@ pub async fn drift_of(store: &Store, states: &[crate::store::TicketState], optio
     // Provisioning findings, recorded once each by the lifecycle and open until later evidence
     // closes them (see `crate::provisioning`).
     for f in store.open_access_findings().await? {
-        let Some(kind) = KINDS.iter().find(|k| **k == f.kind) else { continue };
+        let Some(kind) = KINDS.iter().find(|k| **k == f.kind) else {
+            continue;
+        };
         findings.push(Finding {
             kind,
             connector: f.connector,

@@ -166,6 +166,11 @@ impl<S: HasTokens + Send + Sync> FromRequestParts<S> for Operator {
     }
 }
 
+/// Whether two SHA-256 digests are equal, compared in constant time.
+pub(crate) fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,9 +191,4 @@ mod tests {
         assert!(tokens.identify("dbt_wrong").is_none());
         assert!(tokens.identify(t["sha256"].as_str().expect("hash")).is_none());
     }
-}
-
-/// Whether two SHA-256 digests are equal, compared in constant time.
-pub(crate) fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -19,13 +19,21 @@ fn refuse(status: StatusCode, e: &SetError) -> Response {
 
 fn stored_failed(source: &str, e: &anyhow::Error) -> Response {
     tracing::error!(source = %source, error = %format!("{e:#}"), "storing an entitlement change failed");
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "store unavailable; send again later"}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "store unavailable; send again later"})),
+    )
+        .into_response()
 }
 
 /// The route.
 pub(super) async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let Some(prov) = state.pipeline.provisioning().cloned() else {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": "provisioning evidence is not configured"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "provisioning evidence is not configured"})),
+        )
+            .into_response();
     };
     let response = match prov.source_by_id(&id) {
         None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such event source"}))).into_response(),
@@ -67,7 +75,12 @@ pub(super) async fn events(State(state): State<AppState>, Path(id): Path<String>
                 "sub_id": verified.claims["sub_id"],
             });
             let delivery = format!("{}|{}", verified.iss, verified.jti);
-            match state.pipeline.store().record_access_delivery(&id, &delivery, &changes, evidence).await {
+            match state
+                .pipeline
+                .store()
+                .record_access_delivery(&id, &delivery, &changes, evidence)
+                .await
+            {
                 Ok(Some(_)) => {
                     state.wake.notify_one();
                     StatusCode::ACCEPTED.into_response()
@@ -76,7 +89,10 @@ pub(super) async fn events(State(state): State<AppState>, Path(id): Path<String>
                     tracing::info!(source = %id, jti = %verified.jti, "SET replayed; nothing stored");
                     let e = SetError::new(
                         "invalid_request",
-                        format!("jti {:?} from this issuer was already received; a replay is not stored again", verified.jti),
+                        format!(
+                            "jti {:?} from this issuer was already received; a replay is not stored again",
+                            verified.jti
+                        ),
                     );
                     refuse(StatusCode::BAD_REQUEST, &e)
                 }
@@ -97,7 +113,12 @@ pub(super) async fn events(State(state): State<AppState>, Path(id): Path<String>
                 Err(why) => return (StatusCode::BAD_REQUEST, Json(json!({"error": why}))).into_response(),
             };
             let evidence = json!({"via": "webhook", "id": delivery, "body_sha256": crate::store::sha256_hex(&body)});
-            match state.pipeline.store().record_access_delivery(&id, &delivery, &changes, evidence).await {
+            match state
+                .pipeline
+                .store()
+                .record_access_delivery(&id, &delivery, &changes, evidence)
+                .await
+            {
                 Ok(Some(_)) => {
                     state.wake.notify_one();
                     (StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))).into_response()

@@ -227,7 +227,16 @@ impl Store {
             json!({"decision": decision_json, "pdp_raw": raw}),
         )
         .await?;
-        super::outbox::queue_comment(&mut tx, &row.connector, &row.ticket_key, request_hash, &decision.decision_id, marker, body).await?;
+        super::outbox::queue_comment(
+            &mut tx,
+            &row.connector,
+            &row.ticket_key,
+            request_hash,
+            &decision.decision_id,
+            marker,
+            body,
+        )
+        .await?;
         super::lifecycle::on_decision(&mut tx, row, normalized, request_hash, decision).await?;
         tx.commit().await?;
         Ok(())

@@ -236,10 +236,13 @@ pub(super) async fn on_decision(
         .or(request["beneficiary"]["id"].as_str())
         .unwrap_or_default()
         .to_lowercase();
-    let days = [decision.obligations.max_duration_days, request["duration_days"].as_u64().map(|d| d as u32)]
-        .into_iter()
-        .flatten()
-        .min();
+    let days = [
+        decision.obligations.max_duration_days,
+        request["duration_days"].as_u64().map(|d| d as u32),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     sqlx::query(
         "INSERT INTO access_lifecycle (decision_id, connector, ticket_key, number, request_hash, beneficiary, system_id, entitlement, group_name, owner, approved_at, max_days, end_date)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
@@ -265,14 +268,21 @@ pub(super) async fn on_decision(
 impl Store {
     /// Stores one verified delivery's changes, with an audit record of the delivery. A delivery
     /// id already taken in stores nothing and returns `None` (a replay).
-    pub async fn record_access_delivery(&self, source: &str, delivery: &str, events: &[NewAccessEvent], evidence: Value) -> anyhow::Result<Option<usize>> {
+    pub async fn record_access_delivery(
+        &self,
+        source: &str,
+        delivery: &str,
+        events: &[NewAccessEvent],
+        evidence: Value,
+    ) -> anyhow::Result<Option<usize>> {
         let mut tx = self.begin_write().await?;
-        let fresh = sqlx::query("INSERT INTO webhook_deliveries (connector, delivery_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(format!("events:{source}"))
-            .bind(delivery)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        let fresh =
+            sqlx::query("INSERT INTO webhook_deliveries (connector, delivery_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(format!("events:{source}"))
+                .bind(delivery)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
         if fresh.rows_affected() == 0 {
             return Ok(None);
         }
@@ -349,33 +359,41 @@ impl Store {
 
     /// One lifecycle by its decision id.
     pub async fn lifecycle(&self, decision_id: &str) -> anyhow::Result<Option<LifecycleRow>> {
-        Ok(sqlx::query_as(&format!("SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle WHERE decision_id = $1"))
-            .bind(decision_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as(&format!("SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle WHERE decision_id = $1"))
+                .bind(decision_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Every lifecycle, newest approval first (`report access`).
     pub async fn lifecycles(&self) -> anyhow::Result<Vec<LifecycleRow>> {
-        Ok(sqlx::query_as(&format!("SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle ORDER BY approved_at DESC, decision_id"))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(&format!(
+            "SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle ORDER BY approved_at DESC, decision_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Groups `user` is known to be in.
     pub async fn groups_of_member(&self, user: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT group_name FROM memberships WHERE user_name = $1 AND present = 1 ORDER BY group_name")
-            .bind(user.to_lowercase())
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT group_name FROM memberships WHERE user_name = $1 AND present = 1 ORDER BY group_name")
+                .bind(user.to_lowercase())
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Members known to be in `group`.
     pub async fn members_of(&self, group: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT user_name FROM memberships WHERE group_name = $1 AND present = 1 ORDER BY user_name")
-            .bind(group.to_lowercase())
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT user_name FROM memberships WHERE group_name = $1 AND present = 1 ORDER BY user_name")
+                .bind(group.to_lowercase())
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Whether the directory reported `user` disabled.
@@ -481,9 +499,11 @@ impl Store {
 
     /// Provisioning findings not resolved since.
     pub async fn open_access_findings(&self) -> anyhow::Result<Vec<FindingRow>> {
-        Ok(sqlx::query_as("SELECT kind, connector, number, detail FROM access_findings WHERE resolved_at IS NULL ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT kind, connector, number, detail FROM access_findings WHERE resolved_at IS NULL ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }
 
@@ -550,7 +570,14 @@ async fn write_effects(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: Option<
             .execute(&mut **tx)
             .await?;
         if closed.rows_affected() > 0 {
-            audit::append(tx, "", "", Event::AccessFindingResolved, json!({"kind": kind, "subject": subject, "event_id": event})).await?;
+            audit::append(
+                tx,
+                "",
+                "",
+                Event::AccessFindingResolved,
+                json!({"kind": kind, "subject": subject, "event_id": event}),
+            )
+            .await?;
         }
     }
     for f in &fx.findings {

@@ -12,7 +12,16 @@ impl Store {
     /// no-op). Returns whether it was queued now.
     pub async fn queue_delayed_comment(&self, row: &InboxRow, request_hash: &str, marker: &str, body: &str) -> anyhow::Result<bool> {
         let mut tx = self.begin_write().await?;
-        let fresh = queue_comment(&mut tx, &row.connector, &row.ticket_key, &format!("{request_hash}:delayed"), "delayed", marker, body).await?;
+        let fresh = queue_comment(
+            &mut tx,
+            &row.connector,
+            &row.ticket_key,
+            &format!("{request_hash}:delayed"),
+            "delayed",
+            marker,
+            body,
+        )
+        .await?;
         tx.commit().await?;
         Ok(fresh)
     }

@@ -19,5 +19,6 @@ mod pdp;
 mod pdp_servers;
 mod pipeline;
 mod policy;
+mod provisioning;
 mod scim_real;
 mod soak;

@@ -114,7 +114,9 @@ impl Transmitter {
     /// Signs and queues one SCIM event about `uri` (`/Groups/<id>` or `/Users/<id>`), unless no
     /// receiver is set or the next event is to be dropped.
     pub(crate) fn emit(&self, issuer: &str, uri: &str, event: &str, payload: Value) {
-        let Some(to) = self.receiver.lock().ok().and_then(|r| r.clone()) else { return };
+        let Some(to) = self.receiver.lock().ok().and_then(|r| r.clone()) else {
+            return;
+        };
         if self
             .drop_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -155,7 +157,9 @@ impl Transmitter {
 
     /// Takes one from `counter` if it is above zero.
     pub(crate) fn take(counter: &AtomicUsize) -> bool {
-        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 
@@ -168,7 +172,11 @@ fn chrono_now() -> u64 {
 
 /// The RFC 9967 `prov:patch:full` payload of a membership change.
 pub(crate) fn membership_patch(version: &Value, added: &[String], removed: &[String]) -> Value {
-    let list = |ids: &[String]| ids.iter().map(|id| json!({"value": id, "$ref": format!("/Users/{id}")})).collect::<Vec<_>>();
+    let list = |ids: &[String]| {
+        ids.iter()
+            .map(|id| json!({"value": id, "$ref": format!("/Users/{id}")}))
+            .collect::<Vec<_>>()
+    };
     let mut ops = Vec::new();
     if !added.is_empty() {
         ops.push(json!({"op": "add", "path": "members", "value": list(added)}));

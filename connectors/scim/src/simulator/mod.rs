@@ -239,7 +239,10 @@ impl Simulator {
     /// "Forgets" the next `n` revocations: the removal is acknowledged but not applied, and no
     /// event is sent, as a provisioning job that failed silently.
     pub fn forget_next_revocations(&self, n: usize) {
-        self.state.events.forget_next_revocations.store(n, std::sync::atomic::Ordering::SeqCst);
+        self.state
+            .events
+            .forget_next_revocations
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Adds `user_name` to the group `display_name` (created when missing).

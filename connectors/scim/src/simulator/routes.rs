@@ -316,7 +316,12 @@ async fn patch_group(AxState(state): AxState<Shared>, Path(id): Path<String>, bo
 }
 
 async fn jwks(AxState(state): AxState<Shared>) -> Response {
-    (StatusCode::OK, [("content-type", "application/json")], state.events.jwks().to_string()).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        state.events.jwks().to_string(),
+    )
+        .into_response()
 }
 
 fn member_ids(group: &Value) -> Vec<String> {
