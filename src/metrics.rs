@@ -58,6 +58,17 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -83,6 +94,8 @@ pub struct Metrics {
     inbox: Family<StateLabel, Gauge>,
     outbox: Family<StateLabel, Gauge>,
     findings: Family<KindLabel, Gauge>,
+    access_deliveries: Family<SourceLabels, Counter>,
+    access_changes: Family<OutcomeLabel, Counter>,
     passes: Counter,
 }
 
@@ -115,6 +128,8 @@ impl Metrics {
             inbox: Family::default(),
             outbox: Family::default(),
             findings: Family::default(),
+            access_deliveries: Family::default(),
+            access_changes: Family::default(),
             passes: Counter::default(),
             registry: Registry::default(),
         };
@@ -162,6 +177,16 @@ impl Metrics {
             "webhook_deliveries",
             "Webhook deliveries by connector and result",
             m.webhooks.clone(),
+        );
+        registry.register(
+            "access_deliveries",
+            "Entitlement-change deliveries (SETs, IGA webhooks) by source and result (accepted, duplicate, or the refusal's error code)",
+            m.access_deliveries.clone(),
+        );
+        registry.register(
+            "access_changes",
+            "Entitlement changes processed, by outcome (granted, revoked, unmatched, already_granted, …)",
+            m.access_changes.clone(),
         );
         registry.register(
             "inbox_rows",
@@ -275,6 +300,25 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 connector: connector.to_owned(),
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An entitlement-change delivery's result.
+    pub fn access_delivery(&self, source: &str, result: &str) {
+        self.access_deliveries
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One processed entitlement change.
+    pub fn access_change(&self, outcome: &str) {
+        self.access_changes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

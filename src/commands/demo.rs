@@ -1,5 +1,6 @@
 //! `deskbridge demo`: the whole path on embedded defaults, nothing installed. A seeded
-//! ServiceNow simulator, the shipped mapping and Rego policy, SQLite in a temporary folder.
+//! ServiceNow simulator, the shipped mapping and Rego policy, SQLite in a temporary folder; then
+//! the SCIM directory's signed events carried through one access lifecycle and one finding.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +120,10 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
         CommentRenderer::new(None)?,
         Settings::default(),
     )
-    .with_enricher(Some(enricher));
+    .with_enricher(Some(enricher))
+    .with_provisioning(Some(super::demo_evidence::provisioning(&scim)?));
+    let pipeline = Arc::new(pipeline);
+    let server = super::demo_evidence::serve(pipeline.clone(), &scim).await?;
     let problems = pipeline.check_connectors().await;
     if !problems.is_empty() {
         anyhow::bail!("the demo's start-up check failed: {}", problems.join("; "));
@@ -158,6 +162,9 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
             indent(&comment.text)
         ));
     }
+    out.push_str(&super::demo_evidence::show(&pipeline, &scim, &sim, &jira_sim).await?);
+    server.abort();
+    let counts = store.counts().await?;
     if counts.pending > 0 || counts.queued > 0 {
         anyhow::bail!(
             "{out}\nthe demo left {} requests pending and {} comments queued",
@@ -168,6 +175,6 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn indent(text: &str) -> String {
+pub(super) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }

@@ -4,6 +4,7 @@ pub mod audit;
 mod check;
 mod decide;
 pub mod demo;
+mod demo_evidence;
 mod mapping_test;
 mod run;
 mod simulate;

@@ -120,6 +120,7 @@ impl Pass<'_> {
                         let granted = fx.grant.is_some();
                         match self.store().apply_access_event(event.id, &fx).await {
                             Ok(true) => {
+                                crate::metrics::global().access_change(&fx.outcome);
                                 self.report.processed += 1;
                                 self.report.findings += findings;
                                 self.report.granted += usize::from(granted);

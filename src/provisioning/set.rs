@@ -33,6 +33,10 @@ impl SetError {
     }
 }
 
+/// Not an RFC 8935 code: the SET could not be checked now (the issuer's keys could not be
+/// read). Answered 503 so the transmitter sends it again, never 400, which would drop it.
+pub const UNAVAILABLE: &str = "temporarily_unavailable";
+
 fn invalid_request(d: impl Into<String>) -> SetError {
     SetError::new("invalid_request", d)
 }
@@ -159,7 +163,12 @@ impl SetVerifier {
             response.json::<JwkSet>().await.map_err(|e| e.without_url().to_string())
         }
         .await
-        .map_err(|e| invalid_key(format!("the issuer's JWKS could not be read ({e}); try again later")))?;
+        .map_err(|e| {
+            SetError::new(
+                UNAVAILABLE,
+                format!("the issuer's JWKS could not be read ({e}); send the SET again later"),
+            )
+        })?;
         if let Ok(mut cached) = self.fetched.lock() {
             *cached = Some((Instant::now(), fetched.clone()));
         }

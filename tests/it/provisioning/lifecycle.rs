@@ -233,3 +233,67 @@ async fn expiry_timers_survive_restarts_and_fire_once_across_two_postgres_replic
         1
     );
 }
+
+#[tokio::test]
+async fn a_lifecycle_comment_whose_answer_is_lost_is_found_by_its_marker_not_posted_twice() {
+    use deskbridge_servicenow::simulator::{Fault, Target};
+    let p = ProvApp::start(json!({})).await;
+    p.pass().await;
+    p.scim.add_to_group("abel.tuter", "jira-developers");
+    // The "granted" work note lands, and its answer is lost.
+    p.app.sim.inject_on(
+        Target::route("PATCH", "/api/now/table/sc_req_item/"),
+        Fault::AppliedThenStatus(502),
+        1,
+    );
+    let first = p.pass().await;
+    assert_eq!(first.failed_posts, 1, "{first:?}");
+    for _ in 0..3 {
+        p.pass().await;
+    }
+    assert_eq!(
+        p.comments_starting("RITM0010001", GRANTED).len(),
+        1,
+        "{:?}",
+        p.comments("RITM0010001")
+    );
+    let found: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit WHERE kind = 'comment_posted' AND payload LIKE '%\"found_existing\":true%'")
+            .fetch_one(p.app.store.pool())
+            .await
+            .expect("count");
+    assert_eq!(found, 1, "found by its marker");
+}
+
+#[tokio::test]
+async fn report_access_lists_held_access_with_its_decision_and_expiry() {
+    let p = ProvApp::start(json!({})).await;
+    p.pass().await;
+    p.scim.add_to_group("abel.tuter", "jira-developers");
+    p.pass().await;
+    let row = p.lifecycle("RITM0010001").await;
+    let out = crate::helpers::deskbridge()
+        .args(["report", "access", "--db"])
+        .arg(p.app.db_path())
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RITM0010001"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("abel.tuter") && line.contains("jira-software/jira-developers (jira-developers)"),
+        "{line}"
+    );
+    assert!(line.contains("granted") && line.contains(&row.decision_id), "{line}");
+    assert!(line.contains(&row.expires_at.expect("expiry")[..19]), "{line}");
+    let json_out = crate::helpers::deskbridge()
+        .args(["report", "access", "--format", "json", "--db"])
+        .arg(p.app.db_path())
+        .output()
+        .expect("run");
+    let rows: serde_json::Value = serde_json::from_slice(&json_out.stdout).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+}

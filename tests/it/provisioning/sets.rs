@@ -163,3 +163,32 @@ async fn a_source_that_requires_a_transmitter_token_refuses_without_it() {
     assert_eq!(response.status().as_u16(), 400);
     assert_eq!(p.count("access_events").await, 0);
 }
+
+#[tokio::test]
+async fn a_set_that_cannot_be_checked_now_is_answered_503_and_taken_when_sent_again() {
+    use deskbridge_scim::simulator::{Fault, Target};
+    let p = ProvApp::start(json!({})).await;
+    let group = p.scim.group("jira-users").expect("group")["id"].as_str().expect("id").to_owned();
+    let set = p.scim.sign_set(&claims(&p, &group));
+    p.scim.inject_on(Target::path(Some("/jwks.json")), Fault::Status(503), 1);
+    let response = p
+        .http
+        .post(format!("{}/events/scim", p.base))
+        .header("content-type", "application/secevent+jwt")
+        .body(set.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 503, "the transmitter keeps it and sends it again");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(p.count("access_events").await, 0);
+    assert_eq!(p.post_set(&set).await.0, 202);
+    assert_eq!(p.count("access_events").await, 1);
+    let metrics = deskbridge::metrics::global().encode();
+    for line in [
+        "deskbridge_access_deliveries_total{source=\"scim\",result=\"temporarily_unavailable\"}",
+        "deskbridge_access_deliveries_total{source=\"scim\",result=\"accepted\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
+}
