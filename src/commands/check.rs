@@ -127,6 +127,15 @@ pub async fn config_check(path: &Path) -> anyhow::Result<(String, bool)> {
             Ok("none configured: every request is reviewed as not in the catalog".into()),
         );
     }
+    if let Some(prov) = &built.provisioning {
+        for (id, source) in prov.sources() {
+            let result = match source {
+                crate::provisioning::Source::Set { verifier, .. } => verifier.check_keys().await,
+                crate::provisioning::Source::Webhook(_) => Ok("signed JSON webhook, HMAC secret set".into()),
+            };
+            c.add(&format!("event source {id} (POST /events/{id})"), result);
+        }
+    }
     for (name, point) in
         std::iter::once(("decision point", &built.decision_point)).chain(built.shadow.as_ref().map(|s| ("shadow decision point", s)))
     {

@@ -33,6 +33,13 @@ pub async fn simulate(dir: Option<&Path>) -> anyhow::Result<String> {
     std::fs::write(dir.join("servicenow-ca.pem"), servicenow.ca_pem().unwrap_or_default())?;
     let jira_sim = jira::Simulator::start(jira::SimConfig::default()).await?;
     let directory = scim::Simulator::start(scim::SimConfig::default()).await?;
+    // The directory pushes its membership changes as signed SETs to the deskbridge this config
+    // serves (they are refused with a connection error until it runs).
+    directory.set_receiver(Some(scim::Receiver {
+        url: "http://127.0.0.1:8080/events/scim".into(),
+        audience: "http://127.0.0.1:8080/events/scim".into(),
+        token: None,
+    }));
     std::fs::write(dir.join("catalog.toml"), demo::CATALOG)?;
     std::fs::write(dir.join("access.rego"), demo::ACCESS_POLICY)?;
     std::fs::write(dir.join("servicenow.toml"), demo::SERVICENOW_MAPPING)?;
@@ -54,6 +61,16 @@ path = "catalog.toml"
 kind = "scim"
 base_url = "{scim_url}"
 token = "{scim_token}"
+
+[provisioning]
+reconcile_every_secs = 300
+
+[[provisioning.sources]]
+kind = "set"
+id = "scim"
+issuer = "{scim_url}"
+audience = "http://127.0.0.1:8080/events/scim"
+jwks_url = "{jwks_url}"
 
 [pipeline]
 poll_interval_secs = 5
@@ -84,6 +101,7 @@ auth = {{ type = "basic", username = "{jira_user}", password = "{jira_token}" }}
 "#,
         scim_url = directory.base_url(),
         scim_token = scim::TOKEN,
+        jwks_url = directory.jwks_url(),
         snow_url = servicenow.base_url(),
         snow_user = snow::INTEGRATION_USER,
         snow_password = snow::INTEGRATION_PASSWORD,
@@ -99,7 +117,7 @@ auth = {{ type = "basic", username = "{jira_user}", password = "{jira_token}" }}
         "deskbridge simulators, seeded, on loopback (they stop with this command):\n\
          \n  ServiceNow  {snow_url}   basic {snow_user} / {snow_password}   (OAuth client {client_id} / {client_secret}; CA {dir}/servicenow-ca.pem)\
          \n  Jira Cloud  {jira_url}   basic {jira_user} / {jira_token}   project {jira_project}\
-         \n  SCIM 2.0    {scim_url}   bearer {scim_token}\
+         \n  SCIM 2.0    {scim_url}   bearer {scim_token}   (pushes signed SETs to /events/scim)\
          \n\nconfig: {config}\n\
          \n  deskbridge config check --config {config}\
          \n  deskbridge serve --config {config}\

@@ -259,6 +259,13 @@ impl Provisioning {
         })
     }
 
+    /// Every source, by id (sorted).
+    pub fn sources(&self) -> Vec<(&str, &Source)> {
+        let mut all: Vec<(&str, &Source)> = self.sources.iter().map(|(id, s)| (id.as_str(), s)).collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
     /// The source `id`.
     pub fn source_by_id(&self, id: &str) -> Option<&Source> {
         self.sources.get(id)

@@ -175,6 +175,21 @@ impl SetVerifier {
         Ok(fetched)
     }
 
+    /// Reads the issuer's keys now (for `config check`): how many there are, and their ids.
+    pub async fn check_keys(&self) -> Result<String, String> {
+        let set = self.key_set(true).await.map_err(|e| e.description)?;
+        let kids: Vec<String> = set.keys.iter().filter_map(|k| k.common.key_id.clone()).collect();
+        if set.keys.is_empty() {
+            return Err("the issuer's key set is empty".into());
+        }
+        Ok(format!(
+            "{} key(s) for issuer {} (kid {})",
+            set.keys.len(),
+            self.issuer,
+            kids.join(", ")
+        ))
+    }
+
     /// Verifies `token` completely; nothing about it is trusted before this returns `Ok`.
     pub async fn verify(&self, token: &str) -> Result<VerifiedSet, SetError> {
         let token = token.trim();
