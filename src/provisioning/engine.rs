@@ -109,7 +109,9 @@ impl Pass<'_> {
     async fn process_changes(&mut self) -> anyhow::Result<()> {
         loop {
             let due = self.store().access_events_due(200).await?;
-            if due.is_empty() || self.pipeline.stopping() {
+            // The lease is renewed every batch: a replica that lost it stops, so two never
+            // process changes side by side (which could apply a remove before its add).
+            if due.is_empty() || self.pipeline.stopping() || !self.store().try_lease("provisioning").await? {
                 return Ok(());
             }
             for event in due {

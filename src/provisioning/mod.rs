@@ -185,6 +185,9 @@ impl Provisioning {
             Some(crate::directory::DirectoryConfig::Scim(c)) => Some(Arc::new(crate::directory::scim::ScimDirectory::new(c.clone())?)),
             _ => None,
         };
+        if directory.is_none() && config.sources.iter().any(|s| matches!(s, SourceConfig::Set { .. })) {
+            problems.push("[[provisioning.sources]] of kind \"set\" need a [directory] of kind \"scim\": SETs name users and groups by SCIM id".into());
+        }
         if config.reconcile_every_secs > 0 && directory.is_none() {
             problems.push("[provisioning] reconcile_every_secs needs a [directory] of kind \"scim\" to read groups from".into());
         }
@@ -285,5 +288,45 @@ impl Provisioning {
         }
         *last = Some(std::time::Instant::now());
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(sources: serde_json::Value, with_directory: bool) -> Result<Provisioning, String> {
+        let config: ProvisioningConfig = serde_json::from_value(serde_json::json!({"sources": sources})).map_err(|e| e.to_string())?;
+        let directory = crate::directory::DirectoryConfig::Scim(
+            serde_json::from_value(serde_json::json!({"base_url": "https://dir.example/scim/v2", "token": "t"})).expect("scim config"),
+        );
+        Provisioning::build(&config, with_directory.then_some(&directory)).map_err(|e| format!("{e:#}"))
+    }
+
+    fn set_source(id: &str, algorithms: &[&str]) -> serde_json::Value {
+        serde_json::json!({"kind": "set", "id": id, "issuer": "https://dir.example", "audience": "https://db.example/events/x",
+                           "algorithms": algorithms, "jwks": "{\"keys\": []}"})
+    }
+
+    #[test]
+    fn every_source_problem_is_named_at_load() {
+        let err = build(serde_json::json!([set_source("a", &["none"])]), true).err().unwrap_or_default();
+        assert!(err.contains("[[provisioning.sources]] a: algorithms: `none` is never accepted"), "{err}");
+        let err = build(serde_json::json!([set_source("a", &["HS256"])]), true).err().unwrap_or_default();
+        assert!(err.contains("shared-secret algorithm"), "{err}");
+        let err = build(serde_json::json!([set_source("a", &["RS256"]), set_source("a", &["RS256"])]), true).err().unwrap_or_default();
+        assert!(err.contains("id \"a\" appears twice"), "{err}");
+        let err = build(serde_json::json!([set_source("a b", &["RS256"])]), true).err().unwrap_or_default();
+        assert!(err.contains("use letters, digits"), "{err}");
+        let err = build(serde_json::json!([set_source("a", &["RS256"])]), false).err().unwrap_or_default();
+        assert!(err.contains("need a [directory] of kind \"scim\""), "{err}");
+        let mut two_keys = set_source("a", &["RS256"]);
+        two_keys["jwks_url"] = serde_json::json!("https://dir.example/keys");
+        let err = build(serde_json::json!([two_keys]), true).err().unwrap_or_default();
+        assert!(err.contains("exactly one of jwks_url, jwks_file or jwks"), "{err}");
+        let short = serde_json::json!([{"kind": "webhook", "id": "iga", "secret": "short"}]);
+        let err = build(short, true).err().unwrap_or_default();
+        assert!(err.contains("at least 16 are needed"), "{err}");
+        assert!(build(serde_json::json!([set_source("okta", &["RS256", "ES256"])]), true).is_ok());
     }
 }

@@ -58,6 +58,8 @@ CREATE TABLE access_lifecycle (
 );
 CREATE INDEX access_lifecycle_match ON access_lifecycle (beneficiary, group_name, state);
 CREATE INDEX access_lifecycle_timer ON access_lifecycle (state, expiry_due_at);
+-- Every decision supersedes its ticket's approvals not yet granted.
+CREATE INDEX access_lifecycle_ticket ON access_lifecycle (connector, ticket_key);
 
 -- What deskbridge last knew of each catalog group's membership (from events and
 -- reconciliation), and which identities the directory disabled.
@@ -70,6 +72,7 @@ CREATE TABLE memberships (
     event_id    BIGINT,
     PRIMARY KEY (group_name, user_name)
 );
+CREATE INDEX memberships_user ON memberships (user_name);
 CREATE TABLE disabled_identities (
     user_name  TEXT PRIMARY KEY,
     since      TEXT NOT NULL,
