@@ -429,7 +429,8 @@ impl Pass<'_> {
 
     /// A ticket for this beneficiary and group that the ITSM approved while the policy did not.
     async fn itsm_only_approval(&self, user: &str, group: &str) -> anyhow::Result<Option<(String, String, String, String)>> {
-        for t in self.store().ticket_states().await? {
+        // Only tickets whose request mentions the user are read (the search runs in SQL).
+        for t in self.store().ticket_page(user, 500, 0).await? {
             let (normalized, decision) = t.parsed();
             let r = &normalized["request"];
             let who = r["context"]["beneficiary"]["user_name"]

@@ -186,7 +186,10 @@ impl Provisioning {
             _ => None,
         };
         if directory.is_none() && config.sources.iter().any(|s| matches!(s, SourceConfig::Set { .. })) {
-            problems.push("[[provisioning.sources]] of kind \"set\" need a [directory] of kind \"scim\": SETs name users and groups by SCIM id".into());
+            problems.push(
+                "[[provisioning.sources]] of kind \"set\" need a [directory] of kind \"scim\": SETs name users and groups by SCIM id"
+                    .into(),
+            );
         }
         if config.reconcile_every_secs > 0 && directory.is_none() {
             problems.push("[provisioning] reconcile_every_secs needs a [directory] of kind \"scim\" to read groups from".into());
@@ -310,15 +313,28 @@ mod tests {
 
     #[test]
     fn every_source_problem_is_named_at_load() {
-        let err = build(serde_json::json!([set_source("a", &["none"])]), true).err().unwrap_or_default();
-        assert!(err.contains("[[provisioning.sources]] a: algorithms: `none` is never accepted"), "{err}");
-        let err = build(serde_json::json!([set_source("a", &["HS256"])]), true).err().unwrap_or_default();
+        let err = build(serde_json::json!([set_source("a", &["none"])]), true)
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("[[provisioning.sources]] a: algorithms: `none` is never accepted"),
+            "{err}"
+        );
+        let err = build(serde_json::json!([set_source("a", &["HS256"])]), true)
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("shared-secret algorithm"), "{err}");
-        let err = build(serde_json::json!([set_source("a", &["RS256"]), set_source("a", &["RS256"])]), true).err().unwrap_or_default();
+        let err = build(serde_json::json!([set_source("a", &["RS256"]), set_source("a", &["RS256"])]), true)
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("id \"a\" appears twice"), "{err}");
-        let err = build(serde_json::json!([set_source("a b", &["RS256"])]), true).err().unwrap_or_default();
+        let err = build(serde_json::json!([set_source("a b", &["RS256"])]), true)
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("use letters, digits"), "{err}");
-        let err = build(serde_json::json!([set_source("a", &["RS256"])]), false).err().unwrap_or_default();
+        let err = build(serde_json::json!([set_source("a", &["RS256"])]), false)
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("need a [directory] of kind \"scim\""), "{err}");
         let mut two_keys = set_source("a", &["RS256"]);
         two_keys["jwks_url"] = serde_json::json!("https://dir.example/keys");
