@@ -44,18 +44,9 @@ fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// When access granted at `granted_at` under `row` ends: the decision's maximum duration, or
-/// the end date asked for, whichever comes first.
+/// When access granted at `granted_at` under `row` ends (see [`crate::store::lifecycle::expiry`]).
 pub fn expiry_of(row: &LifecycleRow, granted_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let by_days = row.max_days.map(|d| granted_at + chrono::Duration::days(d));
-    let by_date = row
-        .end_date
-        .as_deref()
-        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-        .and_then(|d| d.succ_opt())
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc());
-    [by_days, by_date].into_iter().flatten().min()
+    crate::store::lifecycle::expiry(row.max_days, row.end_date.as_deref(), granted_at)
 }
 
 struct Pass<'a> {
@@ -299,13 +290,11 @@ impl Pass<'_> {
 
     fn grant(&self, e: &AccessEventRow, row: &LifecycleRow, at: DateTime<Utc>, group: &str, user: &str, fx: &mut Effects) {
         let expires = expiry_of(row, at);
-        let grace = chrono::Duration::from_std(self.prov.settings.grace).unwrap_or_default();
         fx.outcome = "granted".into();
         fx.grant = Some(Grant {
             decision_id: row.decision_id.clone(),
             granted_at: stamp(at),
             expires_at: expires.map(stamp),
-            expiry_due_at: expires.map(|x| stamp(x + grace)),
         });
         fx.resolve.push(("approved_not_fulfilled", row.decision_id.clone()));
         if let (Some(given), Some(allowed)) = (e.expires_at.as_deref().and_then(parse), expires) {
@@ -491,7 +480,8 @@ impl Pass<'_> {
 
     async fn fire_timers(&mut self) -> anyhow::Result<()> {
         let now = Utc::now();
-        for row in self.store().expiries_due(&stamp(now), 500).await? {
+        let grace = chrono::Duration::from_std(self.prov.settings.grace).unwrap_or_default();
+        for row in self.store().expiries_due(&stamp(now - grace), 500).await? {
             self.pipeline.beat();
             if fire_expiry(self, &row).await? {
                 self.report.timers += 1;

@@ -98,7 +98,8 @@ pub struct LifecycleRow {
     pub max_days: Option<i64>,
     /// The end date the request asked for.
     pub end_date: Option<String>,
-    /// approved, granted, revoked, expired (not revoked after expiry) or superseded.
+    /// approved, granted, revoked, expired (not revoked after expiry), superseded (replaced
+    /// before it was granted) or extended (a later approval continues the access).
     pub state: String,
     /// When the grant was observed.
     pub granted_at: Option<String>,
@@ -193,8 +194,6 @@ pub struct Grant {
     pub granted_at: String,
     /// When the access ends, when it does.
     pub expires_at: Option<String>,
-    /// When the expiry timer fires (expiry plus grace).
-    pub expiry_due_at: Option<String>,
 }
 
 /// The store writes a change conflicted with (another replica moved the lifecycle first).
@@ -202,9 +201,31 @@ pub struct Grant {
 #[error("the access lifecycle changed meanwhile; the change is processed again")]
 pub struct LifecycleMoved;
 
+/// When access granted at `granted_at` ends: after the decision's maximum duration in days, or
+/// at the end of the requested end date, whichever comes first (`None`: no end was set).
+pub fn expiry(
+    max_days: Option<i64>,
+    end_date: Option<&str>,
+    granted_at: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let by_days = max_days.map(|d| granted_at + chrono::Duration::days(d));
+    let by_date = end_date
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .and_then(|d| d.succ_opt())
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc());
+    [by_days, by_date].into_iter().flatten().min()
+}
+
+fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// At decision time: an approve of a grant, modify or extend whose catalog entitlement a
 /// directory group represents starts a lifecycle; any decision on the ticket supersedes the
-/// approvals not yet granted.
+/// approvals not yet granted. When the beneficiary already holds the access under an earlier
+/// decision (an extension), no new grant will be seen: the new decision continues the access
+/// from now, the earlier lifecycle becomes `extended`, and its expiry finding closes.
 pub(super) async fn on_decision(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     row: &InboxRow,
@@ -243,9 +264,32 @@ pub(super) async fn on_decision(
     .into_iter()
     .flatten()
     .min();
-    sqlx::query(
-        "INSERT INTO access_lifecycle (decision_id, connector, ticket_key, number, request_hash, beneficiary, system_id, entitlement, group_name, owner, approved_at, max_days, end_date)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+    let group = group.to_lowercase();
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT decision_id FROM access_lifecycle WHERE beneficiary = $1 AND group_name = $2 AND state IN ('granted', 'expired') ORDER BY decision_id",
+    )
+    .bind(&beneficiary)
+    .bind(&group)
+    .fetch_all(&mut **tx)
+    .await?;
+    // Already a member (seen by an event or reconciliation), with no lifecycle of its own: the
+    // approval is fulfilled as it is made.
+    let member: Option<i64> = sqlx::query_scalar("SELECT present FROM memberships WHERE group_name = $1 AND user_name = $2")
+        .bind(&group)
+        .bind(&beneficiary)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let already = !held.is_empty() || member == Some(1);
+    let approved_at = stamp(decision.decided_at);
+    let expires_at = expiry(days.map(i64::from), request["expires_at"].as_str(), decision.decided_at).map(stamp);
+    let (state, granted_at) = if already {
+        ("granted", Some(approved_at.clone()))
+    } else {
+        ("approved", None)
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO access_lifecycle (decision_id, connector, ticket_key, number, request_hash, beneficiary, system_id, entitlement, group_name, owner, approved_at, max_days, end_date, state, granted_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING",
     )
     .bind(&decision.decision_id)
     .bind(&row.connector)
@@ -255,12 +299,44 @@ pub(super) async fn on_decision(
     .bind(&beneficiary)
     .bind(system)
     .bind(entitlement)
-    .bind(group.to_lowercase())
+    .bind(&group)
     .bind(catalog["owner"].as_str().unwrap_or_default())
-    .bind(decision.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    .bind(&approved_at)
     .bind(days.map(i64::from))
     .bind(request["expires_at"].as_str())
+    .bind(state)
+    .bind(&granted_at)
+    .bind(if already { expires_at.clone() } else { None })
     .execute(&mut **tx)
+    .await?;
+    if !already || inserted.rows_affected() == 0 {
+        return Ok(());
+    }
+    for earlier in &held {
+        sqlx::query("UPDATE access_lifecycle SET state = 'extended' WHERE decision_id = $1")
+            .bind(earlier)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "UPDATE access_findings SET resolved_at = $1 WHERE kind = 'not_revoked_after_expiry' AND subject = $2 AND resolved_at IS NULL",
+        )
+        .bind(&approved_at)
+        .bind(earlier)
+        .execute(&mut **tx)
+        .await?;
+    }
+    audit::append(
+        tx,
+        &row.connector,
+        &row.ticket_key,
+        Event::AccessGranted,
+        json!({
+            "decision_id": decision.decision_id, "user": beneficiary, "group": group,
+            "entitlement": format!("{system}/{entitlement}"), "granted_at": approved_at,
+            "via": if held.is_empty() { "already_member" } else { "extension" },
+            "source": "decision", "extends": held, "expires_at": expires_at,
+        }),
+    )
     .await?;
     Ok(())
 }
@@ -447,12 +523,13 @@ impl Store {
         Ok(true)
     }
 
-    /// Granted lifecycles whose expiry (plus grace) has passed and whose timer has not fired.
-    pub async fn expiries_due(&self, now: &str, limit: i64) -> anyhow::Result<Vec<LifecycleRow>> {
+    /// Granted lifecycles that expired at or before `cutoff` (now minus the grace) and whose
+    /// timer has not fired.
+    pub async fn expiries_due(&self, cutoff: &str, limit: i64) -> anyhow::Result<Vec<LifecycleRow>> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle WHERE state = 'granted' AND expiry_fired_at IS NULL AND expiry_due_at <= $1 ORDER BY expiry_due_at LIMIT $2"
+            "SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle WHERE state = 'granted' AND expiry_fired_at IS NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
         ))
-        .bind(now)
+        .bind(cutoff)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
@@ -540,13 +617,12 @@ async fn write_effects(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: Option<
     }
     if let Some(g) = &fx.grant {
         let moved = sqlx::query(
-            "UPDATE access_lifecycle SET state = 'granted', granted_at = $1, grant_event = $2, expires_at = $3, expiry_due_at = $4
-             WHERE decision_id = $5 AND state = 'approved'",
+            "UPDATE access_lifecycle SET state = 'granted', granted_at = $1, grant_event = $2, expires_at = $3
+             WHERE decision_id = $4 AND state = 'approved'",
         )
         .bind(&g.granted_at)
         .bind(event)
         .bind(&g.expires_at)
-        .bind(&g.expiry_due_at)
         .bind(&g.decision_id)
         .execute(&mut **tx)
         .await?;

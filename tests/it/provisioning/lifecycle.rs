@@ -297,3 +297,46 @@ async fn report_access_lists_held_access_with_its_decision_and_expiry() {
     let rows: serde_json::Value = serde_json::from_slice(&json_out.stdout).expect("json");
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
 }
+
+#[tokio::test]
+async fn a_later_approval_of_access_already_held_extends_it_without_a_false_finding() {
+    let p = ProvApp::start(json!({"fulfil_within_hours": 0})).await;
+    p.pass().await;
+    p.scim.add_to_group("abel.tuter", "jira-developers");
+    p.pass().await;
+    let first = p.lifecycle("RITM0010001").await;
+    assert_eq!(first.state, "granted");
+    // The ticket asks for a shorter time now: decided again, approved, and the access continues
+    // under the new decision from now.
+    let key = p.app.sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
+    // The test connector reads with no lag window: the change must land in a later second.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    p.app.sim.set_variable(&key, "access_duration", "30 days");
+    p.app.sim.update("sc_req_item", &key, &[]);
+    p.pass().await;
+    p.pass().await;
+    let rows: Vec<_> = p
+        .app
+        .store
+        .lifecycles()
+        .await
+        .expect("rows")
+        .into_iter()
+        .filter(|r| r.number == "RITM0010001")
+        .collect();
+    let old = rows.iter().find(|r| r.decision_id == first.decision_id).expect("first");
+    let new = rows.iter().find(|r| r.decision_id != first.decision_id).expect("second");
+    assert_eq!((old.state.as_str(), new.state.as_str()), ("extended", "granted"));
+    let granted = chrono::DateTime::parse_from_rfc3339(new.granted_at.as_deref().expect("granted")).expect("time");
+    let expires = chrono::DateTime::parse_from_rfc3339(new.expires_at.as_deref().expect("expires")).expect("time");
+    assert_eq!((expires - granted).num_days(), 30);
+    let findings = p.findings().await;
+    assert!(
+        findings
+            .iter()
+            .all(|(kind, ticket, _)| !(kind == "approved_not_fulfilled" && ticket == "RITM0010001")),
+        "{findings:?}"
+    );
+    let trace = deskbridge::audit::trace(&p.app.store, "RITM0010001").await.expect("trace");
+    assert!(trace.contains("via extension"), "{trace}");
+}

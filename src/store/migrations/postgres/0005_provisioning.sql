@@ -31,7 +31,8 @@ CREATE TABLE access_events (
 CREATE INDEX access_events_todo ON access_events (processed_at, id);
 
 -- One row per approving decision whose entitlement a catalog group represents:
--- approved → granted (evidence) → expired (timer) / revoked (evidence), or superseded.
+-- approved → granted (evidence) → expired (timer) / revoked (evidence); superseded when a later
+-- decision replaces an approval not yet granted; extended when a later approval continues it.
 CREATE TABLE access_lifecycle (
     decision_id       TEXT PRIMARY KEY,
     connector         TEXT NOT NULL,
@@ -50,14 +51,13 @@ CREATE TABLE access_lifecycle (
     granted_at        TEXT,
     grant_event       BIGINT,
     expires_at        TEXT,
-    expiry_due_at     TEXT,
     expiry_fired_at   TEXT,
     revoked_at        TEXT,
     revoke_event      BIGINT,
     unfulfilled_at    TEXT
 );
 CREATE INDEX access_lifecycle_match ON access_lifecycle (beneficiary, group_name, state);
-CREATE INDEX access_lifecycle_timer ON access_lifecycle (state, expiry_due_at);
+CREATE INDEX access_lifecycle_timer ON access_lifecycle (state, expires_at);
 -- Every decision supersedes its ticket's approvals not yet granted.
 CREATE INDEX access_lifecycle_ticket ON access_lifecycle (connector, ticket_key);
 
