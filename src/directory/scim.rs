@@ -336,6 +336,40 @@ impl ScimDirectory {
         }))
     }
 
+    /// The users with these SCIM ids, read `BATCH` at a time with an `or`-ed `id eq` filter (ids
+    /// the directory does not have are left out).
+    pub async fn users_by_ids(&self, ids: &[String]) -> Result<HashMap<String, UserRef>, String> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(BATCH) {
+            let filter = chunk.iter().map(|id| eq_filter("id", id)).collect::<Vec<_>>().join(" or ");
+            let (list, _) = self
+                .get(
+                    "/Users",
+                    &[
+                        ("filter", filter),
+                        ("attributes", "userName,active".into()),
+                        ("count", chunk.len().to_string()),
+                    ],
+                    None,
+                )
+                .await?
+                .ok_or("unexpected 304")?;
+            for user in list["resources"].as_array().into_iter().flatten() {
+                if let (Some(id), Some(name)) = (user["id"].as_str(), user["username"].as_str()) {
+                    let active = super::file::truthy(&user["active"]).unwrap_or(true);
+                    found.insert(
+                        id.to_owned(),
+                        UserRef {
+                            user_name: name.to_owned(),
+                            active,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The group with SCIM id `id`, members included (`None` when there is no such group).
     pub async fn group_by_id(&self, id: &str) -> Result<Option<GroupMembers>, String> {
         let (group, _) = self.get(&path_of("Groups", id), &[], None).await?.ok_or("unexpected 304")?;

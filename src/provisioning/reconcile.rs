@@ -54,14 +54,23 @@ pub async fn group(store: &Store, dir: &ScimDirectory, g: &GroupMembers, catalog
     let previous = store.reconciled_at(&name).await?;
     let known: BTreeSet<String> = store.members_of(&name).await?.into_iter().collect();
     let mut current: BTreeMap<String, bool> = BTreeMap::new();
-    for id in &g.members {
+    let mut users = dir
+        .users_by_ids(&g.members)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the members of {name}: {e}"))?;
+    // A member the batched filter did not return is read by itself: a directory that ignores
+    // part of an `or` filter must never make a member look removed.
+    for id in g.members.iter().filter(|id| !users.contains_key(*id)).cloned().collect::<Vec<_>>() {
         if let Some(user) = dir
-            .user_by_id(id)
+            .user_by_id(&id)
             .await
             .map_err(|e| anyhow::anyhow!("reading member {id} of {name}: {e}"))?
         {
-            current.insert(user.user_name.to_lowercase(), user.active);
+            users.insert(id, user);
         }
+    }
+    for user in users.values() {
+        current.insert(user.user_name.to_lowercase(), user.active);
     }
     let now = crate::store::now();
     let change = |kind: &str, user: &str| NewAccessEvent {
