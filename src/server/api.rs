@@ -27,6 +27,7 @@ use super::AppState;
         ticket,
         redecide,
         drift,
+        access,
         shadow,
         parked,
         retry,
@@ -62,6 +63,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/tickets/{connector}/{key}", get(ticket))
         .route("/tickets/{connector}/{key}/redecide", post(redecide))
         .route("/reports/drift", get(drift))
+        .route("/reports/access", get(access))
         .route("/reports/shadow", get(shadow))
         .route("/parked", get(parked))
         .route("/parked/retry", post(retry))
@@ -492,6 +494,27 @@ pub struct ShadowReport {
     pub agreed: usize,
     /// Every comparison, newest first.
     pub rows: Vec<crate::store::ShadowRow>,
+}
+
+/// `GET /api/reports/access` parameters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AccessQuery {
+    /// Every lifecycle (approved and waiting, revoked, superseded, extended), not only access
+    /// held now.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Access granted through deskbridge's decisions: who holds which entitlement, since when
+/// (the grant's evidence), until when, under which decision.
+#[utoipa::path(get, path = "/api/reports/access", params(AccessQuery), responses((status = 200, body = Vec<crate::store::lifecycle::LifecycleRow>), (status = 400, description = "a parameter that does not parse"), (status = 401, description = "no valid token")))]
+async fn access(
+    State(state): State<AppState>,
+    _caller: Viewer,
+    ApiQuery(query): ApiQuery<AccessQuery>,
+) -> ApiResult<Vec<crate::store::lifecycle::LifecycleRow>> {
+    Ok(Json(crate::report::access::access(state.pipeline.store(), query.all).await?))
 }
 
 /// How often the shadow decision point agrees with the primary.

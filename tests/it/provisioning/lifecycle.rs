@@ -296,6 +296,29 @@ async fn report_access_lists_held_access_with_its_decision_and_expiry() {
         .expect("run");
     let rows: serde_json::Value = serde_json::from_slice(&json_out.stdout).expect("json");
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    // The admin API gives the same to a viewer, and nothing without a token.
+    let url = format!("{}/api/reports/access", p.base);
+    assert_eq!(p.http.get(&url).send().await.expect("get").status().as_u16(), 401);
+    let api: serde_json::Value = p
+        .http
+        .get(format!("{url}?all=true"))
+        .bearer_auth(&p.tokens.viewer)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let held = api
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["number"] == "RITM0010001")
+        .expect("row");
+    assert_eq!(
+        (held["state"].as_str(), held["decision_id"].as_str()),
+        (Some("granted"), Some(row.decision_id.as_str()))
+    );
 }
 
 #[tokio::test]

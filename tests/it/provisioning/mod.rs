@@ -28,6 +28,8 @@ pub struct ProvApp {
     pub pipeline: Arc<Pipeline>,
     pub base: String,
     pub http: reqwest::Client,
+    /// A viewer and an operator token the admin API takes.
+    pub tokens: crate::operators::Tokens,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -71,7 +73,12 @@ impl ProvApp {
         let pipeline = Arc::new(Self::pipeline_on(&app, &scim, store, extra));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let router = deskbridge::server::app(pipeline.clone(), Arc::new(tokio::sync::Notify::new()), Default::default());
+        let tokens = crate::operators::tokens();
+        let options = deskbridge::server::Options {
+            tokens: tokens.entries.clone(),
+            ..Default::default()
+        };
+        let router = deskbridge::server::app(pipeline.clone(), Arc::new(tokio::sync::Notify::new()), options);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -87,6 +94,7 @@ impl ProvApp {
             pipeline,
             base,
             http: reqwest::Client::new(),
+            tokens,
             _server: server,
         }
     }
