@@ -370,6 +370,16 @@ impl ScimDirectory {
         Ok(found)
     }
 
+    /// The display name of the group with SCIM id `id`, its members left out (a big group's
+    /// member list is never read just to name it).
+    pub async fn group_name_by_id(&self, id: &str) -> Result<Option<String>, String> {
+        let (group, _) = self
+            .get(&path_of("Groups", id), &[("excludedAttributes", "members".into())], None)
+            .await?
+            .ok_or("unexpected 304")?;
+        Ok(group["displayname"].as_str().map(String::from))
+    }
+
     /// The group with SCIM id `id`, members included (`None` when there is no such group).
     pub async fn group_by_id(&self, id: &str) -> Result<Option<GroupMembers>, String> {
         let (group, _) = self.get(&path_of("Groups", id), &[], None).await?.ok_or("unexpected 304")?;

@@ -54,6 +54,8 @@ struct Pass<'a> {
     prov: &'a Provisioning,
     catalog: Option<Arc<Catalog>>,
     report: PassReport,
+    /// Group ids named during this pass (a group's name does not change within one).
+    group_names: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
 }
 
 /// One provisioning pass: reconcile when due, process every stored change, fire due timers.
@@ -67,6 +69,7 @@ pub async fn run(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<Pas
         prov,
         catalog: pipeline.enricher().map(|e| e.catalog.get()),
         report: PassReport::default(),
+        group_names: Default::default(),
     };
     if prov.reconcile_due() {
         if let Err(e) = super::reconcile::all(store, prov, pass.catalog.as_deref()).await {
@@ -87,6 +90,7 @@ pub async fn fire_due_timers(pipeline: &Pipeline, prov: &Provisioning) -> anyhow
         prov,
         catalog: pipeline.enricher().map(|e| e.catalog.get()),
         report: PassReport::default(),
+        group_names: Default::default(),
     };
     pass.fire_timers().await?;
     Ok(pass.report.timers)
@@ -141,7 +145,19 @@ impl Pass<'_> {
         let dir = self.prov.directory();
         let group = match (&e.group_name, &e.group_id, dir) {
             (Some(g), _, _) => Some(g.clone()),
-            (None, Some(id), Some(d)) => d.group_by_id(id).await?.map(|g| g.name.to_lowercase()),
+            (None, Some(id), Some(d)) => {
+                let cached = self.group_names.lock().ok().and_then(|c| c.get(id).cloned());
+                match cached {
+                    Some(name) => name,
+                    None => {
+                        let name = d.group_name_by_id(id).await?.map(|n| n.to_lowercase());
+                        if let Ok(mut c) = self.group_names.lock() {
+                            c.insert(id.clone(), name.clone());
+                        }
+                        name
+                    }
+                }
+            }
             _ => None,
         };
         let user = match (&e.user_name, &e.user_id, dir) {

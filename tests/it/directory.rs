@@ -322,3 +322,40 @@ async fn a_page_of_tickets_asks_the_directory_in_batches() {
         .count();
     assert!(user_queries <= 3, "106 requests naming 7 people: {user_queries} user queries");
 }
+
+#[tokio::test]
+async fn the_simulator_honours_attributes_and_excluded_attributes() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let group = sim.group("jira-users").expect("group");
+    let id = group["id"].as_str().expect("id");
+    let get = |path: String| {
+        let token = TOKEN;
+        async move {
+            reqwest::Client::new()
+                .get(path)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("get")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let lean = get(format!("{}/Groups/{id}?excludedAttributes=members", sim.base_url())).await;
+    assert!(lean.get("members").is_none(), "{lean}");
+    assert_eq!(lean["displayName"], "jira-users");
+    let named = get(format!(
+        "{}/Users?filter=userName%20eq%20%22abel.tuter%22&attributes=userName",
+        sim.base_url()
+    ))
+    .await;
+    let user = &named["Resources"][0];
+    assert_eq!(user["userName"], "abel.tuter");
+    assert!(
+        user.get("emails").is_none() && user.get("id").is_some() && user.get("meta").is_some(),
+        "{user}"
+    );
+    let client = client(&sim, 0);
+    assert_eq!(client.group_name_by_id(id).await.expect("name").as_deref(), Some("jira-users"));
+}

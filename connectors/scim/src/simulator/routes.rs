@@ -100,6 +100,36 @@ fn render_user(state: &State, groups: &[Value], user: &Value) -> Value {
     out
 }
 
+/// `attributes` / `excludedAttributes` (RFC 7644 §3.9) on top-level names, case-insensitive;
+/// `id`, `schemas` and `meta` are always returned. Extension attributes are named by their URN.
+fn project(mut resource: Value, q: &HashMap<String, String>) -> Value {
+    let names = |key: &str| -> Option<Vec<String>> {
+        q.get(key).map(|v| {
+            v.split(',')
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+                .collect()
+        })
+    };
+    let Some(object) = resource.as_object_mut() else { return resource };
+    let always = ["id", "schemas", "meta"];
+    if let Some(wanted) = names("attributes") {
+        object.retain(|k, _| {
+            let k = k.to_ascii_lowercase();
+            always.contains(&k.as_str())
+                || wanted
+                    .iter()
+                    .any(|w| *w == k || w.starts_with(&format!("{k}.")) || w.starts_with(&format!("{k}:")))
+        });
+    } else if let Some(excluded) = names("excludedAttributes") {
+        object.retain(|k, _| {
+            let k = k.to_ascii_lowercase();
+            always.contains(&k.as_str()) || !excluded.contains(&k)
+        });
+    }
+    resource
+}
+
 fn list(resources: Vec<Value>, q: &HashMap<String, String>) -> Response {
     let matched = match q.get("filter") {
         Some(text) => match filter::parse(text) {
@@ -110,7 +140,7 @@ fn list(resources: Vec<Value>, q: &HashMap<String, String>) -> Response {
     };
     let start = q.get("startIndex").and_then(|s| s.parse::<usize>().ok()).unwrap_or(1).max(1);
     let count = q.get("count").and_then(|s| s.parse::<usize>().ok()).unwrap_or(100).min(200);
-    let page: Vec<Value> = matched.iter().skip(start - 1).take(count).cloned().collect();
+    let page: Vec<Value> = matched.iter().skip(start - 1).take(count).map(|r| project(r.clone(), q)).collect();
     scim_json(
         StatusCode::OK,
         json!({
@@ -146,18 +176,18 @@ fn with_etag(resource: Value, headers: &HeaderMap) -> Response {
     r
 }
 
-async fn get_user(AxState(state): AxState<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn get_user(AxState(state): AxState<Shared>, Path(id): Path<String>, Query(q): Params, headers: HeaderMap) -> Response {
     let db = lock(&state.db);
     match db.users.iter().find(|u| u["id"] == id) {
-        Some(u) => with_etag(render_user(&state, &db.groups, u), &headers),
+        Some(u) => with_etag(project(render_user(&state, &db.groups, u), &q), &headers),
         None => scim_error(StatusCode::NOT_FOUND, None, "no such user"),
     }
 }
 
-async fn get_group(AxState(state): AxState<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn get_group(AxState(state): AxState<Shared>, Path(id): Path<String>, Query(q): Params, headers: HeaderMap) -> Response {
     let db = lock(&state.db);
     match db.groups.iter().find(|g| g["id"] == id) {
-        Some(g) => with_etag(g.clone(), &headers),
+        Some(g) => with_etag(project(g.clone(), &q), &headers),
         None => scim_error(StatusCode::NOT_FOUND, None, "no such group"),
     }
 }
