@@ -242,10 +242,17 @@ impl Pass<'_> {
             .into_iter()
             .filter(|r| parse(&r.approved_at).is_some_and(|a| a <= at + chrono::Duration::seconds(SKEW_SECS)))
             .collect();
-        let chosen = match &e.decision_ref {
-            Some(id) => candidates.iter().find(|r| &r.decision_id == id).or(candidates.first()),
-            None => candidates.first(),
-        };
+        // The decision the sender names, else its ticket, else the latest approved before the
+        // grant.
+        let by_decision = e
+            .decision_ref
+            .as_ref()
+            .and_then(|id| candidates.iter().find(|r| &r.decision_id == id));
+        let by_ticket = e
+            .ticket_ref
+            .as_ref()
+            .and_then(|t| candidates.iter().find(|r| r.number.eq_ignore_ascii_case(t) || r.ticket_key == *t));
+        let chosen = by_decision.or(by_ticket).or(candidates.first());
         if let Some(row) = chosen {
             self.grant(e, row, at, group, user, fx);
             return Ok(());

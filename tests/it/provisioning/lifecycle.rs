@@ -363,3 +363,24 @@ async fn a_later_approval_of_access_already_held_extends_it_without_a_false_find
     let trace = deskbridge::audit::trace(&p.app.store, "RITM0010001").await.expect("trace");
     assert!(trace.contains("via extension"), "{trace}");
 }
+
+#[tokio::test]
+async fn an_iga_grant_naming_its_ticket_is_matched_to_that_ticket_not_the_latest_approval() {
+    let p = ProvApp::start(json!({})).await;
+    // A second Jira developers request for abel.tuter, approved after RITM0010001.
+    let numbers = p.app.sim.generate(1);
+    p.pass().await;
+    let (older, newer) = (p.lifecycle("RITM0010001").await, p.lifecycle(&numbers[0]).await);
+    assert_eq!((older.state.as_str(), newer.state.as_str()), ("approved", "approved"));
+    assert!(newer.approved_at > older.approved_at);
+    let (status, _) = p
+        .iga(
+            &json!({"id": "iga-t", "event": "grant", "identity": "abel.tuter", "group": "jira-developers",
+                      "at": chrono::Utc::now().to_rfc3339(), "ticket": "RITM0010001"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    p.pass().await;
+    assert_eq!(p.lifecycle("RITM0010001").await.state, "granted", "the ticket it names");
+    assert_eq!(p.lifecycle(&numbers[0]).await.state, "approved");
+}
