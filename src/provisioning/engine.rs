@@ -181,7 +181,7 @@ impl Pass<'_> {
         };
         let internal = |err: anyhow::Error| format!("{err:#}");
         match (e.kind.as_str(), group, user) {
-            ("reread", Some(_), _) | ("reread", None, _) => {
+            ("reread", _, _) => {
                 let group_id = e.group_id.clone().unwrap_or_default();
                 if let Some(dir) = self.prov.directory() {
                     if let Some(g) = dir.group_by_id(&group_id).await? {
