@@ -64,13 +64,7 @@ pub async fn run(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<Pas
     if !store.try_lease("provisioning").await? {
         return Ok(PassReport::default());
     }
-    let mut pass = Pass {
-        pipeline,
-        prov,
-        catalog: pipeline.enricher().map(|e| e.catalog.get()),
-        report: PassReport::default(),
-        group_names: Default::default(),
-    };
+    let mut pass = Pass::new(pipeline, prov);
     if prov.reconcile_due() {
         if let Err(e) = super::reconcile::all(store, prov, pass.catalog.as_deref()).await {
             tracing::warn!(error = %e, "reconciling the catalog's groups failed; the next reconciliation tries again");
@@ -85,18 +79,22 @@ pub async fn run(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<Pas
 /// however many replicas call this at the same time (the store's update is fenced). Returns how
 /// many this call fired.
 pub async fn fire_due_timers(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<usize> {
-    let mut pass = Pass {
-        pipeline,
-        prov,
-        catalog: pipeline.enricher().map(|e| e.catalog.get()),
-        report: PassReport::default(),
-        group_names: Default::default(),
-    };
+    let mut pass = Pass::new(pipeline, prov);
     pass.fire_timers().await?;
     Ok(pass.report.timers)
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    fn new(pipeline: &'a Pipeline, prov: &'a Provisioning) -> Self {
+        Self {
+            pipeline,
+            prov,
+            catalog: pipeline.enricher().map(|e| e.catalog.get()),
+            report: PassReport::default(),
+            group_names: Default::default(),
+        }
+    }
+
     fn store(&self) -> &Store {
         self.pipeline.store()
     }

@@ -110,27 +110,37 @@ async fn set(state: &AppState, id: &str, verifier: &SetVerifier, token: Option<&
         "sub_id": verified.claims["sub_id"],
     });
     let delivery = format!("{}|{}", verified.iss, verified.jti);
-    match state
-        .pipeline
-        .store()
-        .record_access_delivery(id, &delivery, &changes, evidence)
-        .await
-    {
+    let replay = || {
+        tracing::info!(source = %id, jti = %verified.jti, "SET replayed; nothing stored");
+        let (response, _) = refuse(&SetError::new(
+            "invalid_request",
+            format!(
+                "jti {:?} from this issuer was already received; a replay is not stored again",
+                verified.jti
+            ),
+        ));
+        (response, "duplicate".to_owned())
+    };
+    let accepted = || (StatusCode::ACCEPTED.into_response(), "accepted".to_owned());
+    store(state, id, &delivery, &changes, evidence, accepted, replay).await
+}
+
+/// Stores a verified delivery durably (then wakes the worker), or answers as a replay.
+async fn store(
+    state: &AppState,
+    id: &str,
+    delivery: &str,
+    changes: &[crate::store::lifecycle::NewAccessEvent],
+    evidence: serde_json::Value,
+    accepted: impl FnOnce() -> Answer,
+    replay: impl FnOnce() -> Answer,
+) -> Answer {
+    match state.pipeline.store().record_access_delivery(id, delivery, changes, evidence).await {
         Ok(Some(_)) => {
             state.wake.notify_one();
-            (StatusCode::ACCEPTED.into_response(), "accepted".into())
+            accepted()
         }
-        Ok(None) => {
-            tracing::info!(source = %id, jti = %verified.jti, "SET replayed; nothing stored");
-            let (response, _) = refuse(&SetError::new(
-                "invalid_request",
-                format!(
-                    "jti {:?} from this issuer was already received; a replay is not stored again",
-                    verified.jti
-                ),
-            ));
-            (response, "duplicate".into())
-        }
+        Ok(None) => replay(),
         Err(e) => store_failed(id, &e),
     }
 }
@@ -153,17 +163,7 @@ async fn webhook(state: &AppState, id: &str, verifier: &WebhookVerifier, headers
         Err(why) => return plain(StatusCode::BAD_REQUEST, json!({"error": why}), "invalid"),
     };
     let evidence = json!({"via": "webhook", "id": delivery, "body_sha256": crate::store::sha256_hex(body)});
-    match state
-        .pipeline
-        .store()
-        .record_access_delivery(id, &delivery, &changes, evidence)
-        .await
-    {
-        Ok(Some(_)) => {
-            state.wake.notify_one();
-            plain(StatusCode::ACCEPTED, json!({"status": "accepted"}), "accepted")
-        }
-        Ok(None) => plain(StatusCode::OK, json!({"status": "duplicate delivery ignored"}), "duplicate"),
-        Err(e) => store_failed(id, &e),
-    }
+    let accepted = || plain(StatusCode::ACCEPTED, json!({"status": "accepted"}), "accepted");
+    let replay = || plain(StatusCode::OK, json!({"status": "duplicate delivery ignored"}), "duplicate");
+    store(state, id, &delivery, &changes, evidence, accepted, replay).await
 }

@@ -81,6 +81,14 @@ fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// The id of the user named `user_name`.
+fn user_id(db: &Db, user_name: &str) -> Option<String> {
+    db.users
+        .iter()
+        .find(|u| u["userName"] == user_name)
+        .and_then(|u| u["id"].as_str().map(String::from))
+}
+
 /// Bumps a resource's `meta.version` (its ETag).
 fn touch(resource: &mut Value) {
     let n = resource["meta"]["version"]
@@ -171,12 +179,7 @@ impl Simulator {
             return true;
         }
         let mut db = lock(&self.state.db);
-        let Some(id) = db
-            .users
-            .iter()
-            .find(|u| u["userName"] == user_name)
-            .and_then(|u| u["id"].as_str().map(String::from))
-        else {
+        let Some(id) = user_id(&db, user_name) else {
             return false;
         };
         let Some(group) = db.groups.iter_mut().find(|g| g["displayName"] == display_name) else {
@@ -248,12 +251,7 @@ impl Simulator {
     /// Adds `user_name` to the group `display_name` (created when missing).
     pub fn add_to_group(&self, user_name: &str, display_name: &str) -> bool {
         let mut db = lock(&self.state.db);
-        let Some(id) = db
-            .users
-            .iter()
-            .find(|u| u["userName"] == user_name)
-            .and_then(|u| u["id"].as_str().map(String::from))
-        else {
+        let Some(id) = user_id(&db, user_name) else {
             return false;
         };
         let known = db
