@@ -138,6 +138,8 @@ pub struct Pipeline {
     heartbeat: std::sync::atomic::AtomicI64,
     /// Provisioning evidence and the access lifecycle, when configured.
     provisioning: Option<Arc<crate::provisioning::Provisioning>>,
+    /// Why the last provisioning pass stopped at a change it could not resolve.
+    provisioning_blocked: std::sync::Mutex<Option<String>>,
     /// The last failure of the decision point and of the facts (catalog and directory), cleared
     /// by the next success: readiness says why requests stay pending.
     last_failures: std::sync::Mutex<LastFailures>,
@@ -190,6 +192,7 @@ impl Pipeline {
             heartbeat: std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp_millis()),
             last_failures: std::sync::Mutex::new(LastFailures::default()),
             provisioning: None,
+            provisioning_blocked: std::sync::Mutex::new(None),
             decision_point,
         }
     }
@@ -211,6 +214,11 @@ impl Pipeline {
     /// Provisioning evidence, when configured.
     pub fn provisioning(&self) -> Option<&Arc<crate::provisioning::Provisioning>> {
         self.provisioning.as_ref()
+    }
+
+    /// Why the last provisioning pass stopped at a change the directory could not resolve.
+    pub fn provisioning_blocked(&self) -> Option<String> {
+        self.provisioning_blocked.lock().ok().and_then(|b| b.clone())
     }
 
     /// The enricher, when one is configured (for catalog reloads).
@@ -429,7 +437,12 @@ impl Pipeline {
         // logged and the pass goes on to post.
         if let Some(provisioning) = &self.provisioning {
             match crate::provisioning::engine::run(self, provisioning).await {
-                Ok(done) => report.evidence = done.processed + done.timers,
+                Ok(done) => {
+                    report.evidence = done.processed + done.timers;
+                    if let Ok(mut blocked) = self.provisioning_blocked.lock() {
+                        *blocked = done.blocked;
+                    }
+                }
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "the provisioning pass failed; it runs again next pass"),
             }
         }

@@ -253,8 +253,22 @@ pub struct Status {
     pub backlog: Option<crate::store::Backlog>,
     /// Each connector instance.
     pub connectors: Vec<ConnectorStatus>,
+    /// Provisioning evidence, when configured.
+    pub provisioning: Option<ProvisioningStatus>,
     /// Readiness, as `/readyz` says it.
     pub ready: bool,
+}
+
+/// Provisioning evidence on `/status`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProvisioningStatus {
+    /// The event sources (`POST /events/<id>`).
+    pub sources: Vec<String>,
+    /// Entitlement changes stored and not processed yet.
+    pub waiting: i64,
+    /// Why processing waits, when this process's last pass stopped at a change the directory
+    /// could not resolve (cleared by a pass that was not blocked).
+    pub blocked: Option<String>,
 }
 
 /// One connector instance on `/status`.
@@ -301,6 +315,14 @@ pub(crate) async fn status_of(pipeline: &Pipeline) -> anyhow::Result<Status> {
         }),
         backlog: Some(backlog),
         connectors,
+        provisioning: match pipeline.provisioning() {
+            Some(prov) => Some(ProvisioningStatus {
+                sources: prov.sources().into_iter().map(|(id, _)| id.to_owned()).collect(),
+                waiting: store.access_events_waiting().await?,
+                blocked: pipeline.provisioning_blocked(),
+            }),
+            None => None,
+        },
         ready,
     })
 }

@@ -408,6 +408,13 @@ impl Store {
         .await?)
     }
 
+    /// How many stored changes are not processed yet.
+    pub async fn access_events_waiting(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM access_events WHERE processed_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Notes that processing a change failed (the directory could not answer); it is tried
     /// again next pass, before any later change.
     pub async fn access_event_failed(&self, id: i64, error: &str) -> anyhow::Result<()> {

@@ -384,3 +384,33 @@ async fn an_iga_grant_naming_its_ticket_is_matched_to_that_ticket_not_the_latest
     assert_eq!(p.lifecycle("RITM0010001").await.state, "granted", "the ticket it names");
     assert_eq!(p.lifecycle(&numbers[0]).await.state, "approved");
 }
+
+#[tokio::test]
+async fn a_directory_outage_holds_changes_in_order_shows_on_status_and_loses_nothing() {
+    use deskbridge_scim::simulator::{Fault, Target};
+    let p = ProvApp::start(json!({})).await;
+    p.pass().await;
+    p.scim.add_to_group("abel.tuter", "jira-developers");
+    p.scim.flush_events().await;
+    // The SET is stored; resolving its user id fails while the directory is down.
+    p.scim.inject_on(Target::path(Some("/Users/")), Fault::Status(503), 50);
+    p.pipeline.run_once().await.expect("pass");
+    let status = |p: &ProvApp| {
+        let request = p.http.get(format!("{}/status", p.base)).bearer_auth(&p.tokens.viewer).send();
+        async move { request.await.expect("status").json::<serde_json::Value>().await.expect("json") }
+    };
+    let down = status(&p).await;
+    assert_eq!(down["provisioning"]["waiting"], 1, "{down}");
+    assert!(down["provisioning"]["blocked"].as_str().is_some_and(|b| !b.is_empty()), "{down}");
+    assert_eq!(p.lifecycle("RITM0010001").await.state, "approved");
+    p.scim.clear_faults();
+    p.pass().await;
+    let up = status(&p).await;
+    assert_eq!(
+        (up["provisioning"]["waiting"].as_i64(), up["provisioning"]["blocked"].is_null()),
+        (Some(0), true),
+        "{up}"
+    );
+    assert_eq!(up["provisioning"]["sources"], json!(["iga", "scim"]));
+    assert_eq!(p.lifecycle("RITM0010001").await.state, "granted");
+}
