@@ -98,7 +98,7 @@ function route() {
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === view || (view === "ticket" && a.dataset.view === "tickets"));
   const target = document.getElementById("view");
   target.replaceChildren(el("p", { class: "stage" }, "Loading…"));
-  const views = { tickets: showTickets, ticket: showTicket, drift: showDrift, shadow: showShadow, parked: showParked, playground: showPlayground };
+  const views = { tickets: showTickets, ticket: showTicket, drift: showDrift, shadow: showShadow, access: showAccess, parked: showParked, playground: showPlayground };
   (views[view] || showTickets)(target, rest).catch((e) => {
     target.replaceChildren(el("p", { class: "error", role: "alert" }, "Could not load this view: " + e.message));
   });
@@ -163,7 +163,9 @@ async function showTicket(target, [connector, key]) {
 
 function barChart(title, bars, id) {
   const ns = "http://www.w3.org/2000/svg";
-  const rowH = 24, labelW = 230, width = 560, max = Math.max(1, ...bars.map((b) => b.count));
+  // The label column fits the longest label (about 7.5 viewBox units a character).
+  const longest = Math.max(0, ...bars.map((b) => String(b.label).length));
+  const rowH = 24, labelW = Math.max(120, Math.round(longest * 7.5) + 16), width = labelW + 330, max = Math.max(1, ...bars.map((b) => b.count));
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", "0 0 " + width + " " + Math.max(rowH, bars.length * rowH + 8));
   svg.setAttribute("width", "100%");
@@ -209,6 +211,22 @@ async function showShadow(target) {
     barChart("Agreement", [{ label: "agree", count: s.agreed }, { label: "disagree", count: s.compared - s.agreed }], "chart-shadow"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Ticket", "Primary", "Shadow", "Shadow PDP", "Error", "At"].map((h) => el("th", {}, h)))),
       el("tbody", {}, s.rows.map((r) => el("tr", {}, el("td", {}, r.number), el("td", {}, badge(r.primary_outcome)), el("td", {}, badge(r.shadow_outcome)), el("td", {}, r.shadow_pdp), el("td", {}, r.shadow_error || ""), el("td", { class: "stage" }, r.at))))));
+}
+
+/** `2026-12-02T18:04:25.331937Z` as `2026-12-02 18:04` (UTC). */
+const minute = (t) => (t ? t.slice(0, 16).replace("T", " ") : "");
+
+async function showAccess(target) {
+  const rows = await api("/reports/access?all=true");
+  const held = rows.filter((r) => r.state === "granted" || r.state === "expired").length;
+  target.replaceChildren(
+    el("h1", {}, "Access"),
+    el("p", { id: "access-summary" }, `${held} held now through deskbridge's decisions; ${rows.length} lifecycle(s) in all. Each grant is matched to its decision; expiry is timed from the grant.`),
+    el("table", { id: "access" }, el("thead", {}, el("tr", {}, ["Ticket", "Who", "Entitlement", "Group", "State", "Approved (UTC)", "Granted", "Expires", "Revoked", "Decision"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.map((r) => el("tr", { "data-number": r.number, "data-state": r.state },
+        el("td", {}, r.number), el("td", {}, r.beneficiary), el("td", {}, `${r.system_id}/${r.entitlement}`), el("td", {}, r.group_name),
+        el("td", {}, r.state), el("td", { class: "stage" }, minute(r.approved_at)), el("td", { class: "stage" }, minute(r.granted_at)),
+        el("td", { class: "stage" }, minute(r.expires_at)), el("td", { class: "stage" }, minute(r.revoked_at)), el("td", { class: "stage" }, r.decision_id))))));
 }
 
 // ---- parked --------------------------------------------------------------------------------

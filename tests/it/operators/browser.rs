@@ -173,6 +173,15 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(bars, json!(deskbridge::report::drift::KINDS.len()));
     shot(&client, "drift").await;
 
+    // Access: the lifecycle of an approval, waiting for its grant.
+    client.goto(&format!("{}/ui#access", console.url)).await.expect("access");
+    let access = text_of(&client, "#access", "access table", |t| t.contains("RITM0010001")).await;
+    assert!(
+        access.contains("jira-software/jira-developers") && access.contains("approved"),
+        "{access}"
+    );
+    shot(&client, "access").await;
+
     // A viewer's retry is refused, and nothing changes.
     client.goto(&format!("{}/ui#parked", console.url)).await.expect("parked");
     click(&client, Locator::Css("#parked button.retry"), "retry button").await;
