@@ -109,6 +109,7 @@ pub(crate) fn summary(kind: &str, p: &Value) -> String {
             }
         ),
         "access_finding" => format!("FINDING {}: {}", s(&p["kind"]), s(&p["detail"])),
+        "access_finding_resolved" => format!("finding {} closed by later evidence", s(&p["kind"])),
         "enriched" => {
             let person = |who: &str| {
                 let f = &p["context"][who];

@@ -317,13 +317,8 @@ pub(super) async fn on_decision(
             .bind(earlier)
             .execute(&mut **tx)
             .await?;
-        sqlx::query(
-            "UPDATE access_findings SET resolved_at = $1 WHERE kind = 'not_revoked_after_expiry' AND subject = $2 AND resolved_at IS NULL",
-        )
-        .bind(&approved_at)
-        .bind(earlier)
-        .execute(&mut **tx)
-        .await?;
+        let payload = json!({"kind": "not_revoked_after_expiry", "subject": earlier, "by_decision": decision.decision_id});
+        resolve(tx, "not_revoked_after_expiry", earlier, &approved_at, payload).await?;
     }
     audit::append(
         tx,
@@ -600,6 +595,22 @@ pub enum TimerColumn {
     Unfulfilled,
 }
 
+/// Closes an open finding, with an audit record on its ticket (when it has one).
+async fn resolve(tx: &mut sqlx::Transaction<'_, sqlx::Any>, kind: &str, subject: &str, at: &str, payload: Value) -> anyhow::Result<()> {
+    let closed: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE access_findings SET resolved_at = $1 WHERE kind = $2 AND subject = $3 AND resolved_at IS NULL RETURNING connector, ticket_key",
+    )
+    .bind(at)
+    .bind(kind)
+    .bind(subject)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (connector, ticket_key) in closed {
+        audit::append(tx, &connector, &ticket_key, Event::AccessFindingResolved, payload.clone()).await?;
+    }
+    Ok(())
+}
+
 async fn write_effects(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: Option<i64>, fx: &Effects, at: &str) -> anyhow::Result<()> {
     for (group, user, present) in &fx.memberships {
         sqlx::query(
@@ -646,22 +657,7 @@ async fn write_effects(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: Option<
             .await?;
     }
     for (kind, subject) in &fx.resolve {
-        let closed = sqlx::query("UPDATE access_findings SET resolved_at = $1 WHERE kind = $2 AND subject = $3 AND resolved_at IS NULL")
-            .bind(at)
-            .bind(*kind)
-            .bind(subject)
-            .execute(&mut **tx)
-            .await?;
-        if closed.rows_affected() > 0 {
-            audit::append(
-                tx,
-                "",
-                "",
-                Event::AccessFindingResolved,
-                json!({"kind": kind, "subject": subject, "event_id": event}),
-            )
-            .await?;
-        }
+        resolve(tx, kind, subject, at, json!({"kind": kind, "subject": subject, "event_id": event})).await?;
     }
     for f in &fx.findings {
         let fresh = sqlx::query(

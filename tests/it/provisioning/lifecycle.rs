@@ -161,6 +161,10 @@ async fn expiry_fires_once_comments_once_and_a_late_revocation_closes_the_findin
     let trace = deskbridge::audit::trace(&p.app.store, "RITM0010001").await.expect("trace");
     assert!(trace.contains("(after expiry)"), "{trace}");
     assert!(trace.contains("revocation required"), "{trace}");
+    assert!(
+        trace.contains("finding not_revoked_after_expiry closed by later evidence"),
+        "{trace}"
+    );
 }
 
 #[tokio::test]
