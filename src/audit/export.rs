@@ -71,9 +71,7 @@ pub async fn export(
     if let Some(signer) = signer {
         super::checkpoint(store, signer).await?;
     }
-    let since = since
-        .map(|s| s.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_default();
+    let since = since.map(crate::store::stamp).unwrap_or_default();
     let mut sink = match format {
         Format::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(out))),
         Format::Jsonl => Sink::Jsonl(out),

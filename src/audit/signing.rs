@@ -58,7 +58,7 @@ impl AuditSigner {
 
     /// Signs one record's position.
     pub fn sign(&self, seq: i64, hash: &str) -> Checkpoint {
-        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = crate::store::now();
         let signature = self.key.sign(message(seq, hash, &at).as_bytes());
         Checkpoint {
             seq,

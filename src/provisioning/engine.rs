@@ -16,7 +16,7 @@ use super::Provisioning;
 use crate::catalog::Catalog;
 use crate::pipeline::Pipeline;
 use crate::store::lifecycle::{AccessEventRow, Effects, Grant, LifecycleComment, LifecycleRow, NewFinding, TimerColumn};
-use crate::store::{Event, Store};
+use crate::store::{stamp, Event, Store};
 
 /// What one provisioning pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,10 +38,6 @@ const SKEW_SECS: i64 = 300;
 
 fn parse(t: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(t).ok().map(|d| d.with_timezone(&Utc))
-}
-
-fn stamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// When access granted at `granted_at` under `row` ends (see [`crate::store::lifecycle::expiry`]).

@@ -10,12 +10,6 @@ use crate::store::lifecycle::NewAccessEvent;
 
 const PREFIX: &str = "urn:ietf:params:scim:event:";
 
-fn rfc3339(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// `Groups` and the id of a `/Groups/<id>` subject URI.
 fn subject(uri: &str) -> Option<(&str, String)> {
     let trimmed = uri.trim_start_matches('/');
@@ -81,7 +75,7 @@ pub fn set_changes(set: &VerifiedSet) -> Result<Vec<NewAccessEvent>, SetError> {
         .as_str()
         .ok_or_else(|| bad("sub_id.uri is missing (RFC 9967 names the subject there)"))?;
     let (kind, id) = subject(uri).ok_or_else(|| bad("sub_id.uri is not /Users/<id> or /Groups/<id>"))?;
-    let occurred_at = rfc3339(set.toe.unwrap_or(set.iat));
+    let occurred_at = crate::store::stamp(chrono::DateTime::from_timestamp(set.toe.unwrap_or(set.iat), 0).unwrap_or_default());
     let base = NewAccessEvent {
         via: "set",
         occurred_at,
@@ -166,7 +160,7 @@ pub fn webhook_changes(body: &[u8], catalog: Option<&crate::catalog::Catalog>) -
         text(name)?
             .map(|t| {
                 chrono::DateTime::parse_from_rfc3339(&t)
-                    .map(|d| d.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                    .map(|d| crate::store::stamp(d.with_timezone(&chrono::Utc)))
                     .map_err(|_| format!("{name}: {t:?} is not an RFC 3339 time"))
             })
             .transpose()

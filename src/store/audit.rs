@@ -14,7 +14,6 @@
 //!
 //! A log may hold scheme-1 records followed by scheme-2 records, never the other way round.
 
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -187,7 +186,7 @@ pub async fn append(tx: &mut Transaction<'_, Any>, connector: &str, ticket_key: 
         .fetch_optional(&mut **tx)
         .await?;
     let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
-    let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let at = super::now();
     let hash = record_hash(
         JCS_SCHEME,
         &Content {

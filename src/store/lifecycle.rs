@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::{audit, now, sha256_hex, Event, InboxRow, Store};
+use super::{audit, now, sha256_hex, stamp, Event, InboxRow, Store};
 
 /// An entitlement change to take in.
 #[derive(Debug, Clone, Default)]
@@ -215,10 +215,6 @@ pub fn expiry(
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|d| d.and_utc());
     [by_days, by_date].into_iter().flatten().min()
-}
-
-fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// At decision time: an approve of a grant, modify or extend whose catalog entitlement a

@@ -287,14 +287,19 @@ pub struct Backlog {
     pub parked_comments: i64,
 }
 
+/// A time in the store's timestamp format: RFC 3339 in UTC with microseconds, which sorts as
+/// time when compared as text.
+pub fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// Now, in the store's timestamp format.
 pub fn now() -> String {
-    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    stamp(Utc::now())
 }
 
 fn later(delay: Duration) -> String {
-    (Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()))
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    stamp(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()))
 }
 
 /// SHA-256 hex of some bytes.

@@ -209,7 +209,7 @@ impl ProvApp {
 
 /// Moves a lifecycle's expiry into the past, as if its days had gone by.
 pub async fn expire_now(store: &Store, decision_id: &str) {
-    let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let past = deskbridge::store::stamp(chrono::Utc::now() - chrono::Duration::minutes(1));
     sqlx::query("UPDATE access_lifecycle SET expires_at = $1 WHERE decision_id = $2")
         .bind(&past)
         .bind(decision_id)
