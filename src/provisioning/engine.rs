@@ -40,9 +40,10 @@ fn parse(t: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(t).ok().map(|d| d.with_timezone(&Utc))
 }
 
-/// When access granted at `granted_at` under `row` ends (see [`crate::store::lifecycle::expiry`]).
-pub fn expiry_of(row: &LifecycleRow, granted_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    crate::store::lifecycle::expiry(row.max_days, row.end_date.as_deref(), granted_at)
+/// The lifecycles among `rows` for `group` (any when `None`) in one of `states`.
+fn in_states<'r>(rows: &'r [LifecycleRow], group: Option<&'r str>, states: &'r [&str]) -> impl Iterator<Item = &'r LifecycleRow> {
+    rows.iter()
+        .filter(move |r| group.is_none_or(|g| r.group_name.eq_ignore_ascii_case(g)) && states.contains(&r.state.as_str()))
 }
 
 struct Pass<'a> {
@@ -226,14 +227,13 @@ impl<'a> Pass<'a> {
                 ),
             ));
         }
-        if !store.lifecycles_of(user, Some(group), &["granted", "expired"]).await?.is_empty() {
+        // The user's lifecycles, read once for every question below.
+        let rows = store.lifecycles_of(user).await?;
+        if in_states(&rows, Some(group), &["granted", "expired"]).next().is_some() {
             fx.outcome = "already_granted".into();
             return Ok(());
         }
-        let candidates: Vec<LifecycleRow> = store
-            .lifecycles_of(user, Some(group), &["approved"])
-            .await?
-            .into_iter()
+        let candidates: Vec<&LifecycleRow> = in_states(&rows, Some(group), &["approved"])
             .filter(|r| parse(&r.approved_at).is_some_and(|a| a <= at + chrono::Duration::seconds(SKEW_SECS)))
             .collect();
         // The decision the sender names, else its ticket, else the latest approved before the
@@ -241,12 +241,14 @@ impl<'a> Pass<'a> {
         let by_decision = e
             .decision_ref
             .as_ref()
-            .and_then(|id| candidates.iter().find(|r| &r.decision_id == id));
-        let by_ticket = e
-            .ticket_ref
-            .as_ref()
-            .and_then(|t| candidates.iter().find(|r| r.number.eq_ignore_ascii_case(t) || r.ticket_key == *t));
-        let chosen = by_decision.or(by_ticket).or(candidates.first());
+            .and_then(|id| candidates.iter().copied().find(|r| &r.decision_id == id));
+        let by_ticket = e.ticket_ref.as_ref().and_then(|t| {
+            candidates
+                .iter()
+                .copied()
+                .find(|r| r.number.eq_ignore_ascii_case(t) || r.ticket_key == *t)
+        });
+        let chosen = by_decision.or(by_ticket).or(candidates.first().copied());
         if let Some(row) = chosen {
             self.grant(e, row, at, group, user, fx);
             return Ok(());
@@ -258,17 +260,13 @@ impl<'a> Pass<'a> {
         }
         // Approved for something else on the same system: the grant went beyond the decision.
         let systems: Vec<&str> = entitlements.iter().filter_map(|e| e.split('/').next()).collect();
-        let other = store
-            .lifecycles_of(user, None, &["approved", "granted"])
-            .await?
-            .into_iter()
-            .find(|r| systems.contains(&r.system_id.as_str()));
+        let other = in_states(&rows, None, &["approved", "granted"]).find(|r| systems.contains(&r.system_id.as_str()));
         fx.outcome = "unmatched".into();
         if let Some(other) = other {
             fx.findings.push(finding(
                 "granted_beyond_decision",
                 &format!("{user}|{group}|{}", e.id),
-                Some(&other),
+                Some(other),
                 user,
                 group,
                 format!(
@@ -306,7 +304,7 @@ impl<'a> Pass<'a> {
     }
 
     fn grant(&self, e: &AccessEventRow, row: &LifecycleRow, at: DateTime<Utc>, group: &str, user: &str, fx: &mut Effects) {
-        let expires = expiry_of(row, at);
+        let expires = crate::store::lifecycle::expiry(row.max_days, row.end_date.as_deref(), at);
         fx.outcome = "granted".into();
         fx.grant = Some(Grant {
             decision_id: row.decision_id.clone(),
@@ -384,7 +382,8 @@ impl<'a> Pass<'a> {
         fx.memberships.push((group.to_owned(), user.to_owned(), false));
         fx.resolve.push(("identity_disabled_with_access", format!("{user}|{group}")));
         let at = parse(&e.occurred_at).unwrap_or_else(Utc::now);
-        let granted = self.store().lifecycles_of(user, Some(group), &["granted", "expired"]).await?;
+        let rows = self.store().lifecycles_of(user).await?;
+        let granted: Vec<&LifecycleRow> = in_states(&rows, Some(group), &["granted", "expired"]).collect();
         fx.outcome = if granted.is_empty() { "removed" } else { "revoked" }.into();
         for row in granted {
             fx.revoke.push((row.decision_id.clone(), stamp(at)));
@@ -406,21 +405,17 @@ impl<'a> Pass<'a> {
     async fn deactivated(&self, e: &AccessEventRow, user: &str, fx: &mut Effects) -> anyhow::Result<()> {
         fx.outcome = "deactivated".into();
         fx.disabled = Some(user.to_owned());
+        let rows = self.store().lifecycles_of(user).await?;
         for group in self.store().groups_of_member(user).await? {
             let entitlements = self.catalog_entitlements(&group);
             if entitlements.is_empty() {
                 continue;
             }
-            let row = self
-                .store()
-                .lifecycles_of(user, Some(&group), &["granted", "expired"])
-                .await?
-                .into_iter()
-                .next();
+            let row = in_states(&rows, Some(&group), &["granted", "expired"]).next();
             fx.findings.push(finding(
                 "identity_disabled_with_access",
                 &format!("{user}|{group}"),
-                row.as_ref(),
+                row,
                 user,
                 &group,
                 format!(
@@ -540,11 +535,7 @@ impl<'a> Pass<'a> {
 /// comment; gone → the expiry is recorded. `false` when another replica fired it first.
 async fn fire_expiry(pass: &Pass<'_>, row: &LifecycleRow) -> anyhow::Result<bool> {
     let store = pass.store();
-    let present = store
-        .members_of(&row.group_name)
-        .await?
-        .iter()
-        .any(|m| m.eq_ignore_ascii_case(&row.beneficiary));
+    let present = store.is_member(&row.group_name, &row.beneficiary).await?;
     let mut fx = Effects::default();
     let expires = row.expires_at.clone().unwrap_or_default();
     fx.audit.push((

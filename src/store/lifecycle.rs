@@ -417,28 +417,14 @@ impl Store {
         Ok(())
     }
 
-    /// Lifecycles of `user` (any group when `group` is `None`) in the given states.
-    pub async fn lifecycles_of(&self, user: &str, group: Option<&str>, states: &[&str]) -> anyhow::Result<Vec<LifecycleRow>> {
-        let rows: Vec<LifecycleRow> = sqlx::query_as(&format!(
+    /// Every lifecycle of `user`, newest approval first.
+    pub async fn lifecycles_of(&self, user: &str) -> anyhow::Result<Vec<LifecycleRow>> {
+        Ok(sqlx::query_as(&format!(
             "SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle WHERE beneficiary = $1 ORDER BY approved_at DESC"
         ))
         .bind(user.to_lowercase())
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| group.is_none_or(|g| r.group_name.eq_ignore_ascii_case(g)) && states.contains(&r.state.as_str()))
-            .collect())
-    }
-
-    /// One lifecycle by its decision id.
-    pub async fn lifecycle(&self, decision_id: &str) -> anyhow::Result<Option<LifecycleRow>> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {LIFECYCLE_COLUMNS} FROM access_lifecycle WHERE decision_id = $1"))
-                .bind(decision_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        .await?)
     }
 
     /// Every lifecycle, newest approval first (`report access`).
@@ -468,6 +454,16 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    /// Whether `user` is known to be in `group`.
+    pub async fn is_member(&self, group: &str, user: &str) -> anyhow::Result<bool> {
+        let present: Option<i64> = sqlx::query_scalar("SELECT present FROM memberships WHERE group_name = $1 AND user_name = $2")
+            .bind(group.to_lowercase())
+            .bind(user.to_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(present == Some(1))
     }
 
     /// Whether the directory reported `user` disabled.
