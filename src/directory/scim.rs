@@ -328,12 +328,7 @@ impl ScimDirectory {
             .get(&path_of("Users", id), &[("attributes", "userName,active".into())], None)
             .await?
             .ok_or("unexpected 304")?;
-        let Some(name) = user["username"].as_str() else { return Ok(None) };
-        let active = super::file::truthy(&user["active"]).unwrap_or(true);
-        Ok(Some(UserRef {
-            user_name: name.to_owned(),
-            active,
-        }))
+        Ok(user_ref(&user))
     }
 
     /// The users with these SCIM ids, read `BATCH` at a time with an `or`-ed `id eq` filter (ids
@@ -355,15 +350,8 @@ impl ScimDirectory {
                 .await?
                 .ok_or("unexpected 304")?;
             for user in list["resources"].as_array().into_iter().flatten() {
-                if let (Some(id), Some(name)) = (user["id"].as_str(), user["username"].as_str()) {
-                    let active = super::file::truthy(&user["active"]).unwrap_or(true);
-                    found.insert(
-                        id.to_owned(),
-                        UserRef {
-                            user_name: name.to_owned(),
-                            active,
-                        },
-                    );
+                if let (Some(id), Some(found_user)) = (user["id"].as_str(), user_ref(user)) {
+                    found.insert(id.to_owned(), found_user);
                 }
             }
         }
@@ -403,6 +391,15 @@ impl ScimDirectory {
             _ => Err(format!("more than one directory group is named {name:?}")),
         }
     }
+}
+
+/// `userName` and `active` of a user resource (keys lower-cased); a user with no `active` is
+/// taken as active.
+fn user_ref(user: &Value) -> Option<UserRef> {
+    Some(UserRef {
+        user_name: user["username"].as_str()?.to_owned(),
+        active: super::file::truthy(&user["active"]).unwrap_or(true),
+    })
 }
 
 fn group_members(group: &Value) -> Option<GroupMembers> {

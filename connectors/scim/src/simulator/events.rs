@@ -117,11 +117,7 @@ impl Transmitter {
         let Some(to) = self.receiver.lock().ok().and_then(|r| r.clone()) else {
             return;
         };
-        if self
-            .drop_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if Self::take(&self.drop_next) {
             return;
         }
         let jti = format!("{:016x}", rand::random::<u64>());
