@@ -254,19 +254,7 @@ impl Simulator {
         let Some(id) = user_id(&db, user_name) else {
             return false;
         };
-        let known = db
-            .groups
-            .iter()
-            .find(|g| g["displayName"] == display_name)
-            .is_some_and(|g| g["members"].as_array().is_some_and(|m| m.iter().any(|x| x["value"] == id.as_str())));
-        seed::add_member(&mut db, display_name, &id);
-        if known {
-            return true;
-        }
-        let group = db.groups.iter_mut().find(|g| g["displayName"] == display_name).map(|g| {
-            touch(g);
-            g.clone()
-        });
+        let group = seed::add_member(&mut db, display_name, &id);
         drop(db);
         if let Some(group) = group {
             self.state.membership_changed(&group, &[id], &[]);

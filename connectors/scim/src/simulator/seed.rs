@@ -95,7 +95,9 @@ pub(super) fn add_user(db: &mut Db, user_name: &str, email: &str, active: bool, 
     id
 }
 
-pub(super) fn add_member(db: &mut Db, display_name: &str, user_id: &str) {
+/// Adds a member (creating the group when missing); returns the group when the member is new,
+/// its version bumped.
+pub(super) fn add_member(db: &mut Db, display_name: &str, user_id: &str) -> Option<Value> {
     if !db.groups.iter().any(|g| g["displayName"] == display_name) {
         db.groups.push(json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
@@ -105,15 +107,14 @@ pub(super) fn add_member(db: &mut Db, display_name: &str, user_id: &str) {
             "meta": {"resourceType": "Group", "version": "W/\"1\""},
         }));
     }
-    if let Some(group) = db.groups.iter_mut().find(|g| g["displayName"] == display_name) {
-        let members = group["members"].as_array_mut();
-        if let Some(members) = members {
-            if !members.iter().any(|m| m["value"] == user_id) {
-                members.push(json!({"value": user_id, "type": "User"}));
-                super::touch(group);
-            }
-        }
+    let group = db.groups.iter_mut().find(|g| g["displayName"] == display_name)?;
+    let members = group["members"].as_array_mut()?;
+    if members.iter().any(|m| m["value"] == user_id) {
+        return None;
     }
+    members.push(json!({"value": user_id, "type": "User"}));
+    super::touch(group);
+    Some(group.clone())
 }
 
 pub(super) fn seed(db: &mut Db) {
