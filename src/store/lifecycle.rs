@@ -217,6 +217,16 @@ pub fn expiry(
     [by_days, by_date].into_iter().flatten().min()
 }
 
+/// Whether `user` is known to be in `group`, on the pool or inside a transaction.
+async fn is_present<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, group: &str, user: &str) -> sqlx::Result<bool> {
+    let present: Option<i64> = sqlx::query_scalar("SELECT present FROM memberships WHERE group_name = $1 AND user_name = $2")
+        .bind(group.to_lowercase())
+        .bind(user.to_lowercase())
+        .fetch_optional(db)
+        .await?;
+    Ok(present == Some(1))
+}
+
 /// At decision time: an approve of a grant, modify or extend whose catalog entitlement a
 /// directory group represents starts a lifecycle; any decision on the ticket supersedes the
 /// approvals not yet granted. When the beneficiary already holds the access under an earlier
@@ -270,12 +280,7 @@ pub(super) async fn on_decision(
     .await?;
     // Already a member (seen by an event or reconciliation), with no lifecycle of its own: the
     // approval is fulfilled as it is made.
-    let member: Option<i64> = sqlx::query_scalar("SELECT present FROM memberships WHERE group_name = $1 AND user_name = $2")
-        .bind(&group)
-        .bind(&beneficiary)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let already = !held.is_empty() || member == Some(1);
+    let already = !held.is_empty() || is_present(&mut **tx, &group, &beneficiary).await?;
     let approved_at = stamp(decision.decided_at);
     let expires_at = expiry(days.map(i64::from), request["expires_at"].as_str(), decision.decided_at).map(stamp);
     let (state, granted_at) = if already {
@@ -458,12 +463,7 @@ impl Store {
 
     /// Whether `user` is known to be in `group`.
     pub async fn is_member(&self, group: &str, user: &str) -> anyhow::Result<bool> {
-        let present: Option<i64> = sqlx::query_scalar("SELECT present FROM memberships WHERE group_name = $1 AND user_name = $2")
-            .bind(group.to_lowercase())
-            .bind(user.to_lowercase())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(present == Some(1))
+        Ok(is_present(&self.pool, group, user).await?)
     }
 
     /// Whether the directory reported `user` disabled.
