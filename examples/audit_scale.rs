@@ -35,7 +35,7 @@ async fn build(path: &std::path::Path, records: usize, signer: &AuditSigner) -> 
     let batch = 10_000;
     let mut written = 0;
     while written < records {
-        let mut tx = store.pool().begin().await?;
+        let mut tx = store.begin_write().await?;
         for n in written..(written + batch).min(records) {
             let payload = serde_json::json!({
                 "ticket_hash": format!("{n:064x}"), "number": format!("RITM{n:07}"),

@@ -1,11 +1,16 @@
 //! Load harness: prints figures, asserts nothing. Targets live in shared/DESIGN.md.
 //!
 //!     cargo run --release --example throughput -- [TICKETS] [sqlite|postgres] [backfill]
+//!         [--latency-ms N] [--concurrency N]
 //!
 //! 1. normalize + decide per ticket, in-process (the shipped mapping and Rego policy);
 //! 2. the pipeline against a ServiceNow simulator on loopback seeded with TICKETS synthetic
 //!    access requests: the read path (poll → inbox → normalize → decide) and the write-back,
-//!    on a SQLite file or a fresh schema of `DESKBRIDGE_TEST_POSTGRES`;
+//!    on a SQLite file or a fresh schema of `DESKBRIDGE_TEST_POSTGRES`; beside it, the same
+//!    simulator's own serving rate for the same requests (the connector alone paging through
+//!    it, and posting one comment per ticket at the same concurrency), the SQL statements per
+//!    ticket, and, with `--latency-ms`, the ceiling that latency and `--concurrency` (the
+//!    connector's `max_concurrency`, default 4) allow;
 //! 3. with `backfill`, a backfill over the same tickets instead, printing how much memory
 //!    deskbridge added on top of the simulator's own data (run it at two sizes: flat memory
 //!    means the same figure).
@@ -18,8 +23,8 @@ use deskbridge::pipeline::{Instance, Pipeline, Report, Settings};
 use deskbridge::render::CommentRenderer;
 use deskbridge::schema::{AccessRequest, Normalized};
 use deskbridge::store::Store;
-use deskbridge_connector::Ticket;
-use deskbridge_servicenow::simulator::{SimConfig, Simulator};
+use deskbridge_connector::{Connector as _, Ticket};
+use deskbridge_servicenow::simulator::{Fault, SimConfig, Simulator};
 use deskbridge_servicenow::ServiceNow;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -176,25 +181,127 @@ async fn backfill_process(sim: &Simulator, count: usize, backend: &str, dir: &te
     Ok(())
 }
 
-async fn end_to_end(count: usize, backend: &str, backfill: bool) -> anyhow::Result<()> {
+/// What a run is asked to do.
+struct Options {
+    count: usize,
+    backend: String,
+    backfill: bool,
+    latency: Option<Duration>,
+    concurrency: usize,
+}
+
+/// A simulator seeded with `count` tickets, every request delayed by `latency`.
+async fn simulator(count: usize, latency: Option<Duration>) -> anyhow::Result<Simulator> {
     let sim = Simulator::start(SimConfig {
         seed: false,
         ..SimConfig::default()
     })
     .await?;
     sim.generate(count);
+    sim.set_recording(false);
+    if let Some(latency) = latency {
+        sim.inject(Fault::Delay(latency), usize::MAX, None);
+    }
+    Ok(sim)
+}
+
+fn connector(sim: &Simulator, options: &Options) -> anyhow::Result<ServiceNow> {
+    let mut config = servicenow_config(sim.base_url())?;
+    config.page_size = 500;
+    config.http.max_concurrency = options.concurrency;
+    Ok(ServiceNow::new("load", config)?)
+}
+
+/// The simulator's own serving rate for the requests deskbridge makes: the connector alone
+/// pages through every ticket (no store, no decision), then posts one comment per ticket at
+/// the same concurrency. A fresh simulator with the same tickets, so deskbridge's run is not
+/// disturbed.
+async fn raw_rates(options: &Options) -> anyhow::Result<(f64, f64)> {
+    use futures_util::stream::StreamExt as _;
+    let sim = simulator(options.count, options.latency).await?;
+    let connector = connector(&sim, options)?;
+    let started = Instant::now();
+    let mut cursor = deskbridge_connector::Cursor::start();
+    let mut keys = Vec::new();
+    loop {
+        let page = connector.poll(&cursor).await?;
+        keys.extend(page.tickets.iter().map(|t| t.key.clone()));
+        cursor = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    let read = keys.len() as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let posted: Vec<bool> = futures_util::stream::iter(keys.iter().enumerate())
+        .map(|(i, key)| {
+            let connector = &connector;
+            async move {
+                let marker = format!("deskbridge-id:raw{i}");
+                let comment = deskbridge_connector::Comment {
+                    body: format!("raw post\n[{marker}]"),
+                    marker,
+                };
+                connector.post_comment(key, &comment).await.is_ok()
+            }
+        })
+        .buffer_unordered(options.concurrency)
+        .collect()
+        .await;
+    let write = posted.iter().filter(|ok| **ok).count() as f64 / started.elapsed().as_secs_f64();
+    Ok((read, write))
+}
+
+/// Counts the SQL statements sqlx runs (its `sqlx::query` events), while switched on.
+#[derive(Default)]
+struct StatementCounter {
+    on: std::sync::atomic::AtomicBool,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for &'static StatementCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() == "sqlx::query" && self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn statements() -> &'static StatementCounter {
+    static COUNTER: std::sync::OnceLock<&'static StatementCounter> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        let counter: &'static StatementCounter = Box::leak(Box::default());
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let filter = tracing_subscriber::filter::Targets::new().with_target("sqlx::query", tracing::Level::DEBUG);
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(counter).with(filter));
+        counter
+    })
+}
+
+/// Statements counted while `phase` runs.
+async fn counted<T>(phase: impl std::future::Future<Output = T>) -> (T, usize) {
+    let counter = statements();
+    counter.count.store(0, std::sync::atomic::Ordering::Relaxed);
+    counter.on.store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = phase.await;
+    counter.on.store(false, std::sync::atomic::Ordering::Relaxed);
+    (out, counter.count.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+async fn end_to_end(options: &Options) -> anyhow::Result<()> {
+    let count = options.count;
+    let backend = options.backend.as_str();
+    let sim = simulator(count, options.latency).await?;
     let dir = tempfile::tempdir()?;
     let store = match backend {
         "postgres" => Store::connect_postgres(&deskbridge::store::testing::fresh_postgres_schema().await).await?,
         _ => Store::open(&dir.path().join("load.db")).await?,
     };
-    let mut config = servicenow_config(sim.base_url())?;
-    config.page_size = 500;
     let (mapping, policy) = shipped()?;
     let pipeline = Pipeline::new(
         store.clone(),
         vec![Instance {
-            connector: Arc::new(ServiceNow::new("load", config)?),
+            connector: Arc::new(connector(&sim, options)?),
             mapping: Arc::new(mapping),
         }],
         Arc::new(policy),
@@ -211,23 +318,25 @@ async fn end_to_end(count: usize, backend: &str, backfill: bool) -> anyhow::Resu
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/directory.json"),
         )?)),
     })));
-    if backfill {
+    if options.backfill {
         return backfill_process(&sim, count, backend, &dir).await;
     }
     let mut report = Report::default();
     let started = Instant::now();
-    pipeline.poll(&mut report).await?;
-    let polled = started.elapsed();
-    pipeline.decide_all(&mut report).await?;
+    let (read, read_statements) = counted(pipeline.poll_and_decide(&mut report)).await;
+    read?;
     let read_path = started.elapsed();
-    pipeline.post_all(&mut report).await?;
+    let (posted, post_statements) = counted(pipeline.post_all(&mut report)).await;
+    posted?;
     let total = started.elapsed();
+    let requests: usize = sim.faults_fired().values().sum();
     let per_sec = |d: Duration| count as f64 / d.as_secs_f64();
-    println!("pipeline over {count} tickets (simulator on loopback, {backend}, embedded Rego):");
+    let latency = options.latency.map_or("no added latency".to_owned(), |l| {
+        format!("{} ms added per ITSM request", l.as_millis())
+    });
     println!(
-        "  poll + store:                 {:>8.0} tickets/s ({:.2} s)",
-        per_sec(polled),
-        polled.as_secs_f64()
+        "pipeline over {count} tickets (simulator on loopback, {backend}, embedded Rego, {latency}, max_concurrency {}):",
+        options.concurrency
     );
     println!(
         "  read path (poll → decide):    {:>8.0} tickets/s ({:.2} s)",
@@ -239,25 +348,69 @@ async fn end_to_end(count: usize, backend: &str, backfill: bool) -> anyhow::Resu
         per_sec(total),
         total.as_secs_f64()
     );
+    let per_ticket = |n: usize| n as f64 / count as f64;
+    println!(
+        "  SQL statements per ticket:    read path {:.2}, write-back {:.2}",
+        per_ticket(read_statements),
+        per_ticket(post_statements)
+    );
     println!(
         "  decided {}, posted {}, pending {}",
         report.decided,
         report.posted,
         store.counts().await?.pending
     );
+    let (raw_read, raw_write) = raw_rates(options).await?;
+    println!("the simulator alone, for the same requests (the connector without deskbridge's pipeline):");
+    println!("  pages read:                   {raw_read:>8.0} tickets/s");
+    println!(
+        "  comments posted:              {raw_write:>8.0} tickets/s ({} at once)",
+        options.concurrency
+    );
+    let raw_total = 1.0 / (1.0 / raw_read + 1.0 / raw_write);
+    println!(
+        "  both, one after the other:    {raw_total:>8.0} tickets/s; deskbridge reaches {:.0} % of it",
+        100.0 * per_sec(total) / raw_total
+    );
+    if let Some(latency) = options.latency {
+        let per_ticket_requests = requests as f64 / count as f64;
+        let ceiling = options.concurrency as f64 / latency.as_secs_f64() / per_ticket_requests;
+        println!(
+            "  concurrency ceiling:          {ceiling:>8.0} tickets/s ({} at once / {} ms / {per_ticket_requests:.2} requests per ticket); deskbridge reaches {:.0} %",
+            options.concurrency,
+            latency.as_millis(),
+            100.0 * per_sec(total) / ceiling
+        );
+    }
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let count: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
-    let backend = args.get(2).map_or("sqlite", String::as_str);
-    let backfill = args.get(3).is_some_and(|a| a == "backfill");
-    if !backfill {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let positional: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
+        .map(|(_, a)| a)
+        .collect();
+    let options = Options {
+        count: positional.first().and_then(|a| a.parse().ok()).unwrap_or(2000),
+        backend: positional.get(1).map_or("sqlite".to_owned(), |b| (*b).clone()),
+        backfill: positional.get(2).is_some_and(|a| *a == "backfill"),
+        latency: flag("--latency-ms").map(Duration::from_millis),
+        concurrency: flag("--concurrency").map_or(4, |c| c.max(1) as usize),
+    };
+    if !options.backfill {
         in_process(20_000)?;
     }
-    end_to_end(count, backend, backfill).await?;
+    end_to_end(&options).await?;
     println!("peak RSS: {:.1} MiB", peak_rss_mib());
     Ok(())
 }

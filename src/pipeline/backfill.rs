@@ -46,7 +46,10 @@ impl Pipeline {
                     };
                     anyhow::anyhow!("backfill of {id} stopped after {} tickets: {e}{hint}", state.read)
                 })?;
-                report.ingested += self.store.ingest_backfill_page(id, &since_key, &page.tickets, &page.next).await?;
+                report.ingested += self
+                    .store
+                    .ingest_backfill_page(id, &since_key, &page.tickets, instance.connector.volatile_fields(), &page.next)
+                    .await?;
                 state.read += page.tickets.len();
                 cursor = page.next;
                 self.decide_all(&mut report).await?;

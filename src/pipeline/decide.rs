@@ -1,5 +1,6 @@
 //! Normalize and decide every due inbox row.
 
+use futures_util::stream::StreamExt as _;
 use serde_json::json;
 
 use super::{Pipeline, Report};
@@ -7,7 +8,10 @@ use crate::decision::{Decided, DecisionPoint};
 use crate::mapping::Mapping;
 use crate::render::CommentInput;
 use crate::schema::{AccessRequest, Decision, FieldProblem, Normalized, Obligations, Outcome};
-use crate::store::{sha256_hex, Event, InboxRow};
+use crate::store::{sha256_hex, DecidedRow, Event, Finished, InboxRow, Prior};
+
+/// Rows of a batch decided at once.
+const DECIDE_AT_ONCE: usize = 4;
 
 /// What identifies a request version: what a decision may depend on. The source version, the
 /// ITSM's approval context, urgency, extra attributes and the wording of the justification are
@@ -53,8 +57,16 @@ pub(crate) fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) 
 }
 
 impl Pipeline {
+    /// Normalizes and decides one claimed batch. What each row comes to is written in one
+    /// transaction for the whole batch ([`crate::store::Store::finish`]); what the batch needs
+    /// from earlier work is read in one query each ([`crate::store::Store::prior`]). Failures
+    /// (a decision point or source of facts that cannot answer, a template that fails) are
+    /// written as they happen.
     pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
         let rows = self.store.claim_inbox(self.settings.batch_size, due_before).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
         if let Some(enricher) = &self.enricher {
             let asks: Vec<AccessRequest> = rows
                 .iter()
@@ -68,26 +80,82 @@ impl Pipeline {
                 .collect();
             enricher.prefetch(&asks).await;
         }
-        for row in &rows {
-            // Nothing new starts after a stop; unhandled claims are released by `release_all`
-            // on shutdown.
-            if self.stopping() {
-                break;
+        let prior = self.store.prior(&rows).await?;
+        let mut finished = Vec::with_capacity(rows.len());
+        let mut shadows = Vec::new();
+        // Rows are decided a few at once (the decision point and the sources of facts answer
+        // in parallel), their results kept in row order; after a failure, one at a time again.
+        let mut failure = None;
+        let mut queue = rows.iter();
+        let mut deciding = futures_util::stream::FuturesOrdered::new();
+        let mut window = super::Window::new(DECIDE_AT_ONCE);
+        loop {
+            while deciding.len() < window.size() {
+                // Nothing new starts after a stop; unhandled claims are released by
+                // `release_all` on shutdown.
+                let Some(row) = queue.next().filter(|_| !self.stopping()) else {
+                    break;
+                };
+                deciding.push_back(self.decide_one(row, &prior));
             }
-            self.beat();
-            match self.decide_row(row, report).await {
-                Ok(()) => {}
-                Err(e) if super::contended(&e) => {
-                    tracing::info!(ticket = %row.number, reason = %e, "left to the replica that holds it, or decided again next batch");
-                    if e.downcast_ref::<crate::store::ChangedMeanwhile>().is_some() {
-                        self.store.release(row).await?;
-                        report.contended += 1;
-                    }
+            let Some((row, done, result)) = deciding.next().await else { break };
+            window.answered(result.is_ok() && done.failed_decisions == 0);
+            report.absorb(done);
+            match result {
+                Ok(Some((done, shadow))) => {
+                    finished.push(done);
+                    shadows.extend(shadow);
                 }
-                Err(e) => return Err(e),
+                Ok(None) => {}
+                Err(e) if super::contended(&e) => {
+                    tracing::info!(ticket = %row.number, reason = %e, "left to the replica that holds it");
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        // What was decided is written even when another row failed.
+        let unwritten = self.store.finish(&finished).await?;
+        for done in &finished {
+            let (row, decided) = match done {
+                Finished::Settled { row, .. } => (*row, None),
+                Finished::Decided(d) => (d.row, Some(&d.decision)),
+            };
+            if unwritten.changed.contains(&row.id) {
+                tracing::info!(ticket = %row.number, "another replica decided this ticket meanwhile; decided again next batch");
+                self.store.release(row).await?;
+                report.contended += 1;
+            } else if unwritten.lost.contains(&row.id) {
+                tracing::info!(ticket = %row.number, "left to the replica that took it over");
+            } else if let Some(decision) = decided {
+                tracing::info!(connector = %row.connector, ticket = %row.number, outcome = decision.outcome.as_str(), decision = %decision.decision_id, "decided");
+                report.decided += 1;
+            } else {
+                report.settled += 1;
+            }
+        }
+        if let Some(shadow) = &self.shadow {
+            for (row, request, hash, decision) in shadows {
+                if unwritten.changed.contains(&row.id) || unwritten.lost.contains(&row.id) {
+                    continue;
+                }
+                self.shadow_decide(shadow.as_ref(), row, &request, &hash, &decision).await?;
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Decides one row of a batch, with what it adds to the pass's report.
+    async fn decide_one<'r>(
+        &self,
+        row: &'r InboxRow,
+        prior: &Prior,
+    ) -> (&'r InboxRow, Report, anyhow::Result<Option<(Finished<'r>, Option<Shadowed<'r>>)>>) {
+        self.beat();
+        let mut done = Report::default();
+        let result = self.decide_row(row, prior, &mut done).await;
+        (row, done, result)
     }
 
     /// Asks the decision point, counting the answer and its latency.
@@ -155,39 +223,61 @@ impl Pipeline {
 
     /// A ticket-side approval event when the ITSM's approval or state differs from the previous
     /// version's. Recorded as evidence only: it never changes a decision.
-    async fn itsm_change(&self, row: &InboxRow, normalized: &serde_json::Value) -> anyhow::Result<Vec<(Event, serde_json::Value)>> {
+    fn itsm_change(
+        row: &InboxRow,
+        previous: Option<&serde_json::Value>,
+        normalized: &serde_json::Value,
+    ) -> Vec<(Event, serde_json::Value)> {
         let side = |n: &serde_json::Value| {
             let ctx = &n["request"]["approver_context"];
             (ctx["itsm_approval"].clone(), ctx["itsm_state"].clone())
         };
         let now = side(normalized);
         if now == (serde_json::Value::Null, serde_json::Value::Null) {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        let before = self.store.previous_normalized(row).await?.map(|p| side(&p));
+        let before = previous.map(side);
         if before.as_ref() == Some(&now) {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         let (from_approval, from_state) = before.unwrap_or((serde_json::Value::Null, serde_json::Value::Null));
-        Ok(vec![(
+        vec![(
             Event::ItsmApproval,
             json!({"version": row.version, "approval": now.0, "state": now.1, "previous_approval": from_approval, "previous_state": from_state}),
-        )])
+        )]
     }
 
+    /// Normalizes, enriches and decides one row. What it comes to is returned, to be written
+    /// with its batch (and, when a shadow decision point is configured, what the shadow is
+    /// asked); `None` when a failure was written already.
     #[tracing::instrument(skip_all, fields(connector = %row.connector, ticket = %row.number))]
-    async fn decide_row(&self, row: &InboxRow, report: &mut Report) -> anyhow::Result<()> {
+    async fn decide_row<'r>(
+        &self,
+        row: &'r InboxRow,
+        prior: &Prior,
+        report: &mut Report,
+    ) -> anyhow::Result<Option<(Finished<'r>, Option<Shadowed<'r>>)>> {
         let Some(instance) = self.instances.get(&row.connector) else {
             let why = format!("connector {:?} is not in the configuration", row.connector);
             tracing::warn!(%why, "ticket version parked");
             self.store.park_ticket(row, &why).await?;
             report.parked += 1;
-            return Ok(());
+            return Ok(None);
         };
-        if self.store.has_newer_version(row).await? {
-            self.store.settle(row, "stale", &json!({"status": "stale"}), None, &[]).await?;
-            report.settled += 1;
-            return Ok(());
+        let settled = |status, normalized, request_hash, evidence| {
+            Ok(Some((
+                Finished::Settled {
+                    row,
+                    status,
+                    normalized,
+                    request_hash,
+                    evidence,
+                },
+                None,
+            )))
+        };
+        if prior.has_newer(row) {
+            return settled("stale", json!({"status": "stale"}), None, Vec::new());
         }
         let ticket = row.ticket()?;
         let normalized = instance.mapping.normalize(&ticket);
@@ -195,22 +285,16 @@ impl Pipeline {
         let (hash, request) = match &normalized {
             Normalized::NotAnAccessRequest { reason, .. } => {
                 tracing::debug!(%reason, "not an access request");
-                self.store.settle(row, "not_access", &normalized_json, None, &[]).await?;
-                report.settled += 1;
-                return Ok(());
+                return settled("not_access", normalized_json, None, Vec::new());
             }
             // Required fields are missing: deskbridge asks for them without consulting the policy.
             Normalized::Incomplete { problems, .. } => (problems_hash(problems), Err(problems.as_slice())),
             Normalized::AccessRequest { request } => (request_hash(request), Ok(request.as_ref())),
         };
-        let mut evidence = self.itsm_change(row, &normalized_json).await?;
-        let latest = self.store.latest_decision(&row.connector, &row.ticket_key).await?;
-        if latest.as_ref().is_some_and(|l| l.request_hash == hash) {
-            self.store
-                .settle(row, "unchanged", &normalized_json, Some(&hash), &evidence)
-                .await?;
-            report.settled += 1;
-            return Ok(());
+        let mut evidence = Self::itsm_change(row, prior.previous(row), &normalized_json);
+        let latest = prior.latest(row);
+        if latest.is_some_and(|l| l.request_hash == hash) {
+            return settled("unchanged", normalized_json, Some(hash), evidence);
         }
         // The ask is the ticket's; the facts come from the catalog and the directory.
         let mut enriched = None;
@@ -241,7 +325,7 @@ impl Pipeline {
                     self.store.decision_failed(row, &normalized_json, &e, delay).await?;
                     self.maybe_delayed_comment(row, &hash).await?;
                     report.failed_decisions += 1;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -269,7 +353,7 @@ impl Pipeline {
                     self.store.decision_failed(row, &normalized_json, &e.to_string(), delay).await?;
                     self.maybe_delayed_comment(row, &hash).await?;
                     report.failed_decisions += 1;
-                    return Ok(());
+                    return Ok(None);
                 }
             },
         };
@@ -296,27 +380,28 @@ impl Pipeline {
                 tracing::error!(%why, "ticket version parked");
                 self.store.park_ticket(row, &why).await?;
                 report.parked += 1;
-                return Ok(());
+                return Ok(None);
             }
         };
-        self.store
-            .record_decision(
-                row,
-                &normalized_json,
-                &hash,
-                &decided.decision,
-                &decided.raw,
-                &marker,
-                &body,
-                &evidence,
-                latest.as_ref().map(|l| l.decision_id.as_str()),
-            )
-            .await?;
-        tracing::info!(outcome = decided.decision.outcome.as_str(), decision = %decided.decision.decision_id, "decided");
-        if let (Some(shadow), Some(request)) = (&self.shadow, request) {
-            self.shadow_decide(shadow.as_ref(), row, request, &hash, &decided.decision).await?;
-        }
-        report.decided += 1;
-        Ok(())
+        let shadow = match (&self.shadow, request) {
+            (Some(_), Some(request)) => Some((row, request.clone(), hash.clone(), decided.decision.clone())),
+            _ => None,
+        };
+        let done = Finished::Decided(Box::new(DecidedRow {
+            row,
+            normalized: normalized_json,
+            request_hash: hash,
+            decision: decided.decision,
+            raw: decided.raw,
+            marker,
+            body,
+            evidence,
+            read_latest: latest.map(|l| l.decision_id.clone()),
+        }));
+        Ok(Some((done, shadow)))
     }
 }
+
+/// What the shadow decision point is asked once a batch's decisions are written: the row, the
+/// request, its hash and the primary decision.
+type Shadowed<'r> = (&'r InboxRow, AccessRequest, String, Decision);

@@ -96,6 +96,23 @@ pub struct Report {
     pub evidence: usize,
 }
 
+impl Report {
+    /// Adds what another part of the same pass did.
+    fn absorb(&mut self, other: Report) {
+        self.ingested += other.ingested;
+        self.decided += other.decided;
+        self.settled += other.settled;
+        self.contended += other.contended;
+        self.failed_decisions += other.failed_decisions;
+        self.held_back += other.held_back;
+        self.posted += other.posted;
+        self.failed_posts += other.failed_posts;
+        self.parked += other.parked;
+        self.connector_errors.extend(other.connector_errors);
+        self.evidence += other.evidence;
+    }
+}
+
 /// What an operator needs to know about one connector instance, kept in memory by this
 /// process (`/status`, `/readyz`).
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
@@ -322,7 +339,10 @@ impl Pipeline {
                         break;
                     }
                 };
-                let stored = self.store.ingest_page(id, &page.tickets, &page.next).await?;
+                let stored = self
+                    .store
+                    .ingest_page(id, &page.tickets, instance.connector.volatile_fields(), &page.next)
+                    .await?;
                 crate::metrics::global().tickets_read(id, stored);
                 report.ingested += stored;
                 cursor = page.next;
@@ -431,8 +451,7 @@ impl Pipeline {
     pub async fn run_once(&self) -> anyhow::Result<Report> {
         let mut report = Report::default();
         self.beat();
-        self.poll(&mut report).await?;
-        self.decide_all(&mut report).await?;
+        self.poll_and_decide(&mut report).await?;
         // Provisioning evidence never holds up the decisions' comments: a failure here is
         // logged and the pass goes on to post.
         if let Some(provisioning) = &self.provisioning {
@@ -465,9 +484,44 @@ impl Pipeline {
         self.last_report.lock().ok().and_then(|last| last.clone())
     }
 
+    /// Polls every connector and decides what arrives, the two overlapping: stored batches are
+    /// decided while the next pages are read.
+    pub async fn poll_and_decide(&self, report: &mut Report) -> anyhow::Result<()> {
+        let polling = AtomicBool::new(true);
+        let (mut polled, mut decided) = (Report::default(), Report::default());
+        let poll = async {
+            let result = self.poll(&mut polled).await;
+            polling.store(false, Ordering::SeqCst);
+            result
+        };
+        let pass_start = crate::store::now();
+        let decide = async {
+            loop {
+                // Read before deciding, so one more round follows the last page.
+                let more_coming = polling.load(Ordering::SeqCst);
+                self.decide_due_before(&mut decided, &pass_start).await?;
+                if !more_coming || self.stopping() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                // Nothing due: wait a moment for the next page.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let (polled_result, decided_result) = tokio::join!(poll, decide);
+        report.absorb(polled);
+        report.absorb(decided);
+        polled_result?;
+        decided_result
+    }
+
     /// Normalizes and decides every due inbox row, batch after batch.
     pub async fn decide_all(&self, report: &mut Report) -> anyhow::Result<()> {
-        let pass_start = crate::store::now();
+        self.decide_due_before(report, &crate::store::now()).await
+    }
+
+    /// Decides every new inbox row and every pending one due before `pass_start` (a request
+    /// that fails during the pass is not retried within it).
+    async fn decide_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
         loop {
             let before = (
                 report.decided,
@@ -476,7 +530,7 @@ impl Pipeline {
                 report.contended,
                 report.parked,
             );
-            self.decide_due(report, &pass_start).await?;
+            self.decide_due(report, pass_start).await?;
             if self.stopping()
                 || (
                     report.decided,
@@ -501,6 +555,27 @@ impl Pipeline {
                 return Ok(());
             }
         }
+    }
+}
+
+/// How much work runs at once: one at first and after any failure, one more after each
+/// success, up to a bound (additive increase, reset on failure).
+struct Window {
+    size: usize,
+    max: usize,
+}
+
+impl Window {
+    fn new(max: usize) -> Self {
+        Self { size: 1, max: max.max(1) }
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn answered(&mut self, ok: bool) {
+        self.size = if ok { (self.size + 1).min(self.max) } else { 1 };
     }
 }
 

@@ -20,6 +20,15 @@ pub(crate) fn carries_outcome(found_text: &str, body: &str) -> bool {
     found_text.lines().any(|l| l.trim() == first)
 }
 
+/// What posting one ticket's comments came to: the comments posted (or found), to be recorded
+/// with the batch, and what stopped it, if anything.
+#[derive(Default)]
+struct TicketPosts {
+    report: Report,
+    posted: Vec<(OutboxRow, deskbridge_connector::CommentId, bool)>,
+    error: Option<anyhow::Error>,
+}
+
 /// What a post attempt came to.
 enum Attempt {
     Posted {
@@ -30,30 +39,120 @@ enum Attempt {
 }
 
 impl Pipeline {
+    /// Posts the comments due before `due_before`, one batch. Comments on different tickets are
+    /// posted concurrently, up to the sum of the connectors' `max_concurrency` (each
+    /// connector's HTTP client holds its own requests to its own bound); the comments of one
+    /// ticket are posted in the order they were queued. The first post of a batch goes alone
+    /// and each success widens the window by one, and any failure (a 429, a 5xx, a refused
+    /// write) narrows it to one again: a throttled or failing ITSM is not sent a burst, and a
+    /// refused write halts the connector before the next one is sent.
     pub(super) async fn post_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
-        let mut halted = std::collections::HashSet::new();
-        for row in self.store.claim_outbox(self.settings.batch_size, due_before).await? {
+        use futures_util::stream::StreamExt as _;
+        let rows = self.store.claim_outbox(self.settings.batch_size, due_before).await?;
+        let mut tickets: Vec<Vec<OutboxRow>> = Vec::new();
+        let mut index: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+        for row in rows {
+            let key = (row.connector.clone(), row.ticket_key.clone());
+            match index.get(&key) {
+                Some(&i) => tickets[i].push(row),
+                None => {
+                    index.insert(key, tickets.len());
+                    tickets.push(vec![row]);
+                }
+            }
+        }
+        let halted = std::sync::Mutex::new(std::collections::HashSet::new());
+        let claimed_at = std::time::Instant::now();
+        let mut window = super::Window::new(self.post_concurrency());
+        let mut queue = tickets.into_iter();
+        let mut posting = futures_util::stream::FuturesUnordered::new();
+        let mut results = Vec::new();
+        loop {
+            while posting.len() < window.size() {
+                let Some(rows) = queue.next() else { break };
+                posting.push(self.post_ticket(rows, &halted, claimed_at));
+            }
+            let Some(done) = posting.next().await else { break };
+            window.answered(done.error.is_none() && done.report.failed_posts == 0 && done.report.parked == 0);
+            results.push(done);
+        }
+        drop(posting);
+        let mut first_error = None;
+        let mut posted = Vec::new();
+        for done in results {
+            report.absorb(done.report);
+            posted.extend(done.posted);
+            if let Some(e) = done.error {
+                first_error.get_or_insert(e);
+            }
+        }
+        // What was posted is recorded even when something else failed.
+        let records: Vec<(&OutboxRow, &deskbridge_connector::CommentId, bool)> =
+            posted.iter().map(|(row, id, existing)| (row, id, *existing)).collect();
+        let lost = self.store.comments_posted(&records).await?;
+        for (row, id, existing) in &posted {
+            if lost.contains(&row.id) {
+                tracing::info!(marker = %row.marker, "another replica took this comment over");
+                continue;
+            }
+            crate::metrics::global().comment_post(&row.connector, if *existing { "found_existing" } else { "posted" });
+            tracing::info!(connector = %row.connector, ticket = %row.ticket_key, comment = %id, existing, "comment posted");
+            report.posted += 1;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// How many comments are posted at once: the connectors' `max_concurrency`, summed.
+    fn post_concurrency(&self) -> usize {
+        self.instances.values().map(|i| i.connector.max_concurrency()).sum::<usize>().max(1)
+    }
+
+    /// Posts one ticket's claimed comments in order. A connector halted meanwhile (the ITSM
+    /// refused deskbridge's write) posts nothing more; its rows wait unclaimed.
+    async fn post_ticket(
+        &self,
+        rows: Vec<OutboxRow>,
+        halted: &std::sync::Mutex<std::collections::HashSet<String>>,
+        claimed_at: std::time::Instant,
+    ) -> TicketPosts {
+        let mut done = TicketPosts::default();
+        if let Err(e) = self.post_rows(rows, halted, claimed_at, &mut done).await {
+            done.error = Some(e);
+        }
+        done
+    }
+
+    async fn post_rows(
+        &self,
+        rows: Vec<OutboxRow>,
+        halted: &std::sync::Mutex<std::collections::HashSet<String>>,
+        claimed_at: std::time::Instant,
+        done: &mut TicketPosts,
+    ) -> anyhow::Result<()> {
+        for row in rows {
             // A post in flight finishes; none starts after a stop. Unposted claims are
             // released by `release_all` on shutdown.
             if self.stopping() {
                 break;
             }
             self.beat();
-            // A connector halted during this batch posts nothing more; its rows wait unclaimed.
-            if halted.contains(&row.connector) {
+            if halted.lock().is_ok_and(|h| h.contains(&row.connector)) {
                 self.store.release_comment(&row).await?;
                 continue;
             }
-            let before = report.connector_errors.len();
-            match self.post_row(&row, report).await {
-                Ok(()) => {}
+            let before = done.report.connector_errors.len();
+            match self.post_row(&row, &mut done.report, claimed_at).await {
+                Ok(Some((id, existing))) => done.posted.push((row.clone(), id, existing)),
+                Ok(None) => {}
                 Err(e) if super::contended(&e) => {
                     tracing::info!(marker = %row.marker, reason = %e, "another replica took this comment over")
                 }
                 Err(e) => return Err(e),
             }
-            if report.connector_errors.len() > before {
-                halted.insert(row.connector.clone());
+            if done.report.connector_errors.len() > before {
+                if let Ok(mut h) = halted.lock() {
+                    h.insert(row.connector.clone());
+                }
             }
         }
         Ok(())
@@ -80,9 +179,22 @@ impl Pipeline {
         }
     }
 
-    async fn attempt(&self, connector: &dyn deskbridge_connector::Connector, row: &OutboxRow) -> anyhow::Result<Attempt> {
-        // Checked before every attempt: an earlier attempt may have posted and lost its answer.
-        match connector.find_comment(&row.ticket_key, &row.marker).await {
+    async fn attempt(
+        &self,
+        connector: &dyn deskbridge_connector::Connector,
+        row: &OutboxRow,
+        claimed_at: std::time::Instant,
+    ) -> anyhow::Result<Attempt> {
+        // Checked before every attempt but the first: an earlier attempt may have posted and
+        // lost its answer. A comment on its first claim was never handed to a poster before
+        // (the claim is committed before anything is sent), so nothing of it can be on the
+        // ticket.
+        let earlier = if row.first_claim() {
+            Ok(None)
+        } else {
+            connector.find_comment(&row.ticket_key, &row.marker).await
+        };
+        match earlier {
             Ok(Some(found)) if carries_outcome(&found.text, &row.body) => {
                 return Ok(Attempt::Posted {
                     id: found.id,
@@ -96,8 +208,11 @@ impl Pipeline {
             Err(e) => return Ok(Attempt::Failed(e)),
         }
         // The lease must cover the post: if another replica took the comment over while we
-        // looked, it posts, not us.
-        self.store.renew_outbox_claim(row).await?;
+        // looked (or while the comment waited its turn), it posts, not us. A first claim made
+        // moments ago is still ours: at most a third of the lease has passed.
+        if !row.first_claim() || claimed_at.elapsed() >= self.store.lease() / 3 {
+            self.store.renew_outbox_claim(row).await?;
+        }
         let comment = deskbridge_connector::Comment {
             marker: row.marker.clone(),
             body: row.body.clone(),
@@ -108,23 +223,28 @@ impl Pipeline {
         })
     }
 
+    /// One attempt at one comment. A posted (or found) comment is returned, to be recorded
+    /// with its batch; a failure is recorded here.
     #[tracing::instrument(skip_all, fields(connector = %row.connector, ticket = %row.ticket_key))]
-    async fn post_row(&self, row: &OutboxRow, report: &mut Report) -> anyhow::Result<()> {
+    async fn post_row(
+        &self,
+        row: &OutboxRow,
+        report: &mut Report,
+        claimed_at: std::time::Instant,
+    ) -> anyhow::Result<Option<(deskbridge_connector::CommentId, bool)>> {
         let Some(instance) = self.instances.get(&row.connector) else {
             let why = format!("connector {:?} is not in the configuration", row.connector);
             tracing::warn!(%why, "comment parked");
             self.store.park_comment(row, &why).await?;
             report.parked += 1;
-            return Ok(());
+            return Ok(None);
         };
         let connector = instance.connector.clone();
-        match self.with_heartbeat(row, self.attempt(connector.as_ref(), row)).await?? {
-            Attempt::Posted { id, existing } => {
-                self.store.comment_posted(row, &id, existing).await?;
-                crate::metrics::global().comment_post(&row.connector, if existing { "found_existing" } else { "posted" });
-                tracing::info!(comment = %id, existing, "comment posted");
-                report.posted += 1;
-            }
+        match self
+            .with_heartbeat(row, self.attempt(connector.as_ref(), row, claimed_at))
+            .await??
+        {
+            Attempt::Posted { id, existing } => return Ok(Some((id, existing))),
             Attempt::Failed(e) if e.is_retryable() => {
                 let backoff = crate::backoff::delay(row.attempts, self.settings.post_retry_base, self.settings.post_retry_max);
                 let retry_in = e.retry_after().map_or(backoff, |after| after.max(backoff));
@@ -147,7 +267,7 @@ impl Pipeline {
                 report.parked += 1;
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -371,7 +371,7 @@ async fn redecide(
     let new_versions = match fetched {
         Some(t) => pipeline
             .store()
-            .ingest_webhook(&connector, None, std::slice::from_ref(&t))
+            .ingest_webhook(&connector, None, std::slice::from_ref(&t), instance.connector.volatile_fields())
             .await?
             .unwrap_or(0),
         None => 0,

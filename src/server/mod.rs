@@ -430,7 +430,10 @@ async fn take_delivery(
             }
         }
     }
-    match store.ingest_webhook(id, event.delivery_id.as_deref(), &tickets).await {
+    match store
+        .ingest_webhook(id, event.delivery_id.as_deref(), &tickets, connector.volatile_fields())
+        .await
+    {
         Ok(None) => duplicate,
         Ok(Some(inserted)) => {
             tracing::info!(connector = %id, tickets = tickets.len(), new_versions = inserted, "webhook delivery taken in");

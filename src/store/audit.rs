@@ -179,13 +179,30 @@ fn legacy_json(value: &Value, out: &mut String) {
     }
 }
 
-/// Appends one record inside the caller's transaction, chained to the last one. SQLite's
-/// single writer makes "read the last record, write the next" atomic.
-pub async fn append(tx: &mut Transaction<'_, Any>, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
-    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await?;
-    let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
+/// The audit records appended in one write transaction, chained in memory from the head read
+/// once when the first is appended (see [`super::WriteTx`]).
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// The last record's sequence number and hash, once read.
+    head: Option<(i64, String)>,
+    /// Records not yet written.
+    pub(crate) records: Vec<AuditRecord>,
+}
+
+/// Appends one record inside the caller's transaction, chained to the last one. The chain head
+/// is read once per transaction; the records are written when it commits. Writers are
+/// serialized (SQLite's single writer, PostgreSQL's advisory lock), so "read the last record,
+/// write the next" is atomic.
+pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
+    let (seq, prev) = match &tx.chain.head {
+        Some((seq, hash)) => (seq + 1, hash.clone()),
+        None => {
+            let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+            last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h))
+        }
+    };
     let at = super::now();
     let hash = record_hash(
         JCS_SCHEME,
@@ -200,20 +217,45 @@ pub async fn append(tx: &mut Transaction<'_, Any>, connector: &str, ticket_key: 
         },
     )
     .map_err(sqlx::Error::Protocol)?;
-    sqlx::query(
-        "INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(seq)
-    .bind(&at)
-    .bind(connector)
-    .bind(ticket_key)
-    .bind(event.as_str())
-    .bind(payload.to_string())
-    .bind(&prev)
-    .bind(&hash)
-    .bind(JCS_SCHEME)
-    .execute(&mut **tx)
-    .await?;
+    tx.chain.head = Some((seq, hash.clone()));
+    tx.chain.records.push(AuditRecord {
+        seq,
+        at,
+        connector: Some(connector.to_owned()),
+        ticket_key: Some(ticket_key.to_owned()),
+        kind: event.as_str().to_owned(),
+        payload: payload.to_string(),
+        prev_hash: prev,
+        hash,
+        scheme: JCS_SCHEME,
+    });
+    Ok(())
+}
+
+/// Rows per multi-row insert (9 parameters each). Small on purpose: SQLite finds a bound
+/// parameter's name by a linear scan, so binding costs grow with the square of the parameters.
+const ROWS_PER_INSERT: usize = 50;
+
+/// Writes chained records in multi-row inserts.
+pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[AuditRecord]) -> sqlx::Result<()> {
+    for chunk in records.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from("INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ");
+        super::push_placeholders(&mut sql, chunk.len(), 9);
+        let mut query = sqlx::query(&sql);
+        for r in chunk {
+            query = query
+                .bind(r.seq)
+                .bind(&r.at)
+                .bind(r.connector.as_deref().unwrap_or_default())
+                .bind(r.ticket_key.as_deref().unwrap_or_default())
+                .bind(&r.kind)
+                .bind(&r.payload)
+                .bind(&r.prev_hash)
+                .bind(&r.hash)
+                .bind(r.scheme);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

@@ -23,9 +23,11 @@ impl Store {
     }
 
     /// Stores one polled page and the cursor after it, atomically. Returns how many ticket
-    /// versions were new.
-    pub async fn ingest_page(&self, connector: &str, tickets: &[Ticket], next: &Cursor) -> anyhow::Result<usize> {
-        self.ingest(connector, connector, tickets, next).await
+    /// versions were new. `volatile` names (as JSON pointers) the fields every write to a ticket
+    /// bumps: a version that differs from the ticket's latest stored one only there is not
+    /// stored again.
+    pub async fn ingest_page(&self, connector: &str, tickets: &[Ticket], volatile: &[&str], next: &Cursor) -> anyhow::Result<usize> {
+        self.ingest(connector, connector, tickets, volatile, next).await
     }
 
     /// The stored cursor of a backfill (see [`Store::ingest_backfill_page`]).
@@ -36,13 +38,28 @@ impl Store {
     /// Stores one page of a backfill from `since` and the backfill's own cursor, atomically: an
     /// interrupted backfill resumes after the last stored page. The connector's live cursor is
     /// left alone.
-    pub async fn ingest_backfill_page(&self, connector: &str, since: &str, tickets: &[Ticket], next: &Cursor) -> anyhow::Result<usize> {
-        self.ingest(&backfill_key(connector, since), connector, tickets, next).await
+    pub async fn ingest_backfill_page(
+        &self,
+        connector: &str,
+        since: &str,
+        tickets: &[Ticket],
+        volatile: &[&str],
+        next: &Cursor,
+    ) -> anyhow::Result<usize> {
+        self.ingest(&backfill_key(connector, since), connector, tickets, volatile, next)
+            .await
     }
 
-    async fn ingest(&self, cursor_key: &str, connector: &str, tickets: &[Ticket], next: &Cursor) -> anyhow::Result<usize> {
+    async fn ingest(
+        &self,
+        cursor_key: &str,
+        connector: &str,
+        tickets: &[Ticket],
+        volatile: &[&str],
+        next: &Cursor,
+    ) -> anyhow::Result<usize> {
         let mut tx = self.begin_write().await?;
-        let inserted = insert_tickets(&mut tx, connector, tickets, "poll").await?;
+        let inserted = insert_tickets(&mut tx, connector, tickets, volatile, "poll").await?;
         sqlx::query("INSERT INTO cursors (connector, cursor, updated_at) VALUES ($1, $2, $3) ON CONFLICT (connector) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at")
             .bind(cursor_key)
             .bind(&next.0)
@@ -66,7 +83,13 @@ impl Store {
     /// Stores the tickets a verified webhook delivery led to (read again from the ITSM) and its
     /// delivery id, atomically; the poll cursor is untouched. `None` when the same delivery was
     /// taken in meanwhile (nothing is stored).
-    pub async fn ingest_webhook(&self, connector: &str, delivery_id: Option<&str>, tickets: &[Ticket]) -> anyhow::Result<Option<usize>> {
+    pub async fn ingest_webhook(
+        &self,
+        connector: &str,
+        delivery_id: Option<&str>,
+        tickets: &[Ticket],
+        volatile: &[&str],
+    ) -> anyhow::Result<Option<usize>> {
         let mut tx = self.begin_write().await?;
         if let Some(id) = delivery_id {
             let fresh = sqlx::query(
@@ -81,7 +104,7 @@ impl Store {
                 return Ok(None);
             }
         }
-        let inserted = insert_tickets(&mut tx, connector, tickets, "webhook").await?;
+        let inserted = insert_tickets(&mut tx, connector, tickets, volatile, "webhook").await?;
         tx.commit().await?;
         Ok(Some(inserted))
     }
@@ -117,39 +140,70 @@ impl Store {
         Ok(rows)
     }
 
-    /// The normalized JSON of the ticket's latest earlier version, if any.
-    pub async fn previous_normalized(&self, row: &InboxRow) -> anyhow::Result<Option<Value>> {
-        let text: Option<String> = sqlx::query_scalar(
-            "SELECT normalized FROM inbox WHERE connector = $1 AND ticket_key = $2 AND id < $3 AND normalized IS NOT NULL AND status != 'stale' ORDER BY id DESC LIMIT 1",
-        )
-        .bind(&row.connector)
-        .bind(&row.ticket_key)
-        .bind(row.id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-    }
-
-    /// Whether a later version of the same ticket is already in the inbox.
-    pub async fn has_newer_version(&self, row: &InboxRow) -> anyhow::Result<bool> {
-        let newer: Option<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE connector = $1 AND ticket_key = $2 AND id > $3 LIMIT 1")
-            .bind(&row.connector)
-            .bind(&row.ticket_key)
-            .bind(row.id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(newer.is_some())
-    }
-
-    /// The latest decision on a ticket.
-    pub async fn latest_decision(&self, connector: &str, ticket_key: &str) -> anyhow::Result<Option<LatestDecision>> {
-        Ok(sqlx::query_as(
-            "SELECT request_hash, decision_id, outcome FROM decisions WHERE connector = $1 AND ticket_key = $2 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(connector)
-        .bind(ticket_key)
-        .fetch_optional(&self.pool)
-        .await?)
+    /// What deciding a claimed batch needs to know from earlier work, read in one query each:
+    /// which rows have a newer version, each ticket's latest earlier normalized form, and each
+    /// ticket's latest decision.
+    pub async fn prior(&self, rows: &[InboxRow]) -> anyhow::Result<Prior> {
+        let mut prior = Prior::default();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut keys: Vec<&str> = rows.iter().map(|r| r.ticket_key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT i.id FROM inbox i WHERE i.id IN ({}) AND EXISTS \
+                 (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key AND j.id > i.id)",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            prior.newer.extend(query.fetch_all(&self.pool).await?);
+        }
+        for chunk in keys.chunks(CHUNK) {
+            // The latest earlier version that was read (not a stale one, not one of this batch:
+            // a batch's older versions of a ticket are settled stale).
+            let sql = format!(
+                "SELECT connector, ticket_key, normalized FROM inbox WHERE id IN \
+                 (SELECT MAX(id) FROM inbox WHERE ticket_key IN ({}) AND normalized IS NOT NULL AND status != 'stale' \
+                  AND id NOT IN ({}) GROUP BY connector, ticket_key)",
+                placeholders(1, chunk.len()),
+                placeholders(1 + chunk.len(), ids.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            for id in &ids {
+                query = query.bind(*id);
+            }
+            for (connector, key, text) in query.fetch_all(&self.pool).await? {
+                if let Ok(value) = serde_json::from_str(&text) {
+                    prior.previous.insert((connector, key), value);
+                }
+            }
+            let sql = format!(
+                "SELECT connector, ticket_key, request_hash, decision_id, outcome FROM decisions WHERE id IN \
+                 (SELECT MAX(id) FROM decisions WHERE ticket_key IN ({}) GROUP BY connector, ticket_key)",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String, String, String, String)>(&sql);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            for (connector, key, request_hash, decision_id, outcome) in query.fetch_all(&self.pool).await? {
+                prior.latest.insert(
+                    (connector, key),
+                    LatestDecision {
+                        request_hash,
+                        decision_id,
+                        outcome,
+                    },
+                );
+            }
+        }
+        Ok(prior)
     }
 
     /// Records a ticket that is not an access request, or a version that changes nothing, with
@@ -157,15 +211,21 @@ impl Store {
     pub async fn settle(
         &self,
         row: &InboxRow,
-        status: &str,
+        status: &'static str,
         normalized: &Value,
         request_hash: Option<&str>,
         extra: &[(Event, Value)],
     ) -> anyhow::Result<()> {
-        let mut tx = self.begin_write().await?;
-        mark_normalized(&mut tx, &self.holder, row, status, status, normalized, request_hash, extra).await?;
-        tx.commit().await?;
-        Ok(())
+        let unwritten = self
+            .finish(&[Finished::Settled {
+                row,
+                status,
+                normalized: normalized.clone(),
+                request_hash: request_hash.map(str::to_owned),
+                evidence: extra.to_vec(),
+            }])
+            .await?;
+        unwritten.single()
     }
 
     /// Stores a decision and queues its comment in one transaction. `read_latest` is the
@@ -184,62 +244,131 @@ impl Store {
         extra: &[(Event, Value)],
         read_latest: Option<&str>,
     ) -> anyhow::Result<()> {
-        let mut tx = self.begin_write().await?;
-        let decision_json = serde_json::to_value(decision)?;
-        mark_normalized(
-            &mut tx,
-            &self.holder,
-            row,
-            "decided",
-            "access_request",
-            normalized,
-            Some(request_hash),
-            extra,
-        )
-        .await?;
-        // Writers are serialized here, so this sees every decision committed before ours.
-        let latest: Option<(String, i64)> =
-            sqlx::query_as("SELECT decision_id, inbox_id FROM decisions WHERE connector = $1 AND ticket_key = $2 ORDER BY id DESC LIMIT 1")
-                .bind(&row.connector)
-                .bind(&row.ticket_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if latest.as_ref().map(|(id, _)| id.as_str()) != read_latest || latest.is_some_and(|(_, inbox_id)| inbox_id > row.id) {
-            return Err(ChangedMeanwhile.into());
-        }
-        sqlx::query("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(&decision.decision_id)
-            .bind(row.id)
-            .bind(&row.connector)
-            .bind(&row.ticket_key)
-            .bind(request_hash)
-            .bind(decision.outcome.as_str())
-            .bind(decision_json.to_string())
-            .bind(raw.to_string())
-            .bind(decision.decided_at.to_rfc3339())
-            .execute(&mut *tx)
+        let unwritten = self
+            .finish(&[Finished::Decided(Box::new(DecidedRow {
+                row,
+                normalized: normalized.clone(),
+                request_hash: request_hash.to_owned(),
+                decision: decision.clone(),
+                raw: raw.clone(),
+                marker: marker.to_owned(),
+                body: body.to_owned(),
+                evidence: extra.to_vec(),
+                read_latest: read_latest.map(str::to_owned),
+            }))])
             .await?;
-        audit::append(
-            &mut tx,
-            &row.connector,
-            &row.ticket_key,
-            Event::Decided,
-            json!({"decision": decision_json, "pdp_raw": raw}),
-        )
-        .await?;
-        super::outbox::queue_comment(
-            &mut tx,
-            &row.connector,
-            &row.ticket_key,
-            request_hash,
-            &decision.decision_id,
-            marker,
-            body,
-        )
-        .await?;
-        super::lifecycle::on_decision(&mut tx, row, normalized, request_hash, decision).await?;
+        unwritten.single()
+    }
+
+    /// Writes what deciding a claimed batch came to, in one transaction: each row's status and
+    /// normalized form, its decision and queued comment, and their audit records. Each row is
+    /// written whole or not at all: a row another replica took over (its claim lapsed) or
+    /// whose ticket another replica decided since it was read is left out, and named in the
+    /// answer.
+    pub async fn finish(&self, items: &[Finished<'_>]) -> anyhow::Result<Unwritten> {
+        let mut unwritten = Unwritten::default();
+        if items.is_empty() {
+            return Ok(unwritten);
+        }
+        let mut tx = self.begin_write().await?;
+        // Writers are serialized, so this sees every decision committed before ours.
+        let decided: Vec<&InboxRow> = items
+            .iter()
+            .filter_map(|i| match i {
+                Finished::Decided(d) => Some(d.row),
+                Finished::Settled { .. } => None,
+            })
+            .collect();
+        let mut latest = latest_decisions(&mut tx, &decided).await?;
+        for item in items {
+            match item {
+                Finished::Settled {
+                    row,
+                    status,
+                    normalized,
+                    request_hash,
+                    evidence,
+                } => {
+                    if !mark_normalized(
+                        &mut tx,
+                        &self.holder,
+                        row,
+                        status,
+                        status,
+                        normalized,
+                        request_hash.as_deref(),
+                        evidence,
+                    )
+                    .await?
+                    {
+                        unwritten.lost.push(row.id);
+                    }
+                }
+                Finished::Decided(d) => {
+                    let row = d.row;
+                    let ticket = (row.connector.clone(), row.ticket_key.clone());
+                    let current = latest.get(&ticket);
+                    if current.map(|(id, _)| id.as_str()) != d.read_latest.as_deref()
+                        || current.is_some_and(|(_, inbox_id)| *inbox_id > row.id)
+                    {
+                        unwritten.changed.push(row.id);
+                        continue;
+                    }
+                    let earlier = current.is_some();
+                    if !mark_normalized(
+                        &mut tx,
+                        &self.holder,
+                        row,
+                        "decided",
+                        "access_request",
+                        &d.normalized,
+                        Some(&d.request_hash),
+                        &d.evidence,
+                    )
+                    .await?
+                    {
+                        unwritten.lost.push(row.id);
+                        continue;
+                    }
+                    let decision = &d.decision;
+                    let decision_json = serde_json::to_value(decision)?;
+                    sqlx::query("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                        .bind(&decision.decision_id)
+                        .bind(row.id)
+                        .bind(&row.connector)
+                        .bind(&row.ticket_key)
+                        .bind(&d.request_hash)
+                        .bind(decision.outcome.as_str())
+                        .bind(decision_json.to_string())
+                        .bind(d.raw.to_string())
+                        .bind(decision.decided_at.to_rfc3339())
+                        .execute(&mut *tx)
+                        .await?;
+                    audit::append(
+                        &mut tx,
+                        &row.connector,
+                        &row.ticket_key,
+                        Event::Decided,
+                        json!({"decision": decision_json, "pdp_raw": d.raw}),
+                    )
+                    .await?;
+                    super::outbox::queue_comment(
+                        &mut tx,
+                        &row.connector,
+                        &row.ticket_key,
+                        &d.request_hash,
+                        &decision.decision_id,
+                        &d.marker,
+                        &d.body,
+                    )
+                    .await?;
+                    super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, decision, earlier).await?;
+                    latest.insert(ticket, (decision.decision_id.clone(), row.id));
+                }
+            }
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(unwritten)
     }
 
     /// Gives up this replica's claim on a row without changing it, so it is taken again.
@@ -289,11 +418,11 @@ fn backfill_key(connector: &str, since: &str) -> String {
 }
 
 /// Sets an inbox row's status and normalized form, and records the normalization and any
-/// further evidence, inside the caller's transaction. Fails with [`LostClaim`] when the row is
-/// no longer claimed by `holder`.
+/// further evidence, inside the caller's transaction. Writes nothing and answers `false` when
+/// the row is no longer claimed by `holder`.
 #[allow(clippy::too_many_arguments)]
 async fn mark_normalized(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::WriteTx,
     holder: &str,
     row: &InboxRow,
     status: &str,
@@ -301,56 +430,224 @@ async fn mark_normalized(
     normalized: &Value,
     request_hash: Option<&str>,
     extra: &[(Event, Value)],
-) -> anyhow::Result<()> {
-    still_claimed(
-        sqlx::query(
-            "UPDATE inbox SET status = $1, normalized = $2, request_hash = $3, last_error = NULL, claimed_by = NULL, claimed_until = NULL
+) -> anyhow::Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE inbox SET status = $1, normalized = $2, request_hash = $3, last_error = NULL, claimed_by = NULL, claimed_until = NULL
          WHERE id = $4 AND claimed_by = $5",
-        )
-        .bind(status)
-        .bind(normalized.to_string())
-        .bind(request_hash)
-        .bind(row.id)
-        .bind(holder)
-        .execute(&mut **tx)
-        .await?,
-    )?;
+    )
+    .bind(status)
+    .bind(normalized.to_string())
+    .bind(request_hash)
+    .bind(row.id)
+    .bind(holder)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
     let payload = json!({"version": row.version, "status": audit_status, "request_hash": request_hash, "normalized": normalized});
     audit::append(tx, &row.connector, &row.ticket_key, Event::Normalized, payload).await?;
     for (event, payload) in extra {
         audit::append(tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Inserts new ticket versions (known ones are skipped) with a `ticket_seen` audit record each.
+/// Keys per `IN (…)` list: far inside both databases' parameter limits.
+const CHUNK: usize = 500;
+
+/// `$first, $first+1, …` for `count` parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The latest decision id (and the inbox row it decided) of each ticket of `rows`.
+async fn latest_decisions(
+    tx: &mut super::WriteTx,
+    rows: &[&InboxRow],
+) -> anyhow::Result<std::collections::HashMap<(String, String), (String, i64)>> {
+    let mut keys: Vec<&str> = rows.iter().map(|r| r.ticket_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut latest = std::collections::HashMap::new();
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT connector, ticket_key, decision_id, inbox_id FROM decisions WHERE id IN \
+             (SELECT MAX(id) FROM decisions WHERE ticket_key IN ({}) GROUP BY connector, ticket_key)",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String, i64)>(&sql);
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        for (connector, key, decision_id, inbox_id) in query.fetch_all(&mut **tx).await? {
+            latest.insert((connector, key), (decision_id, inbox_id));
+        }
+    }
+    Ok(latest)
+}
+
+/// What deciding a batch reads from earlier work (see [`Store::prior`]).
+#[derive(Debug, Default)]
+pub struct Prior {
+    newer: std::collections::HashSet<i64>,
+    previous: std::collections::HashMap<(String, String), Value>,
+    latest: std::collections::HashMap<(String, String), LatestDecision>,
+}
+
+impl Prior {
+    /// Whether a later version of the row's ticket is already in the inbox.
+    pub fn has_newer(&self, row: &InboxRow) -> bool {
+        self.newer.contains(&row.id)
+    }
+
+    /// The normalized form of the ticket's latest earlier version that was read, if any.
+    pub fn previous(&self, row: &InboxRow) -> Option<&Value> {
+        self.previous.get(&(row.connector.clone(), row.ticket_key.clone()))
+    }
+
+    /// The ticket's latest decision.
+    pub fn latest(&self, row: &InboxRow) -> Option<&LatestDecision> {
+        self.latest.get(&(row.connector.clone(), row.ticket_key.clone()))
+    }
+}
+
+/// How deciding one claimed ticket version came out, written with the rest of its batch by
+/// [`Store::finish`].
+pub enum Finished<'a> {
+    /// Not an access request, a stale version, or a version that changes nothing.
+    Settled {
+        /// The row.
+        row: &'a InboxRow,
+        /// `not_access`, `stale` or `unchanged`.
+        status: &'static str,
+        /// Its normalized form.
+        normalized: Value,
+        /// The request hash, when it is an access request.
+        request_hash: Option<String>,
+        /// Further audit records.
+        evidence: Vec<(Event, Value)>,
+    },
+    /// A decision and its comment.
+    Decided(Box<DecidedRow<'a>>),
+}
+
+/// A decision to record (see [`Finished::Decided`]).
+pub struct DecidedRow<'a> {
+    /// The row.
+    pub row: &'a InboxRow,
+    /// Its normalized (and enriched) form.
+    pub normalized: Value,
+    /// The request hash.
+    pub request_hash: String,
+    /// The decision.
+    pub decision: crate::schema::Decision,
+    /// The decision point's answer.
+    pub raw: Value,
+    /// The comment's marker.
+    pub marker: String,
+    /// The comment.
+    pub body: String,
+    /// Further audit records.
+    pub evidence: Vec<(Event, Value)>,
+    /// The ticket's latest decision id as read before deciding.
+    pub read_latest: Option<String>,
+}
+
+/// The rows of a batch [`Store::finish`] left unwritten.
+#[derive(Debug, Default)]
+pub struct Unwritten {
+    /// Rows another replica took over (their claim lapsed).
+    pub lost: Vec<i64>,
+    /// Rows whose ticket another replica decided since it was read: to be decided again.
+    pub changed: Vec<i64>,
+}
+
+impl Unwritten {
+    /// The answer for a batch of one row, as an error when it was not written.
+    fn single(self) -> anyhow::Result<()> {
+        if !self.changed.is_empty() {
+            return Err(ChangedMeanwhile.into());
+        }
+        if !self.lost.is_empty() {
+            return Err(super::LostClaim.into());
+        }
+        Ok(())
+    }
+}
+
+/// The digest of a ticket version's content without the fields at the JSON pointers
+/// `volatile` (those every write bumps): equal digests mean nothing deskbridge reads changed.
+pub fn content_digest(raw: &Value, volatile: &[&str]) -> String {
+    if volatile.is_empty() {
+        return sha256_hex(raw.to_string().as_bytes());
+    }
+    let mut content = raw.clone();
+    for pointer in volatile {
+        if let Some((parent, field)) = pointer.rsplit_once('/') {
+            if let Some(Value::Object(map)) = content.pointer_mut(parent) {
+                map.remove(field);
+            }
+        }
+    }
+    sha256_hex(content.to_string().as_bytes())
+}
+
+/// Inserts new ticket versions with a `ticket_seen` audit record each, in one multi-row insert.
+/// Known versions are skipped, and so is a version whose content (without the `volatile`
+/// fields) equals the ticket's latest stored version: only fields every write bumps changed
+/// (deskbridge's own comment bumps them), so there is nothing to read, store or decide again.
 async fn insert_tickets(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::WriteTx,
     connector: &str,
     tickets: &[Ticket],
+    volatile: &[&str],
     via: &str,
 ) -> anyhow::Result<usize> {
-    let mut inserted = 0;
+    if tickets.is_empty() {
+        return Ok(0);
+    }
+    let mut latest = latest_content(tx, connector, tickets).await?;
+    let received_at = now();
+    let mut rows = Vec::with_capacity(tickets.len());
     for t in tickets {
+        let content = content_digest(&t.raw, volatile);
+        if latest.get(&t.key) == Some(&Some(content.clone())) {
+            continue;
+        }
+        latest.insert(t.key.clone(), Some(content.clone()));
         let raw = t.raw.to_string();
         let digest = sha256_hex(raw.as_bytes());
-        let result = sqlx::query(
-            "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (connector, ticket_key, version) DO NOTHING",
-        )
-        .bind(connector)
-        .bind(&t.key)
-        .bind(&t.version)
-        .bind(&t.number)
-        .bind(&t.url)
-        .bind(t.updated.to_rfc3339())
-        .bind(&raw)
-        .bind(&digest)
-        .bind(now())
-        .execute(&mut **tx)
-        .await?;
-        if result.rows_affected() > 0 {
-            inserted += 1;
+        rows.push((t, raw, digest, content));
+    }
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, content_sha256, received_at) VALUES ",
+        );
+        super::push_placeholders(&mut sql, chunk.len(), 10);
+        sql.push_str(" ON CONFLICT (connector, ticket_key, version) DO NOTHING RETURNING ticket_key, version");
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for (t, raw, digest, content) in chunk {
+            query = query
+                .bind(connector)
+                .bind(&t.key)
+                .bind(&t.version)
+                .bind(&t.number)
+                .bind(&t.url)
+                .bind(t.updated.to_rfc3339())
+                .bind(raw)
+                .bind(digest)
+                .bind(content)
+                .bind(&received_at);
+        }
+        inserted.extend(query.fetch_all(&mut **tx).await?);
+    }
+    let mut count = 0;
+    for (t, _, digest, _) in &rows {
+        // In page order, once per new version.
+        if inserted.remove(&(t.key.clone(), t.version.clone())) {
+            count += 1;
             audit::append(
                 tx,
                 connector,
@@ -361,5 +658,37 @@ async fn insert_tickets(
             .await?;
         }
     }
-    Ok(inserted)
+    Ok(count)
+}
+
+/// Ticket versions per multi-row insert (10 parameters each; see `audit::ROWS_PER_INSERT`).
+const ROWS_PER_INSERT: usize = 50;
+
+/// The content digest of each ticket's latest stored version (`None` for a version stored
+/// before digests were kept), for the tickets of a page, in one query per chunk.
+async fn latest_content(
+    tx: &mut super::WriteTx,
+    connector: &str,
+    tickets: &[Ticket],
+) -> anyhow::Result<std::collections::HashMap<String, Option<String>>> {
+    let mut keys: Vec<&str> = tickets.iter().map(|t| t.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut latest = std::collections::HashMap::new();
+    for chunk in keys.chunks(500) {
+        let mut sql = String::from(
+            "SELECT i.ticket_key, i.content_sha256 FROM inbox i WHERE i.connector = $1 AND i.id = \
+             (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key) AND i.ticket_key IN (",
+        );
+        for n in 0..chunk.len() {
+            sql.push_str(&format!("{}${}", if n == 0 { "" } else { ", " }, n + 2));
+        }
+        sql.push(')');
+        let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql).bind(connector);
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        latest.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(latest)
 }

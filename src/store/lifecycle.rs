@@ -233,17 +233,21 @@ async fn is_present<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, group
 /// decision (an extension), no new grant will be seen: the new decision continues the access
 /// from now, the earlier lifecycle becomes `extended`, and its expiry finding closes.
 pub(super) async fn on_decision(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::WriteTx,
     row: &InboxRow,
     normalized: &Value,
     request_hash: &str,
     decision: &crate::schema::Decision,
+    earlier_decision: bool,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE access_lifecycle SET state = 'superseded' WHERE connector = $1 AND ticket_key = $2 AND state = 'approved'")
-        .bind(&row.connector)
-        .bind(&row.ticket_key)
-        .execute(&mut **tx)
-        .await?;
+    // Only an earlier decision on the ticket can have started a lifecycle to supersede.
+    if earlier_decision {
+        sqlx::query("UPDATE access_lifecycle SET state = 'superseded' WHERE connector = $1 AND ticket_key = $2 AND state = 'approved'")
+            .bind(&row.connector)
+            .bind(&row.ticket_key)
+            .execute(&mut **tx)
+            .await?;
+    }
     let request = &normalized["request"];
     if decision.outcome != crate::schema::Outcome::Approve || !matches!(request["kind"].as_str(), Some("grant" | "modify" | "extend")) {
         return Ok(());
@@ -588,7 +592,7 @@ pub enum TimerColumn {
 }
 
 /// Closes an open finding, with an audit record on its ticket (when it has one).
-async fn resolve(tx: &mut sqlx::Transaction<'_, sqlx::Any>, kind: &str, subject: &str, at: &str, payload: Value) -> anyhow::Result<()> {
+async fn resolve(tx: &mut super::WriteTx, kind: &str, subject: &str, at: &str, payload: Value) -> anyhow::Result<()> {
     let closed: Vec<(String, String)> = sqlx::query_as(
         "UPDATE access_findings SET resolved_at = $1 WHERE kind = $2 AND subject = $3 AND resolved_at IS NULL RETURNING connector, ticket_key",
     )
@@ -603,7 +607,7 @@ async fn resolve(tx: &mut sqlx::Transaction<'_, sqlx::Any>, kind: &str, subject:
     Ok(())
 }
 
-async fn write_effects(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: Option<i64>, fx: &Effects, at: &str) -> anyhow::Result<()> {
+async fn write_effects(tx: &mut super::WriteTx, event: Option<i64>, fx: &Effects, at: &str) -> anyhow::Result<()> {
     for (group, user, present) in &fx.memberships {
         sqlx::query(
             "INSERT INTO memberships (group_name, user_name, present, since, via, event_id) VALUES ($1, $2, $3, $4, 'event', $5)

@@ -32,6 +32,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions as _, Connection as _, Executor as _};
 
 pub use audit::{AuditRecord, Event};
+pub use inbox::{content_digest, DecidedRow, Finished, Prior, Unwritten};
 pub use parking::{Halt, Parked, Retried};
 pub use tokens::StoreVault;
 
@@ -97,6 +98,53 @@ fn still_claimed(result: sqlx::any::AnyQueryResult) -> anyhow::Result<()> {
 #[error("another replica decided this ticket meanwhile; nothing was written")]
 pub struct ChangedMeanwhile;
 
+/// A write transaction: the database transaction and the audit records appended in it.
+///
+/// Audit records are chained in memory ([`audit::append`] reads the chain head once per
+/// transaction, not once per record) and written in multi-row inserts by [`WriteTx::commit`],
+/// just before the transaction commits. Writers are serialized (SQLite's one writer, the
+/// PostgreSQL advisory lock taken by [`Store::begin_write`]), so the head read once stays the
+/// head until the commit. Dropping a `WriteTx` without committing rolls back both.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    chain: audit::Pending,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+impl WriteTx {
+    /// Writes the audit records appended in this transaction, then commits.
+    pub async fn commit(mut self) -> anyhow::Result<()> {
+        let records = std::mem::take(&mut self.chain.records);
+        audit::write_records(&mut self.tx, &records).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Appends `rows` groups of `columns` numbered placeholders: `($1, $2), ($3, $4)`.
+pub(crate) fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
+    use std::fmt::Write as _;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            let _ = write!(sql, "{}${}", if c == 0 { "" } else { ", " }, r * columns + c + 1);
+        }
+        sql.push(')');
+    }
+}
+
 /// The default lease on claimed work.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
@@ -157,6 +205,17 @@ pub struct OutboxRow {
     pub decision_id: String,
     /// Failed attempts so far.
     pub attempts: i64,
+    /// How many times it has been claimed, this claim included. The claim is committed before
+    /// any post is sent, so `1` proves no earlier attempt can have reached the ITSM.
+    pub claims: i64,
+}
+
+impl OutboxRow {
+    /// Whether this is the comment's first claim: nothing can have been posted before, so the
+    /// lookup for its marker can be skipped.
+    pub fn first_claim(&self) -> bool {
+        self.claims == 1
+    }
 }
 
 /// The latest decision on a ticket.
@@ -511,12 +570,21 @@ impl Store {
     /// advisory lock, which serializes writers: the audit chain's "read the last record, write
     /// the next" cannot fork, and checks made inside see every other writer's committed work.
     /// SQLite has one writer already.
-    pub(crate) async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Any>> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(7305812009)").execute(&mut *tx).await?;
-        }
-        Ok(tx)
+    pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
+        let tx = match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7305812009)").execute(&mut *tx).await?;
+                tx
+            }
+            // The write lock up front (waiting `busy_timeout` for it): a transaction that reads
+            // first could not take it later once another connection wrote.
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        };
+        Ok(WriteTx {
+            tx,
+            chain: audit::Pending::default(),
+        })
     }
 
     /// Which database this is.

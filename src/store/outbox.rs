@@ -32,12 +32,12 @@ impl Store {
     /// replica has landed (or failed) before anyone re-checks the ticket for its marker.
     pub async fn claim_outbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<OutboxRow>> {
         let sql = format!(
-            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
+            "UPDATE outbox SET claimed_by = $1, claimed_until = $2, claims = claims + 1 WHERE id IN (
                 SELECT id FROM outbox WHERE status = 'queued' AND next_attempt_at < $3
                   AND (claimed_until IS NULL OR claimed_until < $4 OR claimed_by = $1)
                   AND connector NOT IN (SELECT connector FROM connector_halts)
                 ORDER BY id LIMIT $5{})
-             RETURNING id, connector, ticket_key, marker, body, decision_id, attempts",
+             RETURNING id, connector, ticket_key, marker, body, decision_id, attempts, claims",
             self.backend.skip_locked()
         );
         let mut rows: Vec<OutboxRow> = sqlx::query_as(&sql)
@@ -79,27 +79,49 @@ impl Store {
 
     /// Marks a comment posted (or found already posted).
     pub async fn comment_posted(&self, row: &OutboxRow, comment_id: &CommentId, found_existing: bool) -> anyhow::Result<()> {
+        if self.comments_posted(&[(row, comment_id, found_existing)]).await?.is_empty() {
+            Ok(())
+        } else {
+            Err(super::LostClaim.into())
+        }
+    }
+
+    /// Marks comments posted (or found already posted), in one transaction. Answers the ids of
+    /// the rows another replica took over meanwhile (nothing is written for them; the other
+    /// replica finds the comment by its marker).
+    pub async fn comments_posted(&self, posted: &[(&OutboxRow, &CommentId, bool)]) -> anyhow::Result<Vec<i64>> {
+        let mut lost = Vec::new();
+        if posted.is_empty() {
+            return Ok(lost);
+        }
         let mut tx = self.begin_write().await?;
-        still_claimed(sqlx::query(
-            "UPDATE outbox SET status = 'posted', comment_id = $1, posted_at = $2, last_error = NULL, claimed_by = NULL, claimed_until = NULL
-             WHERE id = $3 AND claimed_by = $4",
-        )
-        .bind(&comment_id.0)
-        .bind(now())
-        .bind(row.id)
-        .bind(&*self.holder)
-        .execute(&mut *tx)
-        .await?)?;
-        audit::append(
-            &mut tx,
-            &row.connector,
-            &row.ticket_key,
-            Event::CommentPosted,
-            json!({"marker": row.marker, "comment_id": comment_id.0, "decision_id": row.decision_id, "found_existing": found_existing}),
-        )
-        .await?;
+        let at = now();
+        for (row, comment_id, found_existing) in posted {
+            let updated = sqlx::query(
+                "UPDATE outbox SET status = 'posted', comment_id = $1, posted_at = $2, last_error = NULL, claimed_by = NULL, claimed_until = NULL
+                 WHERE id = $3 AND claimed_by = $4",
+            )
+            .bind(&comment_id.0)
+            .bind(&at)
+            .bind(row.id)
+            .bind(&*self.holder)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                lost.push(row.id);
+                continue;
+            }
+            audit::append(
+                &mut tx,
+                &row.connector,
+                &row.ticket_key,
+                Event::CommentPosted,
+                json!({"marker": row.marker, "comment_id": comment_id.0, "decision_id": row.decision_id, "found_existing": found_existing}),
+            )
+            .await?;
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(lost)
     }
 
     /// Reschedules a comment after a retryable failure: its next attempt looks for the marker
@@ -124,7 +146,7 @@ impl Store {
 /// Queues a comment in the caller's transaction, once per (ticket, request hash); records it
 /// in the audit log when it is new. Returns whether it was queued now.
 pub(super) async fn queue_comment(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::WriteTx,
     connector: &str,
     ticket_key: &str,
     request_hash: &str,

@@ -66,13 +66,13 @@ async fn page_and_cursor(backend: Backend) {
     assert_eq!(store.cursor("snow").await.expect("cursor"), Cursor::start());
     let next = Cursor(Some("c1".into()));
     let n = store
-        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &next)
+        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &[], &next)
         .await
         .expect("ingest");
     assert_eq!(n, 2);
     assert_eq!(store.cursor("snow").await.expect("cursor"), next);
     let again = store
-        .ingest_page("snow", &[ticket("a", "1"), ticket("a", "2")], &Cursor(Some("c2".into())))
+        .ingest_page("snow", &[ticket("a", "1"), ticket("a", "2")], &[], &Cursor(Some("c2".into())))
         .await
         .expect("ingest");
     assert_eq!(again, 1, "only the new version counts");
@@ -86,11 +86,67 @@ async fn page_and_cursor(backend: Backend) {
     assert_eq!(rows[0].ticket().expect("ticket").raw, json!({"k": "a", "v": "1"}));
 }
 
+on_both!(a_version_that_only_bumps_volatile_fields_is_not_stored_again, volatile_versions);
+async fn volatile_versions(backend: Backend) {
+    let (store, _dir) = store(backend).await;
+    let volatile = ["/v", "/meta/updated"];
+    let with = |version: &str, state: &str, updated: &str| {
+        let mut t = ticket("a", version);
+        t.raw = json!({"k": "a", "v": version, "state": state, "meta": {"updated": updated, "by": "x"}});
+        t
+    };
+    let n = store
+        .ingest_page("snow", &[with("1", "open", "t1")], &volatile, &Cursor::start())
+        .await
+        .expect("ingest");
+    assert_eq!(n, 1);
+    // Only the version counter and the update time changed (our own comment): not stored.
+    let n = store
+        .ingest_page("snow", &[with("2", "open", "t2")], &volatile, &Cursor::start())
+        .await
+        .expect("ingest");
+    assert_eq!(n, 0, "a version differing only in volatile fields is not stored");
+    // A real change is stored, and compared against from then on.
+    let n = store
+        .ingest_page("snow", &[with("3", "closed", "t3")], &volatile, &Cursor::start())
+        .await
+        .expect("ingest");
+    assert_eq!(n, 1);
+    let n = store
+        .ingest_page(
+            "snow",
+            &[with("4", "closed", "t4"), with("4", "closed", "t4")],
+            &volatile,
+            &Cursor::start(),
+        )
+        .await
+        .expect("ingest");
+    assert_eq!(n, 0);
+    // A field beside the volatile one is content.
+    let mut other = with("5", "closed", "t5");
+    other.raw["meta"]["by"] = json!("y");
+    assert_eq!(
+        store
+            .ingest_page("snow", &[other], &volatile, &Cursor::start())
+            .await
+            .expect("ingest"),
+        1
+    );
+    assert_eq!(store.counts().await.expect("counts").inbox, 3);
+    let records = store.audit_records().await.expect("audit");
+    assert_eq!(
+        records.iter().filter(|r| r.kind == "ticket_seen").count(),
+        3,
+        "one ticket_seen per stored version"
+    );
+    assert_eq!(audit::verify(&records), Ok(3));
+}
+
 on_both!(the_audit_log_chains_and_refuses_edits, audit_chain);
 async fn audit_chain(backend: Backend) {
     let (store, _dir) = store(backend).await;
     store
-        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &Cursor::start())
+        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &[], &Cursor::start())
         .await
         .expect("ingest");
     let records = store.audit_records().await.expect("records");
@@ -112,7 +168,7 @@ async fn concurrent_chain(backend: Backend) {
         tokio::spawn(async move {
             for i in 0..20 {
                 let tickets = [ticket(&format!("{prefix}{i}"), "1"), ticket(&format!("{prefix}{i}x"), "1")];
-                store.ingest_page(prefix, &tickets, &Cursor::start()).await.expect("ingest");
+                store.ingest_page(prefix, &tickets, &[], &Cursor::start()).await.expect("ingest");
             }
         })
     };
@@ -128,7 +184,7 @@ async fn claims(backend: Backend) {
     let (a, b, _dir) = replicas(backend).await;
     let a = a.with_lease(Duration::from_millis(300));
     let b = b.with_lease(Duration::from_secs(60));
-    a.ingest_page("snow", &[ticket("t1", "1"), ticket("t2", "1")], &Cursor::start())
+    a.ingest_page("snow", &[ticket("t1", "1"), ticket("t2", "1")], &[], &Cursor::start())
         .await
         .expect("ingest");
     let mine = a.claim_inbox(1, &now()).await.expect("claim");
@@ -175,7 +231,7 @@ async fn backfill_cursor(backend: Backend) {
     assert_eq!(store.backfill_cursor("snow", since).await.expect("cursor"), None);
     let next = Cursor(Some("page-1".into()));
     store
-        .ingest_backfill_page("snow", since, &[ticket("a", "1")], &next)
+        .ingest_backfill_page("snow", since, &[ticket("a", "1")], &[], &next)
         .await
         .expect("ingest");
     assert_eq!(store.backfill_cursor("snow", since).await.expect("cursor"), Some(next));
@@ -193,7 +249,9 @@ on_both!(
 );
 async fn decided_meanwhile(backend: Backend) {
     let (a, b, _dir) = replicas(backend).await;
-    a.ingest_page("snow", &[ticket("t", "1")], &Cursor::start()).await.expect("ingest");
+    a.ingest_page("snow", &[ticket("t", "1")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
     let row = a.claim_inbox(10, &now()).await.expect("claim").remove(0);
     let decision = |id: &str| crate::schema::Decision {
         outcome: crate::schema::Outcome::Deny,
@@ -207,7 +265,9 @@ async fn decided_meanwhile(backend: Backend) {
         decided_at: Utc::now(),
     };
     // a read "no decision yet"; meanwhile b decides a newer version of the same ticket.
-    b.ingest_page("snow", &[ticket("t", "2")], &Cursor::start()).await.expect("ingest");
+    b.ingest_page("snow", &[ticket("t", "2")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
     let newer = {
         sqlx::query("UPDATE inbox SET claimed_by = 'b', claimed_until = $1 WHERE version = '2'")
             .bind(later(Duration::from_secs(60)))
@@ -275,7 +335,7 @@ on_both!(tickets_page_and_search_in_sql_with_literal_wildcards, ticket_page);
 async fn ticket_page(backend: Backend) {
     let (store, _dir) = store(backend).await;
     store
-        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &Cursor::start())
+        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &[], &Cursor::start())
         .await
         .expect("ingest");
     for (key, normalized) in [("a", r#"{"system": "Payroll_EU"}"#), ("b", r#"{"system": "payrollXeu 100%"}"#)] {

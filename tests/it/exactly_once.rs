@@ -277,7 +277,7 @@ async fn a_poison_row_is_parked_while_the_rest_flows_and_retried_on_request() {
         raw: serde_json::json!({}),
     };
     app.store
-        .ingest_page("removed", &[gone], &deskbridge_connector::Cursor::start())
+        .ingest_page("removed", &[gone], &[], &deskbridge_connector::Cursor::start())
         .await
         .expect("ingest");
     let report = app.pipeline().run_once().await.expect("pass");

@@ -40,6 +40,20 @@ pub trait Connector: Send + Sync {
     /// is never taken for deskbridge's.
     async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<FoundComment>, ConnectorError>;
 
+    /// JSON pointers into [`Ticket::raw`] of the fields every write to a ticket changes (its
+    /// version counter and update time). A new version that differs from the last one only in
+    /// these changed nothing deskbridge reads (typically it is deskbridge's own comment), and is
+    /// not stored or decided again.
+    fn volatile_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Requests this connector sends to its ITSM at once (`max_concurrency`); the pipeline
+    /// posts this many comments concurrently.
+    fn max_concurrency(&self) -> usize {
+        1
+    }
+
     /// The markup of the field comments are written to.
     fn markup(&self) -> &dyn Markup;
 

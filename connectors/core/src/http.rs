@@ -239,6 +239,11 @@ impl HttpClient {
         })
     }
 
+    /// Requests in flight to this instance at once.
+    pub fn max_concurrency(&self) -> usize {
+        self.settings.max_concurrency.max(1)
+    }
+
     /// The underlying reqwest client (shares its connection pool).
     pub fn client(&self) -> &reqwest::Client {
         &self.client

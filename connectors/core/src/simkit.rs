@@ -152,10 +152,15 @@ pub trait Flavor: Send + Sync + 'static {
     fn throttled(&self, retry_after: Option<u64>, reset_in: Option<u64>, beta_retry_after: Option<u64>) -> Response;
 }
 
+/// How many requests the log keeps: a long run (a load harness) forgets the oldest instead of
+/// growing without bound.
+pub const REQUEST_LOG_CAPACITY: usize = 20_000;
+
 /// Faults and the request log of one simulator.
 pub struct SimKit {
     rules: Mutex<Vec<Rule>>,
-    log: Mutex<Vec<RecordedRequest>>,
+    /// The latest [`REQUEST_LOG_CAPACITY`] requests, oldest first.
+    log: Mutex<std::collections::VecDeque<RecordedRequest>>,
     fired: Mutex<BTreeMap<String, usize>>,
     record_requests: std::sync::atomic::AtomicBool,
     flavor: Box<dyn Flavor>,
@@ -172,7 +177,7 @@ impl SimKit {
     pub fn new(flavor: impl Flavor) -> Arc<Self> {
         Arc::new(Self {
             rules: Mutex::new(Vec::new()),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(std::collections::VecDeque::new()),
             fired: Mutex::new(BTreeMap::new()),
             record_requests: std::sync::atomic::AtomicBool::new(true),
             flavor: Box::new(flavor),
@@ -210,9 +215,9 @@ impl SimKit {
         lock(&self.fired).clone()
     }
 
-    /// Every request received so far.
+    /// The requests received so far (the latest [`REQUEST_LOG_CAPACITY`]).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.log).clone()
+        lock(&self.log).iter().cloned().collect()
     }
 
     /// Forgets the recorded requests.
@@ -260,7 +265,7 @@ pub async fn record(State(kit): State<Arc<SimKit>>, request: Request, next: Next
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, 10 * 1024 * 1024).await.unwrap_or_default();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    lock(&kit.log).push(RecordedRequest {
+    let entry = RecordedRequest {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts
@@ -271,7 +276,14 @@ pub async fn record(State(kit): State<Arc<SimKit>>, request: Request, next: Next
         auth_scheme: header("authorization").split_whitespace().next().unwrap_or_default().to_owned(),
         content_type: header("content-type"),
         body: String::from_utf8_lossy(&bytes).into_owned(),
-    });
+    };
+    {
+        let mut log = lock(&kit.log);
+        if log.len() >= REQUEST_LOG_CAPACITY {
+            log.pop_front();
+        }
+        log.push_back(entry);
+    }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 

@@ -507,6 +507,15 @@ impl Connector for Jira {
         Some(self.http.auth())
     }
 
+    fn max_concurrency(&self) -> usize {
+        self.http.max_concurrency()
+    }
+
+    /// A comment bumps the issue's `updated`; the comment itself is not among the fields read.
+    fn volatile_fields(&self) -> &'static [&'static str] {
+        &["/fields/updated"]
+    }
+
     fn markup(&self) -> &dyn Markup {
         match (self.config.deployment, self.config.comments.api) {
             (Deployment::Cloud, CommentApi::Platform) => &AdfMarkup,

@@ -303,6 +303,16 @@ impl Connector for ServiceNow {
         &JournalMarkup
     }
 
+    fn max_concurrency(&self) -> usize {
+        self.http.max_concurrency()
+    }
+
+    /// A journal entry (deskbridge's work note) bumps the record's modification count, update
+    /// time and updater, and nothing else the poll reads.
+    fn volatile_fields(&self) -> &'static [&'static str] {
+        &["/sys_mod_count", "/sys_updated_on", "/sys_updated_by"]
+    }
+
     /// Stands just before `since`: the keyset of a record one second earlier with the highest
     /// possible sys_id, so the next poll reads `sys_updated_on >= since` (second precision, as
     /// ServiceNow stores it).

@@ -12,7 +12,7 @@ use crate::helpers::TestApp;
 async fn store_with(records: usize) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("audit.db")).await.expect("store");
-    let mut tx = store.pool().begin().await.expect("tx");
+    let mut tx = store.begin_write().await.expect("tx");
     for n in 0..records {
         append(
             &mut tx,
@@ -95,7 +95,7 @@ async fn an_export_since_a_time_is_filtered_in_the_store_and_verifies() {
 async fn record_hashes_are_rfc_8785_canonical_json() {
     let app = TestApp::spawn().await;
     let store = &app.store;
-    let mut tx = store.pool().begin().await.expect("tx");
+    let mut tx = store.begin_write().await.expect("tx");
     // Key order by UTF-16 code units (RFC 8785 §3.2.3) differs from UTF-8 byte order for
     // characters beyond the BMP; numbers are written as ECMAScript writes them.
     let payload = json!({"\u{e000}": 1, "\u{1f600}": 2, "big": 1e21, "small": 0.000001, "n": -0.0, "text": "é\u{2028}"});

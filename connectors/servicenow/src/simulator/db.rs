@@ -88,10 +88,18 @@ pub enum Display {
     All,
 }
 
+/// Reference fields looked up by value (a ticket's variables, approvals and journal): each
+/// table keeps an index of them, so a lookup reads the matching rows, not the whole table.
+pub const INDEXED_FIELDS: &[&str] = &["element_id", "request_item", "sysapproval"];
+
 #[derive(Debug, Default)]
 pub struct Table {
     pub rows: Vec<Record>,
     index: HashMap<String, usize>,
+    /// `field → value → row positions` for [`INDEXED_FIELDS`]; rebuilt after a row was handed
+    /// out for change ([`Table::get_mut`]).
+    by_value: HashMap<&'static str, HashMap<String, Vec<usize>>>,
+    stale: bool,
     /// Every column any row has had, plus the columns an empty table declares.
     pub columns: BTreeSet<String>,
 }
@@ -102,19 +110,70 @@ impl Table {
     }
 
     pub fn get_mut(&mut self, sys_id: &str) -> Option<&mut Record> {
-        self.index.get(sys_id).map(|&i| &mut self.rows[i])
+        let i = *self.index.get(sys_id)?;
+        // The caller may change an indexed field.
+        self.stale = !self.by_value.is_empty();
+        Some(&mut self.rows[i])
     }
 
     pub fn insert(&mut self, record: Record) {
         let id = record.get("sys_id").cloned().unwrap_or_default();
         self.columns.extend(record.keys().cloned());
         match self.index.get(&id) {
-            Some(&i) => self.rows[i] = record,
+            Some(&i) => {
+                self.rows[i] = record;
+                self.stale = true;
+            }
             None => {
-                self.index.insert(id, self.rows.len());
+                let i = self.rows.len();
+                self.index.insert(id, i);
+                for field in INDEXED_FIELDS {
+                    if let Some(value) = record.get(*field) {
+                        self.by_value.entry(field).or_default().entry(value.clone()).or_default().push(i);
+                    }
+                }
                 self.rows.push(record);
             }
         }
+    }
+
+    /// The rows whose `field` is one of `values`, in table order; `None` when `field` is not
+    /// indexed.
+    /// `None` too while the index is stale (see [`Table::refresh`]).
+    pub fn rows_where<'a>(&'a self, field: &str, values: impl Iterator<Item = &'a str>) -> Option<Vec<&'a Record>> {
+        if field == "sys_id" {
+            let mut at: Vec<usize> = values.filter_map(|v| self.index.get(v).copied()).collect();
+            at.sort_unstable();
+            at.dedup();
+            return Some(at.into_iter().map(|i| &self.rows[i]).collect());
+        }
+        let field = *INDEXED_FIELDS.iter().find(|f| **f == field)?;
+        if self.stale {
+            return None;
+        }
+        let index = self.by_value.get(field);
+        let mut at: Vec<usize> = values
+            .flat_map(|v| index.and_then(|m| m.get(v)).into_iter().flatten().copied())
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        Some(at.into_iter().map(|i| &self.rows[i]).collect())
+    }
+
+    /// Rebuilds the index of [`INDEXED_FIELDS`] if a row may have changed since it was built.
+    pub fn refresh(&mut self) {
+        if !self.stale {
+            return;
+        }
+        self.by_value.clear();
+        for (i, record) in self.rows.iter().enumerate() {
+            for field in INDEXED_FIELDS {
+                if let Some(value) = record.get(*field) {
+                    self.by_value.entry(field).or_default().entry(value.clone()).or_default().push(i);
+                }
+            }
+        }
+        self.stale = false;
     }
 }
 

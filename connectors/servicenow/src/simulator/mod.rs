@@ -296,12 +296,14 @@ impl Simulator {
 
     /// Journal entries written to a record, oldest first.
     pub fn journal(&self, sys_id: &str) -> Vec<JournalEntry> {
-        let db = lock(&self.state.db);
+        let mut db = lock(&self.state.db);
+        if let Some(t) = db.tables.get_mut("sys_journal_field") {
+            t.refresh();
+        }
         db.table("sys_journal_field")
-            .map(|t| {
-                t.rows
-                    .iter()
-                    .filter(|r| r.get("element_id").map(String::as_str) == Some(sys_id))
+            .and_then(|t| t.rows_where("element_id", std::iter::once(sys_id)))
+            .map(|rows| {
+                rows.into_iter()
                     .map(|r| JournalEntry {
                         sys_id: r.get("sys_id").cloned().unwrap_or_default(),
                         element: r.get("element").cloned().unwrap_or_default(),

@@ -149,6 +149,22 @@ impl Query {
             .chain(self.order.iter().map(|(f, _)| f.as_str()))
     }
 
+    /// A field every match must equal one of the values of (an `=` or `IN` term standing alone
+    /// in an AND of the only alternative), so an index can find the candidates.
+    pub fn lookup(&self) -> Option<(&str, Vec<&str>)> {
+        let [and] = self.alternatives.as_slice() else {
+            return None;
+        };
+        and.iter().find_map(|or| match or.as_slice() {
+            [term] if !term.field.contains('.') => match term.op {
+                Op::Eq => Some((term.field.as_str(), vec![term.value.as_str()])),
+                Op::In => Some((term.field.as_str(), term.set.iter().map(String::as_str).collect())),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Whether a record matches, `get` resolving a (possibly dot-walked) field to its raw value.
     pub fn matches(&self, get: &dyn Fn(&str) -> String) -> bool {
         self.alternatives

@@ -171,7 +171,11 @@ async fn list(
         return acl_denied("Read");
     }
     let query = query_pairs(uri.query());
-    let db = lock(&state.db);
+    let mut db = lock(&state.db);
+    if let Some(t) = db.tables.get_mut(&table) {
+        t.refresh();
+    }
+    let db = db;
     let Some(rows) = db.table(&table) else {
         return invalid_table(&table);
     };
@@ -190,23 +194,48 @@ async fn list(
         .unwrap_or(10_000);
     let offset = param(&query, "sysparm_offset").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
     let mut matched: Vec<&super::Record> = if valid {
-        rows.rows.iter().filter(|r| parsed.matches(&|f| db.raw(&table, r, f))).collect()
+        // An indexed field narrows the rows read; every candidate still meets the whole query.
+        let candidates = parsed
+            .lookup()
+            .and_then(|(field, values)| rows.rows_where(field, values.into_iter()));
+        match candidates {
+            Some(candidates) => candidates
+                .into_iter()
+                .filter(|r| parsed.matches(&|f| db.raw(&table, r, f)))
+                .collect(),
+            None => rows.rows.iter().filter(|r| parsed.matches(&|f| db.raw(&table, r, f))).collect(),
+        }
     } else {
         Vec::new()
     };
+    let total = matched.len();
     if !parsed.order.is_empty() {
-        matched.sort_by(|a, b| {
-            for (field, desc) in &parsed.order {
-                let ord = compare(&db.raw(&table, a, field), &db.raw(&table, b, field));
+        // Each row's sort key is resolved once; only the rows up to the page's end are put in
+        // order (a page of a large table does not sort the whole table).
+        let mut keyed: Vec<(Vec<String>, usize, &super::Record)> = matched
+            .into_iter()
+            .enumerate()
+            .map(|(at, r)| (parsed.order.iter().map(|(field, _)| db.raw(&table, r, field)).collect(), at, r))
+            .collect();
+        // Rows that compare equal keep table order, as a stable sort keeps them.
+        let order = |a: &(Vec<String>, usize, &super::Record), b: &(Vec<String>, usize, &super::Record)| {
+            for ((x, y), (_, desc)) in a.0.iter().zip(&b.0).zip(&parsed.order) {
+                let ord = compare(x, y);
                 let ord = if *desc { ord.reverse() } else { ord };
                 if ord.is_ne() {
                     return ord;
                 }
             }
-            std::cmp::Ordering::Equal
-        });
+            a.1.cmp(&b.1)
+        };
+        let end = offset.saturating_add(limit);
+        if end < keyed.len() {
+            keyed.select_nth_unstable_by(end, order);
+            keyed.truncate(end);
+        }
+        keyed.sort_unstable_by(order);
+        matched = keyed.into_iter().map(|(_, _, r)| r).collect();
     }
-    let total = matched.len();
     let fields = fields_param(&query);
     let exclude = param(&query, "sysparm_exclude_reference_link") == Some("true");
     let display = display_mode(&query);
@@ -258,7 +287,11 @@ fn link_header(base: &str, table: &str, query: &[(String, String)], total: usize
 
 async fn get_one(AxState(state): AxState<Shared>, Path((table, sys_id)): Path<(String, String)>, uri: axum::http::Uri) -> Response {
     let query = query_pairs(uri.query());
-    let db = lock(&state.db);
+    let mut db = lock(&state.db);
+    if let Some(t) = db.tables.get_mut(&table) {
+        t.refresh();
+    }
+    let db = db;
     let Some(rows) = db.table(&table) else {
         return invalid_table(&table);
     };
