@@ -1,7 +1,7 @@
 //! Load harness: prints figures, asserts nothing. Targets live in shared/DESIGN.md.
 //!
 //!     cargo run --release --example throughput -- [TICKETS] [sqlite|postgres] [backfill]
-//!         [--latency-ms N] [--concurrency N]
+//!         [--latency-ms N] [--concurrency N] [--pipeline-only]
 //!
 //! 1. normalize + decide per ticket, in-process (the shipped mapping and Rego policy);
 //! 2. the pipeline against a ServiceNow simulator on loopback seeded with TICKETS synthetic
@@ -407,7 +407,8 @@ async fn main() -> anyhow::Result<()> {
         latency: flag("--latency-ms").map(Duration::from_millis),
         concurrency: flag("--concurrency").map_or(4, |c| c.max(1) as usize),
     };
-    if !options.backfill {
+    // `--pipeline-only` skips the in-process figures (for a profiler's view of the pipeline).
+    if !options.backfill && !args.iter().any(|a| a == "--pipeline-only") {
         in_process(20_000)?;
     }
     end_to_end(&options).await?;
