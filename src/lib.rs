@@ -19,3 +19,4 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod text;
+pub mod wiring;

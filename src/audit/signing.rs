@@ -5,22 +5,8 @@
 use anyhow::Context as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 
-/// One signed checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct Checkpoint {
-    /// The record signed.
-    pub seq: i64,
-    /// Its hash.
-    pub hash: String,
-    /// When the checkpoint was made.
-    pub at: String,
-    /// Hex Ed25519 public key.
-    pub public_key: String,
-    /// Hex Ed25519 signature over [`message`].
-    pub signature: String,
-}
+pub use crate::store::audit::Checkpoint;
 
 /// The signed bytes.
 pub fn message(seq: i64, hash: &str, at: &str) -> String {

@@ -6,7 +6,6 @@ use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::audit::{self, AuditSigner, Format};
-use crate::config::Config;
 use crate::report::drift;
 use crate::store::Store;
 
@@ -38,8 +37,8 @@ async fn open(args: &StoreArgs) -> anyhow::Result<(Store, Option<AuditSigner>)> 
         return Ok((Store::open(db).await?, signer));
     }
     let path = args.config.as_deref().context("--config or --db is required")?;
-    let config = Config::load(path)?;
-    let signer = config.audit.signer()?;
+    let config = crate::wiring::load(path)?;
+    let signer = crate::wiring::signer(&config.audit)?;
     let store = Store::from_config(&config.store).await?;
     Ok((store, signer))
 }

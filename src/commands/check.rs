@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Config;
 use crate::schema::Normalized;
 
 /// A sample request (a seeded ServiceNow ticket through the shipped mapping) to ask the
@@ -44,7 +43,7 @@ pub async fn config_check(path: &Path) -> anyhow::Result<(String, bool)> {
         failed: 0,
     };
     // Syntax, unknown keys, types, URLs, secrets: all reported at once, each with file:line.
-    let config = match Config::load(path) {
+    let config = match crate::wiring::load(path) {
         Ok(config) => config,
         Err(e) => {
             c.add("config", Err(format!("{e:#}")));
@@ -54,13 +53,11 @@ pub async fn config_check(path: &Path) -> anyhow::Result<(String, bool)> {
     c.add("config", Ok(format!("{} parsed", path.display())));
     c.add(
         "audit signing key",
-        config
-            .audit
-            .signer()
+        crate::wiring::signer(&config.audit)
             .map(|s| if s.is_some() { "loaded".into() } else { "none configured".into() })
             .map_err(|e| format!("{e:#}")),
     );
-    let built = match config.build(&path.display().to_string()) {
+    let built = match crate::wiring::build(&config, &path.display().to_string()) {
         Ok(built) => built,
         Err(e) => {
             c.add("connectors, mappings, decision point, template", Err(format!("{e:#}")));

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::config::Config;
 use crate::decision::rego::RegoDecisionPoint;
 use crate::decision::DecisionPoint;
 use crate::schema::AccessRequest;
@@ -48,8 +47,11 @@ pub async fn decide(request: &Path, config: Option<&Path>) -> anyhow::Result<Str
         .with_context(|| format!("{} is not a normalized access request (see `deskbridge schema`)", request.display()))?;
     let (point, enricher): (std::sync::Arc<dyn DecisionPoint>, _) = match config {
         Some(path) => {
-            let config = Config::load(path)?;
-            (config.decision.build(&config.breaker)?, config.build_enricher()?)
+            let config = crate::wiring::load(path)?;
+            (
+                crate::wiring::decision_point(&config.decision, &config.breaker)?,
+                crate::wiring::enricher(&config)?,
+            )
         }
         None => (std::sync::Arc::new(super::demo::shipped()?.1), Some(super::demo::catalog_only()?)),
     };

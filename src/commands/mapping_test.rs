@@ -21,7 +21,7 @@ pub async fn mapping_test(mapping: &Path, ticket: &Path, config: Option<&Path>) 
     let ok = !matches!(normalized, Normalized::Incomplete { .. });
     // With a config, the request as the policy would see it: the catalog's and directory's facts.
     if let (Some(path), Normalized::AccessRequest { request }) = (config, &mut normalized) {
-        if let Some(enricher) = crate::config::Config::load(path)?.build_enricher()? {
+        if let Some(enricher) = crate::wiring::enricher(&crate::wiring::load(path)?)? {
             enricher.enrich(request).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }

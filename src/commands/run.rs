@@ -12,10 +12,10 @@ use crate::pipeline::{Pipeline, Report};
 use crate::store::Store;
 
 async fn pipeline_from(config_path: &Path) -> anyhow::Result<(Config, Pipeline)> {
-    let config = Config::load(config_path)?;
+    let config = crate::wiring::load(config_path)?;
     // Checked here so a bad key stops start-up rather than the first pass.
-    config.audit.signer()?;
-    let built = config.build(&config_path.display().to_string())?;
+    crate::wiring::signer(&config.audit)?;
+    let built = crate::wiring::build(&config, &config_path.display().to_string())?;
     // One worker per SQLite file: a second `serve` or `sync` on the same file is refused.
     let store = Store::from_config(&config.store).await?.exclusive()?;
     // Rotating OAuth refresh tokens live in the store, so replicas share one token chain.
@@ -178,7 +178,7 @@ async fn stop(pipeline: &Pipeline, tx: &watch::Sender<bool>, worker: tokio::task
 
 /// Signs the latest audit record when a key is configured.
 async fn sign(pipeline: &Pipeline, config: &Config) -> anyhow::Result<()> {
-    if let Some(signer) = config.audit.signer()? {
+    if let Some(signer) = crate::wiring::signer(&config.audit)? {
         crate::audit::checkpoint(pipeline.store(), &signer).await?;
     }
     Ok(())

@@ -5,16 +5,10 @@ mod keys;
 mod vars;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::decision::rego::{RegoDecisionPoint, RegoSettings};
-use crate::decision::DecisionPoint;
-use crate::mapping::Mapping;
-use crate::pipeline::{Instance, Settings};
-use crate::render::CommentRenderer;
+pub use crate::store::StoreConfig;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -71,38 +65,6 @@ pub struct CatalogConfig {
     pub path: PathBuf,
 }
 
-/// `[store]`: exactly one of `path` or `url`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// SQLite file (created if missing), for one deskbridge process.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// PostgreSQL URL (`postgres://user:password@host/db`), shared by any number of replicas.
-    /// It may hold a password: write it as `${VAR}`; it is never logged.
-    #[serde(default)]
-    pub url: Option<secrecy::SecretString>,
-    /// Seconds a replica's claim on a ticket or comment lasts: a replica that dies holds its
-    /// work this long before another takes it over. Keep it above the ITSM's slowest post
-    /// (timeout × retries).
-    #[serde(default = "default_lease_secs")]
-    pub lease_secs: u64,
-    /// This replica's stable name (a StatefulSet pod name, say). With one, a restarted replica
-    /// resumes its own claimed work at once; without, it is a new replica each start. Two live
-    /// replicas must never share a name.
-    #[serde(default)]
-    pub replica_id: Option<String>,
-    /// The secret that keys comment markers (at least 32 characters; use `${VAR}`). Without it,
-    /// a random one is made once and kept in the store. Set it to keep recognising comments
-    /// already posted if the store is ever rebuilt from scratch.
-    #[serde(default)]
-    pub marker_key: Option<secrecy::SecretString>,
-}
-
-fn default_lease_secs() -> u64 {
-    60
-}
-
 /// `[decision]`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -139,31 +101,6 @@ impl DecisionConfig {
             Self::Authzen(c) => c.transport.ca_cert_file.iter_mut().for_each(fix),
             Self::Webhook(c) => c.transport.ca_cert_file.iter_mut().for_each(fix),
         }
-    }
-
-    /// Builds the decision point; remote ones get the circuit breaker.
-    pub fn build(&self, breaker: &crate::decision::breaker::BreakerConfig) -> anyhow::Result<Arc<dyn DecisionPoint>> {
-        use crate::decision::breaker::Breaker;
-        Ok(match self {
-            Self::Rego {
-                policies,
-                entrypoint,
-                timeout_ms,
-            } => Arc::new(RegoDecisionPoint::load(&RegoSettings {
-                policies: policies.clone(),
-                entrypoint: entrypoint.clone(),
-                timeout: Duration::from_millis(*timeout_ms),
-            })?),
-            Self::Opa(c) => Arc::new(Breaker::new(crate::decision::opa::OpaDecisionPoint::new(c)?, breaker)),
-            Self::Authzen(c) => Arc::new(Breaker::new(
-                crate::decision::authzen::AuthzenDecisionPoint::new(c.as_ref().clone())?,
-                breaker,
-            )),
-            Self::Webhook(c) => Arc::new(Breaker::new(
-                crate::decision::webhook::WebhookDecisionPoint::new(c.clone())?,
-                breaker,
-            )),
-        })
     }
 }
 
@@ -270,13 +207,6 @@ pub struct AuditConfig {
     pub signing_key: Option<secrecy::SecretString>,
 }
 
-impl AuditConfig {
-    /// The signer, when a key is configured.
-    pub fn signer(&self) -> anyhow::Result<Option<crate::audit::AuditSigner>> {
-        self.signing_key.as_ref().map(crate::audit::AuditSigner::from_secret).transpose()
-    }
-}
-
 /// One `[[connectors]]` entry. Keys other than these belong to the connector kind, which
 /// rejects unknown ones.
 #[derive(Deserialize)]
@@ -304,49 +234,22 @@ impl std::fmt::Debug for ConnectorEntry {
     }
 }
 
-/// Everything built from a config file.
-pub struct Built {
-    /// Connector instances with mappings.
-    pub instances: Vec<Instance>,
-    /// The decision point.
-    pub decision_point: Arc<dyn DecisionPoint>,
-    /// The shadow decision point.
-    pub shadow: Option<Arc<dyn DecisionPoint>>,
-    /// The comment renderer.
-    pub renderer: CommentRenderer,
-    /// Pipeline settings.
-    pub settings: Settings,
-    /// The catalog and directory, when configured.
-    pub enricher: Option<Arc<crate::pipeline::enrich::Enricher>>,
-    /// Provisioning evidence, when configured.
-    pub provisioning: Option<Arc<crate::provisioning::Provisioning>>,
-}
-
 impl Config {
-    /// Reads, interpolates and parses a config file; paths become relative to its folder.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    /// Reads, interpolates and parses a config file; paths become relative to its folder. The
+    /// problems found while parsing (unknown keys, say) come back beside the configuration:
+    /// [`crate::wiring::load`] adds what building it finds, and reports them all at once.
+    pub fn read(path: &Path) -> anyhow::Result<(Self, Vec<String>)> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading config {file}: {e}"))?;
         let (text, redactor) = vars::interpolate(&text, &file, &|name| std::env::var(name).ok())
             .map_err(|problems| anyhow::anyhow!("config {file} is invalid:\n  {}", problems.join("\n  ")))?;
-        let (config, mut problems) = keys::parse(&text, &file);
+        let (config, problems) = keys::parse(&text, &file);
         let Some(mut config) = config else {
             anyhow::bail!("config {file} is invalid:\n  {}", redactor.redact(&problems.join("\n  ")));
         };
         config.redactor = redactor;
         config.rebase(path.parent().unwrap_or(Path::new(".")));
-        if problems.is_empty() {
-            return Ok(config);
-        }
-        // Unknown keys, and everything else wrong with the file, in one report.
-        if let Err(more) = config.assemble(&file) {
-            problems.extend(more);
-        }
-        anyhow::bail!(
-            "configuration {file} has {} problem(s):\n  {}",
-            problems.len(),
-            config.redactor.redact(&problems.join("\n  "))
-        )
+        Ok((config, problems))
     }
 
     fn rebase(&mut self, base: &Path) {
@@ -384,7 +287,7 @@ impl Config {
     /// A claim on a comment must outlast one write attempt with room for a missed renewal
     /// (the claim is renewed every third of the lease while a post is in flight), or another
     /// replica could take the comment over while the write is on the wire and post it again.
-    fn lease_problems(&self, file: &str) -> Vec<String> {
+    pub(crate) fn lease_problems(&self, file: &str) -> Vec<String> {
         let mut problems = Vec::new();
         for (i, entry) in self.connectors.iter().enumerate() {
             let timeout = entry
@@ -408,7 +311,7 @@ impl Config {
     }
 
     /// Every admin token entry must name a holder once and carry a SHA-256.
-    fn token_problems(&self, file: &str) -> Vec<String> {
+    pub(crate) fn token_problems(&self, file: &str) -> Vec<String> {
         let mut problems = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, token) in self.server.tokens.iter().enumerate() {
@@ -424,125 +327,5 @@ impl Config {
             }
         }
         problems
-    }
-
-    /// The catalog and directory, when `[catalog]` is configured.
-    pub fn build_enricher(&self) -> anyhow::Result<Option<Arc<crate::pipeline::enrich::Enricher>>> {
-        let Some(catalog) = &self.catalog else {
-            if self.directory.is_some() {
-                anyhow::bail!("directory: a [catalog] is needed too (it maps directory groups to entitlements)");
-            }
-            return Ok(None);
-        };
-        use anyhow::Context as _;
-        let catalog = crate::pipeline::enrich::CatalogHandle::load(&catalog.path).context("catalog")?;
-        let directory = self.directory.as_ref().map(|d| d.build()).transpose().context("directory")?;
-        Ok(Some(Arc::new(crate::pipeline::enrich::Enricher {
-            catalog: Arc::new(catalog),
-            directory,
-        })))
-    }
-
-    /// Builds connectors, mappings, the decision point and the renderer, reporting every
-    /// problem at once.
-    pub fn build(&self, file: &str) -> anyhow::Result<Built> {
-        self.assemble(file).map_err(|problems| {
-            anyhow::anyhow!(
-                "configuration {file} has {} problem(s):\n  {}",
-                problems.len(),
-                self.redactor.redact(&problems.join("\n  "))
-            )
-        })
-    }
-
-    fn assemble(&self, file: &str) -> Result<Built, Vec<String>> {
-        let mut problems = Vec::new();
-        let mut instances = Vec::new();
-        if self.connectors.is_empty() {
-            problems.push(format!("{file}: connectors: at least one [[connectors]] entry is needed"));
-        }
-        for (i, entry) in self.connectors.iter().enumerate() {
-            let key = format!("{file}: connectors[{i}] (id {:?})", entry.id);
-            if self.connectors.iter().filter(|c| c.id == entry.id).count() > 1 {
-                problems.push(format!("{key}: id is used more than once"));
-            }
-            let mapping = Mapping::load(&entry.mapping)
-                .map_err(|e| problems.push(format!("{key}: mapping: {e}")))
-                .ok();
-            let connector = crate::registry::build(&entry.kind, &entry.id, entry.settings.clone())
-                .map_err(|e| {
-                    // `base_url: …` names a key: say its line too.
-                    let line = e
-                        .split_once(": ")
-                        .and_then(|(path, _)| self.key_lines.get(&format!("connectors[{i}].{path}")));
-                    problems.push(match line {
-                        Some(line) => format!("{file}:{line}: connectors[{i}] (id {:?}): {e}", entry.id),
-                        None => format!("{key}: {e}"),
-                    })
-                })
-                .ok();
-            if let (Some(mapping), Some(connector)) = (mapping, connector) {
-                instances.push(Instance {
-                    connector,
-                    mapping: Arc::new(mapping),
-                });
-            }
-        }
-        problems.extend(self.lease_problems(file));
-        problems.extend(self.token_problems(file));
-        let decision_point = self
-            .decision
-            .build(&self.breaker)
-            .map_err(|e| problems.push(format!("{file}: decision: {e:#}")))
-            .ok();
-        let shadow = match &self.shadow {
-            Some(s) => s
-                .build(&self.breaker)
-                .map_err(|e| problems.push(format!("{file}: shadow: {e:#}")))
-                .ok(),
-            None => None,
-        };
-        let renderer = CommentRenderer::new(self.pipeline.comment_template.as_deref())
-            .map_err(|e| problems.push(format!("{file}: pipeline.comment_template: {e:#}")))
-            .ok();
-        let enricher = self
-            .build_enricher()
-            .map_err(|e| problems.push(format!("{file}: {e:#}")))
-            .ok()
-            .flatten();
-        let provisioning = match &self.provisioning {
-            Some(p) => {
-                if self.catalog.is_none() {
-                    problems.push(format!(
-                        "{file}: provisioning: a [catalog] is needed (it names the groups that represent entitlements)"
-                    ));
-                }
-                crate::provisioning::Provisioning::build(p, self.directory.as_ref())
-                    .map_err(|e| problems.extend(format!("{e:#}").lines().map(|l| format!("{file}: {l}"))))
-                    .ok()
-                    .map(Arc::new)
-            }
-            None => None,
-        };
-        match (decision_point, renderer) {
-            (Some(decision_point), Some(renderer)) if problems.is_empty() => Ok(Built {
-                instances,
-                provisioning,
-                decision_point,
-                shadow,
-                renderer,
-                enricher,
-                settings: Settings {
-                    batch_size: self.pipeline.batch_size.max(1),
-                    decision_retry_base: Duration::from_secs(self.pipeline.decision_retry_base_secs),
-                    decision_retry_max: Duration::from_secs(self.pipeline.decision_retry_max_secs),
-                    delayed_comment_after: self.pipeline.decision_delayed_comment_after_secs.map(Duration::from_secs),
-                    post_retry_base: Duration::from_secs(self.pipeline.post_retry_base_secs),
-                    post_retry_max: Duration::from_secs(self.pipeline.post_retry_max_secs),
-                    ..Settings::default()
-                },
-            }),
-            _ => Err(problems),
-        }
     }
 }

@@ -451,7 +451,7 @@ impl Pipeline {
     pub async fn run_once(&self) -> anyhow::Result<Report> {
         let mut report = Report::default();
         self.beat();
-        self.poll_and_decide(&mut report).await?;
+        self.poll_decide_post(&mut report).await?;
         // Provisioning evidence never holds up the decisions' comments: a failure here is
         // logged and the pass goes on to post.
         if let Some(provisioning) = &self.provisioning {
@@ -514,6 +514,34 @@ impl Pipeline {
         decided_result
     }
 
+    /// Polls, decides and posts, the three overlapping: comments are posted while later pages
+    /// are still read and decided, so a large backlog does not hold every comment back until
+    /// the whole of it is decided.
+    pub async fn poll_decide_post(&self, report: &mut Report) -> anyhow::Result<()> {
+        let deciding = AtomicBool::new(true);
+        let mut posted = Report::default();
+        let read = async {
+            let result = self.poll_and_decide(report).await;
+            deciding.store(false, Ordering::SeqCst);
+            result
+        };
+        let pass_start = crate::store::now();
+        let post = async {
+            loop {
+                let more_coming = deciding.load(Ordering::SeqCst);
+                self.post_due_before(&mut posted, &pass_start).await?;
+                if !more_coming || self.stopping() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let (read_result, post_result) = tokio::join!(read, post);
+        report.absorb(posted);
+        read_result?;
+        post_result
+    }
+
     /// Normalizes and decides every due inbox row, batch after batch.
     pub async fn decide_all(&self, report: &mut Report) -> anyhow::Result<()> {
         self.decide_due_before(report, &crate::store::now()).await
@@ -547,10 +575,15 @@ impl Pipeline {
 
     /// Posts every due comment, batch after batch.
     pub async fn post_all(&self, report: &mut Report) -> anyhow::Result<()> {
-        let pass_start = crate::store::now();
+        self.post_due_before(report, &crate::store::now()).await
+    }
+
+    /// Posts every comment queued, and every retry due before `pass_start` (a post that fails
+    /// during the pass is not tried again within it).
+    async fn post_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
         loop {
             let before = (report.posted, report.failed_posts, report.parked);
-            self.post_due(report, &pass_start).await?;
+            self.post_due(report, pass_start).await?;
             if self.stopping() || (report.posted, report.failed_posts, report.parked) == before {
                 return Ok(());
             }

@@ -259,6 +259,21 @@ pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[Audi
     Ok(())
 }
 
+/// One signed checkpoint, as stored (signed and checked by `crate::audit::signing`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Checkpoint {
+    /// The record signed.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+    /// When the checkpoint was made.
+    pub at: String,
+    /// Hex Ed25519 public key.
+    pub public_key: String,
+    /// Hex Ed25519 signature over `crate::audit::signing::message`.
+    pub signature: String,
+}
+
 /// One audit record as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize)]
 pub struct AuditRecord {

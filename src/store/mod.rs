@@ -20,7 +20,7 @@ mod reads;
 pub mod testing;
 mod tokens;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -143,6 +143,39 @@ pub(crate) fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
         }
         sql.push(')');
     }
+}
+
+/// `[store]` of the configuration file: exactly one of `path` or `url`. The store owns its
+/// settings; the configuration file only reads them.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file (created if missing), for one deskbridge process.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL URL (`postgres://user:password@host/db`), shared by any number of replicas.
+    /// It may hold a password: write it as `${VAR}`; it is never logged.
+    #[serde(default)]
+    pub url: Option<secrecy::SecretString>,
+    /// Seconds a replica's claim on a ticket or comment lasts: a replica that dies holds its
+    /// work this long before another takes it over. Keep it above the ITSM's slowest post
+    /// (timeout × retries).
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// This replica's stable name (a StatefulSet pod name, say). With one, a restarted replica
+    /// resumes its own claimed work at once; without, it is a new replica each start. Two live
+    /// replicas must never share a name.
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// The secret that keys comment markers (at least 32 characters; use `${VAR}`). Without it,
+    /// a random one is made once and kept in the store. Set it to keep recognising comments
+    /// already posted if the store is ever rebuilt from scratch.
+    #[serde(default)]
+    pub marker_key: Option<secrecy::SecretString>,
+}
+
+fn default_lease_secs() -> u64 {
+    60
 }
 
 /// The default lease on claimed work.
@@ -477,7 +510,7 @@ impl Store {
     }
 
     /// Opens the store a config names.
-    pub async fn from_config(config: &crate::config::StoreConfig) -> anyhow::Result<Self> {
+    pub async fn from_config(config: &StoreConfig) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         use secrecy::ExposeSecret as _;
         let store = match (&config.path, &config.url) {

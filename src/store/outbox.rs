@@ -26,14 +26,16 @@ impl Store {
         Ok(fresh)
     }
 
-    /// Claims comments due for posting before `due_before` (see [`Store::claim_inbox`]); a
+    /// Claims comments due for posting: never tried ones queued by now, and retries due before
+    /// `due_before` (see [`Store::claim_inbox`]); a
     /// comment claimed by a live replica is skipped, one whose lease expired is taken over.
     /// The lease outlasts the poster's check-then-post, so a post that timed out on another
     /// replica has landed (or failed) before anyone re-checks the ticket for its marker.
     pub async fn claim_outbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<OutboxRow>> {
         let sql = format!(
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2, claims = claims + 1 WHERE id IN (
-                SELECT id FROM outbox WHERE status = 'queued' AND next_attempt_at < $3
+                SELECT id FROM outbox WHERE status = 'queued'
+                  AND (next_attempt_at < $3 OR (attempts = 0 AND next_attempt_at <= $4))
                   AND (claimed_until IS NULL OR claimed_until < $4 OR claimed_by = $1)
                   AND connector NOT IN (SELECT connector FROM connector_halts)
                 ORDER BY id LIMIT $5{})

@@ -213,7 +213,7 @@ impl Store {
     }
 
     /// Stored audit checkpoints, oldest first.
-    pub async fn checkpoints(&self) -> anyhow::Result<Vec<crate::audit::Checkpoint>> {
+    pub async fn checkpoints(&self) -> anyhow::Result<Vec<audit::Checkpoint>> {
         Ok(
             sqlx::query_as("SELECT seq, hash, at, public_key, signature FROM audit_checkpoints ORDER BY id")
                 .fetch_all(&self.pool)
@@ -228,7 +228,7 @@ impl Store {
         (after_seq, after_id): (i64, i64),
         to_seq: i64,
         limit: i64,
-    ) -> anyhow::Result<Vec<(i64, crate::audit::Checkpoint)>> {
+    ) -> anyhow::Result<Vec<(i64, audit::Checkpoint)>> {
         let rows: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
             "SELECT id, seq, hash, at, public_key, signature FROM audit_checkpoints
              WHERE (seq > $1 OR (seq = $1 AND id > $2)) AND seq <= $3 ORDER BY seq, id LIMIT $4",
@@ -244,7 +244,7 @@ impl Store {
             .map(|(id, seq, hash, at, public_key, signature)| {
                 (
                     id,
-                    crate::audit::Checkpoint {
+                    audit::Checkpoint {
                         seq,
                         hash,
                         at,
@@ -267,7 +267,7 @@ impl Store {
     }
 
     /// Stores a checkpoint.
-    pub async fn insert_checkpoint(&self, cp: &crate::audit::Checkpoint) -> anyhow::Result<()> {
+    pub async fn insert_checkpoint(&self, cp: &audit::Checkpoint) -> anyhow::Result<()> {
         sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature) VALUES ($1, $2, $3, $4, $5)")
             .bind(cp.seq)
             .bind(&cp.hash)

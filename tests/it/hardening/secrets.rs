@@ -51,7 +51,7 @@ fn a_loaded_config_shows_no_secret_when_debug_printed() {
         dir.path(),
         r#"auth = { type = "basic", username = "u", password = "hunter2-in-the-file" }"#,
     );
-    let config = deskbridge::config::Config::load(&path).expect("loads");
+    let config = deskbridge::wiring::load(&path).expect("loads");
     let shown = format!("{config:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("snow"), "{shown}");
