@@ -313,15 +313,20 @@ fn pipeline_for(sim: &Simulator, store: &Store, options: &Options) -> anyhow::Re
     }))))
 }
 
+/// A fresh store: a SQLite file in `dir`, or a fresh schema of `DESKBRIDGE_TEST_POSTGRES`.
+async fn store_for(backend: &str, dir: &tempfile::TempDir) -> anyhow::Result<Store> {
+    Ok(match backend {
+        "postgres" => Store::connect_postgres(&deskbridge::store::testing::fresh_postgres_schema().await).await?,
+        _ => Store::open(&dir.path().join("load.db")).await?,
+    })
+}
+
 async fn end_to_end(options: &Options) -> anyhow::Result<()> {
     let count = options.count;
     let backend = options.backend.as_str();
     let sim = simulator(count, options.latency).await?;
     let dir = tempfile::tempdir()?;
-    let store = match backend {
-        "postgres" => Store::connect_postgres(&deskbridge::store::testing::fresh_postgres_schema().await).await?,
-        _ => Store::open(&dir.path().join("load.db")).await?,
-    };
+    let store = store_for(backend, &dir).await?;
     let pipeline = pipeline_for(&sim, &store, options)?;
     if options.backfill {
         return backfill_process(&sim, count, backend, &dir).await;
@@ -368,10 +373,7 @@ async fn end_to_end(options: &Options) -> anyhow::Result<()> {
     // What `serve` does: the three overlapping, on a fresh simulator and store.
     let sim = simulator(count, options.latency).await?;
     let dir = tempfile::tempdir()?;
-    let store = match backend {
-        "postgres" => Store::connect_postgres(&deskbridge::store::testing::fresh_postgres_schema().await).await?,
-        _ => Store::open(&dir.path().join("overlapped.db")).await?,
-    };
+    let store = store_for(backend, &dir).await?;
     let pipeline = pipeline_for(&sim, &store, options)?;
     let mut overlapped = Report::default();
     let started = Instant::now();
