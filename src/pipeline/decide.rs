@@ -117,6 +117,9 @@ impl Pipeline {
         }
         // What was decided is written even when another row failed.
         let unwritten = self.store.finish(&finished).await?;
+        if finished.iter().any(|f| matches!(f, Finished::Decided(_))) {
+            self.decisions_recorded();
+        }
         for done in &finished {
             let (row, decided) = match done {
                 Finished::Settled { row, .. } => (*row, None),

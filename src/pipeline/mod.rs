@@ -157,6 +157,10 @@ pub struct Pipeline {
     provisioning: Option<Arc<crate::provisioning::Provisioning>>,
     /// Why the last provisioning pass stopped at a change it could not resolve.
     provisioning_blocked: std::sync::Mutex<Option<String>>,
+    /// Signalled when a polled page was stored (the deciding stage of a pass has work).
+    stored: tokio::sync::Notify,
+    /// Signalled when decisions were recorded (the posting stage of a pass has comments).
+    queued: tokio::sync::Notify,
     /// The last failure of the decision point and of the facts (catalog and directory), cleared
     /// by the next success: readiness says why requests stay pending.
     last_failures: std::sync::Mutex<LastFailures>,
@@ -210,6 +214,8 @@ impl Pipeline {
             last_failures: std::sync::Mutex::new(LastFailures::default()),
             provisioning: None,
             provisioning_blocked: std::sync::Mutex::new(None),
+            stored: tokio::sync::Notify::new(),
+            queued: tokio::sync::Notify::new(),
             decision_point,
         }
     }
@@ -343,6 +349,9 @@ impl Pipeline {
                     .store
                     .ingest_page(id, &page.tickets, instance.connector.volatile_fields(), &page.next)
                     .await?;
+                if stored > 0 {
+                    self.stored.notify_one();
+                }
                 crate::metrics::global().tickets_read(id, stored);
                 report.ingested += stored;
                 cursor = page.next;
@@ -402,6 +411,11 @@ impl Pipeline {
     /// The decision point's and the facts' failures that have not been followed by a success.
     pub fn last_failures(&self) -> LastFailures {
         self.last_failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Says decisions were recorded, so an overlapped pass's posting stage looks at once.
+    pub(crate) fn decisions_recorded(&self) {
+        self.queued.notify_one();
     }
 
     pub(crate) fn note_decision(&self, failure: Option<String>) {
@@ -503,8 +517,8 @@ impl Pipeline {
                 if !more_coming || self.stopping() {
                     return Ok::<_, anyhow::Error>(());
                 }
-                // Nothing due: wait a moment for the next page.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Nothing due: wait for the next page (at most a moment).
+                let _ = tokio::time::timeout(STAGE_WAIT, self.stored.notified()).await;
             }
         };
         let (polled_result, decided_result) = tokio::join!(poll, decide);
@@ -533,7 +547,8 @@ impl Pipeline {
                 if !more_coming || self.stopping() {
                     return Ok::<_, anyhow::Error>(());
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Wait for the next decisions (at most a moment).
+                let _ = tokio::time::timeout(STAGE_WAIT, self.queued.notified()).await;
             }
         };
         let (read_result, post_result) = tokio::join!(read, post);
@@ -590,6 +605,9 @@ impl Pipeline {
         }
     }
 }
+
+/// The longest a stage of an overlapped pass waits for the stage before it to signal more work.
+const STAGE_WAIT: Duration = Duration::from_millis(10);
 
 /// How much work runs at once: one at first and after any failure, one more after each
 /// success, up to a bound (additive increase, reset on failure).
