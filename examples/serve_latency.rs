@@ -175,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let mut child = tokio::process::Command::new(&binary)
         .args(["serve", "--config"])
         .arg(&config_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("SERVE_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("serve.log"))?)
         .kill_on_drop(true)
@@ -330,5 +330,8 @@ async fn main() -> anyhow::Result<()> {
         println!("  serve.log ends:\n    {}", tail.join("\n    "));
     }
     child.kill().await?;
+    if let Ok(keep) = std::env::var("KEEP_LOG") {
+        std::fs::copy(dir.path().join("serve.log"), keep)?;
+    }
     Ok(())
 }

@@ -506,6 +506,8 @@ impl Pipeline {
         let poll = async {
             let result = self.poll(&mut polled).await;
             polling.store(false, Ordering::SeqCst);
+            // The deciding stage need not wait out its pause for a page that will not come.
+            self.stored.notify_one();
             result
         };
         let pass_start = crate::store::now();
@@ -537,6 +539,7 @@ impl Pipeline {
         let read = async {
             let result = self.poll_and_decide(report).await;
             deciding.store(false, Ordering::SeqCst);
+            self.queued.notify_one();
             result
         };
         let pass_start = crate::store::now();
