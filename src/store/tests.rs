@@ -18,6 +18,21 @@ fn ticket(key: &str, version: &str) -> Ticket {
     }
 }
 
+/// A deny decision with this id.
+fn decision(id: &str) -> crate::schema::Decision {
+    crate::schema::Decision {
+        outcome: crate::schema::Outcome::Deny,
+        reasons: vec!["r".into()],
+        route_to: None,
+        missing: vec![],
+        obligations: Default::default(),
+        policy_id: "p".into(),
+        policy_version: "1".into(),
+        decision_id: id.into(),
+        decided_at: Utc::now(),
+    }
+}
+
 /// Two handles on one database, as two replicas see it (distinct holders), plus what keeps a
 /// SQLite file alive.
 async fn replicas(backend: Backend) -> (Store, Store, Option<tempfile::TempDir>) {
@@ -253,17 +268,6 @@ async fn decided_meanwhile(backend: Backend) {
         .await
         .expect("ingest");
     let row = a.claim_inbox(10, &now()).await.expect("claim").remove(0);
-    let decision = |id: &str| crate::schema::Decision {
-        outcome: crate::schema::Outcome::Deny,
-        reasons: vec!["r".into()],
-        route_to: None,
-        missing: vec![],
-        obligations: Default::default(),
-        policy_id: "p".into(),
-        policy_version: "1".into(),
-        decision_id: id.into(),
-        decided_at: Utc::now(),
-    };
     // a read "no decision yet"; meanwhile b decides a newer version of the same ticket.
     b.ingest_page("snow", &[ticket("t", "2")], &[], &Cursor::start())
         .await
@@ -294,6 +298,32 @@ async fn decided_meanwhile(backend: Backend) {
         audit::verify(&a.audit_records().await.expect("records")),
         Ok(a.audit_records().await.expect("records").len())
     );
+}
+
+on_both!(only_a_comments_first_claim_may_skip_the_marker_lookup, first_claims);
+async fn first_claims(backend: Backend) {
+    let (store, _dir) = store(backend).await;
+    store
+        .ingest_page("snow", &[ticket("t", "1")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
+    let row = store.claim_inbox(10, &now()).await.expect("claim").remove(0);
+    store
+        .record_decision(&row, &json!({}), "h1", &decision("d1"), &json!({}), "m1", "body", &[], None)
+        .await
+        .expect("decide");
+    let first = store.claim_outbox(10, &now()).await.expect("claim").remove(0);
+    assert!(first.first_claim(), "claims {}", first.claims);
+    // Handed back without a post (a stop, a halted connector): the next claim looks first.
+    store.release_comment(&first).await.expect("release");
+    let second = store.claim_outbox(10, &now()).await.expect("claim").remove(0);
+    assert!(!second.first_claim(), "claims {}", second.claims);
+    // A failed attempt, retried: still looks first.
+    store.comment_failed(&second, "502", Duration::ZERO).await.expect("failed");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let third = store.claim_outbox(10, &now()).await.expect("claim").remove(0);
+    assert_eq!(third.claims, 3);
+    assert!(!third.first_claim());
 }
 
 #[tokio::test]
