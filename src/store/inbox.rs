@@ -5,7 +5,7 @@ use std::time::Duration;
 use deskbridge_connector::{Cursor, Ticket};
 use serde_json::{json, Value};
 
-use super::{audit, later, now, sha256_hex, still_claimed, ChangedMeanwhile, Event, InboxRow, LatestDecision, Store};
+use super::{audit, later, now, placeholders, sha256_hex, still_claimed, ChangedMeanwhile, Event, InboxRow, LatestDecision, Store};
 
 impl Store {
     /// The stored cursor of a connector instance.
@@ -146,9 +146,7 @@ impl Store {
     pub async fn prior(&self, rows: &[InboxRow]) -> anyhow::Result<Prior> {
         let mut prior = Prior::default();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let mut keys: Vec<&str> = rows.iter().map(|r| r.ticket_key.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let keys = distinct(rows.iter().map(|r| r.ticket_key.as_str()));
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
                 "SELECT i.id FROM inbox i WHERE i.id IN ({}) AND EXISTS \
@@ -456,9 +454,12 @@ async fn mark_normalized(
 /// Keys per `IN (…)` list: far inside both databases' parameter limits.
 const CHUNK: usize = 500;
 
-/// `$first, $first+1, …` for `count` parameters.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+/// Each ticket key once, sorted: the keys a batch's `IN (…)` lists name.
+fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// The latest decision id (and the inbox row it decided) of each ticket of `rows`.
@@ -466,11 +467,8 @@ async fn latest_decisions(
     tx: &mut super::WriteTx,
     rows: &[&InboxRow],
 ) -> anyhow::Result<std::collections::HashMap<(String, String), (String, i64)>> {
-    let mut keys: Vec<&str> = rows.iter().map(|r| r.ticket_key.as_str()).collect();
-    keys.sort_unstable();
-    keys.dedup();
     let mut latest = std::collections::HashMap::new();
-    for chunk in keys.chunks(CHUNK) {
+    for chunk in distinct(rows.iter().map(|r| r.ticket_key.as_str())).chunks(CHUNK) {
         let sql = format!(
             "SELECT connector, ticket_key, decision_id, inbox_id FROM decisions WHERE id IN \
              (SELECT MAX(id) FROM decisions WHERE ticket_key IN ({}) GROUP BY connector, ticket_key)",
@@ -671,19 +669,13 @@ async fn latest_content(
     connector: &str,
     tickets: &[Ticket],
 ) -> anyhow::Result<std::collections::HashMap<String, Option<String>>> {
-    let mut keys: Vec<&str> = tickets.iter().map(|t| t.key.as_str()).collect();
-    keys.sort_unstable();
-    keys.dedup();
     let mut latest = std::collections::HashMap::new();
-    for chunk in keys.chunks(500) {
-        let mut sql = String::from(
+    for chunk in distinct(tickets.iter().map(|t| t.key.as_str())).chunks(CHUNK) {
+        let sql = format!(
             "SELECT i.ticket_key, i.content_sha256 FROM inbox i WHERE i.connector = $1 AND i.id = \
-             (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key) AND i.ticket_key IN (",
+             (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key) AND i.ticket_key IN ({})",
+            placeholders(2, chunk.len())
         );
-        for n in 0..chunk.len() {
-            sql.push_str(&format!("{}${}", if n == 0 { "" } else { ", " }, n + 2));
-        }
-        sql.push(')');
         let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql).bind(connector);
         for key in chunk {
             query = query.bind(*key);

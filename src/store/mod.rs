@@ -133,14 +133,16 @@ impl WriteTx {
     }
 }
 
+/// `$first, $first+1, …` for `count` parameters.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Appends `rows` groups of `columns` numbered placeholders: `($1, $2), ($3, $4)`.
 pub(crate) fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
-    use std::fmt::Write as _;
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..columns {
-            let _ = write!(sql, "{}${}", if c == 0 { "" } else { ", " }, r * columns + c + 1);
-        }
+        sql.push_str(&placeholders(r * columns + 1, columns));
         sql.push(')');
     }
 }

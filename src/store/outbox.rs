@@ -79,15 +79,6 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a comment posted (or found already posted).
-    pub async fn comment_posted(&self, row: &OutboxRow, comment_id: &CommentId, found_existing: bool) -> anyhow::Result<()> {
-        if self.comments_posted(&[(row, comment_id, found_existing)]).await?.is_empty() {
-            Ok(())
-        } else {
-            Err(super::LostClaim.into())
-        }
-    }
-
     /// Marks comments posted (or found already posted), in one transaction. Answers the ids of
     /// the rows another replica took over meanwhile (nothing is written for them; the other
     /// replica finds the comment by its marker).
