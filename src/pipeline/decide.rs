@@ -82,7 +82,8 @@ impl Pipeline {
         }
         let prior = self.store.prior(&rows).await?;
         let mut finished = Vec::with_capacity(rows.len());
-        let mut shadows = Vec::new();
+        // Beside each finished row, the request a shadow decision point is asked about it.
+        let mut asks = Vec::with_capacity(rows.len());
         // Rows are decided a few at once (the decision point and the sources of facts answer
         // in parallel), their results kept in row order; after a failure, one at a time again.
         let mut failure = None;
@@ -102,9 +103,9 @@ impl Pipeline {
             window.answered(result.is_ok() && done.failed_decisions == 0);
             report.absorb(done);
             match result {
-                Ok(Some((done, shadow))) => {
+                Ok(Some((done, ask))) => {
                     finished.push(done);
-                    shadows.extend(shadow);
+                    asks.push(ask);
                 }
                 Ok(None) => {}
                 Err(e) if super::contended(&e) => {
@@ -139,11 +140,15 @@ impl Pipeline {
             }
         }
         if let Some(shadow) = &self.shadow {
-            for (row, request, hash, decision) in shadows {
-                if unwritten.changed.contains(&row.id) || unwritten.lost.contains(&row.id) {
+            for (done, ask) in finished.iter().zip(&asks) {
+                let (Finished::Decided(d), Some(request)) = (done, ask) else {
+                    continue;
+                };
+                if unwritten.changed.contains(&d.row.id) || unwritten.lost.contains(&d.row.id) {
                     continue;
                 }
-                self.shadow_decide(shadow.as_ref(), row, &request, &hash, &decision).await?;
+                self.shadow_decide(shadow.as_ref(), d.row, request, &d.request_hash, &d.decision)
+                    .await?;
             }
         }
         failure.map_or(Ok(()), Err)
@@ -154,7 +159,7 @@ impl Pipeline {
         &self,
         row: &'r InboxRow,
         prior: &Prior,
-    ) -> (&'r InboxRow, Report, anyhow::Result<Option<(Finished<'r>, Option<Shadowed<'r>>)>>) {
+    ) -> (&'r InboxRow, Report, anyhow::Result<Option<(Finished<'r>, Option<AccessRequest>)>>) {
         self.beat();
         let mut done = Report::default();
         let result = self.decide_row(row, prior, &mut done).await;
@@ -259,7 +264,7 @@ impl Pipeline {
         row: &'r InboxRow,
         prior: &Prior,
         report: &mut Report,
-    ) -> anyhow::Result<Option<(Finished<'r>, Option<Shadowed<'r>>)>> {
+    ) -> anyhow::Result<Option<(Finished<'r>, Option<AccessRequest>)>> {
         let Some(instance) = self.instances.get(&row.connector) else {
             let why = format!("connector {:?} is not in the configuration", row.connector);
             tracing::warn!(%why, "ticket version parked");
@@ -386,10 +391,7 @@ impl Pipeline {
                 return Ok(None);
             }
         };
-        let shadow = match (&self.shadow, request) {
-            (Some(_), Some(request)) => Some((row, request.clone(), hash.clone(), decided.decision.clone())),
-            _ => None,
-        };
+        let ask = request.filter(|_| self.shadow.is_some()).cloned();
         let done = Finished::Decided(Box::new(DecidedRow {
             row,
             normalized: normalized_json,
@@ -401,10 +403,6 @@ impl Pipeline {
             evidence,
             read_latest: latest.map(|l| l.decision_id.clone()),
         }));
-        Ok(Some((done, shadow)))
+        Ok(Some((done, ask)))
     }
 }
-
-/// What the shadow decision point is asked once a batch's decisions are written: the row, the
-/// request, its hash and the primary decision.
-type Shadowed<'r> = (&'r InboxRow, AccessRequest, String, Decision);

@@ -505,25 +505,10 @@ impl Pipeline {
         let (mut polled, mut decided) = (Report::default(), Report::default());
         let poll = async {
             let result = self.poll(&mut polled).await;
-            polling.store(false, Ordering::SeqCst);
-            // The deciding stage need not wait out its pause for a page that will not come.
-            self.stored.notify_one();
+            self.stage_ended(&polling, &self.stored);
             result
         };
-        let pass_start = crate::store::now();
-        let decide = async {
-            loop {
-                // Read before deciding, so one more round follows the last page.
-                let more_coming = polling.load(Ordering::SeqCst);
-                self.decide_due_before(&mut decided, &pass_start).await?;
-                if !more_coming || self.stopping() {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                // Nothing due: wait for the next page (at most a moment).
-                let _ = tokio::time::timeout(STAGE_WAIT, self.stored.notified()).await;
-            }
-        };
-        let (polled_result, decided_result) = tokio::join!(poll, decide);
+        let (polled_result, decided_result) = tokio::join!(poll, self.rounds(Stage::Decide, &polling, &mut decided));
         report.absorb(polled);
         report.absorb(decided);
         polled_result?;
@@ -538,26 +523,43 @@ impl Pipeline {
         let mut posted = Report::default();
         let read = async {
             let result = self.poll_and_decide(report).await;
-            deciding.store(false, Ordering::SeqCst);
-            self.queued.notify_one();
+            self.stage_ended(&deciding, &self.queued);
             result
         };
-        let pass_start = crate::store::now();
-        let post = async {
-            loop {
-                let more_coming = deciding.load(Ordering::SeqCst);
-                self.post_due_before(&mut posted, &pass_start).await?;
-                if !more_coming || self.stopping() {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                // Wait for the next decisions (at most a moment).
-                let _ = tokio::time::timeout(STAGE_WAIT, self.queued.notified()).await;
-            }
-        };
-        let (read_result, post_result) = tokio::join!(read, post);
+        let (read_result, post_result) = tokio::join!(read, self.rounds(Stage::Post, &deciding, &mut posted));
         report.absorb(posted);
         read_result?;
         post_result
+    }
+
+    /// Says the stage before `signal`'s has ended, so the stage after it does its last round
+    /// at once instead of after its pause.
+    fn stage_ended(&self, running: &AtomicBool, signal: &tokio::sync::Notify) {
+        running.store(false, Ordering::SeqCst);
+        signal.notify_one();
+    }
+
+    /// Runs `stage` round after round while the stage before it is `running`, waiting between
+    /// rounds for that stage's signal (at most [`STAGE_WAIT`]), and once more after it ended.
+    /// One pass start serves every round: what fails during the pass is not retried within it.
+    async fn rounds(&self, stage: Stage, running: &AtomicBool, report: &mut Report) -> anyhow::Result<()> {
+        let pass_start = crate::store::now();
+        loop {
+            // Read before the round, so one more round follows the end of the stage before.
+            let more_coming = running.load(Ordering::SeqCst);
+            match stage {
+                Stage::Decide => self.decide_due_before(report, &pass_start).await?,
+                Stage::Post => self.post_due_before(report, &pass_start).await?,
+            }
+            if !more_coming || self.stopping() {
+                return Ok(());
+            }
+            let signal = match stage {
+                Stage::Decide => &self.stored,
+                Stage::Post => &self.queued,
+            };
+            let _ = tokio::time::timeout(STAGE_WAIT, signal.notified()).await;
+        }
     }
 
     /// Normalizes and decides every due inbox row, batch after batch.
@@ -607,6 +609,15 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The later stages of an overlapped pass (see [`Pipeline::poll_decide_post`]).
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Deciding what polling stored.
+    Decide,
+    /// Posting what deciding queued.
+    Post,
 }
 
 /// The longest a stage of an overlapped pass waits for the stage before it to signal more work.

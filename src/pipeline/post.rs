@@ -141,18 +141,19 @@ impl Pipeline {
                 continue;
             }
             let before = done.report.connector_errors.len();
-            match self.post_row(&row, &mut done.report, claimed_at).await {
-                Ok(Some((id, existing))) => done.posted.push((row.clone(), id, existing)),
+            let outcome = self.post_row(&row, &mut done.report, claimed_at).await;
+            if done.report.connector_errors.len() > before {
+                if let Ok(mut h) = halted.lock() {
+                    h.insert(row.connector.clone());
+                }
+            }
+            match outcome {
+                Ok(Some((id, existing))) => done.posted.push((row, id, existing)),
                 Ok(None) => {}
                 Err(e) if super::contended(&e) => {
                     tracing::info!(marker = %row.marker, reason = %e, "another replica took this comment over")
                 }
                 Err(e) => return Err(e),
-            }
-            if done.report.connector_errors.len() > before {
-                if let Ok(mut h) = halted.lock() {
-                    h.insert(row.connector.clone());
-                }
             }
         }
         Ok(())
