@@ -12,22 +12,14 @@
 //! - `whole-log`: the way both worked before, the whole log loaded into memory first,
 //!   for comparison.
 
+#[allow(dead_code)]
+mod common;
+
 use std::time::Instant;
 
 use deskbridge::audit::{self, AuditSigner, Format};
 use deskbridge::store::audit::{append, Event};
 use deskbridge::store::Store;
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 async fn build(path: &std::path::Path, records: usize, signer: &AuditSigner) -> anyhow::Result<()> {
     let store = Store::open(path).await?;
@@ -51,7 +43,7 @@ async fn build(path: &std::path::Path, records: usize, signer: &AuditSigner) -> 
         "built {records} records in {:.1} s ({:.0} records/s), peak RSS {:.1} MiB",
         started.elapsed().as_secs_f64(),
         records as f64 / started.elapsed().as_secs_f64(),
-        peak_rss_mib()
+        common::peak_rss_mib("self")
     );
     Ok(())
 }
@@ -100,7 +92,7 @@ async fn child(mode: &str, db: &std::path::Path, extra: Option<&str>) -> anyhow:
     println!(
         "  {mode:<14} {:>7.1} s   peak RSS {:>6.1} MiB   {what}",
         started.elapsed().as_secs_f64(),
-        peak_rss_mib()
+        common::peak_rss_mib("self")
     );
     Ok(())
 }

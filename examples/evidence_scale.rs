@@ -14,6 +14,9 @@
 //!   once per pass, so it reads less than this);
 //! - peak RSS of the process (deskbridge and the simulator share it).
 
+#[allow(dead_code)]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,14 +26,6 @@ use deskbridge::provisioning::{Provisioning, ProvisioningConfig};
 use deskbridge::store::Store;
 use deskbridge_scim::simulator::{SimConfig, Simulator, TOKEN};
 use serde_json::json;
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 fn rate(n: usize, secs: f64) -> String {
     format!("{:>9.0}/s  ({secs:.3} s for {n})", n as f64 / secs)
@@ -154,6 +149,6 @@ async fn main() -> anyhow::Result<()> {
         "  directory  {}   the same user + group reads alone (2 GETs per change), the ceiling of process",
         rate(n, ceiling)
     );
-    println!("  peak RSS   {:.1} MiB", peak_rss_mib());
+    println!("  peak RSS   {:.1} MiB", common::peak_rss_mib("self"));
     Ok(())
 }

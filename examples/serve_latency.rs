@@ -11,6 +11,9 @@
 //!    It prints the time from each webhook to its comment on the ticket: p50, p90, p99 and the
 //!    longest.
 
+#[allow(dead_code)]
+mod common;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,21 +30,11 @@ fn usage(pid: u32) -> Option<(f64, f64)> {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
     // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name and state.
     let cpu = (ticks(11)? + ticks(12)?) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())?;
-    Some((cpu, hwm / 1024.0))
+    Some((cpu, common::peak_rss_mib(&pid.to_string())))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -312,9 +305,9 @@ async fn main() -> anyhow::Result<()> {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "  webhook → posted comment: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.9)),
-            ms(percentile(&latencies, 0.99)),
+            ms(common::percentile(&latencies, 0.5)),
+            ms(common::percentile(&latencies, 0.9)),
+            ms(common::percentile(&latencies, 0.99)),
             ms(*latencies.last().unwrap_or(&Duration::ZERO))
         );
     }

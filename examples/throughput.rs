@@ -15,6 +15,9 @@
 //!    deskbridge added on top of the simulator's own data (run it at two sizes: flat memory
 //!    means the same figure).
 
+#[allow(dead_code)]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,14 +29,6 @@ use deskbridge::store::Store;
 use deskbridge_connector::{Connector as _, Ticket};
 use deskbridge_servicenow::simulator::{Fault, SimConfig, Simulator};
 use deskbridge_servicenow::ServiceNow;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p) as usize]
-}
-
-fn peak_rss_mib() -> f64 {
-    rss_mib("self", "VmHWM:")
-}
 
 fn in_process(iterations: usize) -> anyhow::Result<()> {
     let (mapping, policy) = shipped()?;
@@ -57,8 +52,8 @@ fn in_process(iterations: usize) -> anyhow::Result<()> {
     decide_only.sort();
     println!(
         "normalize + decide: median {:.1} µs, p99 {:.1} µs per ticket ({} tickets)",
-        percentile(&both, 0.5).as_secs_f64() * 1e6,
-        percentile(&both, 0.99).as_secs_f64() * 1e6,
+        common::percentile(&both, 0.5).as_secs_f64() * 1e6,
+        common::percentile(&both, 0.99).as_secs_f64() * 1e6,
         iterations
     );
     print_times("embedded Rego decision alone (interpreter)", &decide_only);
@@ -114,21 +109,9 @@ fn time_each(
 fn print_times(label: &str, sorted: &[Duration]) {
     println!(
         "{label}: median {:.1} µs, p99 {:.1} µs",
-        percentile(sorted, 0.5).as_secs_f64() * 1e6,
-        percentile(sorted, 0.99).as_secs_f64() * 1e6
+        common::percentile(sorted, 0.5).as_secs_f64() * 1e6,
+        common::percentile(sorted, 0.99).as_secs_f64() * 1e6
     );
-}
-
-fn rss_mib(pid: &str, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Runs `deskbridge sync --backfill` (the release binary) as its own process against the
@@ -164,7 +147,7 @@ async fn backfill_process(sim: &Simulator, count: usize, backend: &str, dir: &te
     let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
     let mut peak: f64 = 0.0;
     loop {
-        peak = peak.max(rss_mib(&pid, "VmHWM:"));
+        peak = peak.max(common::peak_rss_mib(&pid));
         if child.try_wait()?.is_some() {
             break;
         }
@@ -438,6 +421,6 @@ async fn main() -> anyhow::Result<()> {
         in_process(20_000)?;
     }
     end_to_end(&options).await?;
-    println!("peak RSS: {:.1} MiB", peak_rss_mib());
+    println!("peak RSS: {:.1} MiB", common::peak_rss_mib("self"));
     Ok(())
 }
