@@ -1,7 +1,7 @@
 //! Load harness: prints figures, asserts nothing. Targets live in shared/DESIGN.md.
 //!
 //!     cargo run --release --example throughput -- [TICKETS] [sqlite|postgres] [backfill]
-//!         [--latency-ms N] [--concurrency N] [--pipeline-only]
+//!         [--latency-ms N] [--concurrency N] [--pipeline-only] [--replicas N]
 //!
 //! 1. normalize + decide per ticket, in-process (the shipped mapping and Rego policy);
 //! 2. the pipeline against a ServiceNow simulator on loopback seeded with TICKETS synthetic
@@ -13,7 +13,10 @@
 //!    connector's `max_concurrency`, default 4) allow;
 //! 3. with `backfill`, a backfill over the same tickets instead, printing how much memory
 //!    deskbridge added on top of the simulator's own data (run it at two sizes: flat memory
-//!    means the same figure).
+//!    means the same figure);
+//! 4. with `--replicas N` (PostgreSQL), the end-to-end rate of one replica beside N replicas
+//!    sharing one database, each with its own store connection, claims and connector
+//!    concurrency, side by side on fresh simulators and schemas.
 
 #[allow(dead_code)]
 mod common;
@@ -171,6 +174,7 @@ struct Options {
     backfill: bool,
     latency: Option<Duration>,
     concurrency: usize,
+    replicas: usize,
 }
 
 /// A simulator seeded with `count` tickets, every request delayed by `latency`.
@@ -394,6 +398,35 @@ async fn end_to_end(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// End-to-end tickets/s of `replicas` replicas on one fresh schema and simulator: each runs
+/// passes (as `serve` does) until every ticket's comment is posted; one of them holds the
+/// poller lease, all of them decide and post.
+async fn replicas_rate(options: &Options, replicas: usize) -> anyhow::Result<f64> {
+    let sim = simulator(options.count, options.latency).await?;
+    let url = deskbridge::store::testing::fresh_postgres_schema().await;
+    let mut pipelines = Vec::new();
+    for _ in 0..replicas {
+        pipelines.push(pipeline_for(&sim, &Store::connect_postgres(&url).await?, options)?);
+    }
+    let expected = options.count as i64;
+    let started = Instant::now();
+    let passes = pipelines.iter().map(|pipeline| async move {
+        loop {
+            let mut report = Report::default();
+            pipeline.poll_decide_post(&mut report).await?;
+            let counts = pipeline.store().counts().await?;
+            if counts.posted + counts.pending >= expected && counts.queued == 0 {
+                return anyhow::Ok(());
+            }
+            if report.ingested + report.decided + report.posted + report.settled == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    futures_util::future::try_join_all(passes).await?;
+    Ok(options.count as f64 / started.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -415,7 +448,25 @@ async fn main() -> anyhow::Result<()> {
         backfill: positional.get(2).is_some_and(|a| *a == "backfill"),
         latency: flag("--latency-ms").map(Duration::from_millis),
         concurrency: flag("--concurrency").map_or(4, |c| c.max(1) as usize),
+        replicas: flag("--replicas").map_or(0, |c| c as usize),
     };
+    if options.replicas > 0 {
+        anyhow::ensure!(
+            options.backend == "postgres",
+            "--replicas needs postgres: SQLite has one worker process"
+        );
+        let one = replicas_rate(&options, 1).await?;
+        let many = replicas_rate(&options, options.replicas).await?;
+        println!(
+            "replicas over {} tickets (PostgreSQL, max_concurrency {} each, {}): 1 replica {one:.0} tickets/s, {} replicas {many:.0} tickets/s ({:.2}×)",
+            options.count,
+            options.concurrency,
+            options.latency.map_or("no added latency".to_owned(), |l| format!("{} ms added per ITSM request", l.as_millis())),
+            options.replicas,
+            many / one
+        );
+        return Ok(());
+    }
     // `--pipeline-only` skips the in-process figures (for a profiler's view of the pipeline).
     if !options.backfill && !args.iter().any(|a| a == "--pipeline-only") {
         in_process(20_000)?;

@@ -179,57 +179,162 @@ fn legacy_json(value: &Value, out: &mut String) {
     }
 }
 
-/// The audit records appended in one write transaction, chained in memory from the head read
-/// once when the first is appended (see [`super::WriteTx`]).
+/// The audit records appended in one write transaction, not yet chained: each gets its
+/// sequence number and hash when it joins the chain (see [`super::WriteTx::commit`]).
 #[derive(Default)]
 pub(crate) struct Pending {
-    /// The last record's sequence number and hash, once read.
-    head: Option<(i64, String)>,
-    /// Records not yet written.
-    pub(crate) records: Vec<AuditRecord>,
+    /// Records not yet written, with their payloads.
+    pub(crate) records: Vec<(AuditRecord, Value)>,
 }
 
-/// Appends one record inside the caller's transaction, chained to the last one. The chain head
-/// is read once per transaction; the records are written when it commits. Writers are
-/// serialized (SQLite's single writer, PostgreSQL's advisory lock), so "read the last record,
-/// write the next" is atomic.
+/// Appends one record inside the caller's transaction. It joins the chain when the
+/// transaction commits: on SQLite chained to the last record inside the transaction (SQLite
+/// has one writer); on PostgreSQL sealed into the chain just after the commit (see [`seal`]),
+/// so replicas' write transactions never wait for one another to append.
 pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
-    let (seq, prev) = match &tx.chain.head {
-        Some((seq, hash)) => (seq + 1, hash.clone()),
-        None => {
-            let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await?;
-            last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h))
-        }
-    };
-    let at = super::now();
-    let hash = record_hash(
-        JCS_SCHEME,
-        &Content {
-            seq,
-            at: &at,
-            connector,
-            ticket_key,
-            kind: event.as_str(),
-            payload: &payload,
-            prev: &prev,
+    tx.chain.records.push((
+        AuditRecord {
+            seq: 0,
+            at: super::now(),
+            connector: Some(connector.to_owned()),
+            ticket_key: Some(ticket_key.to_owned()),
+            kind: event.as_str().to_owned(),
+            payload: payload.to_string(),
+            prev_hash: String::new(),
+            hash: String::new(),
+            scheme: JCS_SCHEME,
         },
-    )
-    .map_err(sqlx::Error::Protocol)?;
-    tx.chain.head = Some((seq, hash.clone()));
-    tx.chain.records.push(AuditRecord {
-        seq,
-        at,
-        connector: Some(connector.to_owned()),
-        ticket_key: Some(ticket_key.to_owned()),
-        kind: event.as_str().to_owned(),
-        payload: payload.to_string(),
-        prev_hash: prev,
-        hash,
-        scheme: JCS_SCHEME,
-    });
+        payload,
+    ));
     Ok(())
+}
+
+/// Chains `records`, in order, after the last record in the log (read inside `tx`, which must
+/// be the only writer of the chain: SQLite's one writer, or PostgreSQL's sealing lock).
+async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<(AuditRecord, Value)>) -> sqlx::Result<Vec<AuditRecord>> {
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
+    let mut chained = Vec::with_capacity(records.len());
+    for (mut record, payload) in records {
+        seq += 1;
+        record.hash = record_hash(
+            JCS_SCHEME,
+            &Content {
+                seq,
+                at: &record.at,
+                connector: record.connector.as_deref().unwrap_or_default(),
+                ticket_key: record.ticket_key.as_deref().unwrap_or_default(),
+                kind: &record.kind,
+                payload: &payload,
+                prev: &prev,
+            },
+        )
+        .map_err(sqlx::Error::Protocol)?;
+        record.seq = seq;
+        record.scheme = JCS_SCHEME;
+        record.prev_hash = std::mem::replace(&mut prev, record.hash.clone());
+        chained.push(record);
+    }
+    Ok(chained)
+}
+
+/// Chains a transaction's records after the last record and writes them, inside `tx`: the
+/// SQLite path, where the transaction is the one writer.
+pub(super) async fn chain_and_write(tx: &mut Transaction<'_, Any>, records: Vec<(AuditRecord, Value)>) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let chained = chain(tx, records).await?;
+    write_records(tx, &chained).await
+}
+
+/// Writes a transaction's records to `audit_unsealed`, to be sealed into the chain after the
+/// commit: the PostgreSQL path, where write transactions run side by side.
+pub(super) async fn write_unsealed(tx: &mut Transaction<'_, Any>, records: &[(AuditRecord, Value)]) -> sqlx::Result<()> {
+    for chunk in records.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from("INSERT INTO audit_unsealed (at, connector, ticket_key, kind, payload) VALUES ");
+        super::push_placeholders(&mut sql, chunk.len(), 5);
+        let mut query = sqlx::query(&sql);
+        for (r, _) in chunk {
+            query = query
+                .bind(&r.at)
+                .bind(r.connector.as_deref().unwrap_or_default())
+                .bind(r.ticket_key.as_deref().unwrap_or_default())
+                .bind(&r.kind)
+                .bind(&r.payload);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The advisory lock only sealing takes (PostgreSQL): one sealer extends the chain at a time.
+/// Write transactions never take it.
+const SEAL_LOCK: i64 = 7_305_812_009;
+
+/// Records sealed per transaction.
+const SEAL_BATCH: i64 = 2000;
+
+/// Seals committed records into the chain (PostgreSQL): under [`SEAL_LOCK`], takes the
+/// unsealed records every committed transaction left, in the order they were inserted, chains
+/// them after the last record and deletes them from `audit_unsealed`, in one transaction, until
+/// none is left. Returns how many were sealed.
+///
+/// Order: a record inserted after another record's transaction committed gets a larger id, and
+/// is sealed in a later round or after it in the same one, so the chain keeps every order a
+/// replica could observe: a ticket's decision before its comment's posting, an event before
+/// what it caused. Records of transactions that ran side by side may be sealed in either order;
+/// a transaction's own records stay in the order it appended them.
+pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
+    let mut sealed = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SEAL_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        // Deleting and reading in one statement: only rows committed before it are seen, and
+        // exactly those leave the table (a later commit's rows wait for the next round).
+        let mut rows: Vec<(i64, String, String, String, String, String)> = sqlx::query_as(
+            "DELETE FROM audit_unsealed WHERE id IN (SELECT id FROM audit_unsealed ORDER BY id LIMIT $1)
+             RETURNING id, at, connector, ticket_key, kind, payload",
+        )
+        .bind(SEAL_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(sealed);
+        }
+        rows.sort_unstable_by_key(|r| r.0);
+        let count = rows.len();
+        let mut records = Vec::with_capacity(count);
+        for (id, at, connector, ticket_key, kind, payload) in rows {
+            let value: Value = serde_json::from_str(&payload)
+                .map_err(|e| anyhow::anyhow!("audit_unsealed id {id}: the payload is not JSON ({e}); nothing was sealed"))?;
+            records.push((
+                AuditRecord {
+                    seq: 0,
+                    at,
+                    connector: Some(connector),
+                    ticket_key: Some(ticket_key),
+                    kind,
+                    payload,
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                    scheme: JCS_SCHEME,
+                },
+                value,
+            ));
+        }
+        chain_and_write(&mut tx, records).await?;
+        tx.commit().await?;
+        sealed += count;
+        if (count as i64) < SEAL_BATCH {
+            return Ok(sealed);
+        }
+    }
 }
 
 /// Rows per multi-row insert (9 parameters each). Small on purpose: SQLite finds a bound

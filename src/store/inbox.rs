@@ -269,7 +269,6 @@ impl Store {
             return Ok(unwritten);
         }
         let mut tx = self.begin_write().await?;
-        // Writers are serialized, so this sees every decision committed before ours.
         let decided: Vec<&InboxRow> = items
             .iter()
             .filter_map(|i| match i {
@@ -277,6 +276,17 @@ impl Store {
                 Finished::Settled { .. } => None,
             })
             .collect();
+        // Locked first, so the read below sees every decision on these tickets committed before
+        // ours, and no other replica writes one until we commit.
+        let subjects: Vec<String> = items
+            .iter()
+            .filter_map(|i| match i {
+                Finished::Decided(d) => Some(super::lifecycle::decision_subjects(d.row, &d.normalized, &d.decision)),
+                Finished::Settled { .. } => None,
+            })
+            .flatten()
+            .collect();
+        tx.lock_tickets(&subjects).await?;
         let mut latest = latest_decisions(&mut tx, &decided).await?;
         for item in items {
             match item {

@@ -227,6 +227,56 @@ async fn is_present<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, group
     Ok(present == Some(1))
 }
 
+/// What a decision starts a lifecycle for (see [`on_decision`]).
+struct Started<'a> {
+    system: &'a str,
+    entitlement: &'a str,
+    /// Lowercased.
+    group: String,
+    /// Lowercased.
+    beneficiary: String,
+}
+
+/// The lifecycle a decision starts, if any: an approve of a grant, modify or extend whose
+/// catalog entitlement a directory group represents.
+fn starts_lifecycle<'a>(normalized: &'a Value, decision: &crate::schema::Decision) -> Option<Started<'a>> {
+    let request = &normalized["request"];
+    if decision.outcome != crate::schema::Outcome::Approve || !matches!(request["kind"].as_str(), Some("grant" | "modify" | "extend")) {
+        return None;
+    }
+    let catalog = &request["catalog"];
+    let (Some(system), Some(entitlement), Some(group)) = (
+        catalog["system"]["id"].as_str(),
+        catalog["entitlement"]["id"].as_str(),
+        catalog["entitlement"]["group"].as_str(),
+    ) else {
+        return None;
+    };
+    // The directory's name for the beneficiary when the directory knew them; the ticket's
+    // words only otherwise.
+    let beneficiary = request["context"]["beneficiary"]["user_name"]
+        .as_str()
+        .or(request["beneficiary"]["id"].as_str())
+        .unwrap_or_default()
+        .to_lowercase();
+    Some(Started {
+        system,
+        entitlement,
+        group: group.to_lowercase(),
+        beneficiary,
+    })
+}
+
+/// The lock subjects (see [`super::WriteTx::lock_tickets`]) of recording a decision: its
+/// ticket, and the beneficiary whose lifecycles it may start or extend.
+pub(super) fn decision_subjects(row: &InboxRow, normalized: &Value, decision: &crate::schema::Decision) -> Vec<String> {
+    let mut subjects = vec![format!("ticket\n{}\n{}", row.connector, row.ticket_key)];
+    if let Some(started) = starts_lifecycle(normalized, decision) {
+        subjects.push(format!("beneficiary\n{}", started.beneficiary));
+    }
+    subjects
+}
+
 /// At decision time: an approve of a grant, modify or extend whose catalog entitlement a
 /// directory group represents starts a lifecycle; any decision on the ticket supersedes the
 /// approvals not yet granted. When the beneficiary already holds the access under an earlier
@@ -249,24 +299,16 @@ pub(super) async fn on_decision(
             .await?;
     }
     let request = &normalized["request"];
-    if decision.outcome != crate::schema::Outcome::Approve || !matches!(request["kind"].as_str(), Some("grant" | "modify" | "extend")) {
-        return Ok(());
-    }
-    let catalog = &request["catalog"];
-    let (Some(system), Some(entitlement), Some(group)) = (
-        catalog["system"]["id"].as_str(),
-        catalog["entitlement"]["id"].as_str(),
-        catalog["entitlement"]["group"].as_str(),
-    ) else {
+    let Some(Started {
+        system,
+        entitlement,
+        group,
+        beneficiary,
+    }) = starts_lifecycle(normalized, decision)
+    else {
         return Ok(());
     };
-    // The directory's name for the beneficiary when the directory knew them; the ticket's
-    // words only otherwise.
-    let beneficiary = request["context"]["beneficiary"]["user_name"]
-        .as_str()
-        .or(request["beneficiary"]["id"].as_str())
-        .unwrap_or_default()
-        .to_lowercase();
+    let catalog = &request["catalog"];
     let days = [
         decision.obligations.max_duration_days,
         request["duration_days"].as_u64().map(|d| d as u32),
@@ -274,7 +316,6 @@ pub(super) async fn on_decision(
     .into_iter()
     .flatten()
     .min();
-    let group = group.to_lowercase();
     let held: Vec<String> = sqlx::query_scalar(
         "SELECT decision_id FROM access_lifecycle WHERE beneficiary = $1 AND group_name = $2 AND state IN ('granted', 'expired') ORDER BY decision_id",
     )
@@ -501,6 +542,7 @@ impl Store {
     /// replica processed it first (nothing written).
     pub async fn apply_access_event(&self, event: i64, fx: &Effects) -> anyhow::Result<bool> {
         let mut tx = self.begin_write().await?;
+        tx.lock_lifecycles().await?;
         let at = now();
         let taken = sqlx::query(
             "UPDATE access_events SET processed_at = $1, outcome = $2, group_name = COALESCE($3, group_name), user_name = COALESCE($4, user_name), last_error = NULL
@@ -549,6 +591,7 @@ impl Store {
     /// it. `expired` also moves a still-granted lifecycle to `expired`.
     pub async fn fire_timer(&self, decision_id: &str, column: TimerColumn, expired: bool, fx: &Effects) -> anyhow::Result<bool> {
         let mut tx = self.begin_write().await?;
+        tx.lock_lifecycles().await?;
         let at = now();
         let (column, state) = match column {
             TimerColumn::Expiry => ("expiry_fired_at", "granted"),

@@ -100,14 +100,16 @@ pub struct ChangedMeanwhile;
 
 /// A write transaction: the database transaction and the audit records appended in it.
 ///
-/// Audit records are chained in memory ([`audit::append`] reads the chain head once per
-/// transaction, not once per record) and written in multi-row inserts by [`WriteTx::commit`],
-/// just before the transaction commits. Writers are serialized (SQLite's one writer, the
-/// PostgreSQL advisory lock taken by [`Store::begin_write`]), so the head read once stays the
-/// head until the commit. Dropping a `WriteTx` without committing rolls back both.
+/// Audit records are kept in memory ([`audit::append`]) and join the chain when the
+/// transaction commits ([`WriteTx::commit`]). No lock serializes write transactions on
+/// PostgreSQL: a write whose checks depend on other writers' work takes the locks that make
+/// them hold ([`WriteTx::lock_tickets`], [`WriteTx::lock_lifecycles`]). Dropping a `WriteTx`
+/// without committing rolls back both.
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     chain: audit::Pending,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -123,12 +125,90 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+/// The PostgreSQL advisory lock class of provisioning state (lifecycles and findings):
+/// recording a decision takes it shared, processing entitlement changes and timers exclusive.
+const LIFECYCLE_LOCK: i64 = 7_305_812_010;
+/// The advisory lock key space (first of two `int4` keys) of one ticket or one beneficiary.
+const SUBJECT_LOCK_CLASS: i32 = 730_581_201;
+
 impl WriteTx {
-    /// Writes the audit records appended in this transaction, then commits.
+    /// Writes the audit records appended in this transaction, then commits. On SQLite the
+    /// records are chained inside the transaction (SQLite has one writer). On PostgreSQL they
+    /// are committed with the transaction's other writes as unsealed records, then sealed into
+    /// the chain; a sealing that fails after the commit is logged, not returned (the writes
+    /// stand, and the next sealing by any replica, or the next start, seals the records).
     pub async fn commit(mut self) -> anyhow::Result<()> {
         let records = std::mem::take(&mut self.chain.records);
-        audit::write_records(&mut self.tx, &records).await?;
-        self.tx.commit().await?;
+        match self.backend {
+            Backend::Sqlite => {
+                audit::chain_and_write(&mut self.tx, records).await?;
+                self.tx.commit().await?;
+            }
+            Backend::Postgres => {
+                audit::write_unsealed(&mut self.tx, &records).await?;
+                self.tx.commit().await?;
+                if !records.is_empty() {
+                    if let Err(e) = audit::seal(&self.pool).await {
+                        tracing::warn!(error = %e, "sealing audit records into the chain failed; they are committed and the next sealing takes them");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Serializes this transaction with every other writer of the same tickets and
+    /// beneficiaries (PostgreSQL; SQLite has one writer): a decision's "has anyone decided
+    /// this ticket since I read it" check, and a lifecycle's "what does this person already
+    /// hold", see every such write committed before. Also takes the provisioning lock shared.
+    /// Every writer takes its locks in one global key order, so two writers cannot deadlock.
+    pub async fn lock_tickets(&mut self, subjects: &[String]) -> anyhow::Result<()> {
+        if self.backend != Backend::Postgres || subjects.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(LIFECYCLE_LOCK)
+            .execute(&mut *self.tx)
+            .await?;
+        // Keys sorted here, across every chunk: all writers lock in one global order.
+        let mut keys: Vec<i32> = subjects
+            .iter()
+            .map(|s| {
+                let digest = Sha256::digest(s.as_bytes());
+                i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(500) {
+            // A VALUES list is read in the order written.
+            let mut sql = format!("SELECT pg_advisory_xact_lock({SUBJECT_LOCK_CLASS}, k) FROM (VALUES ");
+            for n in 1..=chunk.len() {
+                if n > 1 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${n}::integer)"));
+            }
+            sql.push_str(") AS v(k)");
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Serializes this transaction with every other writer of provisioning state
+    /// (PostgreSQL; SQLite has one writer): processing an entitlement change or a timer reads
+    /// and moves lifecycles of any ticket.
+    pub async fn lock_lifecycles(&mut self) -> anyhow::Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LIFECYCLE_LOCK)
+                .execute(&mut *self.tx)
+                .await?;
+        }
         Ok(())
     }
 }
@@ -508,7 +588,12 @@ impl Store {
             .connect_with(options)
             .await?;
         POSTGRES_MIGRATOR.run(&pool).await?;
-        Self::new(pool, Backend::Postgres).await
+        let store = Self::new(pool, Backend::Postgres).await?;
+        // Records a replica left unsealed when it died between a commit and its sealing.
+        if let Err(e) = store.seal_audit().await {
+            tracing::warn!(error = %e, "sealing audit records left by an earlier process failed; the next write seals them");
+        }
+        Ok(store)
     }
 
     /// Opens the store a config names.
@@ -601,17 +686,14 @@ impl Store {
         &self.holder
     }
 
-    /// Begins a transaction that writes. On PostgreSQL it first takes a transaction-scoped
-    /// advisory lock, which serializes writers: the audit chain's "read the last record, write
-    /// the next" cannot fork, and checks made inside see every other writer's committed work.
-    /// SQLite has one writer already.
+    /// Begins a transaction that writes. Nothing serializes it with other writers on
+    /// PostgreSQL: fenced updates (`… AND claimed_by = <holder>`) and unique keys keep
+    /// concurrent writes apart, and a write whose checks read other writers' work takes the
+    /// locks that make them hold ([`WriteTx::lock_tickets`], [`WriteTx::lock_lifecycles`]).
+    /// SQLite has one writer.
     pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
         let tx = match self.backend {
-            Backend::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(7305812009)").execute(&mut *tx).await?;
-                tx
-            }
+            Backend::Postgres => self.pool.begin().await?,
             // The write lock up front (waiting `busy_timeout` for it): a transaction that reads
             // first could not take it later once another connection wrote.
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
@@ -619,7 +701,20 @@ impl Store {
         Ok(WriteTx {
             tx,
             chain: audit::Pending::default(),
+            pool: self.pool.clone(),
+            backend: self.backend,
         })
+    }
+
+    /// Seals audit records committed but not yet in the chain (PostgreSQL; a no-op on SQLite,
+    /// whose records join the chain as they commit). Every write seals its own records after
+    /// its commit; this takes any a replica left when it died between the two. Returns how
+    /// many were sealed.
+    pub async fn seal_audit(&self) -> anyhow::Result<usize> {
+        match self.backend {
+            Backend::Postgres => audit::seal(&self.pool).await,
+            Backend::Sqlite => Ok(0),
+        }
     }
 
     /// Which database this is.

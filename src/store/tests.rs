@@ -384,3 +384,114 @@ async fn ticket_page(backend: Backend) {
     assert_eq!(keys(store.ticket_page("N-B", 10, 0).await.expect("page")), ["b"]);
     assert_eq!(store.backlog().await.expect("backlog"), crate::store::Backlog::default());
 }
+
+/// PostgreSQL: one replica's write transaction does not wait for another's (no lock serializes
+/// writers), and the chain still verifies with records sealed in commit order.
+#[tokio::test]
+async fn postgres_write_transactions_of_replicas_do_not_wait_for_each_other() {
+    let (a, b, _dir) = replicas(Backend::Postgres).await;
+    let mut open = a.begin_write().await.expect("begin");
+    audit::append(&mut open, "snow", "held", Event::TicketSeen, json!({"n": 1}))
+        .await
+        .expect("append");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        b.ingest_page("snow", &[ticket("b1", "1")], &[], &Cursor::start()),
+    )
+    .await
+    .expect("b's write waited for a's open transaction")
+    .expect("ingest");
+    open.commit().await.expect("commit");
+    let records = a.audit_records().await.expect("records");
+    assert_eq!(audit::verify(&records), Ok(2));
+    let keys: Vec<_> = records.iter().map(|r| r.ticket_key.as_deref().unwrap_or_default()).collect();
+    assert_eq!(keys, ["b1", "held"], "sealed in the order they committed");
+}
+
+/// PostgreSQL: records committed by a replica that died before sealing them are sealed by
+/// the next start, and by any replica's next write.
+#[tokio::test]
+async fn postgres_records_left_unsealed_are_sealed_by_the_next_start_or_write() {
+    let url = testing::fresh_postgres_schema().await;
+    let a = Store::connect_postgres(&url).await.expect("connect");
+    a.ingest_page("snow", &[ticket("t1", "1")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
+    let died = |key: &'static str| {
+        sqlx::query(
+            "INSERT INTO audit_unsealed (at, connector, ticket_key, kind, payload) VALUES ($1, 'snow', $2, 'ticket_seen', '{\"n\":1}')",
+        )
+        .bind(now())
+        .bind(key)
+    };
+    died("x1").execute(a.pool()).await.expect("insert");
+    assert_eq!(a.audit_records().await.expect("records").len(), 1, "not in the chain yet");
+    let b = Store::connect_postgres(&url).await.expect("restart");
+    let records = b.audit_records().await.expect("records");
+    assert_eq!(audit::verify(&records), Ok(2));
+    assert_eq!(records[1].ticket_key.as_deref(), Some("x1"));
+    died("x2").execute(a.pool()).await.expect("insert");
+    b.ingest_page("snow", &[ticket("t2", "1")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
+    let records = a.audit_records().await.expect("records");
+    assert_eq!(audit::verify(&records), Ok(4));
+    let keys: Vec<_> = records.iter().map(|r| r.ticket_key.as_deref().unwrap_or_default()).collect();
+    assert_eq!(keys, ["t1", "x1", "x2", "t2"]);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_unsealed")
+        .fetch_one(a.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+}
+
+/// PostgreSQL: two replicas recording decisions on one ticket at the same moment, each having
+/// read "no decision yet", write one decision: the other is refused as changed meanwhile.
+#[tokio::test]
+async fn postgres_two_replicas_deciding_one_ticket_at_once_write_one_decision() {
+    let (a, b, _dir) = replicas(Backend::Postgres).await;
+    for i in 0..25 {
+        let key = format!("t{i}");
+        a.ingest_page("snow", &[ticket(&key, "1"), ticket(&key, "2")], &[], &Cursor::start())
+            .await
+            .expect("ingest");
+        let claimed = |holder: &'static str, version: &'static str| {
+            let key = key.clone();
+            let pool = a.pool().clone();
+            async move {
+                sqlx::query("UPDATE inbox SET claimed_by = $1, claimed_until = $2 WHERE ticket_key = $3 AND version = $4")
+                    .bind(holder)
+                    .bind(later(Duration::from_secs(60)))
+                    .bind(&key)
+                    .bind(version)
+                    .execute(&pool)
+                    .await
+                    .expect("claim");
+                let row: InboxRow = sqlx::query_as(
+                    "SELECT id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at FROM inbox WHERE ticket_key = $1 AND version = $2",
+                )
+                .bind(&key)
+                .bind(version)
+                .fetch_one(&pool)
+                .await
+                .expect("row");
+                row
+            }
+        };
+        let (v1, v2) = (claimed("a", "1").await, claimed("b", "2").await);
+        let (d1, d2) = (decision(&format!("{key}-a")), decision(&format!("{key}-b")));
+        let empty = json!({});
+        let (ra, rb) = tokio::join!(
+            a.record_decision(&v1, &empty, "h1", &d1, &empty, "m1", "body", &[], None),
+            b.record_decision(&v2, &empty, "h2", &d2, &empty, "m2", "body", &[], None),
+        );
+        let refused = [&ra, &rb]
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(|e| e.downcast_ref::<ChangedMeanwhile>().is_some()))
+            .count();
+        assert_eq!((ra.is_ok() as usize + rb.is_ok() as usize, refused), (1, 1), "{key}: {ra:?} {rb:?}");
+    }
+    assert_eq!(a.counts().await.expect("counts").decisions, 25);
+    let records = a.audit_records().await.expect("records");
+    assert_eq!(audit::verify(&records), Ok(records.len()));
+}
