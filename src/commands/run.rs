@@ -194,32 +194,48 @@ async fn work(
     wake: Arc<tokio::sync::Notify>,
 ) {
     let mut findings_counted: Option<std::time::Instant> = None;
+    let mut polled: Option<std::time::Instant> = None;
+    let mut woken_by_webhook = false;
     loop {
+        // A webhook between polls gets a pass over what it stored, at once: no poll reads every
+        // changed ticket again before its decision. Polling, the provisioning evidence and the
+        // checkpoints keep their interval however many webhooks arrive.
+        let poll_due = !woken_by_webhook || polled.is_none_or(|at| at.elapsed() >= interval);
         reload_catalog(&pipeline, false);
-        match pipeline.run_once().await {
+        let result = if poll_due {
+            polled = Some(std::time::Instant::now());
+            pipeline.run_once().await
+        } else {
+            pipeline.run_stored().await
+        };
+        match result {
             Ok(_) if pipeline.stopping() => return,
             // An idle pass says so once, at debug level; a pass that did something at info.
             Ok(report) if report == Report::default() => tracing::debug!("idle pass: nothing new"),
             Ok(report) => tracing::info!(summary = %summarize(&report), "pass complete"),
             Err(e) => tracing::error!(error = %format!("{e:#}"), "pass failed; retrying next interval"),
         }
-        // The drift findings gauge: the report reads every ticket, so at most every 5 minutes.
-        if findings_counted.is_none_or(|at| at.elapsed() >= FINDINGS_EVERY) {
-            match crate::report::drift::drift(pipeline.store(), &Default::default()).await {
-                Ok(findings) => crate::metrics::global().findings(&findings),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "counting drift findings for metrics failed"),
+        if poll_due {
+            // The drift findings gauge: the report reads every ticket, so at most every 5 minutes.
+            if findings_counted.is_none_or(|at| at.elapsed() >= FINDINGS_EVERY) {
+                match crate::report::drift::drift(pipeline.store(), &Default::default()).await {
+                    Ok(findings) => crate::metrics::global().findings(&findings),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "counting drift findings for metrics failed"),
+                }
+                findings_counted = Some(std::time::Instant::now());
             }
-            findings_counted = Some(std::time::Instant::now());
+            if let Err(e) = sign(&pipeline, &config).await {
+                tracing::error!(error = %format!("{e:#}"), "signing an audit checkpoint failed");
+            }
         }
-        if let Err(e) = sign(&pipeline, &config).await {
-            tracing::error!(error = %format!("{e:#}"), "signing an audit checkpoint failed");
-        }
-        // A verified webhook wakes the worker early; polling stays on as the safety net.
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = wake.notified() => {}
+        // A verified webhook wakes the worker early; polling stays on as the safety net, every
+        // `interval` from the last poll.
+        let next_poll = interval.saturating_sub(polled.map_or(Duration::ZERO, |at| at.elapsed()));
+        woken_by_webhook = tokio::select! {
+            _ = tokio::time::sleep(next_poll) => false,
+            _ = wake.notified() => true,
             _ = stop.wait_for(|s| *s) => return,
-        }
+        };
     }
 }
 

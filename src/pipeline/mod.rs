@@ -461,6 +461,27 @@ impl Pipeline {
         &self.order
     }
 
+    /// A pass over what is already stored, without polling: decides the ticket versions a
+    /// webhook delivery stored and posts what that queues, the two overlapping. `serve` runs it
+    /// when a webhook wakes it between polls; the poll, the provisioning evidence and anything
+    /// the webhook did not bring wait for the next full pass ([`Pipeline::run_once`]).
+    pub async fn run_stored(&self) -> anyhow::Result<Report> {
+        let mut report = Report::default();
+        self.beat();
+        let (polling, deciding) = (AtomicBool::new(false), AtomicBool::new(true));
+        let mut posted = Report::default();
+        let decide = async {
+            let result = self.rounds(Stage::Decide, &polling, &mut report).await;
+            self.stage_ended(&deciding, &self.queued);
+            result
+        };
+        let (decided, post) = tokio::join!(decide, self.rounds(Stage::Post, &deciding, &mut posted));
+        report.absorb(posted);
+        decided?;
+        post?;
+        self.pass_ended(report).await
+    }
+
     /// One full pass: poll, decide everything due, post everything due.
     pub async fn run_once(&self) -> anyhow::Result<Report> {
         let mut report = Report::default();
@@ -480,6 +501,11 @@ impl Pipeline {
             }
         }
         self.post_all(&mut report).await?;
+        self.pass_ended(report).await
+    }
+
+    /// What follows every pass: the heartbeat, the metrics, the last report.
+    async fn pass_ended(&self, report: Report) -> anyhow::Result<Report> {
         self.beat();
         let metrics = crate::metrics::global();
         metrics.pass();

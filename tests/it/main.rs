@@ -21,4 +21,5 @@ mod pipeline;
 mod policy;
 mod provisioning;
 mod scim_real;
+mod serve_webhook;
 mod soak;
