@@ -1,7 +1,8 @@
 //! Load harness with deskbridge as its own process: `deskbridge serve` (the release binary)
 //! against a ServiceNow simulator in this process. Prints figures, asserts nothing.
 //!
-//!     cargo build --release && cargo run --release --example serve_latency -- [TICKETS] [RATE] [SECONDS]
+//!     cargo build --release && cargo run --release --example serve_latency -- [TICKETS] [RATE] [SECONDS] [sqlite|postgres]
+//!     cargo build --release && cargo run --release --example serve_latency -- --growth [sqlite|postgres]
 //!
 //! 1. Backlog: TICKETS (default 5,000) access requests wait when `serve` starts. It prints the
 //!    time until every one is decided and commented, deskbridge's CPU time per ticket (from
@@ -9,7 +10,11 @@
 //! 2. Steady webhooks: RATE (default 200) tickets per second, for SECONDS (default 10), change
 //!    their ask (the role and duration requested) in the simulator, and a signed webhook names each.
 //!    It prints the time from each webhook to its comment on the ticket: p50, p90, p99 and the
-//!    longest.
+//!    longest. SECONDS 0 skips this phase.
+//!
+//! The store is a SQLite file, or with `postgres` a fresh schema of `DESKBRIDGE_TEST_POSTGRES`.
+//! `--growth` runs the backlog phase at 10,000 and then 100,000 tickets and prints both rates,
+//! their ratio and both peak RSS figures, so growth is visible in one run.
 
 #[allow(dead_code)]
 mod common;
@@ -41,11 +46,11 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn config(sim: &Simulator, db: &std::path::Path, port: u16) -> String {
+fn config(sim: &Simulator, store: &str, port: u16) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     format!(
         r#"[store]
-path = "{db}"
+{store}
 
 [decision]
 kind = "rego"
@@ -75,7 +80,6 @@ lag_secs = 0
 auth = {{ type = "basic", username = "{user}", password = "{password}" }}
 webhook = {{ secret = "{SECRET}" }}
 "#,
-        db = db.display(),
         root = root.display(),
         url = sim.base_url(),
         user = INTEGRATION_USER,
@@ -139,11 +143,38 @@ async fn change_and_notify(
     (before, at, answer)
 }
 
+/// What the backlog phase measured.
+struct Backlog {
+    rate: f64,
+    peak_rss: f64,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
-    let (count, rate, seconds) = (arg(0, 5_000) as usize, arg(1, 200), arg(2, 10));
+    let postgres = args.iter().any(|a| a == "postgres");
+    if args.iter().any(|a| a == "--growth") {
+        let small = run(10_000, 0, 0, postgres).await?;
+        let large = run(100_000, 0, 0, postgres).await?;
+        println!(
+            "growth: 10,000 tickets {:.0}/s, {:.1} MiB; 100,000 tickets {:.0}/s, {:.1} MiB; the rate at 100,000 is {:.0} % of the rate at 10,000",
+            small.rate,
+            small.peak_rss,
+            large.rate,
+            large.peak_rss,
+            100.0 * large.rate / small.rate
+        );
+        return Ok(());
+    }
+    let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let arg = |i: usize, default: u64| numbers.get(i).copied().unwrap_or(default);
+    run(arg(0, 5_000) as usize, arg(1, 200), arg(2, 10), postgres).await?;
+    Ok(())
+}
+
+/// One run of `deskbridge serve` over `count` waiting tickets, then `seconds` of webhooks at
+/// `rate` per second.
+async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::Result<Backlog> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let binary = root.join("target/release/deskbridge");
     anyhow::ensure!(binary.exists(), "build the binary first: cargo build --release");
@@ -160,9 +191,18 @@ async fn main() -> anyhow::Result<()> {
     let tickets: Vec<(String, String)> = sim.numbers("sc_req_item");
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("serve.db");
+    let url = if postgres {
+        Some(deskbridge::store::testing::fresh_postgres_schema().await)
+    } else {
+        None
+    };
     let port = free_port()?;
     let config_path = dir.path().join("serve.toml");
-    std::fs::write(&config_path, config(&sim, &db, port))?;
+    let store_lines = match &url {
+        Some(url) => format!("url = \"{url}\""),
+        None => format!("path = \"{}\"", db.display()),
+    };
+    std::fs::write(&config_path, config(&sim, &store_lines, port))?;
 
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&binary)
@@ -181,7 +221,12 @@ async fn main() -> anyhow::Result<()> {
             "deskbridge serve exited; see {}",
             dir.path().join("serve.log").display()
         );
-        if db.exists() {
+        if let Some(url) = &url {
+            // serve migrates the schema first; the harness waits for its tables.
+            if let Ok(store) = Store::connect_postgres(url).await {
+                break store.with_holder("harness-reader");
+            }
+        } else if db.exists() {
             if let Ok(store) = Store::open(&db).await {
                 break store.with_holder("harness-reader");
             }
@@ -191,7 +236,8 @@ async fn main() -> anyhow::Result<()> {
     let mut peak = 0.0;
     let (posted, cpu) = settled(&store, &mut child, pid, &mut peak).await?;
     let elapsed = started.elapsed();
-    println!("deskbridge serve as its own process, {count} tickets waiting (SQLite, simulator in the harness):");
+    let backend = if postgres { "PostgreSQL" } else { "SQLite" };
+    println!("deskbridge serve as its own process, {count} tickets waiting ({backend}, simulator in the harness):");
     println!(
         "  backlog decided and commented: {:.2} s, {:.0} tickets/s (from process start), {posted} comments",
         elapsed.as_secs_f64(),
@@ -202,10 +248,20 @@ async fn main() -> anyhow::Result<()> {
         cpu / count as f64 * 1e6
     );
     println!("  peak RSS:                      {peak:.1} MiB");
-    println!(
-        "  store file:                    {:.1} MiB",
-        std::fs::metadata(&db)?.len() as f64 / 1048576.0
-    );
+    if !postgres {
+        println!(
+            "  store file:                    {:.1} MiB",
+            std::fs::metadata(&db)?.len() as f64 / 1048576.0
+        );
+    }
+    let backlog = Backlog {
+        rate: count as f64 / elapsed.as_secs_f64(),
+        peak_rss: peak,
+    };
+    if seconds == 0 {
+        child.kill().await?;
+        return Ok(backlog);
+    }
 
     // Which of the generated kinds of request get a new decision when their ask changes (an
     // incomplete one, say, still misses the same fields and gets none): one of each, first.
@@ -326,5 +382,5 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(keep) = std::env::var("KEEP_LOG") {
         std::fs::copy(dir.path().join("serve.log"), keep)?;
     }
-    Ok(())
+    Ok(backlog)
 }
