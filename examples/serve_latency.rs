@@ -6,7 +6,8 @@
 //!
 //! 1. Backlog: TICKETS (default 5,000) access requests wait when `serve` starts. It prints the
 //!    time until every one is decided and commented, deskbridge's CPU time per ticket (from
-//!    /proc), its peak RSS, and the SQLite file's size.
+//!    /proc) beside the simulator's (this process's, in the same time), deskbridge's peak RSS,
+//!    and the SQLite file's size.
 //! 2. Steady webhooks: RATE (default 200) tickets per second, for SECONDS (default 10), change
 //!    their ask (the role and duration requested) in the simulator, and a signed webhook names each.
 //!    It prints the time from each webhook to its comment on the ticket: p50, p90, p99 and the
@@ -87,12 +88,20 @@ webhook = {{ secret = "{SECRET}" }}
     )
 }
 
-/// Waits until every stored version is settled and every queued comment posted, twice in a row.
-async fn settled(store: &Store, child: &mut tokio::process::Child, pid: u32, peak: &mut f64) -> anyhow::Result<(i64, f64)> {
+/// Waits until `expected` comments are posted, every stored version is settled and every
+/// queued comment posted, twice in a row (between two pages of the backlog, everything stored
+/// so far can be done while most of it is still unread).
+async fn settled(store: &Store, child: &mut tokio::process::Child, pid: u32, peak: &mut f64, expected: i64) -> anyhow::Result<(i64, f64)> {
     let mut calm = 0;
     let mut cpu = 0.0;
+    let mut progress = (0, Instant::now());
     loop {
         anyhow::ensure!(child.try_wait()?.is_none(), "deskbridge serve exited");
+        anyhow::ensure!(
+            progress.1.elapsed() < Duration::from_secs(60),
+            "no comment posted for 60 s, at {} of {expected}",
+            progress.0
+        );
         if let Some((c, rss)) = usage(pid) {
             cpu = c;
             *peak = peak.max(rss);
@@ -101,7 +110,10 @@ async fn settled(store: &Store, child: &mut tokio::process::Child, pid: u32, pea
         let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE status IN ('received', 'pending')")
             .fetch_one(store.pool())
             .await?;
-        if counts.inbox > 0 && open == 0 && counts.queued == 0 && counts.posted > 0 {
+        if counts.posted != progress.0 {
+            progress = (counts.posted, Instant::now());
+        }
+        if counts.posted >= expected && open == 0 && counts.queued == 0 {
             calm += 1;
             if calm == 2 {
                 return Ok((counts.posted, cpu));
@@ -205,6 +217,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
     std::fs::write(&config_path, config(&sim, &store_lines, port))?;
 
     let started = Instant::now();
+    let harness_cpu = usage(std::process::id()).map_or(0.0, |(cpu, _)| cpu);
     let mut child = tokio::process::Command::new(&binary)
         .args(["serve", "--config"])
         .arg(&config_path)
@@ -234,7 +247,8 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut peak = 0.0;
-    let (posted, cpu) = settled(&store, &mut child, pid, &mut peak).await?;
+    // Every generated ticket is an access request: one comment each.
+    let (posted, cpu) = settled(&store, &mut child, pid, &mut peak, count as i64).await?;
     let elapsed = started.elapsed();
     let backend = if postgres { "PostgreSQL" } else { "SQLite" };
     println!("deskbridge serve as its own process, {count} tickets waiting ({backend}, simulator in the harness):");
@@ -243,9 +257,11 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64()
     );
+    let simulator_cpu = usage(std::process::id()).map_or(0.0, |(cpu, _)| cpu) - harness_cpu;
     println!(
-        "  CPU time per ticket:           {:.0} µs ({cpu:.2} s user + system)",
-        cpu / count as f64 * 1e6
+        "  CPU time per ticket:           {:.0} µs ({cpu:.2} s user + system); the simulator (this process) {:.0} µs ({simulator_cpu:.2} s)",
+        cpu / count as f64 * 1e6,
+        simulator_cpu / count as f64 * 1e6
     );
     println!("  peak RSS:                      {peak:.1} MiB");
     if !postgres {

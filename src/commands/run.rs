@@ -206,7 +206,9 @@ async fn work(
             polled = Some(std::time::Instant::now());
             pipeline.run_once().await
         } else {
-            pipeline.run_stored().await
+            // Until the next poll is due: deliveries meanwhile are decided as they arrive.
+            let next_poll = polled.map_or(std::time::Instant::now(), |at| at + interval);
+            pipeline.run_stored(next_poll.into()).await
         };
         match result {
             Ok(_) if pipeline.stopping() => return,

@@ -260,6 +260,15 @@ impl Pipeline {
     /// finishes (a post in flight completes and is recorded), nothing new starts.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        // A pass waiting for work (see [`Pipeline::run_stored`]) notices at once.
+        self.stored.notify_one();
+        self.queued.notify_one();
+    }
+
+    /// Says a webhook delivery stored new ticket versions, so a pass over stored work
+    /// ([`Pipeline::run_stored`]) decides them at once.
+    pub fn versions_stored(&self) {
+        self.stored.notify_one();
     }
 
     /// Whether [`Pipeline::stop`] was called.
@@ -461,21 +470,32 @@ impl Pipeline {
         &self.order
     }
 
-    /// A pass over what is already stored, without polling: decides the ticket versions a
-    /// webhook delivery stored and posts what that queues, the two overlapping. `serve` runs it
-    /// when a webhook wakes it between polls; the poll, the provisioning evidence and anything
-    /// the webhook did not bring wait for the next full pass ([`Pipeline::run_once`]).
-    pub async fn run_stored(&self) -> anyhow::Result<Report> {
+    /// A pass over what is already stored, without polling, that keeps going until `until`:
+    /// it decides what webhook deliveries store as they store it ([`Pipeline::versions_stored`])
+    /// and posts what that queues, the two overlapping, waiting for the next delivery between
+    /// rounds instead of polling the store. `serve` runs it when a webhook wakes it between
+    /// polls, until the next poll is due; the poll, the provisioning evidence, retries not yet
+    /// due and anything the webhooks did not bring wait for the next full pass
+    /// ([`Pipeline::run_once`]). [`Pipeline::stop`] ends it at once.
+    pub async fn run_stored(&self, until: tokio::time::Instant) -> anyhow::Result<Report> {
         let mut report = Report::default();
         self.beat();
-        let (polling, deciding) = (AtomicBool::new(false), AtomicBool::new(true));
+        let (intake, deciding) = (AtomicBool::new(true), AtomicBool::new(true));
         let mut posted = Report::default();
+        let open = async {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = async { while !self.stopping() { tokio::time::sleep(Duration::from_millis(50)).await } } => {}
+            }
+            self.stage_ended(&intake, &self.stored);
+        };
         let decide = async {
-            let result = self.rounds(Stage::Decide, &polling, &mut report).await;
+            let result = self.rounds_waiting(Stage::Decide, &intake, &mut report, until).await;
             self.stage_ended(&deciding, &self.queued);
             result
         };
-        let (decided, post) = tokio::join!(decide, self.rounds(Stage::Post, &deciding, &mut posted));
+        let post = self.rounds_waiting(Stage::Post, &deciding, &mut posted, until);
+        let ((), decided, post) = tokio::join!(open, decide, post);
         report.absorb(posted);
         decided?;
         post?;
@@ -569,6 +589,28 @@ impl Pipeline {
     /// rounds for that stage's signal (at most [`STAGE_WAIT`]), and once more after it ended.
     /// One pass start serves every round: what fails during the pass is not retried within it.
     async fn rounds(&self, stage: Stage, running: &AtomicBool, report: &mut Report) -> anyhow::Result<()> {
+        self.rounds_until(stage, running, report, None).await
+    }
+
+    /// [`Pipeline::rounds`], waiting between rounds for the signal alone (up to `until`): the
+    /// stage before signals every piece of work it hands on and its own end.
+    async fn rounds_waiting(
+        &self,
+        stage: Stage,
+        running: &AtomicBool,
+        report: &mut Report,
+        until: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
+        self.rounds_until(stage, running, report, Some(until)).await
+    }
+
+    async fn rounds_until(
+        &self,
+        stage: Stage,
+        running: &AtomicBool,
+        report: &mut Report,
+        until: Option<tokio::time::Instant>,
+    ) -> anyhow::Result<()> {
         let pass_start = crate::store::now();
         loop {
             // Read before the round, so one more round follows the end of the stage before.
@@ -584,7 +626,9 @@ impl Pipeline {
                 Stage::Decide => &self.stored,
                 Stage::Post => &self.queued,
             };
-            let _ = tokio::time::timeout(STAGE_WAIT, signal.notified()).await;
+            let wait = until.map_or(STAGE_WAIT, |until| until.saturating_duration_since(tokio::time::Instant::now()));
+            let _ = tokio::time::timeout(wait, signal.notified()).await;
+            self.beat();
         }
     }
 

@@ -440,6 +440,7 @@ async fn take_delivery(
             crate::metrics::global().tickets_read(id, inserted);
             if inserted > 0 {
                 state.wake.notify_one();
+                state.pipeline.versions_stored();
             }
             (StatusCode::ACCEPTED, "accepted\n", "accepted")
         }

@@ -79,7 +79,7 @@ webhook = {{ secret = "{SECRET}" }}
         ),
     )
     .expect("config");
-    let _serve = Killed(
+    let mut serve = Killed(
         deskbridge()
             .args(["serve", "--config"])
             .arg(&config)
@@ -95,26 +95,49 @@ webhook = {{ secret = "{SECRET}" }}
     let polled = polls(&sim);
     assert!(polled > 0, "the first pass polled");
 
-    // The requester changes the ask; the ITSM's webhook names the ticket.
-    sim.set_variable(&ticket, "access_duration", "30 days");
-    sim.update("sc_req_item", &ticket, &[]);
-    let body = serde_json::json!({"sys_id": ticket}).to_string();
-    let answer = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhooks/snow"))
-        .header(
-            "X-Deskbridge-Signature",
-            deskbridge_connector::webhook::sign(SECRET, body.as_bytes()),
-        )
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("webhook");
-    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
-    wait_for("the changed ask's comment", Duration::from_secs(20), || ours(&sim, &ticket) == 2).await;
+    // The requester changes the ask; the ITSM's webhook names the ticket. Twice: the second
+    // arrives while the pass the first started waits for more.
+    for (n, duration) in [(2, "30 days"), (3, "20 days")] {
+        sim.set_variable(&ticket, "access_duration", duration);
+        sim.update("sc_req_item", &ticket, &[]);
+        let body = serde_json::json!({"sys_id": ticket}).to_string();
+        let answer = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/webhooks/snow"))
+            .header(
+                "X-Deskbridge-Signature",
+                deskbridge_connector::webhook::sign(SECRET, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+        wait_for("the changed ask's comment", Duration::from_secs(20), || ours(&sim, &ticket) == n).await;
+    }
     assert_eq!(
         polls(&sim),
         polled,
-        "the webhook's pass decided what the webhook stored without polling again"
+        "the webhooks' pass decided what they stored without polling again"
     );
+
+    // SIGTERM ends the waiting pass at once: serve stops cleanly, long before the next poll.
+    let pid = serve.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = serve.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "serve did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "serve stopped with {status}");
 }
