@@ -146,7 +146,6 @@ impl Store {
     pub async fn prior(&self, rows: &[InboxRow]) -> anyhow::Result<Prior> {
         let mut prior = Prior::default();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let keys = distinct(rows.iter().map(|r| r.ticket_key.as_str()));
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
                 "SELECT i.id FROM inbox i WHERE i.id IN ({}) AND EXISTS \
@@ -159,46 +158,49 @@ impl Store {
             }
             prior.newer.extend(query.fetch_all(&self.pool).await?);
         }
-        for chunk in keys.chunks(CHUNK) {
-            // The latest earlier version that was read (not a stale one, not one of this batch:
-            // a batch's older versions of a ticket are settled stale).
-            let sql = format!(
-                "SELECT connector, ticket_key, normalized FROM inbox WHERE id IN \
-                 (SELECT MAX(id) FROM inbox WHERE ticket_key IN ({}) AND normalized IS NOT NULL AND status != 'stale' \
-                  AND id NOT IN ({}) GROUP BY connector, ticket_key)",
-                placeholders(1, chunk.len()),
-                placeholders(1 + chunk.len(), ids.len())
-            );
-            let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
-            for key in chunk {
-                query = query.bind(*key);
-            }
-            for id in &ids {
-                query = query.bind(*id);
-            }
-            for (connector, key, text) in query.fetch_all(&self.pool).await? {
-                if let Ok(value) = serde_json::from_str(&text) {
-                    prior.previous.insert((connector, key), value);
-                }
-            }
-            let sql = format!(
-                "SELECT connector, ticket_key, request_hash, decision_id, outcome FROM decisions WHERE id IN \
-                 (SELECT MAX(id) FROM decisions WHERE ticket_key IN ({}) GROUP BY connector, ticket_key)",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query_as::<_, (String, String, String, String, String)>(&sql);
-            for key in chunk {
-                query = query.bind(*key);
-            }
-            for (connector, key, request_hash, decision_id, outcome) in query.fetch_all(&self.pool).await? {
-                prior.latest.insert(
-                    (connector, key),
-                    LatestDecision {
-                        request_hash,
-                        decision_id,
-                        outcome,
-                    },
+        for (connector, keys) in by_connector(rows.iter().map(|r| (r.connector.as_str(), r.ticket_key.as_str()))) {
+            for chunk in keys.chunks(CHUNK) {
+                // The latest earlier version that was read (not a stale one, not one of this
+                // batch: a batch's older versions of a ticket are settled stale). The connector
+                // and the keys select through the (connector, ticket_key) index.
+                let sql = format!(
+                    "SELECT connector, ticket_key, normalized FROM inbox WHERE id IN \
+                     (SELECT MAX(id) FROM inbox WHERE connector = $1 AND ticket_key IN ({}) AND normalized IS NOT NULL AND status != 'stale' \
+                      AND id NOT IN ({}) GROUP BY connector, ticket_key)",
+                    placeholders(2, chunk.len()),
+                    placeholders(2 + chunk.len(), ids.len())
                 );
+                let mut query = sqlx::query_as::<_, (String, String, String)>(&sql).bind(connector);
+                for key in chunk {
+                    query = query.bind(*key);
+                }
+                for id in &ids {
+                    query = query.bind(*id);
+                }
+                for (connector, key, text) in query.fetch_all(&self.pool).await? {
+                    if let Ok(value) = serde_json::from_str(&text) {
+                        prior.previous.insert((connector, key), value);
+                    }
+                }
+                let sql = format!(
+                    "SELECT connector, ticket_key, request_hash, decision_id, outcome FROM decisions WHERE id IN \
+                     (SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({}) GROUP BY connector, ticket_key)",
+                    placeholders(2, chunk.len())
+                );
+                let mut query = sqlx::query_as::<_, (String, String, String, String, String)>(&sql).bind(connector);
+                for key in chunk {
+                    query = query.bind(*key);
+                }
+                for (connector, key, request_hash, decision_id, outcome) in query.fetch_all(&self.pool).await? {
+                    prior.latest.insert(
+                        (connector, key),
+                        LatestDecision {
+                            request_hash,
+                            decision_id,
+                            outcome,
+                        },
+                    );
+                }
             }
         }
         Ok(prior)
@@ -464,6 +466,19 @@ async fn mark_normalized(
 /// Keys per `IN (…)` list: far inside both databases' parameter limits.
 const CHUNK: usize = 500;
 
+/// Each connector's ticket keys, each once and sorted: a batch's lookups go connector by
+/// connector, so each selects through the (connector, ticket_key) indexes instead of scanning.
+fn by_connector<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut grouped: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (connector, key) in pairs {
+        grouped.entry(connector).or_default().push(key);
+    }
+    grouped
+        .into_iter()
+        .map(|(connector, keys)| (connector, distinct(keys.into_iter())))
+        .collect()
+}
+
 /// Each ticket key once, sorted: the keys a batch's `IN (…)` lists name.
 fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     let mut keys: Vec<&str> = keys.collect();
@@ -478,18 +493,20 @@ async fn latest_decisions(
     rows: &[&InboxRow],
 ) -> anyhow::Result<std::collections::HashMap<(String, String), (String, i64)>> {
     let mut latest = std::collections::HashMap::new();
-    for chunk in distinct(rows.iter().map(|r| r.ticket_key.as_str())).chunks(CHUNK) {
-        let sql = format!(
-            "SELECT connector, ticket_key, decision_id, inbox_id FROM decisions WHERE id IN \
-             (SELECT MAX(id) FROM decisions WHERE ticket_key IN ({}) GROUP BY connector, ticket_key)",
-            placeholders(1, chunk.len())
-        );
-        let mut query = sqlx::query_as::<_, (String, String, String, i64)>(&sql);
-        for key in chunk {
-            query = query.bind(*key);
-        }
-        for (connector, key, decision_id, inbox_id) in query.fetch_all(&mut **tx).await? {
-            latest.insert((connector, key), (decision_id, inbox_id));
+    for (connector, keys) in by_connector(rows.iter().map(|r| (r.connector.as_str(), r.ticket_key.as_str()))) {
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT connector, ticket_key, decision_id, inbox_id FROM decisions WHERE id IN \
+                 (SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({}) GROUP BY connector, ticket_key)",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String, String, i64)>(&sql).bind(connector);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            for (connector, key, decision_id, inbox_id) in query.fetch_all(&mut **tx).await? {
+                latest.insert((connector, key), (decision_id, inbox_id));
+            }
         }
     }
     Ok(latest)

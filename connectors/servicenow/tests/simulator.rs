@@ -120,3 +120,76 @@ async fn journal_fields_append_to_sys_journal_field_and_read_back_empty() {
         .expect("post");
     assert_eq!(form_only.status(), 400, "the token endpoint reads form bodies only");
 }
+
+/// The `sys_id`s a list answers, and its `Link` header.
+async fn ids(sim: &Simulator, query: &str, limit: usize, offset: usize, no_count: bool) -> (Vec<String>, String) {
+    let encoded = url::form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>();
+    let count = if no_count { "&sysparm_no_count=true" } else { "" };
+    let response = get(
+        sim,
+        &format!("/api/now/table/sc_req_item?sysparm_fields=sys_id,sys_updated_on&sysparm_limit={limit}&sysparm_offset={offset}&sysparm_query={encoded}{count}"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let link = response
+        .headers()
+        .get("link")
+        .map(|l| l.to_str().expect("ascii").to_owned())
+        .unwrap_or_default();
+    let body: Value = response.json().await.expect("json");
+    let ids = body["result"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["sys_id"].as_str().expect("id").to_owned())
+        .collect();
+    (ids, link)
+}
+
+/// A poll without a count reads through the `(sys_updated_on, sys_id)` index; it must answer
+/// exactly what the whole-table scan answers, page for page, also after rows changed (the
+/// index follows them) and when several rows share a second.
+#[tokio::test]
+async fn a_poll_without_a_count_answers_what_the_table_scan_answers() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let generated = sim.generate(120);
+    let numbers = sim.numbers("sc_req_item");
+    // Rows moved by a change (now), and five sharing one second in the past.
+    for (_, id) in numbers.iter().take(10) {
+        assert!(sim.update("sc_req_item", id, &[]));
+    }
+    for (_, id) in numbers.iter().skip(20).take(5) {
+        assert!(sim.update("sc_req_item", id, &[("sys_updated_on", "2026-01-02 03:04:05")]));
+    }
+    assert_eq!(generated.len(), 120);
+    let order = "^ORDERBYsys_updated_on^ORDERBYsys_id";
+    let (all, _) = ids(&sim, &format!("sys_updated_on>1970-01-01 00:00:00{order}"), 1000, 0, false).await;
+    assert!(all.len() > 120, "{}", all.len());
+    let stamp = |i: usize| {
+        let id = &all[i];
+        sim.record("sc_req_item", id)
+            .and_then(|r| r.get("sys_updated_on").cloned())
+            .expect("stamp")
+    };
+    let queries = [
+        format!("sys_updated_on>1970-01-01 00:00:00{order}"),
+        format!("sys_updated_on>{}^sys_updated_on<={}{order}", stamp(5), stamp(100)),
+        format!("active=true^sys_updated_on>={}{order}", stamp(30)),
+        "sys_updated_on=2026-01-02 03:04:05^ORDERBYsys_id".to_owned(),
+        format!(
+            "sys_updated_on=2026-01-02 03:04:05^sys_id>{}^ORDERBYsys_id",
+            all.iter().min().expect("id")
+        ),
+    ];
+    for query in &queries {
+        for offset in [0, 7, 14, 49] {
+            let (scanned, _) = ids(&sim, query, 7, offset, false).await;
+            let (indexed, link) = ids(&sim, query, 7, offset, true).await;
+            assert_eq!(indexed, scanned, "{query} at {offset}");
+            assert!(!link.contains("rel=\"last\""), "no count, no last page: {link}");
+        }
+    }
+    let (page, link) = ids(&sim, &queries[0], 7, 0, true).await;
+    assert_eq!(page.len(), 7);
+    assert!(link.contains("sysparm_offset=7>;rel=\"next\""), "{link}");
+}

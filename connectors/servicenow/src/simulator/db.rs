@@ -100,8 +100,22 @@ pub struct Table {
     /// out for change ([`Table::get_mut`]).
     by_value: HashMap<&'static str, HashMap<String, Vec<usize>>>,
     stale: bool,
+    /// `(sys_updated_on, sys_id) → row position`: the order a poll reads, so a page costs its
+    /// own size (see [`Table::updated_from`]). Kept up to date at [`Table::refresh`] for the
+    /// rows handed out for change since.
+    by_update: BTreeMap<(String, String), usize>,
+    /// Rows handed out for change (or replaced) since the last refresh, with their key then.
+    moved: Vec<(usize, (String, String))>,
     /// Every column any row has had, plus the columns an empty table declares.
     pub columns: BTreeSet<String>,
+}
+
+/// A row's key in [`Table::by_update`].
+fn update_key(record: &Record) -> (String, String) {
+    (
+        record.get("sys_updated_on").cloned().unwrap_or_default(),
+        record.get("sys_id").cloned().unwrap_or_default(),
+    )
 }
 
 impl Table {
@@ -113,6 +127,7 @@ impl Table {
         let i = *self.index.get(sys_id)?;
         // The caller may change an indexed field.
         self.stale = !self.by_value.is_empty();
+        self.moved.push((i, update_key(&self.rows[i])));
         Some(&mut self.rows[i])
     }
 
@@ -121,12 +136,14 @@ impl Table {
         self.columns.extend(record.keys().cloned());
         match self.index.get(&id) {
             Some(&i) => {
+                self.moved.push((i, update_key(&self.rows[i])));
                 self.rows[i] = record;
                 self.stale = true;
             }
             None => {
                 let i = self.rows.len();
                 self.index.insert(id, i);
+                self.by_update.insert(update_key(&record), i);
                 for field in INDEXED_FIELDS {
                     if let Some(value) = record.get(*field) {
                         self.by_value.entry(field).or_default().entry(value.clone()).or_default().push(i);
@@ -160,8 +177,25 @@ impl Table {
         Some(at.into_iter().map(|i| &self.rows[i]).collect())
     }
 
-    /// Rebuilds the index of [`INDEXED_FIELDS`] if a row may have changed since it was built.
+    /// The rows from `(updated, "")` on in `(sys_updated_on, sys_id)` order, while
+    /// `sys_updated_on` stays at or below `through` (valid after [`Table::refresh`]).
+    pub fn updated_from<'a>(&'a self, updated: &str, through: Option<&'a str>) -> impl Iterator<Item = &'a Record> + 'a {
+        self.by_update
+            .range((updated.to_owned(), String::new())..)
+            .take_while(move |((at, _), _)| through.is_none_or(|through| at.as_str() <= through))
+            .map(|(_, &i)| &self.rows[i])
+    }
+
+    /// Brings the indexes up to date with rows changed since they were built: the
+    /// `(sys_updated_on, sys_id)` order for the rows handed out for change, and the index of
+    /// [`INDEXED_FIELDS`] (rebuilt) if one of those may have changed.
     pub fn refresh(&mut self) {
+        for (i, old) in std::mem::take(&mut self.moved) {
+            if self.by_update.get(&old) == Some(&i) {
+                self.by_update.remove(&old);
+            }
+            self.by_update.insert(update_key(&self.rows[i]), i);
+        }
         if !self.stale {
             return;
         }

@@ -165,6 +165,37 @@ impl Query {
         })
     }
 
+    /// For a query that reads rows in `(sys_updated_on, sys_id)` order (a poll: `ORDERBY
+    /// sys_updated_on^ORDERBYsys_id`, or `ORDERBYsys_id` with one `sys_updated_on=`), the
+    /// `sys_updated_on` range every match lies in: from (inclusive) and through (inclusive),
+    /// from its standalone `>`, `>=`, `=`, `<=` and `<` terms. `None` for any other query.
+    pub fn update_range(&self) -> Option<(String, Option<String>)> {
+        let [and] = self.alternatives.as_slice() else {
+            return None;
+        };
+        let standalone = || {
+            and.iter().filter_map(|or| match or.as_slice() {
+                [term] if term.field == "sys_updated_on" => Some(term),
+                _ => None,
+            })
+        };
+        let by_update = [("sys_updated_on".to_owned(), false), ("sys_id".to_owned(), false)];
+        let one_second = standalone().any(|t| t.op == Op::Eq);
+        if self.order != by_update && !(one_second && self.order == by_update[1..]) {
+            return None;
+        }
+        let from = standalone()
+            .filter(|t| matches!(t.op, Op::Gt | Op::Ge | Op::Eq))
+            .map(|t| t.value.clone())
+            .max()
+            .unwrap_or_default();
+        let through = standalone()
+            .filter(|t| matches!(t.op, Op::Lt | Op::Le | Op::Eq))
+            .map(|t| t.value.clone())
+            .min();
+        Some((from, through))
+    }
+
     /// Whether a record matches, `get` resolving a (possibly dot-walked) field to its raw value.
     pub fn matches(&self, get: &dyn Fn(&str) -> String) -> bool {
         self.alternatives

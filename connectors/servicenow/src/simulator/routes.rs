@@ -193,6 +193,35 @@ async fn list(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(10_000);
     let offset = param(&query, "sysparm_offset").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let no_count = param(&query, "sysparm_no_count") == Some("true");
+    // A poll without a count reads the rows in the `(sys_updated_on, sys_id)` index from its
+    // cursor on and stops one row past the page: a page costs its own size, not the table's.
+    let by_update = if valid && no_count { parsed.update_range() } else { None };
+    if let Some((from, through)) = by_update {
+        let end = offset.saturating_add(limit);
+        let page: Vec<&super::Record> = rows
+            .updated_from(&from, through.as_deref())
+            .filter(|r| parsed.matches(&|f| db.raw(&table, r, f)))
+            .take(end.saturating_add(1))
+            .collect();
+        let more = page.len() > end;
+        let fields = fields_param(&query);
+        let exclude = param(&query, "sysparm_exclude_reference_link") == Some("true");
+        let display = display_mode(&query);
+        let result: Vec<Value> = page
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|r| Value::Object(db.render(&table, r, fields.as_deref(), display, exclude, &state.base_url)))
+            .collect();
+        let mut headers = HeaderMap::new();
+        if let Some(link) = link_header(&state.base_url, &table, &query, Extent::Uncounted { more }, limit, offset) {
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                headers.insert("link", v);
+            }
+        }
+        return (StatusCode::OK, headers, Json(json!({ "result": result }))).into_response();
+    }
     let mut matched: Vec<&super::Record> = if valid {
         // An indexed field narrows the rows read; every candidate still meets the whole query.
         let candidates = parsed
@@ -246,10 +275,15 @@ async fn list(
         .map(|r| Value::Object(db.render(&table, r, fields.as_deref(), display, exclude, &state.base_url)))
         .collect();
     let mut headers = HeaderMap::new();
-    if param(&query, "sysparm_no_count") != Some("true") {
+    let extent = if no_count {
+        Extent::Uncounted {
+            more: total > offset.saturating_add(limit),
+        }
+    } else {
         headers.insert("x-total-count", HeaderValue::from(total));
-    }
-    if let Some(link) = link_header(&state.base_url, &table, &query, total, limit, offset) {
+        Extent::Counted(total)
+    };
+    if let Some(link) = link_header(&state.base_url, &table, &query, extent, limit, offset) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             headers.insert("link", v);
         }
@@ -257,11 +291,31 @@ async fn list(
     (StatusCode::OK, headers, Json(json!({ "result": result }))).into_response()
 }
 
+/// How much a list matched: counted, or (with `sysparm_no_count`) only whether rows follow
+/// the page.
+#[derive(Clone, Copy)]
+enum Extent {
+    Counted(usize),
+    Uncounted { more: bool },
+}
+
 /// `Link: <…>;rel="first",<…>;rel="prev",<…>;rel="next",<…>;rel="last"`, omitted for one page.
-fn link_header(base: &str, table: &str, query: &[(String, String)], total: usize, limit: usize, offset: usize) -> Option<String> {
-    if limit == 0 || total <= limit {
-        return None;
-    }
+/// Without a count there is no `last`, and `next` only when rows follow the page.
+fn link_header(base: &str, table: &str, query: &[(String, String)], extent: Extent, limit: usize, offset: usize) -> Option<String> {
+    let (more, last) = match extent {
+        Extent::Counted(total) => {
+            if limit == 0 || total <= limit {
+                return None;
+            }
+            (offset + limit < total, Some((total - 1) / limit * limit))
+        }
+        Extent::Uncounted { more } => {
+            if limit == 0 || (offset == 0 && !more) {
+                return None;
+            }
+            (more, None)
+        }
+    };
     let url = |off: usize| {
         let mut pairs: Vec<(String, String)> = query
             .iter()
@@ -273,15 +327,16 @@ fn link_header(base: &str, table: &str, query: &[(String, String)], total: usize
         let encoded = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
         format!("<{base}/api/now/table/{table}?{encoded}>")
     };
-    let last = (total - 1) / limit * limit;
     let mut links = vec![format!("{};rel=\"first\"", url(0))];
     if offset > 0 {
         links.push(format!("{};rel=\"prev\"", url(offset.saturating_sub(limit))));
     }
-    if offset + limit < total {
+    if more {
         links.push(format!("{};rel=\"next\"", url(offset + limit)));
     }
-    links.push(format!("{};rel=\"last\"", url(last)));
+    if let Some(last) = last {
+        links.push(format!("{};rel=\"last\"", url(last)));
+    }
     Some(links.join(","))
 }
 
