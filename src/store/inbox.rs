@@ -116,28 +116,46 @@ impl Store {
     /// taken over.
     pub async fn claim_inbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
         let now = now();
+        // Due retries first (few), then new versions in arrival order. Each is one status, so
+        // it walks an index in id order and stops at the limit: a large backlog of received
+        // versions is not sorted (nor checked for claims) in full on every claim.
+        let mut rows = self
+            .claim_status(limit, "i.status = 'pending' AND i.next_attempt_at < $5", Some(due_before), &now)
+            .await?;
+        if (rows.len() as i64) < limit {
+            let more = self
+                .claim_status(limit - rows.len() as i64, "i.status = 'received'", None, &now)
+                .await?;
+            rows.extend(more);
+        }
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Claims up to `limit` rows meeting `status` (a condition on `i`; `$5` is `due_before`
+    /// when given), oldest first (see [`Store::claim_inbox`]).
+    async fn claim_status(&self, limit: i64, status: &str, due_before: Option<&str>, now: &str) -> anyhow::Result<Vec<InboxRow>> {
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
                 SELECT i.id FROM inbox i
-                WHERE (i.status = 'received' OR (i.status = 'pending' AND i.next_attempt_at < $3))
-                  AND (i.claimed_until IS NULL OR i.claimed_until < $4 OR i.claimed_by = $1)
+                WHERE {status}
+                  AND (i.claimed_until IS NULL OR i.claimed_until < $3 OR i.claimed_by = $1)
                   AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
-                                  AND j.id != i.id AND j.claimed_until >= $4 AND j.claimed_by != $1
+                                  AND j.id != i.id AND j.claimed_until >= $3 AND j.claimed_by != $1
                                   AND j.status IN ('received', 'pending'))
-                ORDER BY i.id LIMIT $5{})
+                ORDER BY i.id LIMIT $4{})
              RETURNING id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at",
             self.backend.skip_locked()
         );
-        let mut rows: Vec<InboxRow> = sqlx::query_as(&sql)
+        let mut query = sqlx::query_as(&sql)
             .bind(&*self.holder)
             .bind(later(self.lease))
-            .bind(due_before)
-            .bind(&now)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.sort_by_key(|r| r.id);
-        Ok(rows)
+            .bind(now)
+            .bind(limit);
+        if let Some(due) = due_before {
+            query = query.bind(due);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 
     /// What deciding a claimed batch needs to know from earlier work, read in one query each:
