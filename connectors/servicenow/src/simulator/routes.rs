@@ -197,74 +197,65 @@ async fn list(
     // A poll without a count reads the rows in the `(sys_updated_on, sys_id)` index from its
     // cursor on and stops one row past the page: a page costs its own size, not the table's.
     let by_update = if valid && no_count { parsed.update_range() } else { None };
-    if let Some((from, through)) = by_update {
-        let end = offset.saturating_add(limit);
+    let end = offset.saturating_add(limit);
+    let (matched, extent) = if let Some((from, through)) = &by_update {
         let page: Vec<&super::Record> = rows
             .updated_from(&from, through.as_deref())
             .filter(|r| parsed.matches(&|f| db.raw(&table, r, f)))
             .take(end.saturating_add(1))
             .collect();
         let more = page.len() > end;
-        let fields = fields_param(&query);
-        let exclude = param(&query, "sysparm_exclude_reference_link") == Some("true");
-        let display = display_mode(&query);
-        let result: Vec<Value> = page
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|r| Value::Object(db.render(&table, r, fields.as_deref(), display, exclude, &state.base_url)))
-            .collect();
-        let mut headers = HeaderMap::new();
-        if let Some(link) = link_header(&state.base_url, &table, &query, Extent::Uncounted { more }, limit, offset) {
-            if let Ok(v) = HeaderValue::from_str(&link) {
-                headers.insert("link", v);
-            }
-        }
-        return (StatusCode::OK, headers, Json(json!({ "result": result }))).into_response();
-    }
-    let mut matched: Vec<&super::Record> = if valid {
-        // An indexed field narrows the rows read; every candidate still meets the whole query.
-        let candidates = parsed
-            .lookup()
-            .and_then(|(field, values)| rows.rows_where(field, values.into_iter()));
-        match candidates {
-            Some(candidates) => candidates
-                .into_iter()
-                .filter(|r| parsed.matches(&|f| db.raw(&table, r, f)))
-                .collect(),
-            None => rows.rows.iter().filter(|r| parsed.matches(&|f| db.raw(&table, r, f))).collect(),
-        }
+        (page, Extent::Uncounted { more })
     } else {
-        Vec::new()
-    };
-    let total = matched.len();
-    if !parsed.order.is_empty() {
-        // Each row's sort key is resolved once; only the rows up to the page's end are put in
-        // order (a page of a large table does not sort the whole table).
-        let mut keyed: Vec<(Vec<String>, usize, &super::Record)> = matched
-            .into_iter()
-            .enumerate()
-            .map(|(at, r)| (parsed.order.iter().map(|(field, _)| db.raw(&table, r, field)).collect(), at, r))
-            .collect();
-        // Rows that compare equal keep table order, as a stable sort keeps them.
-        let order = |a: &(Vec<String>, usize, &super::Record), b: &(Vec<String>, usize, &super::Record)| {
-            for ((x, y), (_, desc)) in a.0.iter().zip(&b.0).zip(&parsed.order) {
-                let ord = compare(x, y);
-                let ord = if *desc { ord.reverse() } else { ord };
-                if ord.is_ne() {
-                    return ord;
-                }
+        let mut matched: Vec<&super::Record> = if valid {
+            // An indexed field narrows the rows read; every candidate still meets the whole query.
+            let candidates = parsed
+                .lookup()
+                .and_then(|(field, values)| rows.rows_where(field, values.into_iter()));
+            match candidates {
+                Some(candidates) => candidates
+                    .into_iter()
+                    .filter(|r| parsed.matches(&|f| db.raw(&table, r, f)))
+                    .collect(),
+                None => rows.rows.iter().filter(|r| parsed.matches(&|f| db.raw(&table, r, f))).collect(),
             }
-            a.1.cmp(&b.1)
+        } else {
+            Vec::new()
         };
-        let end = offset.saturating_add(limit);
-        if end < keyed.len() {
-            keyed.select_nth_unstable_by(end, order);
-            keyed.truncate(end);
+        let total = matched.len();
+        if !parsed.order.is_empty() {
+            // Each row's sort key is resolved once; only the rows up to the page's end are put
+            // in order (a page of a large table does not sort the whole table).
+            let mut keyed: Vec<(Vec<String>, usize, &super::Record)> = matched
+                .into_iter()
+                .enumerate()
+                .map(|(at, r)| (parsed.order.iter().map(|(field, _)| db.raw(&table, r, field)).collect(), at, r))
+                .collect();
+            // Rows that compare equal keep table order, as a stable sort keeps them.
+            let order = |a: &(Vec<String>, usize, &super::Record), b: &(Vec<String>, usize, &super::Record)| {
+                for ((x, y), (_, desc)) in a.0.iter().zip(&b.0).zip(&parsed.order) {
+                    let ord = compare(x, y);
+                    let ord = if *desc { ord.reverse() } else { ord };
+                    if ord.is_ne() {
+                        return ord;
+                    }
+                }
+                a.1.cmp(&b.1)
+            };
+            if end < keyed.len() {
+                keyed.select_nth_unstable_by(end, order);
+                keyed.truncate(end);
+            }
+            keyed.sort_unstable_by(order);
+            matched = keyed.into_iter().map(|(_, _, r)| r).collect();
         }
-        keyed.sort_unstable_by(order);
-        matched = keyed.into_iter().map(|(_, _, r)| r).collect();
-    }
+        let extent = if no_count {
+            Extent::Uncounted { more: total > end }
+        } else {
+            Extent::Counted(total)
+        };
+        (matched, extent)
+    };
     let fields = fields_param(&query);
     let exclude = param(&query, "sysparm_exclude_reference_link") == Some("true");
     let display = display_mode(&query);
@@ -275,14 +266,9 @@ async fn list(
         .map(|r| Value::Object(db.render(&table, r, fields.as_deref(), display, exclude, &state.base_url)))
         .collect();
     let mut headers = HeaderMap::new();
-    let extent = if no_count {
-        Extent::Uncounted {
-            more: total > offset.saturating_add(limit),
-        }
-    } else {
+    if let Extent::Counted(total) = extent {
         headers.insert("x-total-count", HeaderValue::from(total));
-        Extent::Counted(total)
-    };
+    }
     if let Some(link) = link_header(&state.base_url, &table, &query, extent, limit, offset) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             headers.insert("link", v);
