@@ -200,7 +200,7 @@ async fn list(
     let end = offset.saturating_add(limit);
     let (matched, extent) = if let Some((from, through)) = &by_update {
         let page: Vec<&super::Record> = rows
-            .updated_from(&from, through.as_deref())
+            .updated_from(from, through.as_deref())
             .filter(|r| parsed.matches(&|f| db.raw(&table, r, f)))
             .take(end.saturating_add(1))
             .collect();
