@@ -192,20 +192,14 @@ pub(crate) struct Pending {
 /// has one writer); on PostgreSQL sealed into the chain just after the commit (see [`seal`]),
 /// so replicas' write transactions never wait for one another to append.
 pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
-    tx.chain.records.push((
-        AuditRecord {
-            seq: 0,
-            at: super::now(),
-            connector: Some(connector.to_owned()),
-            ticket_key: Some(ticket_key.to_owned()),
-            kind: event.as_str().to_owned(),
-            payload: payload.to_string(),
-            prev_hash: String::new(),
-            hash: String::new(),
-            scheme: JCS_SCHEME,
-        },
-        payload,
-    ));
+    let record = AuditRecord::unchained(
+        super::now(),
+        connector.to_owned(),
+        ticket_key.to_owned(),
+        event.as_str().to_owned(),
+        payload.to_string(),
+    );
+    tx.chain.records.push((record, payload));
     Ok(())
 }
 
@@ -233,7 +227,6 @@ async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<(AuditRecord, Value)>
         )
         .map_err(sqlx::Error::Protocol)?;
         record.seq = seq;
-        record.scheme = JCS_SCHEME;
         record.prev_hash = std::mem::replace(&mut prev, record.hash.clone());
         chained.push(record);
     }
@@ -313,20 +306,7 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
         for (id, at, connector, ticket_key, kind, payload) in rows {
             let value: Value = serde_json::from_str(&payload)
                 .map_err(|e| anyhow::anyhow!("audit_unsealed id {id}: the payload is not JSON ({e}); nothing was sealed"))?;
-            records.push((
-                AuditRecord {
-                    seq: 0,
-                    at,
-                    connector: Some(connector),
-                    ticket_key: Some(ticket_key),
-                    kind,
-                    payload,
-                    prev_hash: String::new(),
-                    hash: String::new(),
-                    scheme: JCS_SCHEME,
-                },
-                value,
-            ));
+            records.push((AuditRecord::unchained(at, connector, ticket_key, kind, payload), value));
         }
         chain_and_write(&mut tx, records).await?;
         tx.commit().await?;
@@ -406,6 +386,22 @@ pub struct AuditRecord {
 pub const COLUMNS: &str = "seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme";
 
 impl AuditRecord {
+    /// A record not yet in the chain: its `seq`, `prev_hash` and `hash` are set when it joins
+    /// it (scheme 2, RFC 8785).
+    fn unchained(at: String, connector: String, ticket_key: String, kind: String, payload: String) -> Self {
+        Self {
+            seq: 0,
+            at,
+            connector: Some(connector),
+            ticket_key: Some(ticket_key),
+            kind,
+            payload,
+            prev_hash: String::new(),
+            hash: String::new(),
+            scheme: JCS_SCHEME,
+        }
+    }
+
     /// The hash this record's content should have.
     pub fn expected_hash(&self) -> Result<String, String> {
         let payload: Value = serde_json::from_str(&self.payload).map_err(|e| format!("payload is not JSON: {e}"))?;

@@ -200,27 +200,10 @@ impl Store {
                         prior.previous.insert((connector, key), value);
                     }
                 }
-                let sql = format!(
-                    "SELECT connector, ticket_key, request_hash, decision_id, outcome FROM decisions WHERE id IN \
-                     (SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({}) GROUP BY connector, ticket_key)",
-                    placeholders(2, chunk.len())
-                );
-                let mut query = sqlx::query_as::<_, (String, String, String, String, String)>(&sql).bind(connector);
-                for key in chunk {
-                    query = query.bind(*key);
-                }
-                for (connector, key, request_hash, decision_id, outcome) in query.fetch_all(&self.pool).await? {
-                    prior.latest.insert(
-                        (connector, key),
-                        LatestDecision {
-                            request_hash,
-                            decision_id,
-                            outcome,
-                        },
-                    );
-                }
             }
         }
+        let rows: Vec<&InboxRow> = rows.iter().collect();
+        prior.latest = latest_decisions(&mut *self.pool.acquire().await?, &rows).await?;
         Ok(prior)
     }
 
@@ -289,25 +272,22 @@ impl Store {
             return Ok(unwritten);
         }
         let mut tx = self.begin_write().await?;
-        let decided: Vec<&InboxRow> = items
+        let decided: Vec<&DecidedRow> = items
             .iter()
             .filter_map(|i| match i {
-                Finished::Decided(d) => Some(d.row),
+                Finished::Decided(d) => Some(&**d),
                 Finished::Settled { .. } => None,
             })
             .collect();
         // Locked first, so the read below sees every decision on these tickets committed before
         // ours, and no other replica writes one until we commit.
-        let subjects: Vec<String> = items
+        let subjects: Vec<String> = decided
             .iter()
-            .filter_map(|i| match i {
-                Finished::Decided(d) => Some(super::lifecycle::decision_subjects(d.row, &d.normalized, &d.decision)),
-                Finished::Settled { .. } => None,
-            })
-            .flatten()
+            .flat_map(|d| super::lifecycle::decision_subjects(d.row, &d.normalized, &d.decision))
             .collect();
         tx.lock_tickets(&subjects).await?;
-        let mut latest = latest_decisions(&mut tx, &decided).await?;
+        let rows: Vec<&InboxRow> = decided.iter().map(|d| d.row).collect();
+        let mut latest = latest_decisions(&mut tx, &rows).await?;
         for item in items {
             match item {
                 Finished::Settled {
@@ -336,9 +316,7 @@ impl Store {
                     let row = d.row;
                     let ticket = (row.connector.clone(), row.ticket_key.clone());
                     let current = latest.get(&ticket);
-                    if current.map(|(id, _)| id.as_str()) != d.read_latest.as_deref()
-                        || current.is_some_and(|(_, inbox_id)| *inbox_id > row.id)
-                    {
+                    if current.map(|l| l.decision_id.as_str()) != d.read_latest.as_deref() || current.is_some_and(|l| l.inbox_id > row.id) {
                         unwritten.changed.push(row.id);
                         continue;
                     }
@@ -391,7 +369,15 @@ impl Store {
                     )
                     .await?;
                     super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, decision, earlier).await?;
-                    latest.insert(ticket, (decision.decision_id.clone(), row.id));
+                    latest.insert(
+                        ticket,
+                        LatestDecision {
+                            request_hash: d.request_hash.clone(),
+                            decision_id: decision.decision_id.clone(),
+                            outcome: decision.outcome.as_str().to_owned(),
+                            inbox_id: row.id,
+                        },
+                    );
                 }
             }
         }
@@ -505,25 +491,33 @@ fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     keys
 }
 
-/// The latest decision id (and the inbox row it decided) of each ticket of `rows`.
+/// The latest decision on each ticket of `rows`, one query per connector and chunk of keys.
 async fn latest_decisions(
-    tx: &mut super::WriteTx,
+    conn: &mut sqlx::AnyConnection,
     rows: &[&InboxRow],
-) -> anyhow::Result<std::collections::HashMap<(String, String), (String, i64)>> {
+) -> anyhow::Result<std::collections::HashMap<(String, String), LatestDecision>> {
     let mut latest = std::collections::HashMap::new();
     for (connector, keys) in by_connector(rows.iter().map(|r| (r.connector.as_str(), r.ticket_key.as_str()))) {
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
-                "SELECT connector, ticket_key, decision_id, inbox_id FROM decisions WHERE id IN \
+                "SELECT connector, ticket_key, request_hash, decision_id, outcome, inbox_id FROM decisions WHERE id IN \
                  (SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({}) GROUP BY connector, ticket_key)",
                 placeholders(2, chunk.len())
             );
-            let mut query = sqlx::query_as::<_, (String, String, String, i64)>(&sql).bind(connector);
+            let mut query = sqlx::query_as::<_, (String, String, String, String, String, i64)>(&sql).bind(connector);
             for key in chunk {
                 query = query.bind(*key);
             }
-            for (connector, key, decision_id, inbox_id) in query.fetch_all(&mut **tx).await? {
-                latest.insert((connector, key), (decision_id, inbox_id));
+            for (connector, key, request_hash, decision_id, outcome, inbox_id) in query.fetch_all(&mut *conn).await? {
+                latest.insert(
+                    (connector, key),
+                    LatestDecision {
+                        request_hash,
+                        decision_id,
+                        outcome,
+                        inbox_id,
+                    },
+                );
             }
         }
     }

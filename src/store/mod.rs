@@ -183,12 +183,7 @@ impl WriteTx {
         for chunk in keys.chunks(500) {
             // A VALUES list is read in the order written.
             let mut sql = format!("SELECT pg_advisory_xact_lock({SUBJECT_LOCK_CLASS}, k) FROM (VALUES ");
-            for n in 1..=chunk.len() {
-                if n > 1 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${n}::integer)"));
-            }
+            push_placeholders(&mut sql, chunk.len(), 1);
             sql.push_str(") AS v(k)");
             let mut query = sqlx::query(&sql);
             for key in chunk {
@@ -342,6 +337,8 @@ pub struct LatestDecision {
     pub decision_id: String,
     /// Its outcome.
     pub outcome: String,
+    /// The inbox row (ticket version) it decided.
+    pub inbox_id: i64,
 }
 
 /// What a shadow decision point said.
