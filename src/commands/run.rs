@@ -194,21 +194,20 @@ async fn work(
     wake: Arc<tokio::sync::Notify>,
 ) {
     let mut findings_counted: Option<std::time::Instant> = None;
-    let mut polled: Option<std::time::Instant> = None;
+    let mut next_poll = tokio::time::Instant::now();
     let mut woken_by_webhook = false;
     loop {
         // A webhook between polls gets a pass over what it stored, at once: no poll reads every
         // changed ticket again before its decision. Polling, the provisioning evidence and the
         // checkpoints keep their interval however many webhooks arrive.
-        let poll_due = !woken_by_webhook || polled.is_none_or(|at| at.elapsed() >= interval);
+        let poll_due = !woken_by_webhook || tokio::time::Instant::now() >= next_poll;
         reload_catalog(&pipeline, false);
         let result = if poll_due {
-            polled = Some(std::time::Instant::now());
+            next_poll = tokio::time::Instant::now() + interval;
             pipeline.run_once().await
         } else {
             // Until the next poll is due: deliveries meanwhile are decided as they arrive.
-            let next_poll = polled.map_or(std::time::Instant::now(), |at| at + interval);
-            pipeline.run_stored(next_poll.into()).await
+            pipeline.run_stored(next_poll).await
         };
         match result {
             Ok(_) if pipeline.stopping() => return,
@@ -232,9 +231,8 @@ async fn work(
         }
         // A verified webhook wakes the worker early; polling stays on as the safety net, every
         // `interval` from the last poll.
-        let next_poll = interval.saturating_sub(polled.map_or(Duration::ZERO, |at| at.elapsed()));
         woken_by_webhook = tokio::select! {
-            _ = tokio::time::sleep(next_poll) => false,
+            _ = tokio::time::sleep_until(next_poll) => false,
             _ = wake.notified() => true,
             _ = stop.wait_for(|s| *s) => return,
         };

@@ -482,20 +482,24 @@ impl Pipeline {
         self.beat();
         let (intake, deciding) = (AtomicBool::new(true), AtomicBool::new(true));
         let mut posted = Report::default();
-        let open = async {
+        let (decided, post) = {
+            let decide = async {
+                let result = self.rounds(Stage::Decide, &intake, &mut report, Some(until)).await;
+                self.stage_ended(&deciding, &self.queued);
+                result
+            };
+            let stages = async { tokio::join!(decide, self.rounds(Stage::Post, &deciding, &mut posted, Some(until))) };
+            tokio::pin!(stages);
+            // On stop the stages end by themselves (stop signals them); at `until` the intake
+            // closes and they finish what is stored.
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => {}
-                _ = async { while !self.stopping() { tokio::time::sleep(Duration::from_millis(50)).await } } => {}
+                done = &mut stages => done,
+                () = tokio::time::sleep_until(until) => {
+                    self.stage_ended(&intake, &self.stored);
+                    stages.await
+                }
             }
-            self.stage_ended(&intake, &self.stored);
         };
-        let decide = async {
-            let result = self.rounds_waiting(Stage::Decide, &intake, &mut report, until).await;
-            self.stage_ended(&deciding, &self.queued);
-            result
-        };
-        let post = self.rounds_waiting(Stage::Post, &deciding, &mut posted, until);
-        let ((), decided, post) = tokio::join!(open, decide, post);
         report.absorb(posted);
         decided?;
         post?;
@@ -554,7 +558,7 @@ impl Pipeline {
             self.stage_ended(&polling, &self.stored);
             result
         };
-        let (polled_result, decided_result) = tokio::join!(poll, self.rounds(Stage::Decide, &polling, &mut decided));
+        let (polled_result, decided_result) = tokio::join!(poll, self.rounds(Stage::Decide, &polling, &mut decided, None));
         report.absorb(polled);
         report.absorb(decided);
         polled_result?;
@@ -572,7 +576,7 @@ impl Pipeline {
             self.stage_ended(&deciding, &self.queued);
             result
         };
-        let (read_result, post_result) = tokio::join!(read, self.rounds(Stage::Post, &deciding, &mut posted));
+        let (read_result, post_result) = tokio::join!(read, self.rounds(Stage::Post, &deciding, &mut posted, None));
         report.absorb(posted);
         read_result?;
         post_result
@@ -586,25 +590,11 @@ impl Pipeline {
     }
 
     /// Runs `stage` round after round while the stage before it is `running`, waiting between
-    /// rounds for that stage's signal (at most [`STAGE_WAIT`]), and once more after it ended.
-    /// One pass start serves every round: what fails during the pass is not retried within it.
-    async fn rounds(&self, stage: Stage, running: &AtomicBool, report: &mut Report) -> anyhow::Result<()> {
-        self.rounds_until(stage, running, report, None).await
-    }
-
-    /// [`Pipeline::rounds`], waiting between rounds for the signal alone (up to `until`): the
-    /// stage before signals every piece of work it hands on and its own end.
-    async fn rounds_waiting(
-        &self,
-        stage: Stage,
-        running: &AtomicBool,
-        report: &mut Report,
-        until: tokio::time::Instant,
-    ) -> anyhow::Result<()> {
-        self.rounds_until(stage, running, report, Some(until)).await
-    }
-
-    async fn rounds_until(
+    /// rounds for that stage's signal, and once more after it ended. The wait is at most
+    /// [`STAGE_WAIT`], or with `until` as long as it takes (up to `until`): the stage before
+    /// signals every piece of work it hands on and its own end. One pass start serves every
+    /// round: what fails during the pass is not retried within it.
+    async fn rounds(
         &self,
         stage: Stage,
         running: &AtomicBool,
