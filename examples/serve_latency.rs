@@ -16,6 +16,9 @@
 //! The store is a SQLite file, or with `postgres` a fresh schema of `DESKBRIDGE_TEST_POSTGRES`.
 //! `--growth` runs the backlog phase at 10,000 and then 100,000 tickets and prints both rates,
 //! their ratio and both peak RSS figures, so growth is visible in one run.
+//!
+//! `DESKBRIDGE_BIN=path` runs that build of deskbridge instead of `target/release/deskbridge`,
+//! so two builds can be compared side by side in one session.
 
 #[allow(dead_code)]
 mod common;
@@ -188,8 +191,13 @@ async fn main() -> anyhow::Result<()> {
 /// `rate` per second.
 async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::Result<Backlog> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = root.join("target/release/deskbridge");
-    anyhow::ensure!(binary.exists(), "build the binary first: cargo build --release");
+    // `DESKBRIDGE_BIN` names another build (an earlier commit's, say) to compare side by side.
+    let binary = std::env::var_os("DESKBRIDGE_BIN").map_or_else(|| root.join("target/release/deskbridge"), std::path::PathBuf::from);
+    anyhow::ensure!(
+        binary.exists(),
+        "build the binary first: cargo build --release ({} is missing)",
+        binary.display()
+    );
 
     let sim = Arc::new(
         Simulator::start(SimConfig {

@@ -129,16 +129,18 @@ pub struct Content<'a> {
 
 /// SHA-256 of a record's canonical JSON under `scheme`.
 pub fn record_hash(scheme: i64, c: &Content<'_>) -> Result<String, String> {
-    let mut object = json!({
-        "seq": c.seq, "at": c.at, "connector": c.connector, "ticket_key": c.ticket_key,
-        "kind": c.kind, "payload": c.payload, "prev_hash": c.prev,
-    });
     let bytes = match scheme {
         JCS_SCHEME => {
-            object["scheme"] = json!(JCS_SCHEME);
-            serde_json_canonicalizer::to_vec(&object).map_err(|e| format!("canonical JSON: {e}"))?
+            // Streamed into the digest: no copy of the payload, no canonical text in memory.
+            let mut digest = Sha256::new();
+            write_record_jcs(c, &mut digest).map_err(|e| format!("canonical JSON: {e}"))?;
+            return Ok(hex::encode(digest.finalize()));
         }
         LEGACY_SCHEME => {
+            let object = json!({
+                "seq": c.seq, "at": c.at, "connector": c.connector, "ticket_key": c.ticket_key,
+                "kind": c.kind, "payload": c.payload, "prev_hash": c.prev,
+            });
             let mut out = String::new();
             legacy_json(&object, &mut out);
             out.into_bytes()
@@ -146,6 +148,81 @@ pub fn record_hash(scheme: i64, c: &Content<'_>) -> Result<String, String> {
         other => return Err(format!("unknown hash scheme {other}")),
     };
     Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// A record's RFC 8785 (JCS) form, the scheme-2 hash input, written to `out`: the object
+/// `{seq, at, connector, ticket_key, kind, payload, prev_hash, scheme}` with its members in
+/// JCS order (all names are ASCII, so by their bytes).
+pub fn write_record_jcs(c: &Content<'_>, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    out.write_all(b"{\"at\":")?;
+    serde_json::to_writer(&mut *out, c.at)?;
+    out.write_all(b",\"connector\":")?;
+    serde_json::to_writer(&mut *out, c.connector)?;
+    out.write_all(b",\"kind\":")?;
+    serde_json::to_writer(&mut *out, c.kind)?;
+    out.write_all(b",\"payload\":")?;
+    write_jcs(c.payload, out)?;
+    out.write_all(b",\"prev_hash\":")?;
+    serde_json::to_writer(&mut *out, c.prev)?;
+    write!(out, ",\"scheme\":{JCS_SCHEME},\"seq\":")?;
+    write_jcs(&Value::from(c.seq), out)?;
+    out.write_all(b",\"ticket_key\":")?;
+    serde_json::to_writer(&mut *out, c.ticket_key)?;
+    out.write_all(b"}")
+}
+
+/// Integers of this size or less are exact as doubles, so their JCS form is their digits.
+const EXACT_INTEGER: u64 = 1 << 53;
+
+/// `value` as RFC 8785 canonical JSON, written as it is walked. Object members are sorted by
+/// the UTF-16 code units of their names; strings are escaped as serde_json escapes them, which
+/// is what JCS asks (`"`, `\\` and control characters only, lowercase `\u00xx`); integers
+/// within ±2^53 are their digits. Any other number (a fraction, a larger integer) is written by
+/// `serde_json_canonicalizer`, the reference this function is tested against.
+pub fn write_jcs(value: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    match value {
+        Value::Null => out.write_all(b"null"),
+        Value::Bool(b) => out.write_all(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= EXACT_INTEGER) {
+                write!(out, "{i}")
+            } else if let Some(u) = n.as_u64().filter(|u| *u <= EXACT_INTEGER) {
+                write!(out, "{u}")
+            } else {
+                let text = serde_json_canonicalizer::to_vec(value).map_err(std::io::Error::other)?;
+                out.write_all(&text)
+            }
+        }
+        Value::String(s) => Ok(serde_json::to_writer(&mut *out, s)?),
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_jcs(item, out)?;
+            }
+            out.write_all(b"]")
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            if !members.iter().all(|(k, _)| k.is_ascii()) {
+                members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            } else if !members.is_sorted_by(|a, b| a.0 <= b.0) {
+                members.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            out.write_all(b"{")?;
+            for (i, (name, item)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, name)?;
+                out.write_all(b":")?;
+                write_jcs(item, out)?;
+            }
+            out.write_all(b"}")
+        }
+    }
 }
 
 /// Scheme 1: keys sorted by their UTF-8 bytes, no whitespace, scalars as serde_json writes them.
@@ -235,12 +312,16 @@ async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<(AuditRecord, Value)>
 
 /// Chains a transaction's records after the last record and writes them, inside `tx`: the
 /// SQLite path, where the transaction is the one writer.
-pub(super) async fn chain_and_write(tx: &mut Transaction<'_, Any>, records: Vec<(AuditRecord, Value)>) -> sqlx::Result<()> {
+pub(super) async fn chain_and_write(
+    tx: &mut Transaction<'_, Any>,
+    records: Vec<(AuditRecord, Value)>,
+    backend: super::Backend,
+) -> sqlx::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
     let chained = chain(tx, records).await?;
-    write_records(tx, &chained).await
+    write_records(tx, &chained, backend).await
 }
 
 /// Writes a transaction's records to `audit_unsealed`, to be sealed into the chain after the
@@ -248,7 +329,7 @@ pub(super) async fn chain_and_write(tx: &mut Transaction<'_, Any>, records: Vec<
 pub(super) async fn write_unsealed(tx: &mut Transaction<'_, Any>, records: &[(AuditRecord, Value)]) -> sqlx::Result<()> {
     for chunk in records.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from("INSERT INTO audit_unsealed (at, connector, ticket_key, kind, payload) VALUES ");
-        super::push_placeholders(&mut sql, chunk.len(), 5);
+        super::push_placeholders(&mut sql, chunk.len(), 5, super::Backend::Postgres);
         let mut query = sqlx::query(&sql);
         for (r, _) in chunk {
             query = query
@@ -308,7 +389,7 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
                 .map_err(|e| anyhow::anyhow!("audit_unsealed id {id}: the payload is not JSON ({e}); nothing was sealed"))?;
             records.push((AuditRecord::unchained(at, connector, ticket_key, kind, payload), value));
         }
-        chain_and_write(&mut tx, records).await?;
+        chain_and_write(&mut tx, records, super::Backend::Postgres).await?;
         tx.commit().await?;
         sealed += count;
         if (count as i64) < SEAL_BATCH {
@@ -317,15 +398,15 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
     }
 }
 
-/// Rows per multi-row insert (9 parameters each). Small on purpose: SQLite finds a bound
-/// parameter's name by a linear scan, so binding costs grow with the square of the parameters.
+/// Rows per multi-row insert (9 parameters each; their placeholders are anonymous on SQLite,
+/// see `push_placeholders`).
 const ROWS_PER_INSERT: usize = 50;
 
 /// Writes chained records in multi-row inserts.
-pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[AuditRecord]) -> sqlx::Result<()> {
+pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[AuditRecord], backend: super::Backend) -> sqlx::Result<()> {
     for chunk in records.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from("INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ");
-        super::push_placeholders(&mut sql, chunk.len(), 9);
+        super::push_placeholders(&mut sql, chunk.len(), 9, backend);
         let mut query = sqlx::query(&sql);
         for r in chunk {
             query = query

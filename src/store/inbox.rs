@@ -662,7 +662,7 @@ async fn insert_tickets(
         let mut sql = String::from(
             "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, content_sha256, received_at) VALUES ",
         );
-        super::push_placeholders(&mut sql, chunk.len(), 10);
+        super::push_placeholders(&mut sql, chunk.len(), 10, tx.backend);
         sql.push_str(" ON CONFLICT (connector, ticket_key, version) DO NOTHING RETURNING ticket_key, version");
         let mut query = sqlx::query_as::<_, (String, String)>(&sql);
         for (t, raw, digest, content) in chunk {
@@ -698,7 +698,8 @@ async fn insert_tickets(
     Ok(count)
 }
 
-/// Ticket versions per multi-row insert (10 parameters each; see `audit::ROWS_PER_INSERT`).
+/// Ticket versions per multi-row insert (10 parameters each; anonymous on SQLite, see
+/// `push_placeholders`).
 const ROWS_PER_INSERT: usize = 50;
 
 /// The content digest of each ticket's latest stored version (`None` for a version stored

@@ -141,7 +141,7 @@ impl WriteTx {
         let records = std::mem::take(&mut self.chain.records);
         match self.backend {
             Backend::Sqlite => {
-                audit::chain_and_write(&mut self.tx, records).await?;
+                audit::chain_and_write(&mut self.tx, records, self.backend).await?;
                 self.tx.commit().await?;
             }
             Backend::Postgres => {
@@ -183,7 +183,7 @@ impl WriteTx {
         for chunk in keys.chunks(500) {
             // A VALUES list is read in the order written.
             let mut sql = format!("SELECT pg_advisory_xact_lock({SUBJECT_LOCK_CLASS}, k) FROM (VALUES ");
-            push_placeholders(&mut sql, chunk.len(), 1);
+            push_placeholders(&mut sql, chunk.len(), 1, Backend::Postgres);
             sql.push_str(") AS v(k)");
             let mut query = sqlx::query(&sql);
             for key in chunk {
@@ -213,11 +213,22 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
-/// Appends `rows` groups of `columns` numbered placeholders: `($1, $2), ($3, $4)`.
-pub(crate) fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
+/// Appends `rows` groups of `columns` placeholders, for a statement with no other parameters:
+/// numbered on PostgreSQL (`($1, $2), ($3, $4)`), anonymous on SQLite (`(?, ?), (?, ?)`).
+/// SQLite finds a numbered parameter by a linear scan of the statement's names each time one
+/// is bound, so binding a multi-row insert's numbered parameters costs the square of their
+/// count; anonymous ones are bound in order at once.
+pub(crate) fn push_placeholders(sql: &mut String, rows: usize, columns: usize, backend: Backend) {
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
-        sql.push_str(&placeholders(r * columns + 1, columns));
+        match backend {
+            Backend::Postgres => sql.push_str(&placeholders(r * columns + 1, columns)),
+            Backend::Sqlite => {
+                for c in 0..columns {
+                    sql.push_str(if c == 0 { "?" } else { ", ?" });
+                }
+            }
+        }
         sql.push(')');
     }
 }

@@ -240,3 +240,59 @@ fn jira_connector() -> deskbridge_jira::Jira {
     .expect("config");
     deskbridge_jira::Jira::new("jira", config).expect("connector")
 }
+
+/// Any JSON value, with the text and numbers canonical JSON is particular about: names and
+/// strings outside the Basic Multilingual Plane (sorted by UTF-16, not UTF-8), control
+/// characters, fractions, exponents, negative zero and integers beyond 2^53.
+fn json_value() -> impl Strategy<Value = Value> {
+    let text = prop_oneof![
+        ".{0,12}",
+        "[\u{0}-\u{1f}\"\\\\/\u{7f}\u{2028}]{0,6}",
+        "[a-c\u{e000}\u{ffff}\u{10000}\u{1f600}]{0,4}",
+    ];
+    let number = prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-(1i64 << 53)..=(1i64 << 53)).prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        prop_oneof![Just(-0.0), Just(1e21), Just(1e-7), Just(0.1), Just(9007199254740993.0)].prop_map(Value::from),
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        number,
+        text.clone().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            proptest::collection::btree_map(text.clone(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The audit chain's streamed canonical JSON is byte for byte what the RFC 8785 reference
+    /// (serde_json_canonicalizer) writes, for any payload, and so is a record's hash input.
+    #[test]
+    fn the_streamed_canonical_json_is_the_reference(value in json_value(), at in hostile(), key in hostile(), seq in 1i64..i64::MAX) {
+        let mut streamed = Vec::new();
+        deskbridge::store::audit::write_jcs(&value, &mut streamed).expect("writes");
+        let reference = serde_json_canonicalizer::to_vec(&value).expect("canonical");
+        prop_assert_eq!(String::from_utf8_lossy(&streamed), String::from_utf8_lossy(&reference));
+
+        let content = deskbridge::store::audit::Content {
+            seq, at: &at, connector: "sn", ticket_key: &key, kind: "decided", payload: &value, prev: "00ff",
+        };
+        let mut record = Vec::new();
+        deskbridge::store::audit::write_record_jcs(&content, &mut record).expect("writes");
+        let object = json!({
+            "seq": seq, "at": at, "connector": "sn", "ticket_key": key, "kind": "decided",
+            "payload": value, "prev_hash": "00ff", "scheme": deskbridge::store::audit::JCS_SCHEME,
+        });
+        let reference = serde_json_canonicalizer::to_vec(&object).expect("canonical");
+        prop_assert_eq!(String::from_utf8_lossy(&record), String::from_utf8_lossy(&reference));
+    }
+}
