@@ -288,30 +288,26 @@ impl Store {
         tx.lock_tickets(&subjects).await?;
         let rows: Vec<&InboxRow> = decided.iter().map(|d| d.row).collect();
         let mut latest = latest_decisions(&mut tx, &rows).await?;
+        // Which rows to write: a decision is left out when another replica decided its ticket
+        // after this one read it (a batch decides each ticket once).
+        let mut marks = Vec::with_capacity(items.len());
         for item in items {
-            match item {
+            let mark = match item {
                 Finished::Settled {
                     row,
                     status,
                     normalized,
                     request_hash,
                     evidence,
-                } => {
-                    if !mark_normalized(
-                        &mut tx,
-                        &self.holder,
-                        row,
-                        status,
-                        status,
-                        normalized,
-                        request_hash.as_deref(),
-                        evidence,
-                    )
-                    .await?
-                    {
-                        unwritten.lost.push(row.id);
-                    }
-                }
+                } => Mark {
+                    row,
+                    status,
+                    audit_status: status,
+                    normalized,
+                    request_hash: request_hash.as_deref(),
+                    evidence,
+                    decided: None,
+                },
                 Finished::Decided(d) => {
                     let row = d.row;
                     let ticket = (row.connector.clone(), row.ticket_key.clone());
@@ -321,65 +317,82 @@ impl Store {
                         continue;
                     }
                     let earlier = current.is_some();
-                    if !mark_normalized(
-                        &mut tx,
-                        &self.holder,
-                        row,
-                        "decided",
-                        "access_request",
-                        &d.normalized,
-                        Some(&d.request_hash),
-                        &d.evidence,
-                    )
-                    .await?
-                    {
-                        unwritten.lost.push(row.id);
-                        continue;
-                    }
-                    let decision = &d.decision;
-                    let decision_json = serde_json::to_value(decision)?;
-                    sqlx::query("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-                        .bind(&decision.decision_id)
-                        .bind(row.id)
-                        .bind(&row.connector)
-                        .bind(&row.ticket_key)
-                        .bind(&d.request_hash)
-                        .bind(decision.outcome.as_str())
-                        .bind(decision_json.to_string())
-                        .bind(d.raw.to_string())
-                        .bind(decision.decided_at.to_rfc3339())
-                        .execute(&mut *tx)
-                        .await?;
-                    audit::append(
-                        &mut tx,
-                        &row.connector,
-                        &row.ticket_key,
-                        Event::Decided,
-                        json!({"decision": decision_json, "pdp_raw": d.raw}),
-                    )
-                    .await?;
-                    super::outbox::queue_comment(
-                        &mut tx,
-                        &row.connector,
-                        &row.ticket_key,
-                        &d.request_hash,
-                        &decision.decision_id,
-                        &d.marker,
-                        &d.body,
-                    )
-                    .await?;
-                    super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, decision, earlier).await?;
                     latest.insert(
                         ticket,
                         LatestDecision {
                             request_hash: d.request_hash.clone(),
-                            decision_id: decision.decision_id.clone(),
-                            outcome: decision.outcome.as_str().to_owned(),
+                            decision_id: d.decision.decision_id.clone(),
+                            outcome: d.decision.outcome.as_str().to_owned(),
                             inbox_id: row.id,
                         },
                     );
+                    Mark {
+                        row,
+                        status: "decided",
+                        audit_status: "access_request",
+                        normalized: &d.normalized,
+                        request_hash: Some(&d.request_hash),
+                        evidence: &d.evidence,
+                        decided: Some((d, earlier)),
+                    }
                 }
+            };
+            marks.push(mark);
+        }
+        // Every row's status in a few fenced statements; a row whose claim lapsed is left out.
+        let held = mark_normalized(&mut tx, &self.holder, &marks).await?;
+        marks.retain(|m| {
+            let kept = held.contains(&m.row.id);
+            if !kept {
+                unwritten.lost.push(m.row.id);
             }
+            kept
+        });
+        let written: Vec<(&DecidedRow, Value)> = marks
+            .iter()
+            .filter_map(|m| m.decided.map(|(d, _)| serde_json::to_value(&d.decision).map(|json| (d, json))))
+            .collect::<Result<_, _>>()?;
+        insert_decisions(&mut tx, &written).await?;
+        let queued: Vec<super::outbox::Queued<'_>> = written
+            .iter()
+            .map(|(d, _)| super::outbox::Queued {
+                connector: &d.row.connector,
+                ticket_key: &d.row.ticket_key,
+                request_hash: &d.request_hash,
+                decision_id: &d.decision.decision_id,
+                marker: &d.marker,
+                body: &d.body,
+            })
+            .collect();
+        let fresh = super::outbox::queue_comments(&mut tx, &queued).await?;
+        // The audit records, row by row in batch order, as if each row were written alone.
+        let mut decision_json = written.iter().map(|(_, json)| json);
+        for m in &marks {
+            let row = m.row;
+            let payload =
+                json!({"version": row.version, "status": m.audit_status, "request_hash": m.request_hash, "normalized": m.normalized});
+            audit::append(&mut tx, &row.connector, &row.ticket_key, Event::Normalized, payload).await?;
+            for (event, payload) in m.evidence {
+                audit::append(&mut tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
+            }
+            let Some((d, earlier)) = m.decided else { continue };
+            let json = decision_json
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("a decided row without its decision"))?;
+            audit::append(
+                &mut tx,
+                &row.connector,
+                &row.ticket_key,
+                Event::Decided,
+                json!({"decision": json, "pdp_raw": d.raw}),
+            )
+            .await?;
+            if fresh.contains(d.marker.as_str()) {
+                let payload =
+                    json!({"marker": d.marker, "body_sha256": sha256_hex(d.body.as_bytes()), "decision_id": d.decision.decision_id});
+                audit::append(&mut tx, &row.connector, &row.ticket_key, Event::CommentQueued, payload).await?;
+            }
+            super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, &d.decision, earlier).await?;
         }
         tx.commit().await?;
         Ok(unwritten)
@@ -435,36 +448,68 @@ fn backfill_key(connector: &str, since: &str) -> String {
 /// further evidence, inside the caller's transaction. Writes nothing and answers `false` when
 /// the row is no longer claimed by `holder`.
 #[allow(clippy::too_many_arguments)]
-async fn mark_normalized(
-    tx: &mut super::WriteTx,
-    holder: &str,
-    row: &InboxRow,
-    status: &str,
-    audit_status: &str,
-    normalized: &Value,
-    request_hash: Option<&str>,
-    extra: &[(Event, Value)],
-) -> anyhow::Result<bool> {
-    let updated = sqlx::query(
-        "UPDATE inbox SET status = $1, normalized = $2, request_hash = $3, last_error = NULL, claimed_by = NULL, claimed_until = NULL
-         WHERE id = $4 AND claimed_by = $5",
-    )
-    .bind(status)
-    .bind(normalized.to_string())
-    .bind(request_hash)
-    .bind(row.id)
-    .bind(holder)
-    .execute(&mut **tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(false);
+/// One row of a batch as `finish` writes it.
+struct Mark<'a> {
+    row: &'a InboxRow,
+    status: &'a str,
+    audit_status: &'a str,
+    normalized: &'a Value,
+    request_hash: Option<&'a str>,
+    evidence: &'a [(Event, Value)],
+    /// The decision, and whether the ticket had an earlier one.
+    decided: Option<(&'a DecidedRow<'a>, bool)>,
+}
+
+/// Sets the rows' status and normalized form and gives up their claims, fenced: only rows this
+/// replica still holds are written. Returns their ids.
+async fn mark_normalized(tx: &mut super::WriteTx, holder: &str, marks: &[Mark<'_>]) -> anyhow::Result<std::collections::HashSet<i64>> {
+    let mut held = std::collections::HashSet::with_capacity(marks.len());
+    for chunk in marks.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from("WITH v (id, status, normalized, request_hash) AS (VALUES ");
+        super::push_placeholders(&mut sql, chunk.len(), 4, tx.backend);
+        sql.push_str(
+            ") UPDATE inbox SET status = v.status, normalized = v.normalized, request_hash = v.request_hash, last_error = NULL,
+                claimed_by = NULL, claimed_until = NULL
+             FROM v WHERE inbox.id = v.id AND inbox.claimed_by = ",
+        );
+        sql.push_str(&super::next_placeholder(tx.backend, chunk.len() * 4 + 1));
+        sql.push_str(" RETURNING inbox.id");
+        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        for m in chunk {
+            query = query
+                .bind(m.row.id)
+                .bind(m.status)
+                .bind(m.normalized.to_string())
+                .bind(m.request_hash);
+        }
+        held.extend(query.bind(holder).fetch_all(&mut **tx).await?);
     }
-    let payload = json!({"version": row.version, "status": audit_status, "request_hash": request_hash, "normalized": normalized});
-    audit::append(tx, &row.connector, &row.ticket_key, Event::Normalized, payload).await?;
-    for (event, payload) in extra {
-        audit::append(tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
+    Ok(held)
+}
+
+/// Inserts decisions, with each one's JSON, in multi-row inserts.
+async fn insert_decisions(tx: &mut super::WriteTx, written: &[(&DecidedRow<'_>, Value)]) -> anyhow::Result<()> {
+    for chunk in written.chunks(ROWS_PER_INSERT) {
+        let mut sql =
+            String::from("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES ");
+        super::push_placeholders(&mut sql, chunk.len(), 9, tx.backend);
+        let mut query = sqlx::query(&sql);
+        for (d, json) in chunk {
+            let decision = &d.decision;
+            query = query
+                .bind(&decision.decision_id)
+                .bind(d.row.id)
+                .bind(&d.row.connector)
+                .bind(&d.row.ticket_key)
+                .bind(&d.request_hash)
+                .bind(decision.outcome.as_str())
+                .bind(json.to_string())
+                .bind(d.raw.to_string())
+                .bind(decision.decided_at.to_rfc3339());
+        }
+        query.execute(&mut **tx).await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Keys per `IN (…)` list: far inside both databases' parameter limits.

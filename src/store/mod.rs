@@ -213,6 +213,15 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The placeholder of parameter `n` when the ones before it were written by
+/// [`push_placeholders`]: `$n` on PostgreSQL, `?` on SQLite.
+pub(crate) fn next_placeholder(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".to_owned(),
+    }
+}
+
 /// Appends `rows` groups of `columns` placeholders, for a statement with no other parameters:
 /// numbered on PostgreSQL (`($1, $2), ($3, $4)`), anonymous on SQLite (`(?, ?), (?, ?)`).
 /// SQLite finds a numbered parameter by a linear scan of the statement's names each time one

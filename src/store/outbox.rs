@@ -89,18 +89,25 @@ impl Store {
         }
         let mut tx = self.begin_write().await?;
         let at = now();
+        let mut held = std::collections::HashSet::with_capacity(posted.len());
+        for chunk in posted.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from("WITH v (id, comment_id) AS (VALUES ");
+            super::push_placeholders(&mut sql, chunk.len(), 2, tx.backend);
+            sql.push_str(&format!(
+                ") UPDATE outbox SET status = 'posted', comment_id = v.comment_id, posted_at = {}, last_error = NULL, claimed_by = NULL,
+                    claimed_until = NULL
+                 FROM v WHERE outbox.id = v.id AND outbox.claimed_by = {} RETURNING outbox.id",
+                super::next_placeholder(tx.backend, chunk.len() * 2 + 1),
+                super::next_placeholder(tx.backend, chunk.len() * 2 + 2),
+            ));
+            let mut query = sqlx::query_scalar::<_, i64>(&sql);
+            for (row, comment_id, _) in chunk {
+                query = query.bind(row.id).bind(&comment_id.0);
+            }
+            held.extend(query.bind(&at).bind(&*self.holder).fetch_all(&mut *tx).await?);
+        }
         for (row, comment_id, found_existing) in posted {
-            let updated = sqlx::query(
-                "UPDATE outbox SET status = 'posted', comment_id = $1, posted_at = $2, last_error = NULL, claimed_by = NULL, claimed_until = NULL
-                 WHERE id = $3 AND claimed_by = $4",
-            )
-            .bind(&comment_id.0)
-            .bind(&at)
-            .bind(row.id)
-            .bind(&*self.holder)
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
+            if !held.contains(&row.id) {
                 lost.push(row.id);
                 continue;
             }
@@ -134,6 +141,50 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// Comments per multi-row statement.
+const ROWS_PER_STATEMENT: usize = 50;
+
+/// A comment to queue with its decision.
+pub(super) struct Queued<'a> {
+    pub connector: &'a str,
+    pub ticket_key: &'a str,
+    pub request_hash: &'a str,
+    pub decision_id: &'a str,
+    pub marker: &'a str,
+    pub body: &'a str,
+}
+
+/// Queues comments in multi-row inserts, each unless its marker or its ticket's request is
+/// queued already. Returns the markers newly queued; the caller records their audit records.
+pub(super) async fn queue_comments<'a>(
+    tx: &mut super::WriteTx,
+    comments: &[Queued<'a>],
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut fresh = std::collections::HashSet::with_capacity(comments.len());
+    let at = now();
+    for chunk in comments.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at) VALUES ",
+        );
+        super::push_placeholders(&mut sql, chunk.len(), 8, tx.backend);
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING marker");
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for c in chunk {
+            query = query
+                .bind(c.connector)
+                .bind(c.ticket_key)
+                .bind(c.request_hash)
+                .bind(c.decision_id)
+                .bind(c.marker)
+                .bind(c.body)
+                .bind(&at)
+                .bind(&at);
+        }
+        fresh.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(fresh)
 }
 
 /// Queues a comment in the caller's transaction, once per (ticket, request hash); records it
