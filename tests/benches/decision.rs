@@ -51,7 +51,7 @@ fn benches(c: &mut Criterion) {
         )),
     };
     let ticket = ticket();
-    let local = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let local = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     c.bench_function("normalize_enrich_decide", |b| {
         b.iter(|| {
             let Normalized::AccessRequest { request } = mapping.normalize(&ticket) else {
