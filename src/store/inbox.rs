@@ -366,7 +366,7 @@ impl Store {
             .collect();
         let fresh = super::outbox::queue_comments(&mut tx, &queued).await?;
         // The audit records, row by row in batch order, as if each row were written alone.
-        let mut decision_json = written.iter().map(|(_, json)| json);
+        let mut decided_rows = written.iter().map(|(_, json)| json).zip(&queued);
         for m in &marks {
             let row = m.row;
             let payload =
@@ -376,7 +376,7 @@ impl Store {
                 audit::append(&mut tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
             }
             let Some((d, earlier)) = m.decided else { continue };
-            let json = decision_json
+            let (json, comment) = decided_rows
                 .next()
                 .ok_or_else(|| anyhow::anyhow!("a decided row without its decision"))?;
             audit::append(
@@ -387,10 +387,8 @@ impl Store {
                 json!({"decision": json, "pdp_raw": d.raw}),
             )
             .await?;
-            if fresh.contains(d.marker.as_str()) {
-                let payload =
-                    json!({"marker": d.marker, "body_sha256": sha256_hex(d.body.as_bytes()), "decision_id": d.decision.decision_id});
-                audit::append(&mut tx, &row.connector, &row.ticket_key, Event::CommentQueued, payload).await?;
+            if fresh.contains(comment.marker) {
+                super::outbox::record_queued(&mut tx, comment).await?;
             }
             super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, &d.decision, earlier).await?;
         }

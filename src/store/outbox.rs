@@ -187,6 +187,12 @@ pub(super) async fn queue_comments<'a>(
     Ok(fresh)
 }
 
+/// The audit record of a comment queued now.
+pub(super) async fn record_queued(tx: &mut super::WriteTx, c: &Queued<'_>) -> anyhow::Result<()> {
+    let payload = json!({"marker": c.marker, "body_sha256": sha256_hex(c.body.as_bytes()), "decision_id": c.decision_id});
+    Ok(audit::append(tx, c.connector, c.ticket_key, Event::CommentQueued, payload).await?)
+}
+
 /// Queues a comment in the caller's transaction, once per (ticket, request hash); records it
 /// in the audit log when it is new. Returns whether it was queued now.
 pub(super) async fn queue_comment(
@@ -198,24 +204,17 @@ pub(super) async fn queue_comment(
     marker: &str,
     body: &str,
 ) -> anyhow::Result<bool> {
-    let queued = sqlx::query(
-        "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(connector)
-    .bind(ticket_key)
-    .bind(request_hash)
-    .bind(decision_id)
-    .bind(marker)
-    .bind(body)
-    .bind(now())
-    .bind(now())
-    .execute(&mut **tx)
-    .await?;
-    let fresh = queued.rows_affected() > 0;
+    let comment = Queued {
+        connector,
+        ticket_key,
+        request_hash,
+        decision_id,
+        marker,
+        body,
+    };
+    let fresh = !queue_comments(tx, std::slice::from_ref(&comment)).await?.is_empty();
     if fresh {
-        let payload = json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": decision_id});
-        audit::append(tx, connector, ticket_key, Event::CommentQueued, payload).await?;
+        record_queued(tx, &comment).await?;
     }
     Ok(fresh)
 }
