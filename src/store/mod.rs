@@ -68,6 +68,9 @@ pub struct Store {
     path: Option<std::sync::Arc<std::path::PathBuf>>,
     /// Held while this process is the SQLite file's one worker (see [`Store::exclusive`]).
     writer_lock: Option<std::sync::Arc<std::fs::File>>,
+    /// This process's SQLite write transactions queue here, first come first served, for the
+    /// file's one write lock (see [`Store::begin_write`]).
+    write_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Keys comment markers; made once per installation, kept in the store.
     marker_key: std::sync::Arc<secrecy::SecretString>,
     /// Who this process is when it claims work.
@@ -110,6 +113,9 @@ pub struct WriteTx {
     chain: audit::Pending,
     pool: AnyPool,
     backend: Backend,
+    /// This process's turn to write (SQLite), given up when the transaction ends. Declared
+    /// after `tx`, so the transaction is rolled back before the next writer starts.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -277,6 +283,10 @@ fn default_lease_secs() -> u64 {
 
 /// The default lease on claimed work.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a SQLite write waits for the write lock: SQLite's `busy_timeout` (set on every
+/// connection) and this process's own queue of writers.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A ticket version waiting to be normalized and decided.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -661,6 +671,7 @@ impl Store {
             backend,
             path: None,
             writer_lock: None,
+            write_turn: std::sync::Arc::default(),
             marker_key: std::sync::Arc::new(marker_key),
             holder: holder.into(),
             lease: DEFAULT_LEASE,
@@ -709,17 +720,30 @@ impl Store {
     /// locks that make them hold ([`WriteTx::lock_tickets`], [`WriteTx::lock_lifecycles`]).
     /// SQLite has one writer.
     pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
-        let tx = match self.backend {
-            Backend::Postgres => self.pool.begin().await?,
-            // The write lock up front (waiting `busy_timeout` for it): a transaction that reads
-            // first could not take it later once another connection wrote.
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        let (tx, turn) = match self.backend {
+            Backend::Postgres => (self.pool.begin().await?, None),
+            Backend::Sqlite => {
+                // This process's writers wait their turn here, in order, and are woken the
+                // moment the one before them ends. Left to SQLite, each waiter polls the lock
+                // with sleeps growing to 100 ms, so under a steady stream of small writes (a
+                // webhook's version, a decision, a posted comment) a write could wait far
+                // longer than the one ahead of it took. Another process on the same file is
+                // still kept out by SQLite's lock and `busy_timeout`, and a turn not given within
+                // that timeout fails as SQLite would.
+                let turn = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.write_turn.clone().lock_owned())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("database is locked: waited {SQLITE_BUSY_TIMEOUT:?} for this process's other writes"))?;
+                // The write lock up front (waiting `busy_timeout` for it): a transaction that
+                // reads first could not take it later once another connection wrote.
+                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
+            }
         };
         Ok(WriteTx {
             tx,
             chain: audit::Pending::default(),
             pool: self.pool.clone(),
             backend: self.backend,
+            _turn: turn,
         })
     }
 
