@@ -290,10 +290,7 @@ fn pipeline_for(sim: &Simulator, store: &Store, options: &Options) -> anyhow::Re
         Settings::default(),
     )
     .with_enricher(Some(Arc::new(deskbridge::pipeline::enrich::Enricher {
-        catalog: Arc::new(deskbridge::pipeline::enrich::CatalogHandle::fixed(deskbridge::catalog::parse(
-            deskbridge::commands::demo::CATALOG,
-            "examples/catalog.toml",
-        )?)),
+        catalog: deskbridge::commands::demo::example_catalog()?,
         directory: Some(Arc::new(deskbridge::directory::file::FileDirectory::load(
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/directory.json"),
         )?)),

@@ -64,14 +64,19 @@ pub fn shipped() -> anyhow::Result<(Mapping, RegoDecisionPoint)> {
     Ok((mapping, policy))
 }
 
+/// The embedded example catalog (`examples/catalog.toml`), fixed.
+pub fn example_catalog() -> anyhow::Result<Arc<crate::pipeline::enrich::CatalogHandle>> {
+    Ok(Arc::new(crate::pipeline::enrich::CatalogHandle::fixed(crate::catalog::parse(
+        CATALOG,
+        "examples/catalog.toml",
+    )?)))
+}
+
 /// The embedded example catalog without a directory (`decide` without a config): identities
 /// stay unverified, so the shipped policy reviews what it would otherwise approve.
 pub fn catalog_only() -> anyhow::Result<Arc<crate::pipeline::enrich::Enricher>> {
     Ok(Arc::new(crate::pipeline::enrich::Enricher {
-        catalog: Arc::new(crate::pipeline::enrich::CatalogHandle::fixed(crate::catalog::parse(
-            CATALOG,
-            "examples/catalog.toml",
-        )?)),
+        catalog: example_catalog()?,
         directory: None,
     }))
 }
@@ -98,10 +103,7 @@ pub async fn run(keep: Option<&std::path::Path>) -> anyhow::Result<String> {
         "token": deskbridge_scim::simulator::TOKEN,
     }))?)?;
     let enricher = Arc::new(crate::pipeline::enrich::Enricher {
-        catalog: Arc::new(crate::pipeline::enrich::CatalogHandle::fixed(crate::catalog::parse(
-            CATALOG,
-            "examples/catalog.toml",
-        )?)),
+        catalog: example_catalog()?,
         directory: Some(Arc::new(directory)),
     });
     let pipeline = Pipeline::new(

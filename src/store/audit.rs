@@ -327,7 +327,7 @@ pub(super) async fn chain_and_write(
 /// Writes a transaction's records to `audit_unsealed`, to be sealed into the chain after the
 /// commit: the PostgreSQL path, where write transactions run side by side.
 pub(super) async fn write_unsealed(tx: &mut Transaction<'_, Any>, records: &[(AuditRecord, Value)]) -> sqlx::Result<()> {
-    for chunk in records.chunks(ROWS_PER_INSERT) {
+    for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from("INSERT INTO audit_unsealed (at, connector, ticket_key, kind, payload) VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 5, super::Backend::Postgres);
         let mut query = sqlx::query(&sql);
@@ -398,13 +398,9 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
     }
 }
 
-/// Rows per multi-row insert (9 parameters each; their placeholders are anonymous on SQLite,
-/// see `push_placeholders`).
-const ROWS_PER_INSERT: usize = 50;
-
 /// Writes chained records in multi-row inserts.
 pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[AuditRecord], backend: super::Backend) -> sqlx::Result<()> {
-    for chunk in records.chunks(ROWS_PER_INSERT) {
+    for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from("INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 9, backend);
         let mut query = sqlx::query(&sql);

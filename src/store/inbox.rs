@@ -442,10 +442,6 @@ fn backfill_key(connector: &str, since: &str) -> String {
     format!("backfill:{connector}:{since}")
 }
 
-/// Sets an inbox row's status and normalized form, and records the normalization and any
-/// further evidence, inside the caller's transaction. Writes nothing and answers `false` when
-/// the row is no longer claimed by `holder`.
-#[allow(clippy::too_many_arguments)]
 /// One row of a batch as `finish` writes it.
 struct Mark<'a> {
     row: &'a InboxRow,
@@ -462,7 +458,7 @@ struct Mark<'a> {
 /// replica still holds are written. Returns their ids.
 async fn mark_normalized(tx: &mut super::WriteTx, holder: &str, marks: &[Mark<'_>]) -> anyhow::Result<std::collections::HashSet<i64>> {
     let mut held = std::collections::HashSet::with_capacity(marks.len());
-    for chunk in marks.chunks(ROWS_PER_INSERT) {
+    for chunk in marks.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from("WITH v (id, status, normalized, request_hash) AS (VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 4, tx.backend);
         sql.push_str(
@@ -487,7 +483,7 @@ async fn mark_normalized(tx: &mut super::WriteTx, holder: &str, marks: &[Mark<'_
 
 /// Inserts decisions, with each one's JSON, in multi-row inserts.
 async fn insert_decisions(tx: &mut super::WriteTx, written: &[(&DecidedRow<'_>, Value)]) -> anyhow::Result<()> {
-    for chunk in written.chunks(ROWS_PER_INSERT) {
+    for chunk in written.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql =
             String::from("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 9, tx.backend);
@@ -701,7 +697,7 @@ async fn insert_tickets(
         rows.push((t, raw, digest, content));
     }
     let mut inserted = std::collections::HashSet::new();
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
+    for chunk in rows.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from(
             "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, content_sha256, received_at) VALUES ",
         );
@@ -740,10 +736,6 @@ async fn insert_tickets(
     }
     Ok(count)
 }
-
-/// Ticket versions per multi-row insert (10 parameters each; anonymous on SQLite, see
-/// `push_placeholders`).
-const ROWS_PER_INSERT: usize = 50;
 
 /// The content digest of each ticket's latest stored version (`None` for a version stored
 /// before digests were kept), for the tickets of a page, in one query per chunk.

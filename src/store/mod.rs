@@ -219,6 +219,10 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Rows per multi-row statement (at most 10 parameters each, so at most 500 parameters: far
+/// inside both databases' limits).
+pub(crate) const ROWS_PER_STATEMENT: usize = 50;
+
 /// The placeholder of parameter `n` when the ones before it were written by
 /// [`push_placeholders`]: `$n` on PostgreSQL, `?` on SQLite.
 pub(crate) fn next_placeholder(backend: Backend, n: usize) -> String {

@@ -90,7 +90,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let at = now();
         let mut held = std::collections::HashSet::with_capacity(posted.len());
-        for chunk in posted.chunks(ROWS_PER_STATEMENT) {
+        for chunk in posted.chunks(super::ROWS_PER_STATEMENT) {
             let mut sql = String::from("WITH v (id, comment_id) AS (VALUES ");
             super::push_placeholders(&mut sql, chunk.len(), 2, tx.backend);
             sql.push_str(&format!(
@@ -143,9 +143,6 @@ impl Store {
     }
 }
 
-/// Comments per multi-row statement.
-const ROWS_PER_STATEMENT: usize = 50;
-
 /// A comment to queue with its decision.
 pub(super) struct Queued<'a> {
     pub connector: &'a str,
@@ -164,7 +161,7 @@ pub(super) async fn queue_comments<'a>(
 ) -> anyhow::Result<std::collections::HashSet<String>> {
     let mut fresh = std::collections::HashSet::with_capacity(comments.len());
     let at = now();
-    for chunk in comments.chunks(ROWS_PER_STATEMENT) {
+    for chunk in comments.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from(
             "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at) VALUES ",
         );

@@ -18,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use deskbridge::decision::authzen::{AuthzenConfig, AuthzenDecisionPoint};
 use deskbridge::decision::DecisionPoint;
 use deskbridge::directory::file::FileDirectory;
-use deskbridge::pipeline::enrich::{CatalogHandle, Enricher};
+use deskbridge::pipeline::enrich::Enricher;
 use deskbridge::schema::{AccessRequest, Normalized};
 use deskbridge_connector::Ticket;
 
@@ -43,9 +43,7 @@ fn benches(c: &mut Criterion) {
     });
 
     let enricher = Enricher {
-        catalog: Arc::new(CatalogHandle::fixed(
-            deskbridge::catalog::parse(deskbridge::commands::demo::CATALOG, "examples/catalog.toml").expect("catalog"),
-        )),
+        catalog: deskbridge::commands::demo::example_catalog().expect("catalog"),
         directory: Some(Arc::new(
             FileDirectory::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/directory.json")).expect("directory"),
         )),
