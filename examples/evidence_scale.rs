@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let intake = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let report = deskbridge::provisioning::engine::run(&pipeline, &provisioning).await?;
+    let report = deskbridge::provisioning::engine::run(pipeline.as_ref(), &provisioning).await?;
     let process = started.elapsed().as_secs_f64();
 
     let reader = ScimDirectory::new(serde_json::from_value(directory_config)?)?;

@@ -196,11 +196,10 @@ fn assemble(config: &Config, file: &str) -> Result<Built, Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    /// The layers, lowest first: each may use the ones below it and none above, so no import
-    /// circle can form among them. The wiring above them all is this module.
-    const LAYERS: &[&str] = &["store", "audit", "pipeline", "config"];
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
 
-    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -226,29 +225,97 @@ mod tests {
         found
     }
 
-    #[test]
-    fn config_pipeline_store_and_audit_import_each_other_in_no_circle() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut upward = Vec::new();
-        for (rank, layer) in LAYERS.iter().enumerate() {
-            let mut files = Vec::new();
-            rust_files(&root.join(layer), &mut files);
+    /// Every top-level module of the crate, and for each module it uses, the first place it
+    /// does (`file:line`). Doc comments may mention any module and are not uses.
+    fn imports(root: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut modules: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for entry in std::fs::read_dir(root).expect("read src").flatten() {
+            let path = entry.path();
+            let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if path.is_dir() {
+                let mut files = Vec::new();
+                rust_files(&path, &mut files);
+                modules.entry(name).or_default().extend(files);
+            } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
+                modules.entry(name).or_default().push(path);
+            }
+        }
+        let mut uses: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (module, files) in &modules {
+            let edges = uses.entry(module.clone()).or_default();
             for file in files {
-                let text = std::fs::read_to_string(&file).expect("read");
+                let text = std::fs::read_to_string(file).expect("read");
                 for (n, line) in text.lines().enumerate() {
-                    // Doc comments may mention any module.
                     if line.trim_start().starts_with("//") {
                         continue;
                     }
-                    for module in named(line) {
-                        if LAYERS.iter().position(|l| *l == module).is_some_and(|r| r > rank) {
-                            upward.push(format!("{}:{}: {layer} uses {module}", file.display(), n + 1));
+                    for used in named(line) {
+                        if used != *module && modules.contains_key(&used) {
+                            edges.entry(used).or_insert_with(|| format!("{}:{}", file.display(), n + 1));
                         }
                     }
                 }
             }
         }
-        assert!(upward.is_empty(), "a lower layer uses a higher one:\n{}", upward.join("\n"));
+        uses
+    }
+
+    /// A circle of imports, as `a -> b (where) -> … -> a`, when there is one.
+    fn circle(uses: &BTreeMap<String, BTreeMap<String, String>>) -> Option<String> {
+        fn visit(
+            module: &str,
+            uses: &BTreeMap<String, BTreeMap<String, String>>,
+            path: &mut Vec<String>,
+            done: &mut std::collections::BTreeSet<String>,
+        ) -> Option<String> {
+            if let Some(at) = path.iter().position(|m| m == module) {
+                let mut hops = path[at..].to_vec();
+                hops.push(module.to_owned());
+                let text: Vec<String> = hops
+                    .windows(2)
+                    .map(|w| format!("{} uses {} at {}", w[0], w[1], uses[&w[0]][&w[1]]))
+                    .collect();
+                return Some(text.join("\n"));
+            }
+            if !done.insert(module.to_owned()) {
+                return None;
+            }
+            path.push(module.to_owned());
+            for next in uses.get(module).into_iter().flat_map(BTreeMap::keys) {
+                if let Some(found) = visit(next, uses, path, done) {
+                    return Some(found);
+                }
+            }
+            path.pop();
+            None
+        }
+        let mut done = std::collections::BTreeSet::new();
+        uses.keys().find_map(|m| visit(m, uses, &mut Vec::new(), &mut done))
+    }
+
+    #[test]
+    fn no_two_modules_of_the_crate_import_each_other_even_through_others() {
+        let uses = imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+        // The scan sees the modules and their uses (it would pass vacuously on an empty map).
+        assert!(uses["pipeline"].contains_key("store"), "{uses:?}");
+        assert!(uses["wiring"].contains_key("pipeline"), "{uses:?}");
+        if let Some(found) = circle(&uses) {
+            panic!("modules import each other in a circle:\n{found}");
+        }
         assert_eq!(named("use crate::{store::Store, audit};"), ["store", "audit"]);
+    }
+
+    #[test]
+    fn the_circle_check_finds_a_circle_through_a_third_module() {
+        let edge = |to: &str| (to.to_owned(), format!("src/{to}.rs:1"));
+        let uses = BTreeMap::from([
+            ("a".to_owned(), BTreeMap::from([edge("b")])),
+            ("b".to_owned(), BTreeMap::from([edge("c")])),
+            ("c".to_owned(), BTreeMap::from([edge("a")])),
+        ]);
+        let found = circle(&uses).expect("a circle");
+        assert!(found.contains("c uses a at src/a.rs:1"), "{found}");
+        let without: BTreeMap<_, _> = uses.into_iter().filter(|(m, _)| m != "c").collect();
+        assert_eq!(circle(&without), None);
     }
 }

@@ -29,7 +29,7 @@ impl Checks {
 
 fn probe_request() -> anyhow::Result<crate::schema::AccessRequest> {
     let mapping = crate::mapping::Mapping::parse(super::demo::SERVICENOW_MAPPING, "shipped mapping")?;
-    let ticket = super::ticket_from_value(serde_json::from_str(PROBE_TICKET)?, "config-check")?;
+    let ticket = crate::mapping::ticket_from_value(serde_json::from_str(PROBE_TICKET)?, "config-check")?;
     match mapping.normalize(&ticket) {
         Normalized::AccessRequest { request } => Ok(*request),
         other => anyhow::bail!("the probe ticket did not normalize: {other:?}"),

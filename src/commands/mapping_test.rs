@@ -1,7 +1,6 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use deskbridge_connector::Ticket;
 use serde_json::Value;
 
@@ -32,33 +31,7 @@ pub async fn mapping_test(mapping: &Path, ticket: &Path, config: Option<&Path>) 
 pub fn read_ticket(ticket: &Path) -> anyhow::Result<Ticket> {
     let text = std::fs::read_to_string(ticket).with_context(|| format!("reading ticket {}", ticket.display()))?;
     let value: Value = serde_json::from_str(&text).with_context(|| format!("ticket {} is not JSON", ticket.display()))?;
-    ticket_from_value(value, "mapping-test").with_context(|| format!("ticket {}", ticket.display()))
-}
-
-/// A ticket from JSON: a stored ticket (`{source, key, number, url, updated, version, raw}`) or
-/// the raw record a connector reads (then `source` names it).
-pub fn ticket_from_value(value: Value, source: &str) -> anyhow::Result<Ticket> {
-    if value.get("raw").is_some() && value.get("key").is_some() {
-        return Ok(serde_json::from_value::<Ticket>(value)?);
-    }
-    if !value.is_object() {
-        anyhow::bail!("a ticket is a JSON object (a raw ITSM record, or a stored ticket with key and raw)");
-    }
-    let text_of = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| value.get(*k).and_then(Value::as_str))
-            .unwrap_or("unknown")
-            .to_owned()
-    };
-    Ok(Ticket {
-        source: source.into(),
-        key: text_of(&["sys_id", "id"]),
-        number: text_of(&["number", "key"]),
-        url: String::new(),
-        updated: Utc::now(),
-        version: text_of(&["sys_mod_count", "version"]),
-        raw: value,
-    })
+    crate::mapping::ticket_from_value(value, "mapping-test").with_context(|| format!("ticket {}", ticket.display()))
 }
 
 /// `deskbridge catalog check FILE [--mapping MAPPING TICKET.json…]`: validates the catalog

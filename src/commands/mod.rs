@@ -12,7 +12,7 @@ pub(crate) mod table;
 
 pub use check::config_check;
 pub use decide::{decide, policy_test, shadow_report};
-pub use mapping_test::{catalog_check, mapping_test, ticket_from_value};
+pub use mapping_test::{catalog_check, mapping_test};
 pub use run::{backfill, serve, sync};
 pub use simulate::simulate;
 

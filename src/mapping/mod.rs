@@ -319,5 +319,31 @@ fn approvals(value: &Value) -> Result<Value, String> {
         .map_err(String::from)
 }
 
+/// A ticket from JSON: a stored ticket (`{source, key, number, url, updated, version, raw}`) or
+/// the raw record a connector reads (then `source` names it).
+pub fn ticket_from_value(value: Value, source: &str) -> anyhow::Result<Ticket> {
+    if value.get("raw").is_some() && value.get("key").is_some() {
+        return Ok(serde_json::from_value::<Ticket>(value)?);
+    }
+    if !value.is_object() {
+        anyhow::bail!("a ticket is a JSON object (a raw ITSM record, or a stored ticket with key and raw)");
+    }
+    let text_of = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| value.get(*k).and_then(Value::as_str))
+            .unwrap_or("unknown")
+            .to_owned()
+    };
+    Ok(Ticket {
+        source: source.into(),
+        key: text_of(&["sys_id", "id"]),
+        number: text_of(&["number", "key"]),
+        url: String::new(),
+        updated: chrono::Utc::now(),
+        version: text_of(&["sys_mod_count", "version"]),
+        raw: value,
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -166,6 +166,29 @@ pub struct Pipeline {
     last_failures: std::sync::Mutex<LastFailures>,
 }
 
+/// A provisioning pass runs on the pipeline's store, catalog, heartbeat and connectors.
+impl crate::provisioning::engine::Host for Pipeline {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn catalog(&self) -> Option<Arc<crate::catalog::Catalog>> {
+        self.enricher.as_ref().map(|e| e.catalog.get())
+    }
+
+    fn stopping(&self) -> bool {
+        Pipeline::stopping(self)
+    }
+
+    fn beat(&self) {
+        Pipeline::beat(self)
+    }
+
+    fn markup(&self, connector: &str) -> Option<&dyn deskbridge_connector::Markup> {
+        self.instances.get(connector).map(|i| i.connector.markup())
+    }
+}
+
 /// When the decision point or the facts last failed, and how.
 #[derive(Debug, Clone, Default)]
 pub struct LastFailures {

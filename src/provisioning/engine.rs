@@ -14,7 +14,6 @@ use serde_json::json;
 
 use super::Provisioning;
 use crate::catalog::Catalog;
-use crate::pipeline::Pipeline;
 use crate::store::lifecycle::{AccessEventRow, Effects, Grant, LifecycleComment, LifecycleRow, NewFinding, TimerColumn};
 use crate::store::{stamp, Event, Store};
 
@@ -33,6 +32,21 @@ pub struct PassReport {
     pub blocked: Option<String>,
 }
 
+/// What a provisioning pass needs from the service that runs it (the pipeline implements it):
+/// provisioning sits below the pipeline and never names it.
+pub trait Host: Sync {
+    /// The store.
+    fn store(&self) -> &Store;
+    /// The entitlement catalog in force, when one is configured.
+    fn catalog(&self) -> Option<Arc<Catalog>>;
+    /// Whether the service is stopping (a pass stops at the next change).
+    fn stopping(&self) -> bool;
+    /// Marks the service alive (a long pass is not a stall).
+    fn beat(&self);
+    /// The comment markup of connector instance `connector`, when it exists.
+    fn markup(&self, connector: &str) -> Option<&dyn deskbridge_connector::Markup>;
+}
+
 /// Clock skew allowed between the decision's time and the grant's.
 const SKEW_SECS: i64 = 300;
 
@@ -47,7 +61,7 @@ fn in_states<'r>(rows: &'r [LifecycleRow], group: Option<&'r str>, states: &'r [
 }
 
 struct Pass<'a> {
-    pipeline: &'a Pipeline,
+    host: &'a dyn Host,
     prov: &'a Provisioning,
     catalog: Option<Arc<Catalog>>,
     report: PassReport,
@@ -56,12 +70,12 @@ struct Pass<'a> {
 }
 
 /// One provisioning pass: reconcile when due, process every stored change, fire due timers.
-pub async fn run(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<PassReport> {
-    let store = pipeline.store();
+pub async fn run(host: &dyn Host, prov: &Provisioning) -> anyhow::Result<PassReport> {
+    let store = host.store();
     if !store.try_lease("provisioning").await? {
         return Ok(PassReport::default());
     }
-    let mut pass = Pass::new(pipeline, prov);
+    let mut pass = Pass::new(host, prov);
     if prov.reconcile_due() {
         if let Err(e) = super::reconcile::all(store, prov, pass.catalog.as_deref()).await {
             tracing::warn!(error = %e, "reconciling the catalog's groups failed; the next reconciliation tries again");
@@ -75,25 +89,25 @@ pub async fn run(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<Pas
 /// Fires every due lifecycle timer without taking the `provisioning` lease: each fires once
 /// however many replicas call this at the same time (the store's update is fenced). Returns how
 /// many this call fired.
-pub async fn fire_due_timers(pipeline: &Pipeline, prov: &Provisioning) -> anyhow::Result<usize> {
-    let mut pass = Pass::new(pipeline, prov);
+pub async fn fire_due_timers(host: &dyn Host, prov: &Provisioning) -> anyhow::Result<usize> {
+    let mut pass = Pass::new(host, prov);
     pass.fire_timers().await?;
     Ok(pass.report.timers)
 }
 
 impl<'a> Pass<'a> {
-    fn new(pipeline: &'a Pipeline, prov: &'a Provisioning) -> Self {
+    fn new(host: &'a dyn Host, prov: &'a Provisioning) -> Self {
         Self {
-            pipeline,
+            host,
             prov,
-            catalog: pipeline.enricher().map(|e| e.catalog.get()),
+            catalog: host.catalog(),
             report: PassReport::default(),
             group_names: Default::default(),
         }
     }
 
     fn store(&self) -> &Store {
-        self.pipeline.store()
+        self.host.store()
     }
 
     async fn process_changes(&mut self) -> anyhow::Result<()> {
@@ -101,11 +115,11 @@ impl<'a> Pass<'a> {
             let due = self.store().access_events_due(200).await?;
             // The lease is renewed every batch: a replica that lost it stops, so two never
             // process changes side by side (which could apply a remove before its add).
-            if due.is_empty() || self.pipeline.stopping() || !self.store().try_lease("provisioning").await? {
+            if due.is_empty() || self.host.stopping() || !self.store().try_lease("provisioning").await? {
                 return Ok(());
             }
             for event in due {
-                self.pipeline.beat();
+                self.host.beat();
                 match self.effects(&event).await {
                     Ok(fx) => {
                         let findings = fx.findings.len();
@@ -471,10 +485,9 @@ impl<'a> Pass<'a> {
         if !self.prov.settings.comments {
             return;
         }
-        let Some(instance) = self.pipeline.instance(&row.connector) else {
+        let Some(markup) = self.host.markup(&row.connector) else {
             return;
         };
-        let markup = instance.connector.markup();
         let body: Vec<String> = lines.iter().map(|l| crate::render::inert(l, markup)).collect();
         let key = format!("{}:{step}", row.request_hash);
         let marker = self.store().marker(&row.connector, &row.ticket_key, &key);
@@ -494,7 +507,7 @@ impl<'a> Pass<'a> {
         let now = Utc::now();
         let grace = chrono::Duration::from_std(self.prov.settings.grace).unwrap_or_default();
         for row in self.store().expiries_due(&stamp(now - grace), 500).await? {
-            self.pipeline.beat();
+            self.host.beat();
             if fire_expiry(self, &row).await? {
                 self.report.timers += 1;
             }

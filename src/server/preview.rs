@@ -105,7 +105,7 @@ pub(super) async fn preview(
     let Some(instance) = pipeline.instance(&request.connector) else {
         return Err(ApiError::not_found(format!("no connector {:?}", request.connector)));
     };
-    let ticket = crate::commands::ticket_from_value(request.ticket, &request.connector)
+    let ticket = crate::mapping::ticket_from_value(request.ticket, &request.connector)
         .map_err(|e| ApiError::bad_request(format!("ticket: {e:#}")))?;
     let mut out = Preview {
         reached: "mapping".into(),

@@ -102,7 +102,7 @@ fn every_playground_fixture_still_normalizes_as_expected() {
             .iter()
             .find(|m| m.name == name)
             .unwrap_or_else(|| panic!("{}: no shipped mapping named {name:?}", path.display()));
-        let ticket = deskbridge::commands::ticket_from_value(fixture["ticket"].clone(), "fixture").expect("ticket");
+        let ticket = deskbridge::mapping::ticket_from_value(fixture["ticket"].clone(), "fixture").expect("ticket");
         let normalized = serde_json::to_value(mapping.normalize(&ticket)).expect("json");
         assert_eq!(normalized, fixture["expected"]["normalized"], "{}", path.display());
         checked += 1;

@@ -248,7 +248,7 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(fixture["ticket"]["number"], "RITM0010002");
     assert_eq!(fixture["expected"]["normalized"]["status"], "access_request");
     let mapping = crate::helpers::shipped_mapping();
-    let ticket = deskbridge::commands::ticket_from_value(fixture["ticket"].clone(), "fixture").expect("ticket");
+    let ticket = deskbridge::mapping::ticket_from_value(fixture["ticket"].clone(), "fixture").expect("ticket");
     assert_eq!(
         serde_json::to_value(mapping.normalize(&ticket)).expect("json"),
         fixture["expected"]["normalized"],

@@ -213,7 +213,9 @@ async fn expiry_timers_survive_restarts_and_fire_once_across_two_postgres_replic
     let b = Arc::new(ProvApp::pipeline_on(&app, &scim, b_store.clone(), json!({})));
     let fire = |p: Arc<deskbridge::pipeline::Pipeline>| async move {
         let prov = p.provisioning().expect("provisioning").clone();
-        deskbridge::provisioning::engine::fire_due_timers(&p, &prov).await.expect("timers")
+        deskbridge::provisioning::engine::fire_due_timers(p.as_ref(), &prov)
+            .await
+            .expect("timers")
     };
     let (fa, fb) = tokio::join!(fire(a.clone()), fire(b.clone()));
     assert_eq!(fa + fb, 1, "the timer fired once across both replicas");
