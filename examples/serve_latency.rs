@@ -1,33 +1,43 @@
-//! Load harness with deskbridge as its own process: `deskbridge serve` (the release binary)
-//! against a ServiceNow simulator in this process. Prints figures, asserts nothing.
+//! Load harness with deskbridge and the simulators each in their own process: `deskbridge
+//! serve` (the release binary) against `deskbridge simulate --tickets N` (the ServiceNow, Jira
+//! and SCIM simulators, seeded with N more access requests each), talking to them only over
+//! HTTP, as it would to a real instance. Prints figures, asserts nothing.
 //!
-//!     cargo build --release && cargo run --release --example serve_latency -- [TICKETS] [RATE] [SECONDS] [sqlite|postgres]
-//!     cargo build --release && cargo run --release --example serve_latency -- --growth [sqlite|postgres]
+//!     cargo build --release && cargo run --release --example serve_latency -- [TICKETS] [RATE] [SECONDS] [sqlite|postgres] [jira]
+//!     cargo build --release && cargo run --release --example serve_latency -- --growth [sqlite|postgres] [jira]
 //!
 //! 1. Backlog: TICKETS (default 5,000) access requests wait when `serve` starts. It prints the
-//!    time until every one is decided and commented, deskbridge's CPU time per ticket (from
-//!    /proc) beside the simulator's (this process's, in the same time), deskbridge's peak RSS,
-//!    and the SQLite file's size.
-//! 2. Steady webhooks: RATE (default 200) tickets per second, for SECONDS (default 10), change
-//!    their ask (the role and duration requested) in the simulator, and a signed webhook names each.
-//!    It prints the time from each webhook to its comment on the ticket: p50, p90, p99 and the
-//!    longest. SECONDS 0 skips this phase.
+//!    time until every one is read, decided and commented, deskbridge's CPU time per ticket
+//!    (from /proc) beside the simulators' (their process's, in the same time), deskbridge's
+//!    peak RSS, and the SQLite file's size.
+//! 2. Steady webhooks (ServiceNow only): RATE (default 200) tickets per second, for SECONDS
+//!    (default 10), change their ask (the role and duration requested, through the Table API)
+//!    and a signed webhook names each. It prints the time from each webhook to its comment on
+//!    the ticket: p50, p90, p99 and the longest. SECONDS 0 skips this phase.
 //!
+//! The connector is ServiceNow (over TLS, with the simulator's CA), or with `jira` Jira Cloud.
 //! The store is a SQLite file, or with `postgres` a fresh schema of `DESKBRIDGE_TEST_POSTGRES`.
 //! `--growth` runs the backlog phase at 10,000 and then 100,000 tickets and prints both rates,
 //! their ratio and both peak RSS figures, so growth is visible in one run.
 //!
-//! `DESKBRIDGE_BIN=path` runs that build of deskbridge instead of `target/release/deskbridge`,
-//! so two builds can be compared side by side in one session.
+//! `DESKBRIDGE_BIN=path` runs that build of `deskbridge serve` instead of
+//! `target/release/deskbridge`, so two builds can be compared side by side in one session; the
+//! simulators always run from `target/release/deskbridge`.
 
 #[allow(dead_code)]
 mod common;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use deskbridge::store::Store;
-use deskbridge_servicenow::simulator::{SimConfig, Simulator, INTEGRATION_PASSWORD, INTEGRATION_USER};
+use deskbridge_jira::simulator as jira;
+use deskbridge_servicenow::simulator as snow;
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt as _;
 
 const SECRET: &str = "load-webhook-secret-0123456789";
 
@@ -46,12 +56,219 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A Table API field's text: a plain value, or a reference's `{link, value}`.
+fn text(field: &Value) -> String {
+    field.as_str().or_else(|| field["value"].as_str()).unwrap_or_default().to_owned()
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn config(sim: &Simulator, store: &str, port: u16) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+/// `deskbridge simulate` in its own process, and how to reach it.
+struct Simulators {
+    /// Killed when dropped.
+    _child: tokio::process::Child,
+    pid: u32,
+    servicenow: String,
+    jira: String,
+    /// The ServiceNow simulator's CA certificate file.
+    ca: PathBuf,
+    /// A Table API client that trusts that CA.
+    client: reqwest::Client,
+}
+
+impl Simulators {
+    /// Starts `deskbridge simulate --tickets count` and waits until it has printed its URLs
+    /// (its seeding is done by then), reading them from the config it wrote.
+    async fn start(dir: &Path, count: usize) -> anyhow::Result<Self> {
+        let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/deskbridge");
+        anyhow::ensure!(
+            binary.exists(),
+            "build the binary first: cargo build --release ({} is missing)",
+            binary.display()
+        );
+        let mut child = tokio::process::Command::new(&binary)
+            .args(["simulate", "--tickets", &count.to_string(), "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.with_extension("log"))?)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or_default();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().context("simulate's stdout")?).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("Ctrl-C stops the simulators") {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("deskbridge simulate exited; see {}", dir.with_extension("log").display())
+        };
+        tokio::time::timeout(Duration::from_secs(600), ready)
+            .await
+            .context("deskbridge simulate was not ready within 600 s")??;
+        // Nothing more is printed until it stops; its stdout stays open with the reader.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let config: toml::Table = toml::from_str(&std::fs::read_to_string(dir.join("deskbridge.toml"))?)?;
+        let connector = |id: &str| -> anyhow::Result<toml::Table> {
+            config
+                .get("connectors")
+                .and_then(toml::Value::as_array)
+                .and_then(|all| {
+                    all.iter()
+                        .filter_map(toml::Value::as_table)
+                        .find(|c| c.get("id").and_then(toml::Value::as_str) == Some(id))
+                })
+                .cloned()
+                .with_context(|| format!("simulate's config has no connector {id}"))
+        };
+        let text = |table: &toml::Table, key: &str| {
+            table
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("no {key}"))
+        };
+        let servicenow = connector("servicenow")?;
+        let ca = PathBuf::from(text(
+            servicenow.get("http").and_then(toml::Value::as_table).context("no http")?,
+            "ca_cert_file",
+        )?);
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?)
+            .build()?;
+        Ok(Self {
+            pid,
+            servicenow: text(&servicenow, "base_url")?,
+            jira: text(&connector("jira")?, "base_url")?,
+            ca,
+            client,
+            _child: child,
+        })
+    }
+
+    /// Rows of a ServiceNow table through the Table API.
+    async fn rows(&self, table: &str, query: &str, fields: &str, limit: usize, offset: usize) -> anyhow::Result<Vec<Value>> {
+        let answer = self
+            .client
+            .get(format!("{}/api/now/table/{table}", self.servicenow))
+            .basic_auth(snow::INTEGRATION_USER, Some(snow::INTEGRATION_PASSWORD))
+            .query(&[
+                ("sysparm_query", query),
+                ("sysparm_fields", fields),
+                ("sysparm_limit", &limit.to_string()),
+                ("sysparm_offset", &offset.to_string()),
+            ])
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut body: Value = answer.json().await?;
+        Ok(match body["result"].take() {
+            Value::Array(rows) => rows,
+            _ => Vec::new(),
+        })
+    }
+
+    /// Changes fields of a ServiceNow record through the Table API, as a user would.
+    async fn patch(&self, table: &str, sys_id: &str, fields: Value) -> anyhow::Result<()> {
+        self.client
+            .patch(format!("{}/api/now/table/{table}/{sys_id}", self.servicenow))
+            .basic_auth(snow::INTEGRATION_USER, Some(snow::INTEGRATION_PASSWORD))
+            .json(&fields)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// How many journal entries each record has: one request per 200 records.
+    async fn journal_counts(&self, sys_ids: &[&str]) -> anyhow::Result<Vec<usize>> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for chunk in sys_ids.chunks(200) {
+            let query = format!("element_idIN{}", chunk.join(","));
+            for row in self.rows("sys_journal_field", &query, "element_id", 100_000, 0).await? {
+                *counts.entry(text(&row["element_id"])).or_default() += 1;
+            }
+        }
+        Ok(sys_ids.iter().map(|id| counts.get(*id).copied().unwrap_or(0)).collect())
+    }
+
+    /// The generated requested items (numbers from RITM2000000), oldest first, up to `limit`.
+    async fn generated(&self, limit: usize) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        while ids.len() < limit {
+            let page = self
+                .rows(
+                    "sc_req_item",
+                    "numberSTARTSWITHRITM2^ORDERBYnumber",
+                    "sys_id",
+                    1_000.min(limit - ids.len()),
+                    ids.len(),
+                )
+                .await?;
+            let n = page.len();
+            ids.extend(page.into_iter().filter_map(|r| r["sys_id"].as_str().map(str::to_owned)));
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The `sc_item_option` sys_id of each catalog variable of each requested item, by name.
+    async fn variables(&self, items: &[String]) -> anyhow::Result<HashMap<String, HashMap<String, String>>> {
+        let mut out: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for chunk in items.chunks(100) {
+            let query = format!("request_itemIN{}", chunk.join(","));
+            let fields = "request_item,sc_item_option,sc_item_option.item_option_new.name";
+            for row in self.rows("sc_item_option_mtom", &query, fields, 100_000, 0).await? {
+                out.entry(text(&row["request_item"]))
+                    .or_default()
+                    .insert(text(&row["sc_item_option.item_option_new.name"]), text(&row["sc_item_option"]));
+            }
+        }
+        Ok(out)
+    }
+
+    fn cpu(&self) -> f64 {
+        usage(self.pid).map_or(0.0, |(cpu, _)| cpu)
+    }
+}
+
+fn config(sims: &Simulators, jira: bool, store: &str, port: u16) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let connector = if jira {
+        format!(
+            r#"kind = "jira"
+mapping = "{root}/mappings/jira/service-management-access.toml"
+deployment = "cloud"
+base_url = "{url}"
+projects = ["{project}"]
+auth = {{ type = "basic", username = "{user}", password = "{token}" }}"#,
+            root = root.display(),
+            url = sims.jira,
+            project = jira::SEEDED_PROJECT,
+            user = jira::INTEGRATION_EMAIL,
+            token = jira::API_TOKEN,
+        )
+    } else {
+        format!(
+            r#"kind = "servicenow"
+mapping = "{root}/mappings/servicenow/sc_req_item.toml"
+base_url = "{url}"
+page_size = 500
+lag_secs = 0
+auth = {{ type = "basic", username = "{user}", password = "{password}" }}
+http = {{ ca_cert_file = {ca} }}
+webhook = {{ secret = "{SECRET}" }}"#,
+            root = root.display(),
+            url = sims.servicenow,
+            user = snow::INTEGRATION_USER,
+            password = snow::INTEGRATION_PASSWORD,
+            ca = toml::Value::String(sims.ca.display().to_string()),
+        )
+    };
     format!(
         r#"[store]
 {store}
@@ -76,47 +293,42 @@ listen = "127.0.0.1:{port}"
 
 [[connectors]]
 id = "load"
-kind = "servicenow"
-mapping = "{root}/mappings/servicenow/sc_req_item.toml"
-base_url = "{url}"
-page_size = 500
-lag_secs = 0
-auth = {{ type = "basic", username = "{user}", password = "{password}" }}
-webhook = {{ secret = "{SECRET}" }}
+{connector}
 "#,
         root = root.display(),
-        url = sim.base_url(),
-        user = INTEGRATION_USER,
-        password = INTEGRATION_PASSWORD,
     )
 }
 
-/// Waits until `expected` comments are posted, every stored version is settled and every
-/// queued comment posted, twice in a row (between two pages of the backlog, everything stored
-/// so far can be done while most of it is still unread).
+/// Waits until at least `expected` tickets are stored, every stored version is settled and
+/// every queued comment posted, twice in a row (between two pages of the backlog, everything
+/// stored so far can be done while most of it is still unread). Answers the comments posted
+/// and deskbridge's CPU seconds.
 async fn settled(store: &Store, child: &mut tokio::process::Child, pid: u32, peak: &mut f64, expected: i64) -> anyhow::Result<(i64, f64)> {
     let mut calm = 0;
     let mut cpu = 0.0;
-    let mut progress = (0, Instant::now());
+    let mut progress = ((0, 0), Instant::now());
     loop {
         anyhow::ensure!(child.try_wait()?.is_none(), "deskbridge serve exited");
         anyhow::ensure!(
             progress.1.elapsed() < Duration::from_secs(60),
-            "no comment posted for 60 s, at {} of {expected}",
-            progress.0
+            "nothing read or posted for 60 s, at {} tickets read and {} comments posted, of {expected}",
+            progress.0 .0,
+            progress.0 .1
         );
         if let Some((c, rss)) = usage(pid) {
             cpu = c;
             *peak = peak.max(rss);
         }
         let counts = store.counts().await?;
-        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE status IN ('received', 'pending')")
-            .fetch_one(store.pool())
-            .await?;
-        if counts.posted != progress.0 {
-            progress = (counts.posted, Instant::now());
+        let (tickets, open): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT ticket_key), COALESCE(SUM(CASE WHEN status IN ('received', 'pending') THEN 1 ELSE 0 END), 0) FROM inbox",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        if (tickets, counts.posted) != progress.0 {
+            progress = ((tickets, counts.posted), Instant::now());
         }
-        if counts.posted >= expected && open == 0 && counts.queued == 0 {
+        if tickets >= expected && open == 0 && counts.queued == 0 {
             calm += 1;
             if calm == 2 {
                 return Ok((counts.posted, cpu));
@@ -128,23 +340,29 @@ async fn settled(store: &Store, child: &mut tokio::process::Child, pid: u32, pea
     }
 }
 
-/// Changes the ask of ticket `sys_id` (the role and duration requested) and sends the signed
-/// webhook naming it. Answers the ticket's journal length before the change, and when.
+/// Changes the ask of requested item `sys_id` (the role and duration requested) through the
+/// Table API, as a user editing its variables would, and sends the signed webhook naming it.
+/// Answers the item's journal length before the change, and when the webhook left.
 async fn change_and_notify(
-    sim: &Simulator,
-    client: &reqwest::Client,
+    sims: &Simulators,
+    options: Option<&HashMap<String, String>>,
     url: &str,
     sys_id: &str,
     n: usize,
-) -> (usize, Instant, tokio::task::JoinHandle<bool>) {
-    let before = sim.journal(sys_id).len();
-    sim.set_variable(sys_id, "access_duration", "97 days");
-    sim.set_variable(sys_id, "role", &format!("load-role-{n}"));
-    sim.update("sc_req_item", sys_id, &[]);
-    let body = serde_json::json!({"sys_id": sys_id}).to_string();
+) -> anyhow::Result<(usize, Instant, tokio::task::JoinHandle<bool>)> {
+    let before = sims.journal_counts(&[sys_id]).await?[0];
+    for (name, value) in [("access_duration", "97 days".to_owned()), ("role", format!("load-role-{n}"))] {
+        if let Some(option) = options.and_then(|o| o.get(name)) {
+            sims.patch("sc_item_option", option, json!({ "value": value })).await?;
+        }
+    }
+    // Editing a variable does not touch the item itself; the form's save does (its version).
+    let description = format!("Edited by the load harness (change {n}).");
+    sims.patch("sc_req_item", sys_id, json!({ "description": description })).await?;
+    let body = json!({"sys_id": sys_id}).to_string();
     let signature = deskbridge_connector::webhook::sign(SECRET, body.as_bytes());
     let at = Instant::now();
-    let (client, url) = (client.clone(), url.to_owned());
+    let (client, url) = (reqwest::Client::new(), url.to_owned());
     let answer = tokio::spawn(async move {
         client
             .post(&url)
@@ -155,7 +373,7 @@ async fn change_and_notify(
             .await
             .is_ok_and(|a| a.status().is_success())
     });
-    (before, at, answer)
+    Ok((before, at, answer))
 }
 
 /// What the backlog phase measured.
@@ -168,9 +386,10 @@ struct Backlog {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let postgres = args.iter().any(|a| a == "postgres");
+    let jira = args.iter().any(|a| a == "jira");
     if args.iter().any(|a| a == "--growth") {
-        let small = run(10_000, 0, 0, postgres).await?;
-        let large = run(100_000, 0, 0, postgres).await?;
+        let small = run(10_000, 0, 0, postgres, jira).await?;
+        let large = run(100_000, 0, 0, postgres, jira).await?;
         println!(
             "growth: 10,000 tickets {:.0}/s, {:.1} MiB; 100,000 tickets {:.0}/s, {:.1} MiB; the rate at 100,000 is {:.0} % of the rate at 10,000",
             small.rate,
@@ -183,33 +402,26 @@ async fn main() -> anyhow::Result<()> {
     }
     let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let arg = |i: usize, default: u64| numbers.get(i).copied().unwrap_or(default);
-    run(arg(0, 5_000) as usize, arg(1, 200), arg(2, 10), postgres).await?;
+    run(arg(0, 5_000) as usize, arg(1, 200), arg(2, 10), postgres, jira).await?;
     Ok(())
 }
 
 /// One run of `deskbridge serve` over `count` waiting tickets, then `seconds` of webhooks at
 /// `rate` per second.
-async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::Result<Backlog> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) -> anyhow::Result<Backlog> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // `DESKBRIDGE_BIN` names another build (an earlier commit's, say) to compare side by side.
-    let binary = std::env::var_os("DESKBRIDGE_BIN").map_or_else(|| root.join("target/release/deskbridge"), std::path::PathBuf::from);
+    let binary = std::env::var_os("DESKBRIDGE_BIN").map_or_else(|| root.join("target/release/deskbridge"), PathBuf::from);
     anyhow::ensure!(
         binary.exists(),
         "build the binary first: cargo build --release ({} is missing)",
         binary.display()
     );
 
-    let sim = Arc::new(
-        Simulator::start(SimConfig {
-            seed: false,
-            ..SimConfig::default()
-        })
-        .await?,
-    );
-    sim.generate(count);
-    sim.set_recording(false);
-    let tickets: Vec<(String, String)> = sim.numbers("sc_req_item");
     let dir = tempfile::tempdir()?;
+    let seeding = Instant::now();
+    let sims = Simulators::start(&dir.path().join("simulators"), count).await?;
+    let seeded = seeding.elapsed();
     let db = dir.path().join("serve.db");
     let url = if postgres {
         Some(deskbridge::store::testing::fresh_postgres_schema().await)
@@ -222,10 +434,10 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
         Some(url) => format!("url = \"{url}\""),
         None => format!("path = \"{}\"", db.display()),
     };
-    std::fs::write(&config_path, config(&sim, &store_lines, port))?;
+    std::fs::write(&config_path, config(&sims, jira, &store_lines, port))?;
 
     let started = Instant::now();
-    let harness_cpu = usage(std::process::id()).map_or(0.0, |(cpu, _)| cpu);
+    let simulator_cpu = sims.cpu();
     let mut child = tokio::process::Command::new(&binary)
         .args(["serve", "--config"])
         .arg(&config_path)
@@ -255,23 +467,26 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut peak = 0.0;
-    // Every generated ticket is an access request: one comment each.
     let (posted, cpu) = settled(&store, &mut child, pid, &mut peak, count as i64).await?;
     let elapsed = started.elapsed();
+    let simulator_cpu = sims.cpu() - simulator_cpu;
     let backend = if postgres { "PostgreSQL" } else { "SQLite" };
-    println!("deskbridge serve as its own process, {count} tickets waiting ({backend}, simulator in the harness):");
+    let itsm = if jira { "Jira Cloud" } else { "ServiceNow" };
     println!(
-        "  backlog decided and commented: {:.2} s, {:.0} tickets/s (from process start), {posted} comments",
+        "deskbridge serve and the simulators each in their own process, {count} {itsm} tickets waiting ({backend}; seeding took {:.1} s):",
+        seeded.as_secs_f64()
+    );
+    println!(
+        "  backlog read, decided and commented: {:.2} s, {:.0} tickets/s (from process start), {posted} comments",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64()
     );
-    let simulator_cpu = usage(std::process::id()).map_or(0.0, |(cpu, _)| cpu) - harness_cpu;
     println!(
-        "  CPU time per ticket:           {:.0} µs ({cpu:.2} s user + system); the simulator (this process) {:.0} µs ({simulator_cpu:.2} s)",
+        "  CPU time per ticket:           deskbridge {:.0} µs ({cpu:.2} s user + system); the simulators {:.0} µs ({simulator_cpu:.2} s)",
         cpu / count as f64 * 1e6,
         simulator_cpu / count as f64 * 1e6
     );
-    println!("  peak RSS:                      {peak:.1} MiB");
+    println!("  peak RSS:                      deskbridge {peak:.1} MiB");
     if !postgres {
         println!(
             "  store file:                    {:.1} MiB",
@@ -282,7 +497,10 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
         rate: count as f64 / elapsed.as_secs_f64(),
         peak_rss: peak,
     };
-    if seconds == 0 {
+    if seconds == 0 || jira {
+        if jira && seconds > 0 {
+            println!("  (the steady webhook phase runs against ServiceNow only)");
+        }
         child.kill().await?;
         return Ok(backlog);
     }
@@ -290,24 +508,28 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
     // Which of the generated kinds of request get a new decision when their ask changes (an
     // incomplete one, say, still misses the same fields and gets none): one of each, first.
     let url = format!("http://127.0.0.1:{port}/webhooks/load");
-    let client = reqwest::Client::new();
     const KINDS: usize = 6;
+    let tickets = sims.generated(KINDS * (rate * seconds) as usize + KINDS).await?;
+    let options = sims.variables(&tickets).await?;
     let mut probes = Vec::new();
-    for (n, (_, sys_id)) in tickets.iter().take(KINDS).enumerate() {
-        probes.push((n, sys_id.clone(), change_and_notify(&sim, &client, &url, sys_id, n).await.0));
+    for (n, sys_id) in tickets.iter().take(KINDS).enumerate() {
+        let before = change_and_notify(&sims, options.get(sys_id), &url, sys_id, n).await?.0;
+        probes.push((n, sys_id.clone(), before));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let ids: Vec<&str> = probes.iter().map(|(_, id, _)| id.as_str()).collect();
     let kinds: Vec<usize> = probes
         .iter()
-        .filter(|(_, sys_id, before)| sim.journal(sys_id).len() > *before)
-        .map(|(n, _, _)| *n)
+        .zip(sims.journal_counts(&ids).await?)
+        .filter(|((_, _, before), now)| now > before)
+        .map(|((n, _, _), _)| *n)
         .collect();
     let candidates: Vec<String> = tickets
         .iter()
         .enumerate()
         .skip(KINDS)
         .filter(|(n, _)| kinds.contains(&(n % KINDS)))
-        .map(|(_, (_, id))| id.clone())
+        .map(|(_, id)| id.clone())
         .collect();
     // Steady webhooks: each changes one ticket's ask, then names it. A sender keeps the rate;
     // this loop watches the tickets for their comments.
@@ -316,18 +538,29 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let every = Duration::from_secs_f64(1.0 / rate as f64);
     let phase = tokio::time::Instant::now();
+    let sims = Arc::new(sims);
+    let options = Arc::new(options);
     let sender = {
-        let (sim, waiting, refused, url) = (sim.clone(), waiting.clone(), refused.clone(), url.clone());
+        let (sims, options, waiting, refused, url) = (sims.clone(), options.clone(), waiting.clone(), refused.clone(), url.clone());
         let tickets: Vec<String> = candidates.into_iter().take(total).collect();
         tokio::spawn(async move {
             for (i, sys_id) in tickets.into_iter().enumerate() {
                 tokio::time::sleep_until(phase + every * i as u32).await;
-                let (before, at, answer) = change_and_notify(&sim, &client, &url, &sys_id, KINDS + i).await;
-                lock(&waiting).push((sys_id, before, at));
-                let refused = refused.clone();
+                // Each change is its own task: a slow answer from the simulator does not
+                // hold up the next webhook.
+                let (sims, options, waiting, refused, url) = (sims.clone(), options.clone(), waiting.clone(), refused.clone(), url.clone());
                 tokio::spawn(async move {
-                    if !answer.await.unwrap_or(false) {
-                        refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    match change_and_notify(&sims, options.get(&sys_id), &url, &sys_id, KINDS + i).await {
+                        Ok((before, at, answer)) => {
+                            lock(&waiting).push((sys_id, before, at));
+                            if !answer.await.unwrap_or(false) {
+                                refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("changing {sys_id} failed: {e:#}");
+                            refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                     }
                 });
             }
@@ -337,17 +570,23 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
     let mut unchanged = 0;
     let deadline = Duration::from_secs(seconds + 30);
     let mut rounds = 0u64;
-    while (!sender.is_finished() || !lock(&waiting).is_empty()) && phase.elapsed() < deadline {
+    let mut looks = 0u64;
+    while (!sender.is_finished()
+        || !lock(&waiting).is_empty()
+        || (latencies.len() + unchanged + refused.load(std::sync::atomic::Ordering::SeqCst)) < total)
+        && phase.elapsed() < deadline
+    {
         let pending: Vec<(String, usize, Instant)> = lock(&waiting).clone();
         let mut done = Vec::new();
-        // One look at the simulator for every waiting ticket: a look per ticket took the
-        // simulator's lock hundreds of times per round once comments fell behind, slowing the
-        // very requests being measured.
+        // One look at the simulator's journal for all waiting tickets (a request per 200).
         let ids: Vec<&str> = pending.iter().map(|(id, _, _)| id.as_str()).collect();
-        for ((sys_id, before, at), count) in pending.iter().zip(sim.journal_counts(&ids)) {
-            if count > *before {
-                latencies.push(at.elapsed());
-                done.push(sys_id.clone());
+        if !ids.is_empty() {
+            looks += 1;
+            for ((sys_id, before, at), count) in pending.iter().zip(sims.journal_counts(&ids).await?) {
+                if count > *before {
+                    latencies.push(at.elapsed());
+                    done.push(sys_id.clone());
+                }
             }
         }
         // Some seeded requests do not change their ask with the duration (an incomplete one
@@ -371,7 +610,6 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
         lock(&waiting).retain(|(id, _, _)| !done.contains(id));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let next = total;
     let waiting = lock(&waiting).len();
     let sending = phase.elapsed();
     if let Some((_, rss)) = usage(pid) {
@@ -379,7 +617,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
     }
     latencies.sort();
     println!(
-        "steady webhooks to the {} of {KINDS} kinds whose ask changes: {next} sent at {rate}/s ({:.1} s), {} refused, {} commented, {unchanged} settled with the same ask, {waiting} still waiting:",
+        "steady webhooks to the {} of {KINDS} kinds whose ask changes: {total} sent at {rate}/s ({:.1} s), {} refused, {} commented, {unchanged} settled with the same ask, {waiting} still waiting ({looks} looks at the journal):",
         kinds.len(),
         sending.as_secs_f64(),
         refused.load(std::sync::atomic::Ordering::SeqCst),
@@ -410,5 +648,6 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool) -> anyhow::R
     if let Ok(keep) = std::env::var("KEEP_LOG") {
         std::fs::copy(dir.path().join("serve.log"), keep)?;
     }
+    drop(sims);
     Ok(backlog)
 }

@@ -134,6 +134,10 @@ enum Command {
         /// Where to write the config, catalog and store (a new temporary folder when absent).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Add this many access requests to ServiceNow and to Jira (for load runs; the
+        /// simulators then keep no request log).
+        #[arg(long, default_value_t = 0)]
+        tickets: usize,
     },
 }
 
@@ -410,7 +414,7 @@ async fn main() -> ExitCode {
                 true,
             ))
         }
-        Command::Simulate { dir } => deskbridge::commands::simulate(dir.as_deref()).await.map(|out| (out, true)),
+        Command::Simulate { dir, tickets } => deskbridge::commands::simulate(dir.as_deref(), tickets).await.map(|out| (out, true)),
         Command::Trace { ticket, store } => deskbridge::commands::audit::trace(&store, &ticket).await.map(|out| (out, true)),
         Command::Report {
             command:

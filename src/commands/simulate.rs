@@ -8,7 +8,11 @@ use super::demo;
 
 /// Starts the simulators, writes the config beside a catalog, policy and mappings, prints how to
 /// use them, and serves until Ctrl-C or SIGTERM.
-pub async fn simulate(dir: Option<&Path>) -> anyhow::Result<String> {
+///
+/// `tickets` more access requests (modelled on the seeded ones) are added to ServiceNow and to
+/// Jira before anything is printed, for load runs against simulators in their own process; with
+/// them the simulators keep no log of requests, which would grow without bound in a long run.
+pub async fn simulate(dir: Option<&Path>, tickets: usize) -> anyhow::Result<String> {
     use deskbridge_jira::simulator as jira;
     use deskbridge_scim::simulator as scim;
     use deskbridge_servicenow::simulator as snow;
@@ -33,6 +37,13 @@ pub async fn simulate(dir: Option<&Path>) -> anyhow::Result<String> {
     std::fs::write(dir.join("servicenow-ca.pem"), servicenow.ca_pem().unwrap_or_default())?;
     let jira_sim = jira::Simulator::start(jira::SimConfig::default()).await?;
     let directory = scim::Simulator::start(scim::SimConfig::default()).await?;
+    if tickets > 0 {
+        servicenow.generate(tickets);
+        jira_sim.generate(tickets);
+        servicenow.set_recording(false);
+        jira_sim.set_recording(false);
+        directory.set_recording(false);
+    }
     // The directory pushes its membership changes as signed SETs to the deskbridge this config
     // serves (they are refused with a connection error until it runs).
     directory.set_receiver(Some(scim::Receiver {
@@ -114,7 +125,7 @@ auth = {{ type = "basic", username = "{jira_user}", password = "{jira_token}" }}
     let config_path = dir.join("deskbridge.toml");
     std::fs::write(&config_path, config)?;
     let text = format!(
-        "deskbridge simulators, seeded, on loopback (they stop with this command):\n\
+        "deskbridge simulators, seeded{more}, on loopback (they stop with this command):\n\
          \n  ServiceNow  {snow_url}   basic {snow_user} / {snow_password}   (OAuth client {client_id} / {client_secret}; CA {dir}/servicenow-ca.pem)\
          \n  Jira Cloud  {jira_url}   basic {jira_user} / {jira_token}   project {jira_project}\
          \n  SCIM 2.0    {scim_url}   bearer {scim_token}   (pushes signed SETs to /events/scim)\
@@ -136,6 +147,11 @@ auth = {{ type = "basic", username = "{jira_user}", password = "{jira_token}" }}
         scim_token = scim::TOKEN,
         config = config_path.display(),
         dir = dir.display(),
+        more = if tickets > 0 {
+            format!(" with {tickets} more access requests each in ServiceNow and Jira")
+        } else {
+            String::new()
+        },
     );
     let mut stdout = std::io::stdout();
     stdout.write_all(crate::text::for_terminal(&text).as_bytes())?;

@@ -391,7 +391,7 @@ async fn simulate_writes_a_config_that_passes_every_check() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().expect("dir");
     let mut child = deskbridge()
-        .args(["simulate", "--dir"])
+        .args(["simulate", "--tickets", "30", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -413,10 +413,38 @@ async fn simulate_writes_a_config_that_passes_every_check() {
     })
     .await
     .expect("join");
-    for what in ["ServiceNow  https://", "Jira Cloud  http://", "SCIM 2.0    http://", "dbt_"] {
+    for what in [
+        "ServiceNow  https://",
+        "Jira Cloud  http://",
+        "SCIM 2.0    http://",
+        "dbt_",
+        "with 30 more access requests",
+    ] {
         assert!(printed.contains(what), "{what}: {printed}");
     }
+    // `--tickets 30` seeded 30 more requested items, read over the Table API with the CA it wrote.
     let config = dir.path().join("deskbridge.toml");
+    let written: toml::Table = toml::from_str(&std::fs::read_to_string(&config).expect("config")).expect("toml");
+    let snow_url = written["connectors"].as_array().expect("connectors")[0]["base_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let ca = std::fs::read(dir.path().join("servicenow-ca.pem")).expect("ca");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .build()
+        .expect("client");
+    let items: Value = client
+        .get(format!("{snow_url}/api/now/table/sc_req_item"))
+        .basic_auth(INTEGRATION_USER, Some(INTEGRATION_PASSWORD))
+        .query(&[("sysparm_query", "numberSTARTSWITHRITM2"), ("sysparm_fields", "number")])
+        .send()
+        .await
+        .expect("table api")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(items["result"].as_array().map(Vec::len), Some(30), "{items}");
     let out = config_check(config).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -170,9 +170,44 @@ pub struct Delivery {
 
 pub(crate) struct Db {
     issues: Vec<Issue>,
+    /// Where each issue is in `issues`, by id and by key: issues are only ever appended and
+    /// neither changes, so a look-up never scans every issue (a load run holds 100,000).
+    by_id: HashMap<u64, usize>,
+    by_key: HashMap<String, usize>,
     next_id: u64,
     next_comment: u64,
     numbers: HashMap<String, u64>,
+}
+
+impl Db {
+    fn add(&mut self, issue: Issue) {
+        let at = self.issues.len();
+        self.by_id.insert(issue.id, at);
+        self.by_key.insert(issue.key(), at);
+        self.issues.push(issue);
+    }
+
+    /// Where the issue with this id (its digits exactly) or key is.
+    fn position(&self, id_or_key: &str) -> Option<usize> {
+        id_or_key
+            .parse::<u64>()
+            .ok()
+            .filter(|id| id.to_string() == id_or_key)
+            .and_then(|id| self.by_id.get(&id))
+            .or_else(|| self.by_key.get(id_or_key))
+            .copied()
+    }
+
+    /// The issue with this id or key.
+    pub(crate) fn get(&self, id_or_key: &str) -> Option<&Issue> {
+        self.issues.get(self.position(id_or_key)?)
+    }
+
+    /// The issue with this id or key, to change.
+    pub(crate) fn get_mut(&mut self, id_or_key: &str) -> Option<&mut Issue> {
+        let at = self.position(id_or_key)?;
+        self.issues.get_mut(at)
+    }
 }
 
 pub(crate) struct State {
@@ -257,7 +292,7 @@ impl State {
                 custom: new.custom.into_iter().collect(),
                 comments: Vec::new(),
             };
-            db.issues.push(issue.clone());
+            db.add(issue.clone());
             issue
         };
         self.deliver("jira:issue_created", &issue);
@@ -269,10 +304,7 @@ impl State {
     pub(crate) fn change(self: &Arc<Self>, id_or_key: &str, changes: &[(&str, Value)]) -> Option<Issue> {
         let issue = {
             let mut db = lock(&self.db);
-            let issue = db
-                .issues
-                .iter_mut()
-                .find(|i| i.id.to_string() == id_or_key || i.key() == id_or_key)?;
+            let issue = db.get_mut(id_or_key)?;
             for (name, value) in changes {
                 let text = value.as_str().unwrap_or_default().to_owned();
                 match *name {
@@ -380,6 +412,8 @@ impl Simulator {
         let state = Arc::new(State {
             db: Mutex::new(Db {
                 issues: Vec::new(),
+                by_id: HashMap::new(),
+                by_key: HashMap::new(),
                 next_id: 10_001,
                 next_comment: 20_001,
                 numbers: HashMap::new(),
@@ -447,18 +481,14 @@ impl Simulator {
     /// Sets an issue's `updated` directly (no webhook), for paging tests.
     pub fn set_updated(&self, id_or_key: &str, ms: i64) {
         let mut db = lock(&self.state.db);
-        if let Some(issue) = db.issues.iter_mut().find(|i| i.id.to_string() == id_or_key || i.key() == id_or_key) {
+        if let Some(issue) = db.get_mut(id_or_key) {
             issue.updated_ms = ms;
         }
     }
 
     /// One issue.
     pub fn issue(&self, id_or_key: &str) -> Option<Issue> {
-        lock(&self.state.db)
-            .issues
-            .iter()
-            .find(|i| i.id.to_string() == id_or_key || i.key() == id_or_key)
-            .cloned()
+        lock(&self.state.db).get(id_or_key).cloned()
     }
 
     /// Every issue of `project`.

@@ -300,4 +300,9 @@ impl Simulator {
     pub fn faults_fired(&self) -> std::collections::BTreeMap<String, usize> {
         self.state.kit.fired()
     }
+
+    /// Stops (or resumes) recording requests, for long runs.
+    pub fn set_recording(&self, on: bool) {
+        self.state.kit.set_recording(on);
+    }
 }
