@@ -493,6 +493,19 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
             std::fs::metadata(&db)?.len() as f64 / 1048576.0
         );
     }
+    // What the policy decided, and how big a stored ticket is: a faithful simulator gives the
+    // decision point complete requests to evaluate, not mostly incomplete ones.
+    let outcomes: Vec<(String, i64)> = sqlx::query_as("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome ORDER BY outcome")
+        .fetch_all(store.pool())
+        .await?;
+    let raw: f64 = sqlx::query_scalar("SELECT CAST(COALESCE(AVG(LENGTH(raw)), 0) AS DOUBLE PRECISION) FROM inbox")
+        .fetch_one(store.pool())
+        .await?;
+    println!(
+        "  decisions:                     {}; a stored ticket {:.1} KiB on average",
+        outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect::<Vec<_>>().join(", "),
+        raw / 1024.0
+    );
     let backlog = Backlog {
         rate: count as f64 / elapsed.as_secs_f64(),
         peak_rss: peak,

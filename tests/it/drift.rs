@@ -91,9 +91,16 @@ async fn late_requests_and_approvals_without_expiry_are_found() {
 #[tokio::test]
 async fn clean_data_yields_no_finding() {
     let app = TestApp::spawn_empty().await;
-    app.sim.generate(2);
+    // The first generated kind: complete, approved by the policy and in the ITSM, with a
+    // duration (the second is approved in the ITSM and denied by the policy: drift).
+    app.sim.generate(1);
     let report = app.pipeline().run_once().await.expect("pass");
-    assert_eq!(report.decided, 2);
+    assert_eq!(report.decided, 1);
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM decisions")
+        .fetch_one(app.store.pool())
+        .await
+        .expect("decision");
+    assert_eq!(outcome, "approve", "a decided request, not an incomplete one");
     let findings = drift(&app.store, &Options::default()).await.expect("report");
     assert!(findings.is_empty(), "{findings:?}");
     assert_eq!(render(&findings, Format::Table).expect("table"), "no drift found\n");

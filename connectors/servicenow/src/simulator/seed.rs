@@ -443,7 +443,9 @@ pub fn set_variable(db: &mut Db, state: &State, ritm: &str, name: &str, value: &
 }
 
 /// Adds `count` synthetic requested items modelled on the six seeded access cases, ten to a
-/// second of `sys_updated_on`, ending a minute before now. Returns their numbers.
+/// second of `sys_updated_on`, ending a minute before now, each under its own request
+/// (`sc_request`, which names who the access is for), as ServiceNow orders them. Returns their
+/// numbers.
 pub fn generate(db: &mut Db, state: &State, count: usize) -> Vec<String> {
     let templates: Vec<&Item> = ITEMS.iter().filter(|i| i.cat != 3).collect();
     let end = Utc::now() - Duration::minutes(1);
@@ -454,10 +456,23 @@ pub fn generate(db: &mut Db, state: &State, count: usize) -> Vec<String> {
         let stamp = (end - Duration::seconds(seconds_before)).format("%Y-%m-%d %H:%M:%S").to_string();
         let ritm = state.new_id();
         let number = format!("RITM{:07}", 2_000_000 + i);
+        // Without its request, `request.requested_for` reads empty and every generated item
+        // would be incomplete: a load run would measure only the needs-info path.
+        let request = state.new_id();
+        db.tables.entry("sc_request".into()).or_default().insert(rec(&[
+            ("sys_id", &request),
+            ("number", &format!("REQ{:07}", 2_000_000 + i)),
+            ("requested_for", &user_id(item.requested_for)),
+            ("opened_by", &user_id(item.opened_by)),
+            ("approval", item.approval),
+            ("sys_created_on", &stamp),
+            ("sys_updated_on", &stamp),
+            ("sys_mod_count", "0"),
+        ]));
         db.tables
             .entry("sc_req_item".into())
             .or_default()
-            .insert(requested_item(item, &ritm, &number, &sid(0x20, item.n), &stamp, "0"));
+            .insert(requested_item(item, &ritm, &number, &request, &stamp, "0"));
         for (name, value) in item.vars {
             insert_variable(db, &ritm, name, value, state.new_id(), state.new_id());
         }
