@@ -288,6 +288,7 @@ impl Store {
         tx.lock_tickets(&subjects).await?;
         let rows: Vec<&InboxRow> = decided.iter().map(|d| d.row).collect();
         let mut latest = latest_decisions(&mut tx, &rows).await?;
+        let mut facts = super::lifecycle::BatchFacts::read(&mut tx, &decided).await?;
         // Which rows to write: a decision is left out when another replica decided its ticket
         // after this one read it (a batch decides each ticket once).
         let mut marks = Vec::with_capacity(items.len());
@@ -390,7 +391,7 @@ impl Store {
             if fresh.contains(comment.marker) {
                 super::outbox::record_queued(&mut tx, comment).await?;
             }
-            super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, &d.decision, earlier).await?;
+            super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, &d.decision, earlier, &mut facts).await?;
         }
         tx.commit().await?;
         Ok(unwritten)

@@ -371,6 +371,57 @@ async fn a_later_approval_of_access_already_held_extends_it_without_a_false_find
 }
 
 #[tokio::test]
+async fn approvals_of_access_already_held_in_one_batch_extend_one_another_in_order() {
+    let p = ProvApp::start(json!({"fulfil_within_hours": 0})).await;
+    p.pass().await;
+    p.scim.add_to_group("abel.tuter", "jira-developers");
+    p.pass().await;
+    let first = p.lifecycle("RITM0010001").await;
+    assert_eq!(first.state, "granted");
+    // Thirteen more requests, decided in one batch: every sixth asks what RITM0010001 asked, for
+    // the same person, so the batch holds several approvals of access already held. Each must
+    // see the one recorded before it (the batch reads these facts once and keeps them current).
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    // Generated items are stamped before the poll's cursor: touched, they are changed now.
+    for number in p.app.sim.generate(13) {
+        let key = p.app.sim.sys_id_of("sc_req_item", &number).expect("generated");
+        p.app.sim.update("sc_req_item", &key, &[]);
+    }
+    p.pass().await;
+    let same: Vec<_> = p
+        .app
+        .store
+        .lifecycles()
+        .await
+        .expect("rows")
+        .into_iter()
+        .filter(|r| r.beneficiary == first.beneficiary && r.group_name == first.group_name)
+        .collect();
+    assert!(same.len() >= 3, "the batch approved the held access at least twice: {same:?}");
+    let granted: Vec<_> = same.iter().filter(|r| r.state == "granted").collect();
+    let extended = same.iter().filter(|r| r.state == "extended").count();
+    assert_eq!((granted.len(), extended), (1, same.len() - 1), "{same:?}");
+    assert_ne!(granted[0].decision_id, first.decision_id);
+    // Each grant extends exactly the one before it, in the order the batch recorded them.
+    let grants: Vec<serde_json::Value> =
+        sqlx::query_scalar::<_, String>("SELECT payload FROM audit WHERE kind = 'access_granted' ORDER BY seq")
+            .fetch_all(p.app.store.pool())
+            .await
+            .expect("audit")
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("json"))
+            .filter(|g: &serde_json::Value| g["via"] == "extension" && g["group"] == first.group_name.as_str())
+            .collect();
+    assert_eq!(grants.len(), same.len() - 1, "{grants:?}");
+    let mut holder = first.decision_id.clone();
+    for grant in &grants {
+        assert_eq!(grant["extends"], json!([holder]), "{grants:?}");
+        holder = grant["decision_id"].as_str().expect("id").to_owned();
+    }
+    assert_eq!(holder, granted[0].decision_id);
+}
+
+#[tokio::test]
 async fn an_iga_grant_naming_its_ticket_is_matched_to_that_ticket_not_the_latest_approval() {
     let p = ProvApp::start(json!({})).await;
     // A second Jira developers request for abel.tuter, approved after RITM0010001.
