@@ -327,14 +327,20 @@ async fn report_access_lists_held_access_with_its_decision_and_expiry() {
     );
 }
 
-#[tokio::test]
-async fn a_later_approval_of_access_already_held_extends_it_without_a_false_finding() {
+/// RITM0010001 approved and its grant seen: abel.tuter holds jira-developers under its decision.
+async fn held_access() -> (ProvApp, deskbridge::store::lifecycle::LifecycleRow) {
     let p = ProvApp::start(json!({"fulfil_within_hours": 0})).await;
     p.pass().await;
     p.scim.add_to_group("abel.tuter", "jira-developers");
     p.pass().await;
     let first = p.lifecycle("RITM0010001").await;
     assert_eq!(first.state, "granted");
+    (p, first)
+}
+
+#[tokio::test]
+async fn a_later_approval_of_access_already_held_extends_it_without_a_false_finding() {
+    let (p, first) = held_access().await;
     // The ticket asks for a shorter time now: decided again, approved, and the access continues
     // under the new decision from now.
     let key = p.app.sim.sys_id_of("sc_req_item", "RITM0010001").expect("seeded");
@@ -372,12 +378,7 @@ async fn a_later_approval_of_access_already_held_extends_it_without_a_false_find
 
 #[tokio::test]
 async fn approvals_of_access_already_held_in_one_batch_extend_one_another_in_order() {
-    let p = ProvApp::start(json!({"fulfil_within_hours": 0})).await;
-    p.pass().await;
-    p.scim.add_to_group("abel.tuter", "jira-developers");
-    p.pass().await;
-    let first = p.lifecycle("RITM0010001").await;
-    assert_eq!(first.state, "granted");
+    let (p, first) = held_access().await;
     // Thirteen more requests, decided in one batch: every sixth asks what RITM0010001 asked, for
     // the same person, so the batch holds several approvals of access already held. Each must
     // see the one recorded before it (the batch reads these facts once and keeps them current).
