@@ -292,8 +292,8 @@ pub(super) struct BatchFacts {
 }
 
 impl BatchFacts {
-    /// Reads the facts of every (beneficiary, group) pair exactly one of `decided` starts a
-    /// lifecycle for. Inside the write transaction, after the batch's subjects are locked.
+    /// Reads the facts of every (beneficiary, group) pair the decisions of `decided` start
+    /// lifecycles for. Inside the write transaction, after the batch's subjects are locked.
     pub(super) async fn read(tx: &mut super::WriteTx, decided: &[&super::inbox::DecidedRow<'_>]) -> anyhow::Result<Self> {
         let pairs: Vec<(String, String)> = decided
             .iter()
@@ -390,23 +390,11 @@ pub(super) async fn on_decision(
     .min();
     // Already a member (seen by an event or reconciliation), with no lifecycle of its own: the
     // approval is fulfilled as it is made.
-    let (held, already) = match facts.get(&beneficiary, &group) {
-        Some((held, present)) => {
-            let already = !held.is_empty() || present;
-            (held, already)
-        }
-        None => {
-            let held: Vec<String> = sqlx::query_scalar(
-                "SELECT decision_id FROM access_lifecycle WHERE beneficiary = $1 AND group_name = $2 AND state IN ('granted', 'expired') ORDER BY decision_id",
-            )
-            .bind(&beneficiary)
-            .bind(&group)
-            .fetch_all(&mut **tx)
-            .await?;
-            let already = !held.is_empty() || is_present(&mut **tx, &group, &beneficiary).await?;
-            (held, already)
-        }
+    // The batch read every pair its approvals start (`BatchFacts::read`, by the same rule).
+    let Some((held, present)) = facts.get(&beneficiary, &group) else {
+        anyhow::bail!("the lifecycle facts of {beneficiary} in {group} were not read with the batch");
     };
+    let already = !held.is_empty() || present;
     let approved_at = stamp(decision.decided_at);
     let expires_at = expiry(days.map(i64::from), request["expires_at"].as_str(), decision.decided_at).map(stamp);
     let (state, granted_at) = if already {
