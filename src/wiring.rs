@@ -260,7 +260,7 @@ mod tests {
         uses
     }
 
-    /// A circle of imports, as `a -> b (where) -> … -> a`, when there is one.
+    /// A circle of imports, when there is one: a line `a uses b at file:line` per hop, back to `a`.
     fn circle(uses: &BTreeMap<String, BTreeMap<String, String>>) -> Option<String> {
         fn visit(
             module: &str,

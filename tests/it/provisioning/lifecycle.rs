@@ -350,15 +350,7 @@ async fn a_later_approval_of_access_already_held_extends_it_without_a_false_find
     p.app.sim.update("sc_req_item", &key, &[]);
     p.pass().await;
     p.pass().await;
-    let rows: Vec<_> = p
-        .app
-        .store
-        .lifecycles()
-        .await
-        .expect("rows")
-        .into_iter()
-        .filter(|r| r.number == "RITM0010001")
-        .collect();
+    let rows: Vec<_> = p.lifecycles().await.into_iter().filter(|r| r.number == "RITM0010001").collect();
     let old = rows.iter().find(|r| r.decision_id == first.decision_id).expect("first");
     let new = rows.iter().find(|r| r.decision_id != first.decision_id).expect("second");
     assert_eq!((old.state.as_str(), new.state.as_str()), ("extended", "granted"));
@@ -390,11 +382,8 @@ async fn approvals_of_access_already_held_in_one_batch_extend_one_another_in_ord
     }
     p.pass().await;
     let same: Vec<_> = p
-        .app
-        .store
         .lifecycles()
         .await
-        .expect("rows")
         .into_iter()
         .filter(|r| r.beneficiary == first.beneficiary && r.group_name == first.group_name)
         .collect();

@@ -174,13 +174,15 @@ impl ProvApp {
         self.comments(number).into_iter().filter(|c| c.starts_with(prefix)).collect()
     }
 
+    /// Every stored lifecycle.
+    pub async fn lifecycles(&self) -> Vec<deskbridge::store::lifecycle::LifecycleRow> {
+        self.app.store.lifecycles().await.expect("lifecycles")
+    }
+
     /// The lifecycle of the latest decision on `number`.
     pub async fn lifecycle(&self, number: &str) -> deskbridge::store::lifecycle::LifecycleRow {
-        self.app
-            .store
-            .lifecycles()
+        self.lifecycles()
             .await
-            .expect("lifecycles")
             .into_iter()
             .find(|r| r.number == number)
             .unwrap_or_else(|| panic!("no lifecycle for {number}"))

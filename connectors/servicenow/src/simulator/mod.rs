@@ -315,24 +315,6 @@ impl Simulator {
             .unwrap_or_default()
     }
 
-    /// How many journal entries each record has, read under one lock: a load harness watching
-    /// hundreds of records for their comments does not hold up the requests it measures.
-    pub fn journal_counts(&self, sys_ids: &[&str]) -> Vec<usize> {
-        let mut db = lock(&self.state.db);
-        if let Some(t) = db.tables.get_mut("sys_journal_field") {
-            t.refresh();
-        }
-        let table = db.table("sys_journal_field");
-        sys_ids
-            .iter()
-            .map(|id| {
-                table
-                    .and_then(|t| t.rows_where("element_id", std::iter::once(*id)))
-                    .map_or(0, |rows| rows.len())
-            })
-            .collect()
-    }
-
     /// Appends a journal entry as `user` would from the UI (bumps the record's version).
     pub fn add_journal(&self, table: &str, sys_id: &str, element: &str, value: &str, user: &str) {
         let mut db = lock(&self.state.db);

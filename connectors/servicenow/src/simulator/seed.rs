@@ -331,6 +331,20 @@ const ITEMS: &[Item] = &[
 ];
 
 /// One `sc_req_item` row modelled on `item`.
+/// The request (`sc_request`) a requested item of `item`'s kind is ordered under.
+fn request(item: &Item, sys_id: &str, number: &str, stamp: &str, mod_count: &str) -> Record {
+    rec(&[
+        ("sys_id", sys_id),
+        ("number", number),
+        ("requested_for", &user_id(item.requested_for)),
+        ("opened_by", &user_id(item.opened_by)),
+        ("approval", item.approval),
+        ("sys_created_on", stamp),
+        ("sys_updated_on", stamp),
+        ("sys_mod_count", mod_count),
+    ])
+}
+
 fn requested_item(item: &Item, sys_id: &str, number: &str, request: &str, stamp: &str, mod_count: &str) -> Record {
     rec(&[
         ("sys_id", sys_id),
@@ -365,16 +379,10 @@ pub fn seed(db: &mut Db) {
         let ritm = sid(0x21, item.n);
         let req = sid(0x20, item.n);
         let number = format!("RITM00100{:02}", item.n);
-        db.tables.entry("sc_request".into()).or_default().insert(rec(&[
-            ("sys_id", &req),
-            ("number", &format!("REQ00100{:02}", item.n)),
-            ("requested_for", &user_id(item.requested_for)),
-            ("opened_by", &user_id(item.opened_by)),
-            ("approval", item.approval),
-            ("sys_created_on", &stamp),
-            ("sys_updated_on", &stamp),
-            ("sys_mod_count", "1"),
-        ]));
+        db.tables
+            .entry("sc_request".into())
+            .or_default()
+            .insert(request(item, &req, &format!("REQ00100{:02}", item.n), &stamp, "1"));
         db.tables
             .entry("sc_req_item".into())
             .or_default()
@@ -458,21 +466,15 @@ pub fn generate(db: &mut Db, state: &State, count: usize) -> Vec<String> {
         let number = format!("RITM{:07}", 2_000_000 + i);
         // Without its request, `request.requested_for` reads empty and every generated item
         // would be incomplete: a load run would measure only the needs-info path.
-        let request = state.new_id();
-        db.tables.entry("sc_request".into()).or_default().insert(rec(&[
-            ("sys_id", &request),
-            ("number", &format!("REQ{:07}", 2_000_000 + i)),
-            ("requested_for", &user_id(item.requested_for)),
-            ("opened_by", &user_id(item.opened_by)),
-            ("approval", item.approval),
-            ("sys_created_on", &stamp),
-            ("sys_updated_on", &stamp),
-            ("sys_mod_count", "0"),
-        ]));
+        let req = state.new_id();
+        db.tables
+            .entry("sc_request".into())
+            .or_default()
+            .insert(request(item, &req, &format!("REQ{:07}", 2_000_000 + i), &stamp, "0"));
         db.tables
             .entry("sc_req_item".into())
             .or_default()
-            .insert(requested_item(item, &ritm, &number, &request, &stamp, "0"));
+            .insert(requested_item(item, &ritm, &number, &req, &stamp, "0"));
         for (name, value) in item.vars {
             insert_variable(db, &ritm, name, value, state.new_id(), state.new_id());
         }
