@@ -565,3 +565,99 @@ async fn an_expired_page_token_restarts_the_search_where_it_stood() {
         assert_eq!(n, 1, "{key} read {n} times");
     }
 }
+
+/// The enhanced search walks an index ordered by `updated`; the Data Center search scans every
+/// issue. Paged through in small pages, with runs of equal `updated`, an issue moved into a
+/// tie, one moved below the query's floor and two changed between pages, the walk returns what
+/// search-after over the full scan's order returns.
+#[tokio::test]
+async fn the_indexed_search_pages_in_the_full_scans_order_while_issues_change() {
+    let sim = Simulator::start(SimConfig {
+        seed: false,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    let keys: Vec<String> = (0..60)
+        .map(|n| {
+            sim.create_issue(NewIssue {
+                project: "ACC".into(),
+                issue_type: "Service Request".into(),
+                summary: format!("issue {n}"),
+                reporter: "abel.tuter@example.com".into(),
+                // Runs of three issues share one `updated`, newest created first in each run.
+                updated_ms: Some(base + (19 - n / 3) as i64 * 1000),
+                ..NewIssue::default()
+            })
+            .1
+        })
+        .collect();
+    let jql = format!("project = ACC AND updated >= {} ORDER BY updated ASC, key ASC", base - 1000);
+    let http = reqwest::Client::new();
+    let search = |path: &'static str, body: serde_json::Value| {
+        let request = http
+            .post(format!("{}{path}", sim.base_url()))
+            .basic_auth(INTEGRATION_EMAIL, Some(API_TOKEN))
+            .json(&body);
+        async move {
+            let answer: serde_json::Value = request.send().await.expect("search").json().await.expect("JSON");
+            assert!(answer["issues"].is_array(), "{answer}");
+            answer
+        }
+    };
+    let keys_of = |answer: &serde_json::Value| -> Vec<String> {
+        answer["issues"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i["key"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let full_scan = || search("/rest/api/2/search", json!({"jql": jql, "maxResults": 1000, "fields": ["updated"]}));
+    let page = |token: Option<String>| {
+        let mut body = json!({"jql": jql, "maxResults": 7, "fields": ["updated"]});
+        if let Some(token) = token {
+            body["nextPageToken"] = json!(token);
+        }
+        search("/rest/api/3/search/jql", body)
+    };
+
+    // Unchanged, the walk and the scan agree.
+    let mut walked = Vec::new();
+    let mut token = None;
+    loop {
+        let answer = page(token).await;
+        walked.extend(keys_of(&answer));
+        token = answer["nextPageToken"].as_str().map(str::to_owned);
+        if answer["isLast"] == json!(true) {
+            break;
+        }
+    }
+    let scanned = keys_of(&full_scan().await);
+    assert_eq!(scanned.len(), 60);
+    assert_eq!(walked, scanned);
+
+    // Changes between the first page and the rest.
+    let first = page(None).await;
+    let mut walked = keys_of(&first);
+    let last_read = walked.last().cloned().expect("a first page");
+    let unread: Vec<&String> = scanned.iter().filter(|k| !walked.contains(k)).collect();
+    assert!(sim.update_issue(&walked[0], &[("summary", json!("read, then changed"))]));
+    assert!(sim.update_issue(unread[3], &[("summary", json!("changed before it was read"))]));
+    sim.set_updated(unread[10], base - 5_000); // below the query's floor: no longer matches
+    sim.set_updated(unread[20], base + 12_000); // into the run of 12 s, in key order
+    let mut token = first["nextPageToken"].as_str().map(str::to_owned);
+    while let Some(t) = token {
+        let answer = page(Some(t)).await;
+        walked.extend(keys_of(&answer));
+        token = answer["nextPageToken"].as_str().map(str::to_owned);
+    }
+    // Search-after: what the scan now orders after the last issue read, once each.
+    let rescanned = keys_of(&full_scan().await);
+    let after = rescanned.iter().position(|k| *k == last_read).expect("the last issue read") + 1;
+    let mut expected = keys_of(&first);
+    expected.extend(rescanned[after..].iter().cloned());
+    assert_eq!(walked, expected);
+    assert!(!walked.contains(unread[10]), "below the floor");
+    assert_eq!(walked.iter().filter(|k| *k == &walked[0]).count(), 2, "read again after its change");
+    assert_eq!(keys.len(), 60);
+}

@@ -247,6 +247,27 @@ impl Jql {
         Ok(Self { filter, order })
     }
 
+    /// Whether matches are ordered by `updated`, oldest first, before anything else.
+    pub fn by_updated_first(&self) -> bool {
+        self.order.first().is_some_and(|(field, asc)| field == "updated" && *asc)
+    }
+
+    /// The least `updated` a match can have, from `updated >=`, `>` or `=` conditions ANDed at
+    /// the top of the filter (`i64::MIN` when there is none, or its date does not parse:
+    /// [`Jql::matches`] then reports it).
+    pub fn updated_floor(&self) -> i64 {
+        fn floor(e: &Expr) -> i64 {
+            match e {
+                Expr::And(a, b) => floor(a).max(floor(b)),
+                Expr::Cmp(field, op, values) if field == "updated" && matches!(op.as_str(), ">=" | ">" | "=") => {
+                    values.first().and_then(|v| date_ms(v).ok()).unwrap_or(i64::MIN)
+                }
+                _ => i64::MIN,
+            }
+        }
+        self.filter.as_ref().map_or(i64::MIN, floor)
+    }
+
     /// Whether `issue` matches.
     pub fn matches(&self, issue: &Issue) -> Result<bool, String> {
         self.filter.as_ref().map_or(Ok(true), |f| eval(f, issue))

@@ -20,7 +20,7 @@ mod jql;
 mod routes;
 mod seed;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -174,16 +174,39 @@ pub(crate) struct Db {
     /// neither changes, so a look-up never scans every issue (a load run holds 100,000).
     by_id: HashMap<u64, usize>,
     by_key: HashMap<String, usize>,
+    /// Every issue's `(updated, id)`, in order: a search ordered by `updated` walks from its
+    /// position instead of scanning every issue for every page.
+    by_updated: BTreeSet<(i64, u64)>,
+    /// Issues lent out to change since `by_updated` was last brought up to date, with the
+    /// `updated` each had then.
+    lent: Vec<(i64, usize)>,
+    /// Which issue each comment is on, by comment id.
+    comment_on: HashMap<u64, usize>,
     next_id: u64,
     next_comment: u64,
     numbers: HashMap<String, u64>,
 }
 
 impl Db {
+    fn new() -> Self {
+        Self {
+            issues: Vec::new(),
+            by_id: HashMap::new(),
+            by_key: HashMap::new(),
+            by_updated: BTreeSet::new(),
+            lent: Vec::new(),
+            comment_on: HashMap::new(),
+            next_id: 10_001,
+            next_comment: 20_001,
+            numbers: HashMap::new(),
+        }
+    }
+
     fn add(&mut self, issue: Issue) {
         let at = self.issues.len();
         self.by_id.insert(issue.id, at);
         self.by_key.insert(issue.key(), at);
+        self.by_updated.insert((issue.updated_ms, issue.id));
         self.issues.push(issue);
     }
 
@@ -203,10 +226,45 @@ impl Db {
         self.issues.get(self.position(id_or_key)?)
     }
 
-    /// The issue with this id or key, to change.
+    /// The issue with this id or key, to change. Its place in `by_updated` is corrected by
+    /// [`Db::ordered`] before the next ordered read.
     pub(crate) fn get_mut(&mut self, id_or_key: &str) -> Option<&mut Issue> {
         let at = self.position(id_or_key)?;
-        self.issues.get_mut(at)
+        let issue = self.issues.get_mut(at)?;
+        self.lent.push((issue.updated_ms, at));
+        Some(issue)
+    }
+
+    /// The comment with this id (its digits exactly), to change.
+    pub(crate) fn comment_mut(&mut self, id: &str) -> Option<&mut SimComment> {
+        let id = id.parse::<u64>().ok().filter(|n| n.to_string() == id)?;
+        let at = *self.comment_on.get(&id)?;
+        self.issues.get_mut(at)?.comments.iter_mut().find(|c| c.id == id)
+    }
+
+    /// The comment with this id (its digits exactly).
+    pub(crate) fn comment(&self, id: &str) -> Option<&SimComment> {
+        let id = id.parse::<u64>().ok().filter(|n| n.to_string() == id)?;
+        let at = *self.comment_on.get(&id)?;
+        self.issues.get(at)?.comments.iter().find(|c| c.id == id)
+    }
+
+    /// Issues in `(updated, id)` order from `updated` = `from` on, with `by_updated` first
+    /// brought up to date for every issue changed since it last was. Old places are all
+    /// removed before new ones are added, so an issue lent twice keeps exactly one.
+    pub(crate) fn ordered(&mut self, from: i64) -> impl Iterator<Item = &Issue> {
+        let lent = std::mem::take(&mut self.lent);
+        for (before, at) in &lent {
+            self.by_updated.remove(&(*before, self.issues[*at].id));
+        }
+        for (_, at) in &lent {
+            let issue = &self.issues[*at];
+            self.by_updated.insert((issue.updated_ms, issue.id));
+        }
+        let (by_updated, by_id, issues) = (&self.by_updated, &self.by_id, &self.issues);
+        by_updated
+            .range((from, 0)..)
+            .filter_map(move |(_, id)| by_id.get(id).map(|at| &issues[*at]))
     }
 }
 
@@ -410,14 +468,7 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
-            db: Mutex::new(Db {
-                issues: Vec::new(),
-                by_id: HashMap::new(),
-                by_key: HashMap::new(),
-                next_id: 10_001,
-                next_comment: 20_001,
-                numbers: HashMap::new(),
-            }),
+            db: Mutex::new(Db::new()),
             users: seed::users(),
             fields: seed::fields(),
             access_tokens: Mutex::new(HashMap::new()),

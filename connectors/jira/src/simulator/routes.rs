@@ -321,6 +321,44 @@ fn matching(state: &State, jql: &Jql, after: Option<&Issue>, limit: usize) -> Re
     Ok((hits.into_iter().cloned().collect(), total))
 }
 
+/// The first `limit` issues `jql` matches in its order after the search-after position `after`,
+/// and whether more match. A query ordered by `updated` first (deskbridge's poll) walks the
+/// issues in that order from its position, or from the least `updated` its filter allows, a
+/// run of one `updated` value at a time sorted by the whole order: a page costs about what it
+/// returns, not a scan of every issue.
+fn page_after(state: &State, jql: &Jql, after: Option<&Issue>, limit: usize) -> Result<(Vec<Issue>, bool), Response> {
+    if !jql.by_updated_first() {
+        let (hits, total) = matching(state, jql, after, limit)?;
+        let more = total > hits.len();
+        return Ok((hits, more));
+    }
+    let floor = jql.updated_floor();
+    let from = after.map_or(floor, |p| p.updated_ms.max(floor));
+    let mut db = lock(&state.db);
+    let mut hits: Vec<&Issue> = Vec::new();
+    let mut run: Vec<&Issue> = Vec::new();
+    let mut run_at = None;
+    fn close<'a>(jql: &Jql, hits: &mut Vec<&'a Issue>, run: &mut Vec<&'a Issue>) {
+        run.sort_by(|a, b| jql.compare(a, b));
+        hits.append(run);
+    }
+    for issue in db.ordered(from) {
+        if run_at != Some(issue.updated_ms) {
+            close(jql, &mut hits, &mut run);
+            if hits.len() > limit {
+                break;
+            }
+            run_at = Some(issue.updated_ms);
+        }
+        if jql.matches(issue).map_err(|m| bad(&m))? && after.is_none_or(|p| jql.compare(issue, p) == std::cmp::Ordering::Greater) {
+            run.push(issue);
+        }
+    }
+    close(jql, &mut hits, &mut run);
+    let more = hits.len() > limit;
+    Ok((hits.into_iter().take(limit).cloned().collect(), more))
+}
+
 /// `POST /rest/api/3/search/jql`: the enhanced search. Bounded JQL only; pages by
 /// `nextPageToken` (absent on the last page), no `total`.
 async fn search_jql(AxState(state): AxState<Shared>, Path(v): Path<String>, body: Bytes) -> Response {
@@ -400,11 +438,11 @@ fn jql_search(state: &State, body: &Map<String, Value>, version: u8) -> Response
     } else {
         wanted.iter().map(String::as_str).collect()
     };
-    let (page, rest) = match matching(state, &jql, after.as_ref(), max) {
+    let (page, more) = match page_after(state, &jql, after.as_ref(), max) {
         Ok(h) => h,
         Err(r) => return r,
     };
-    let is_last = page.len() >= rest;
+    let is_last = !more;
     let mut out = json!({"issues": page.iter().map(|i| issue_json(state, i, &wanted, version)).collect::<Vec<_>>(), "isLast": is_last});
     if let (false, Some(last)) = (is_last, page.last()) {
         out["nextPageToken"] = json!(encode_token(last, &hash));
@@ -673,6 +711,7 @@ pub(super) fn add_comment(
     public: bool,
 ) -> Option<SimComment> {
     let id = db.next_comment;
+    let at = db.position(key)?;
     let issue = find(db, key)?;
     let created_ms = now_ms().max(issue.comments.last().map_or(0, |c| c.created_ms));
     let comment = SimComment {
@@ -687,6 +726,7 @@ pub(super) fn add_comment(
     issue.comments.push(comment.clone());
     State::touch(issue);
     db.next_comment += 1;
+    db.comment_on.insert(id, at);
     Some(comment)
 }
 
@@ -811,33 +851,29 @@ async fn put_property(
         return bad("The property key or value is too large.");
     }
     let mut db = lock(&state.db);
-    for issue in &mut db.issues {
-        if let Some(c) = issue.comments.iter_mut().find(|c| c.id.to_string() == id) {
-            if c.author != user.account_id && !may(&state, &user, "EDIT_ALL_COMMENTS") {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    &["You may only set properties on your own comments."],
-                    json!({}),
-                );
-            }
-            let created = c.properties.insert(prop, value).is_none();
-            return if created { StatusCode::CREATED } else { StatusCode::OK }.into_response();
-        }
+    let Some(c) = db.comment_mut(&id) else {
+        return error(StatusCode::NOT_FOUND, &["Comment not found"], json!({}));
+    };
+    if c.author != user.account_id && !may(&state, &user, "EDIT_ALL_COMMENTS") {
+        return error(
+            StatusCode::FORBIDDEN,
+            &["You may only set properties on your own comments."],
+            json!({}),
+        );
     }
-    error(StatusCode::NOT_FOUND, &["Comment not found"], json!({}))
+    let created = c.properties.insert(prop, value).is_none();
+    if created { StatusCode::CREATED } else { StatusCode::OK }.into_response()
 }
 
 async fn get_property(AxState(state): AxState<Shared>, Path((_v, id, prop)): Path<(String, String, String)>) -> Response {
     let db = lock(&state.db);
-    for issue in &db.issues {
-        if let Some(c) = issue.comments.iter().find(|c| c.id.to_string() == id) {
-            return match c.properties.get(&prop) {
-                Some(v) => Json(json!({"key": prop, "value": v})).into_response(),
-                None => error(StatusCode::NOT_FOUND, &["The property was not found."], json!({})),
-            };
-        }
+    let Some(c) = db.comment(&id) else {
+        return error(StatusCode::NOT_FOUND, &["Comment not found"], json!({}));
+    };
+    match c.properties.get(&prop) {
+        Some(v) => Json(json!({"key": prop, "value": v})).into_response(),
+        None => error(StatusCode::NOT_FOUND, &["The property was not found."], json!({})),
     }
-    error(StatusCode::NOT_FOUND, &["Comment not found"], json!({}))
 }
 
 /// `POST /oauth/token`: the refresh-token grant with rotation. Each refresh issues a new

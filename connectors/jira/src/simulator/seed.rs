@@ -291,32 +291,24 @@ pub(super) fn seed(sim: &Simulator) {
     }
 }
 
+/// Adds `count` generated access requests modelled on the six seeded access cases in turn (so
+/// a load run meets every outcome: approve, deny, review and needs-info, as the ServiceNow
+/// generator's do), `updated` one second apart ending a minute ago; returns their keys.
 pub(super) fn generate(sim: &Simulator, count: usize) -> Vec<String> {
-    let apps = ["jira-software", "salesforce", "github", "confluence", "workday"];
+    let templates: Vec<&Seed> = SEEDS.iter().filter(|s| !s.fields.is_empty()).collect();
     let start = now_ms() - 60_000 - count as i64 * 1000;
     (0..count)
         .map(|n| {
-            let person = PEOPLE[n % PEOPLE.len()].0;
+            let s = templates[n % templates.len()];
             let (_, key) = sim.create_issue(NewIssue {
                 project: SEEDED_PROJECT.into(),
                 issue_type: "Service Request".into(),
-                summary: format!("Generated access request {n}"),
-                description: String::new(),
-                reporter: format!("{person}@example.com"),
-                request_type: Some(REQUEST_TYPES[0].1.into()),
-                custom: vec![
-                    ("Access type".into(), option("New access")),
-                    ("Application".into(), json!(apps[n % apps.len()])),
-                    ("Environment".into(), option("Staging")),
-                    ("Access role".into(), json!(format!("role-{}", n % 7))),
-                    ("Privileged access".into(), option("No")),
-                    ("Business justification".into(), json!("Generated for a load test.")),
-                    ("Access duration".into(), json!("30 days")),
-                    ("Approver".into(), user("david.loo")),
-                    ("Identity type".into(), option("Person")),
-                    ("Requested for".into(), user(person)),
-                ],
-                status: Some("Waiting for approval".into()),
+                summary: format!("{} (generated {n})", s.summary),
+                description: s.description.into(),
+                reporter: format!("{}@example.com", s.reporter),
+                request_type: Some(REQUEST_TYPES[s.request_type].1.into()),
+                custom: s.fields.iter().map(|(f, v)| (f.to_string(), value_of(f, v))).collect(),
+                status: Some(s.status.into()),
                 updated_ms: Some(start + n as i64 * 1000),
             });
             key
