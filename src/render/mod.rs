@@ -55,6 +55,10 @@ fn label(outcome: Outcome) -> &'static str {
 /// Collapses control characters (newlines included) to single spaces and neutralises anything
 /// that reads as a deskbridge marker.
 pub(crate) fn inert(text: &str, markup: &dyn Markup) -> String {
+    if already_flat(text) {
+        // Most ticket values: nothing to drop, collapse or cap.
+        return markup.escape(&deskbridge_connector::neutralize_markers(text));
+    }
     let flat: String = text
         .chars()
         .filter(|c| !crate::text::is_bidi_control(*c) && !crate::text::is_zero_width(*c))
@@ -64,6 +68,30 @@ pub(crate) fn inert(text: &str, markup: &dyn Markup) -> String {
     markup.escape(&deskbridge_connector::neutralize_markers(&flat))
 }
 
+/// Whether the slow path of [`inert`] would leave `text` as it is: no control, bidi or
+/// zero-width character, whitespace only as single ASCII spaces between words, and at most
+/// [`FIELD_CHARS`] characters.
+fn already_flat(text: &str) -> bool {
+    let mut count = 0;
+    let mut after_space = true; // a leading space is not flat
+    for c in text.chars() {
+        count += 1;
+        if count > FIELD_CHARS {
+            return false;
+        }
+        if c == ' ' {
+            if after_space {
+                return false;
+            }
+            after_space = true;
+        } else if c.is_whitespace() || crate::text::is_hostile(c) {
+            return false;
+        } else {
+            after_space = false;
+        }
+    }
+    !(after_space && count > 0) // a trailing space is not flat
+}
 /// `body` within [`COMMENT_CHARS`]: whole lines dropped from the middle, the first line (the
 /// outcome) and the last two (policy, and that the ticket grants nothing) always kept.
 fn shortened(body: &str) -> String {
@@ -94,12 +122,13 @@ fn shortened(body: &str) -> String {
     kept.join("\n")
 }
 
-fn sanitize(value: Value, markup: &dyn Markup) -> Value {
+/// Makes every string in `value` [`inert`], in place.
+fn sanitize(value: &mut Value, markup: &dyn Markup) {
     match value {
-        Value::String(s) => Value::String(inert(&s, markup)),
-        Value::Array(items) => Value::Array(items.into_iter().map(|v| sanitize(v, markup)).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, sanitize(v, markup))).collect()),
-        other => other,
+        Value::String(s) => *s = inert(s, markup),
+        Value::Array(items) => items.iter_mut().for_each(|v| sanitize(v, markup)),
+        Value::Object(map) => map.values_mut().for_each(|v| sanitize(v, markup)),
+        _ => {}
     }
 }
 
@@ -166,8 +195,7 @@ impl CommentRenderer {
 
     fn render_body(&self, input: &CommentInput<'_>, markup: &dyn Markup) -> anyhow::Result<String> {
         let d = input.decision;
-        let context = sanitize(
-            json!({
+        let mut context = json!({
                 "ticket": {"number": input.number},
                 "request": input.request,
                 "outcome": d.outcome.as_str(),
@@ -180,9 +208,8 @@ impl CommentRenderer {
                 "decision_id": d.decision_id,
                 "decided_at": d.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "supersedes": input.supersedes,
-            }),
-            markup,
-        );
+        });
+        sanitize(&mut context, markup);
         let template = self.env.get_template(&self.template_name()?)?;
         Ok(template.render(context)?)
     }

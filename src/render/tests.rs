@@ -1,6 +1,7 @@
 use super::*;
 use crate::schema::Obligations;
 use deskbridge_servicenow::JournalMarkup;
+use proptest::strategy::Strategy as _;
 
 fn decision(outcome: Outcome) -> Decision {
     Decision {
@@ -100,4 +101,63 @@ fn long_reasons_are_capped_and_the_marker_stays_last() {
         "the closing lines stay: {text}"
     );
     assert!(text.contains(&format!("{}…", "a".repeat(FIELD_CHARS - 1))), "each reason is capped");
+}
+
+/// The straightforward form of [`inert`], without its fast path for text that is already flat.
+fn inert_reference(text: &str, markup: &dyn Markup) -> String {
+    let flat: String = text
+        .chars()
+        .filter(|c| !crate::text::is_bidi_control(*c) && !crate::text::is_zero_width(*c))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let flat = crate::text::cap(&flat.split_whitespace().collect::<Vec<_>>().join(" "), FIELD_CHARS);
+    markup.escape(&deskbridge_connector::neutralize_markers(&flat))
+}
+
+#[test]
+fn the_fast_path_of_inert_agrees_on_its_edges() {
+    let long_word = "x".repeat(FIELD_CHARS);
+    let too_long = "x".repeat(FIELD_CHARS + 1);
+    for text in [
+        "",
+        " ",
+        "a",
+        " a",
+        "a ",
+        "a  b",
+        "a b",
+        "a\u{00A0}b",
+        "a\tb",
+        "a\u{202E}b",
+        "a\u{200B}b",
+        "a\u{0085}b",
+        "[deskbridge-id:x]",
+        "[DeskBridge-ID:x]",
+        "é ß 漢字",
+        long_word.as_str(),
+        too_long.as_str(),
+    ] {
+        assert_eq!(inert(text, &JournalMarkup), inert_reference(text, &JournalMarkup), "{text:?}");
+    }
+}
+
+proptest::proptest! {
+    /// Whatever the text, the fast path gives what the straightforward form gives.
+    #[test]
+    fn inert_is_the_same_with_or_without_its_fast_path(
+        parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::string::string_regex("[a-zA-Z0-9\\[\\]<>]{0,12}").expect("regex"),
+                proptest::sample::select(vec![
+                    " ", "  ", "\t", "\n", "\r\n", "\u{00A0}", "\u{2028}", "\u{202E}", "\u{2066}", "\u{200B}",
+                    "\u{FEFF}", "\u{00AD}", "\u{1b}[2K", "\u{0}", "\u{85}", "deskbridge-id:", "DESKBRIDGE-ID", "é", "漢",
+                ]).prop_map(str::to_owned),
+            ],
+            0..80,
+        ),
+        repeat in 1usize..12,
+    ) {
+        let text = parts.concat().repeat(repeat);
+        proptest::prop_assert_eq!(inert(&text, &JournalMarkup), inert_reference(&text, &JournalMarkup));
+    }
 }

@@ -83,7 +83,8 @@ pub fn has_marker_line(text: &str, marker: &str) -> bool {
 /// Makes text quoted from a ticket unable to carry anything that reads as a marker: the
 /// prefix's hyphen becomes a non-breaking hyphen (U+2011), which reads the same.
 pub fn neutralize_markers(text: &str) -> String {
-    if !text.to_ascii_lowercase().contains("deskbridge-id") {
+    const PREFIX: &[u8] = b"deskbridge-id";
+    if !text.as_bytes().windows(PREFIX.len()).any(|w| w.eq_ignore_ascii_case(PREFIX)) {
         return text.to_owned();
     }
     let mut out = String::with_capacity(text.len() + 8);
