@@ -55,20 +55,28 @@ fn label(outcome: Outcome) -> &'static str {
 /// Collapses control characters (newlines included) to single spaces and neutralises anything
 /// that reads as a deskbridge marker.
 pub(crate) fn inert(text: &str, markup: &dyn Markup) -> String {
-    if already_flat(text) {
-        // Most ticket values: nothing to drop, collapse or cap.
-        return markup.escape(&deskbridge_connector::neutralize_markers(text));
-    }
+    // Most ticket values are already flat: nothing to drop, collapse or cap.
+    let flat = if already_flat(text) {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(flattened(text))
+    };
+    markup.escape(&deskbridge_connector::neutralize_markers(&flat))
+}
+
+/// `text` on one line: bidi controls and zero-width characters dropped, every run of control
+/// characters and whitespace one space, no space at either end, at most [`FIELD_CHARS`]
+/// characters.
+fn flattened(text: &str) -> String {
     let flat: String = text
         .chars()
         .filter(|c| !crate::text::is_bidi_control(*c) && !crate::text::is_zero_width(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    let flat = crate::text::cap(&flat.split_whitespace().collect::<Vec<_>>().join(" "), FIELD_CHARS);
-    markup.escape(&deskbridge_connector::neutralize_markers(&flat))
+    crate::text::cap(&flat.split_whitespace().collect::<Vec<_>>().join(" "), FIELD_CHARS)
 }
 
-/// Whether the slow path of [`inert`] would leave `text` as it is: no control, bidi or
+/// Whether [`flattened`] would leave `text` as it is: no control, bidi or
 /// zero-width character, whitespace only as single ASCII spaces between words, and at most
 /// [`FIELD_CHARS`] characters.
 fn already_flat(text: &str) -> bool {
