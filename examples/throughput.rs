@@ -21,6 +21,11 @@
 #[allow(dead_code)]
 mod common;
 
+/// The allocator the `deskbridge` binary ships with (src/main.rs), so the pipeline measured here
+/// allocates as it does in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
