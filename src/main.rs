@@ -4,14 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use deskbridge::audit::Format as AuditFormat;
+use deskbridge::commands::audit::StoreArgs;
+use deskbridge::report::drift::{Format as DriftFormat, Options as DriftOptions};
 
 /// mimalloc instead of glibc's allocator: deskbridge allocates many short-lived values per
 /// ticket across the runtime's and the policy's threads (see the README's throughput figures).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use deskbridge::audit::Format as AuditFormat;
-use deskbridge::commands::audit::StoreArgs;
-use deskbridge::report::drift::{Format as DriftFormat, Options as DriftOptions};
 
 #[derive(Parser)]
 #[command(
