@@ -45,6 +45,16 @@ fn config(sim: &Simulator, deployment: Deployment, auth: AuthConfig, page_size: 
     config
 }
 
+/// A simulator holding no issues.
+async fn unseeded() -> Simulator {
+    Simulator::start(SimConfig {
+        seed: false,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator")
+}
+
 fn cloud(sim: &Simulator, page_size: u32) -> Jira {
     Jira::new(
         "jira",
@@ -207,12 +217,7 @@ async fn the_openapi_check_catches_a_request_jira_would_not_accept() {
 
 #[tokio::test]
 async fn changes_inside_the_same_minute_are_neither_missed_nor_repeated() {
-    let sim = Simulator::start(SimConfig {
-        seed: false,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator");
+    let sim = unseeded().await;
     let jira = cloud(&sim, 50);
     let (id, _) = sim.create_issue(NewIssue {
         project: "ACC".into(),
@@ -572,12 +577,7 @@ async fn an_expired_page_token_restarts_the_search_where_it_stood() {
 /// search-after over the full scan's order returns.
 #[tokio::test]
 async fn the_indexed_search_pages_in_the_full_scans_order_while_issues_change() {
-    let sim = Simulator::start(SimConfig {
-        seed: false,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator");
+    let sim = unseeded().await;
     let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let keys: Vec<String> = (0..60)
         .map(|n| {
