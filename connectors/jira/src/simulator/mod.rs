@@ -177,9 +177,9 @@ pub(crate) struct Db {
     /// Every issue's `(updated, id)`, in order: a search ordered by `updated` walks from its
     /// position instead of scanning every issue for every page.
     by_updated: BTreeSet<(i64, u64)>,
-    /// Issues lent out to change since `by_updated` was last brought up to date, with the
-    /// `updated` each had then.
-    lent: Vec<(i64, usize)>,
+    /// The issue last lent out to change, with the `updated` it had then: its place in
+    /// `by_updated` is corrected before the next lending or ordered read.
+    lent: Option<(i64, usize)>,
     /// Which issue each comment is on, by comment id.
     comment_on: HashMap<u64, usize>,
     next_id: u64,
@@ -194,7 +194,7 @@ impl Db {
             by_id: HashMap::new(),
             by_key: HashMap::new(),
             by_updated: BTreeSet::new(),
-            lent: Vec::new(),
+            lent: None,
             comment_on: HashMap::new(),
             next_id: 10_001,
             next_comment: 20_001,
@@ -226,13 +226,23 @@ impl Db {
         self.issues.get(self.position(id_or_key)?)
     }
 
-    /// The issue with this id or key, to change. Its place in `by_updated` is corrected by
-    /// [`Db::ordered`] before the next ordered read.
+    /// The issue with this id or key, to change. Its place in `by_updated` is corrected before
+    /// the next lending or ordered read ([`Db::replace_lent`]).
     pub(crate) fn get_mut(&mut self, id_or_key: &str) -> Option<&mut Issue> {
+        self.replace_lent();
         let at = self.position(id_or_key)?;
         let issue = self.issues.get_mut(at)?;
-        self.lent.push((issue.updated_ms, at));
+        self.lent = Some((issue.updated_ms, at));
         Some(issue)
+    }
+
+    /// Moves the issue last lent out to its `updated`'s place in `by_updated`.
+    fn replace_lent(&mut self) {
+        if let Some((before, at)) = self.lent.take() {
+            let issue = &self.issues[at];
+            self.by_updated.remove(&(before, issue.id));
+            self.by_updated.insert((issue.updated_ms, issue.id));
+        }
     }
 
     /// The comment with this id (its digits exactly), to change.
@@ -250,17 +260,9 @@ impl Db {
     }
 
     /// Issues in `(updated, id)` order from `updated` = `from` on, with `by_updated` first
-    /// brought up to date for every issue changed since it last was. Old places are all
-    /// removed before new ones are added, so an issue lent twice keeps exactly one.
+    /// brought up to date.
     pub(crate) fn ordered(&mut self, from: i64) -> impl Iterator<Item = &Issue> {
-        let lent = std::mem::take(&mut self.lent);
-        for (before, at) in &lent {
-            self.by_updated.remove(&(*before, self.issues[*at].id));
-        }
-        for (_, at) in &lent {
-            let issue = &self.issues[*at];
-            self.by_updated.insert((issue.updated_ms, issue.id));
-        }
+        self.replace_lent();
         let (by_updated, by_id, issues) = (&self.by_updated, &self.by_id, &self.issues);
         by_updated
             .range((from, 0)..)
