@@ -330,7 +330,6 @@ const ITEMS: &[Item] = &[
     },
 ];
 
-/// One `sc_req_item` row modelled on `item`.
 /// The request (`sc_request`) a requested item of `item`'s kind is ordered under.
 fn request(item: &Item, sys_id: &str, number: &str, stamp: &str, mod_count: &str) -> Record {
     rec(&[
@@ -345,6 +344,7 @@ fn request(item: &Item, sys_id: &str, number: &str, stamp: &str, mod_count: &str
     ])
 }
 
+/// One `sc_req_item` row modelled on `item`.
 fn requested_item(item: &Item, sys_id: &str, number: &str, request: &str, stamp: &str, mod_count: &str) -> Record {
     rec(&[
         ("sys_id", sys_id),
