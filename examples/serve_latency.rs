@@ -22,7 +22,8 @@
 //!
 //! `DESKBRIDGE_BIN=path` runs that build of `deskbridge serve` instead of
 //! `target/release/deskbridge`, so two builds can be compared side by side in one session; the
-//! simulators always run from `target/release/deskbridge`.
+//! simulators always run from `target/release/deskbridge`. `POLL_SECS=n` sets serve's poll
+//! interval (default 1 s: the poll, the webhooks' safety net, reads every changed ticket again).
 
 #[allow(dead_code)]
 mod common;
@@ -182,6 +183,37 @@ impl Simulators {
         Ok(())
     }
 
+    /// How many tickets the connector reads in all, the seeded ones included: ServiceNow's
+    /// `X-Total-Count` of requested items, or the `total` of a Jira search of the project.
+    async fn total(&self, jira: bool) -> anyhow::Result<i64> {
+        if jira {
+            let answer: Value = self
+                .client
+                .get(format!("{}/rest/api/2/search", self.jira))
+                .basic_auth(jira::INTEGRATION_EMAIL, Some(jira::API_TOKEN))
+                .query(&[("jql", format!("project = {}", jira::SEEDED_PROJECT)), ("maxResults", "0".into())])
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            return answer["total"].as_i64().context("the Jira search answered no total");
+        }
+        let answer = self
+            .client
+            .get(format!("{}/api/now/table/sc_req_item", self.servicenow))
+            .basic_auth(snow::INTEGRATION_USER, Some(snow::INTEGRATION_PASSWORD))
+            .query(&[("sysparm_fields", "sys_id"), ("sysparm_limit", "1")])
+            .send()
+            .await?
+            .error_for_status()?;
+        let total = answer
+            .headers()
+            .get("X-Total-Count")
+            .context("ServiceNow answered no X-Total-Count")?;
+        Ok(total.to_str()?.parse()?)
+    }
+
     /// How many journal entries each record has: one request per 200 records.
     async fn journal_counts(&self, sys_ids: &[&str]) -> anyhow::Result<Vec<usize>> {
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -285,7 +317,7 @@ kind = "file"
 path = "{root}/examples/directory.json"
 
 [pipeline]
-poll_interval_secs = 1
+poll_interval_secs = {poll}
 post_retry_base_secs = 1
 
 [server]
@@ -296,6 +328,7 @@ id = "load"
 {connector}
 "#,
         root = root.display(),
+        poll = std::env::var("POLL_SECS").unwrap_or_else(|_| "1".into()),
     )
 }
 
@@ -349,7 +382,7 @@ async fn change_and_notify(
     url: &str,
     sys_id: &str,
     n: usize,
-) -> anyhow::Result<(usize, Instant, tokio::task::JoinHandle<bool>)> {
+) -> anyhow::Result<(usize, Sent, tokio::task::JoinHandle<bool>)> {
     let before = sims.journal_counts(&[sys_id]).await?[0];
     for (name, value) in [("access_duration", "97 days".to_owned()), ("role", format!("load-role-{n}"))] {
         if let Some(option) = options.and_then(|o| o.get(name)) {
@@ -361,7 +394,7 @@ async fn change_and_notify(
     sims.patch("sc_req_item", sys_id, json!({ "description": description })).await?;
     let body = json!({"sys_id": sys_id}).to_string();
     let signature = deskbridge_connector::webhook::sign(SECRET, body.as_bytes());
-    let at = Instant::now();
+    let at = (Instant::now(), chrono::Utc::now());
     let (client, url) = (reqwest::Client::new(), url.to_owned());
     let answer = tokio::spawn(async move {
         client
@@ -374,6 +407,48 @@ async fn change_and_notify(
             .is_ok_and(|a| a.status().is_success())
     });
     Ok((before, at, answer))
+}
+
+/// When a webhook left: for its latency, and (wall clock) to set beside the store's timestamps.
+type Sent = (Instant, chrono::DateTime<chrono::Utc>);
+
+/// Where the time from webhook to comment went, ticket by ticket, from the store's own
+/// timestamps: until the version the webhook brought was stored (deskbridge read the ticket
+/// back from the ITSM), until it was decided, and until the harness saw the comment in the
+/// journal (the post; the store records it posted only once its whole batch is done, so that
+/// time is not used). Each `(ticket, webhook sent, comment seen)`.
+async fn stages(store: &Store, seen: &[(String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)]) -> anyhow::Result<()> {
+    let mut spans: [Vec<Duration>; 3] = Default::default();
+    for (ticket, sent, noticed) in seen {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT i.received_at, d.decided_at FROM outbox o JOIN decisions d ON d.decision_id = o.decision_id \
+             JOIN inbox i ON i.id = d.inbox_id WHERE o.ticket_key = $1 AND o.posted_at IS NOT NULL ORDER BY o.id DESC LIMIT 1",
+        )
+        .bind(ticket)
+        .fetch_optional(store.pool())
+        .await?;
+        let Some(row) = row else { continue };
+        let mut at = *sent;
+        for (n, stamp) in [row.0, row.1].iter().enumerate() {
+            let next = chrono::DateTime::parse_from_rfc3339(stamp)?.with_timezone(&chrono::Utc).max(at);
+            spans[n].push((next - at).to_std().unwrap_or_default());
+            at = next;
+        }
+        spans[2].push((*noticed - at).to_std().unwrap_or_default());
+    }
+    let names = ["webhook → stored", "stored → decided", "decided → comment seen"];
+    for (name, mut span) in names.into_iter().zip(spans) {
+        span.sort();
+        if span.is_empty() {
+            continue;
+        }
+        println!(
+            "    {name:<23} p50 {:.1} ms, p99 {:.1} ms",
+            common::percentile(&span, 0.5).as_secs_f64() * 1e3,
+            common::percentile(&span, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
 }
 
 /// What the backlog phase measured.
@@ -467,24 +542,27 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut peak = 0.0;
-    let (posted, cpu) = settled(&store, &mut child, pid, &mut peak, count as i64).await?;
+    // Done once every ticket the connector reads is commented or settled, the simulators'
+    // seeded tickets with the generated ones.
+    let expected = sims.total(jira).await?;
+    let (posted, cpu) = settled(&store, &mut child, pid, &mut peak, expected).await?;
     let elapsed = started.elapsed();
     let simulator_cpu = sims.cpu() - simulator_cpu;
     let backend = if postgres { "PostgreSQL" } else { "SQLite" };
     let itsm = if jira { "Jira Cloud" } else { "ServiceNow" };
     println!(
-        "deskbridge serve and the simulators each in their own process, {count} {itsm} tickets waiting ({backend}; seeding took {:.1} s):",
+        "deskbridge serve and the simulators each in their own process, {expected} {itsm} tickets waiting ({count} generated, the rest seeded; {backend}; seeding took {:.1} s):",
         seeded.as_secs_f64()
     );
     println!(
         "  backlog read, decided and commented: {:.2} s, {:.0} tickets/s (from process start), {posted} comments",
         elapsed.as_secs_f64(),
-        count as f64 / elapsed.as_secs_f64()
+        expected as f64 / elapsed.as_secs_f64()
     );
     println!(
         "  CPU time per ticket:           deskbridge {:.0} µs ({cpu:.2} s user + system); the simulators {:.0} µs ({simulator_cpu:.2} s)",
-        cpu / count as f64 * 1e6,
-        simulator_cpu / count as f64 * 1e6
+        cpu / expected as f64 * 1e6,
+        simulator_cpu / expected as f64 * 1e6
     );
     println!("  peak RSS:                      deskbridge {peak:.1} MiB");
     if !postgres {
@@ -507,7 +585,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
         raw / 1024.0
     );
     let backlog = Backlog {
-        rate: count as f64 / elapsed.as_secs_f64(),
+        rate: expected as f64 / elapsed.as_secs_f64(),
         peak_rss: peak,
     };
     if seconds == 0 || jira {
@@ -547,10 +625,11 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
     // Steady webhooks: each changes one ticket's ask, then names it. A sender keeps the rate;
     // this loop watches the tickets for their comments.
     let total = ((rate * seconds) as usize).min(candidates.len());
-    let waiting: Arc<Mutex<Vec<(String, usize, Instant)>>> = Arc::default();
+    let waiting: Arc<Mutex<Vec<(String, usize, Sent)>>> = Arc::default();
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let every = Duration::from_secs_f64(1.0 / rate as f64);
     let phase = tokio::time::Instant::now();
+    let cpu_before = (usage(pid).map_or(0.0, |(cpu, _)| cpu), sims.cpu());
     let sims = Arc::new(sims);
     let options = Arc::new(options);
     let sender = {
@@ -580,6 +659,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
         })
     };
     let mut latencies = Vec::with_capacity(total);
+    let mut seen = Vec::with_capacity(total);
     let mut unchanged = 0;
     let deadline = Duration::from_secs(seconds + 30);
     let mut rounds = 0u64;
@@ -589,7 +669,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
         || (latencies.len() + unchanged + refused.load(std::sync::atomic::Ordering::SeqCst)) < total)
         && phase.elapsed() < deadline
     {
-        let pending: Vec<(String, usize, Instant)> = lock(&waiting).clone();
+        let pending: Vec<(String, usize, Sent)> = lock(&waiting).clone();
         let mut done = Vec::new();
         // One look at the simulator's journal for all waiting tickets (a request per 200).
         let ids: Vec<&str> = pending.iter().map(|(id, _, _)| id.as_str()).collect();
@@ -597,7 +677,8 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
             looks += 1;
             for ((sys_id, before, at), count) in pending.iter().zip(sims.journal_counts(&ids).await?) {
                 if count > *before {
-                    latencies.push(at.elapsed());
+                    latencies.push(at.0.elapsed());
+                    seen.push((sys_id.clone(), at.1, chrono::Utc::now()));
                     done.push(sys_id.clone());
                 }
             }
@@ -625,6 +706,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
     }
     let waiting = lock(&waiting).len();
     let sending = phase.elapsed();
+    let cpu_used = (usage(pid).map_or(0.0, |(cpu, _)| cpu) - cpu_before.0, sims.cpu() - cpu_before.1);
     if let Some((_, rss)) = usage(pid) {
         peak = peak.max(rss);
     }
@@ -646,6 +728,14 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
             ms(*latencies.last().unwrap_or(&Duration::ZERO))
         );
     }
+    stages(&store, &seen).await?;
+    println!(
+        "  CPU in the phase: deskbridge {:.2} s ({:.0} % of a core), the simulators {:.2} s ({:.0} %)",
+        cpu_used.0,
+        100.0 * cpu_used.0 / sending.as_secs_f64(),
+        cpu_used.1,
+        100.0 * cpu_used.1 / sending.as_secs_f64()
+    );
     println!("  deskbridge peak RSS: {peak:.1} MiB");
     let counts = store.counts().await?;
     println!(

@@ -135,6 +135,7 @@ impl Store {
     /// Claims up to `limit` rows meeting `status` (a condition on `i`; `$5` is `due_before`
     /// when given), oldest first (see [`Store::claim_inbox`]).
     async fn claim_status(&self, limit: i64, status: &str, due_before: Option<&str>, now: &str) -> anyhow::Result<Vec<InboxRow>> {
+        let _turn = self.write_turn().await?;
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
                 SELECT i.id FROM inbox i
@@ -399,6 +400,7 @@ impl Store {
 
     /// Gives up this replica's claim on a row without changing it, so it is taken again.
     pub async fn release(&self, row: &InboxRow) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await?;
         sqlx::query("UPDATE inbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
             .bind(row.id)
             .bind(&*self.holder)

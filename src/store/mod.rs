@@ -68,9 +68,9 @@ pub struct Store {
     path: Option<std::sync::Arc<std::path::PathBuf>>,
     /// Held while this process is the SQLite file's one worker (see [`Store::exclusive`]).
     writer_lock: Option<std::sync::Arc<std::fs::File>>,
-    /// This process's SQLite write transactions queue here, first come first served, for the
-    /// file's one write lock (see [`Store::begin_write`]).
-    write_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// This process's SQLite writes queue here, first come first served, for the file's one
+    /// write lock (see [`Store::write_turn`]).
+    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Keys comment markers; made once per installation, kept in the store.
     marker_key: std::sync::Arc<secrecy::SecretString>,
     /// Who this process is when it claims work.
@@ -675,7 +675,7 @@ impl Store {
             backend,
             path: None,
             writer_lock: None,
-            write_turn: std::sync::Arc::default(),
+            writers: std::sync::Arc::default(),
             marker_key: std::sync::Arc::new(marker_key),
             holder: holder.into(),
             lease: DEFAULT_LEASE,
@@ -724,23 +724,12 @@ impl Store {
     /// locks that make them hold ([`WriteTx::lock_tickets`], [`WriteTx::lock_lifecycles`]).
     /// SQLite has one writer.
     pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
-        let (tx, turn) = match self.backend {
-            Backend::Postgres => (self.pool.begin().await?, None),
-            Backend::Sqlite => {
-                // This process's writers wait their turn here, in order, and are woken the
-                // moment the one before them ends. Left to SQLite, each waiter polls the lock
-                // with sleeps growing to 100 ms, so under a steady stream of small writes (a
-                // webhook's version, a decision, a posted comment) a write could wait far
-                // longer than the one ahead of it took. Another process on the same file is
-                // still kept out by SQLite's lock and `busy_timeout`, and a turn not given within
-                // that timeout fails as SQLite would.
-                let turn = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.write_turn.clone().lock_owned())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("database is locked: waited {SQLITE_BUSY_TIMEOUT:?} for this process's other writes"))?;
-                // The write lock up front (waiting `busy_timeout` for it): a transaction that
-                // reads first could not take it later once another connection wrote.
-                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
-            }
+        let turn = self.write_turn().await?;
+        let tx = match self.backend {
+            Backend::Postgres => self.pool.begin().await?,
+            // The write lock up front (waiting `busy_timeout` for it): a transaction that
+            // reads first could not take it later once another connection wrote.
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
         };
         Ok(WriteTx {
             tx,
@@ -749,6 +738,25 @@ impl Store {
             backend: self.backend,
             _turn: turn,
         })
+    }
+
+    /// This process's turn to write (SQLite; PostgreSQL needs none), held until the guard is
+    /// dropped. Every write takes it, a transaction ([`Store::begin_write`]) or a single
+    /// statement (a claim, a lease, a released or renewed claim): writers wait here in order
+    /// and are woken the moment the one before them ends. Left to SQLite, each waiter polls the
+    /// lock with sleeps growing to 100 ms, so under a steady stream of small writes (a
+    /// webhook's version, a claim, a decision, a posted comment) a write could wait far longer
+    /// than the one ahead of it took. Another process on the same file is still kept out by
+    /// SQLite's lock and `busy_timeout`, and a turn not given within that timeout fails as
+    /// SQLite would. Never taken while holding it: the turn is not reentrant.
+    pub(crate) async fn write_turn(&self) -> anyhow::Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        match self.backend {
+            Backend::Postgres => Ok(None),
+            Backend::Sqlite => tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.writers.clone().lock_owned())
+                .await
+                .map(Some)
+                .map_err(|_| anyhow::anyhow!("database is locked: waited {SQLITE_BUSY_TIMEOUT:?} for this process's other writes")),
+        }
     }
 
     /// Seals audit records committed but not yet in the chain (PostgreSQL; a no-op on SQLite,

@@ -42,6 +42,7 @@ impl Store {
              RETURNING id, connector, ticket_key, marker, body, decision_id, attempts, claims",
             self.backend.skip_locked()
         );
+        let _turn = self.write_turn().await?;
         let mut rows: Vec<OutboxRow> = sqlx::query_as(&sql)
             .bind(&*self.holder)
             .bind(later(self.lease))
@@ -58,6 +59,7 @@ impl Store {
     /// the post itself. Fails with [`LostClaim`] when another replica took the comment over;
     /// the caller must then not post.
     pub async fn renew_outbox_claim(&self, row: &OutboxRow) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await?;
         still_claimed(
             sqlx::query("UPDATE outbox SET claimed_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'queued'")
                 .bind(later(self.lease))
@@ -71,6 +73,7 @@ impl Store {
 
     /// Gives up this replica's claim on a comment without changing it.
     pub async fn release_comment(&self, row: &OutboxRow) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await?;
         sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
             .bind(row.id)
             .bind(&*self.holder)
@@ -127,6 +130,7 @@ impl Store {
     /// Reschedules a comment after a retryable failure: its next attempt looks for the marker
     /// first.
     pub async fn comment_failed(&self, row: &OutboxRow, error: &str, retry_in: Duration) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await?;
         still_claimed(
             sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, claimed_by = NULL, claimed_until = NULL

@@ -268,6 +268,7 @@ impl Store {
 
     /// Stores a checkpoint.
     pub async fn insert_checkpoint(&self, cp: &audit::Checkpoint) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await?;
         sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature) VALUES ($1, $2, $3, $4, $5)")
             .bind(cp.seq)
             .bind(&cp.hash)
