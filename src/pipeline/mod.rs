@@ -161,6 +161,9 @@ pub struct Pipeline {
     stored: tokio::sync::Notify,
     /// Signalled when decisions were recorded (the posting stage of a pass has comments).
     queued: tokio::sync::Notify,
+    /// How many comments the last batch ended posting at once (see [`Window`]): the next batch
+    /// goes on from there, so a steady stream of small batches is not posted one at a time.
+    post_window: std::sync::Mutex<usize>,
     /// The last failure of the decision point and of the facts (catalog and directory), cleared
     /// by the next success: readiness says why requests stay pending.
     last_failures: std::sync::Mutex<LastFailures>,
@@ -239,6 +242,7 @@ impl Pipeline {
             provisioning_blocked: std::sync::Mutex::new(None),
             stored: tokio::sync::Notify::new(),
             queued: tokio::sync::Notify::new(),
+            post_window: std::sync::Mutex::new(1),
             decision_point,
         }
     }
@@ -715,7 +719,16 @@ struct Window {
 
 impl Window {
     fn new(max: usize) -> Self {
-        Self { size: 1, max: max.max(1) }
+        Self::resume(1, max)
+    }
+
+    /// A window that goes on at `size` (where an earlier one ended).
+    fn resume(size: usize, max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            size: size.clamp(1, max),
+            max,
+        }
     }
 
     fn size(&self) -> usize {
@@ -741,4 +754,29 @@ fn contended(error: &anyhow::Error) -> bool {
 /// Whether a connector error means nothing will work until an admin acts.
 pub fn is_fatal(error: &ConnectorError) -> bool {
     matches!(error, ConnectorError::Unauthorized { .. } | ConnectorError::Config { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    #[test]
+    fn a_resumed_window_goes_on_where_the_last_ended_within_its_bound() {
+        let mut window = Window::new(4);
+        assert_eq!(window.size(), 1, "a new window starts alone");
+        for _ in 0..6 {
+            window.answered(true);
+        }
+        assert_eq!(window.size(), 4, "successes widen it to its bound, no further");
+        let mut next = Window::resume(window.size(), 4);
+        assert_eq!(next.size(), 4, "the next batch goes on at that width");
+        next.answered(false);
+        assert_eq!(
+            Window::resume(next.size(), 4).size(),
+            1,
+            "after a failure the next batch starts alone"
+        );
+        assert_eq!(Window::resume(9, 3).size(), 3, "a smaller bound (fewer connectors) caps it");
+        assert_eq!(Window::resume(0, 0).size(), 1, "never less than one");
+    }
 }

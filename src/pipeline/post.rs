@@ -42,10 +42,12 @@ impl Pipeline {
     /// Posts the comments due before `due_before`, one batch. Comments on different tickets are
     /// posted concurrently, up to the sum of the connectors' `max_concurrency` (each
     /// connector's HTTP client holds its own requests to its own bound); the comments of one
-    /// ticket are posted in the order they were queued. The first post of a batch goes alone
-    /// and each success widens the window by one, and any failure (a 429, a 5xx, a refused
-    /// write) narrows it to one again: a throttled or failing ITSM is not sent a burst, and a
-    /// refused write halts the connector before the next one is sent.
+    /// ticket are posted in the order they were queued. The first post goes alone and each
+    /// success widens the window by one, and any failure (a 429, a 5xx, a refused write)
+    /// narrows it to one again: a throttled or failing ITSM is not sent a burst, and a refused
+    /// write halts the connector before the next one is sent. A batch goes on at the width
+    /// the batch before it ended at, so a steady stream of small batches (webhooks) is not
+    /// posted one at a time; after a failure the next batch starts alone.
     pub(super) async fn post_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
         use futures_util::stream::StreamExt as _;
         let rows = self.store.claim_outbox(self.settings.batch_size, due_before).await?;
@@ -63,7 +65,8 @@ impl Pipeline {
         }
         let halted = std::sync::Mutex::new(std::collections::HashSet::new());
         let claimed_at = std::time::Instant::now();
-        let mut window = super::Window::new(self.post_concurrency());
+        let resumed = self.post_window.lock().map_or(1, |w| *w);
+        let mut window = super::Window::resume(resumed, self.post_concurrency());
         let mut queue = tickets.into_iter();
         let mut posting = futures_util::stream::FuturesUnordered::new();
         let mut results = Vec::new();
@@ -77,6 +80,9 @@ impl Pipeline {
             results.push(done);
         }
         drop(posting);
+        if let Ok(mut w) = self.post_window.lock() {
+            *w = window.size();
+        }
         let mut first_error = None;
         let mut posted = Vec::new();
         for done in results {
