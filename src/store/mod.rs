@@ -71,6 +71,8 @@ pub struct Store {
     /// This process's SQLite writes queue here, first come first served, for the file's one
     /// write lock (see [`Store::write_turn`]).
     writers: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The WAL's checkpoints, run beside the writers (see [`Checkpoints`]).
+    checkpoints: std::sync::Arc<Checkpoints>,
     /// Keys comment markers; made once per installation, kept in the store.
     marker_key: std::sync::Arc<secrecy::SecretString>,
     /// Who this process is when it claims work.
@@ -116,6 +118,40 @@ pub struct WriteTx {
     /// This process's turn to write (SQLite), given up when the transaction ends. Declared
     /// after `tx`, so the transaction is rolled back before the next writer starts.
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    checkpoints: std::sync::Arc<Checkpoints>,
+}
+
+/// SQLite's WAL is copied back into the database file by a checkpoint. Left to SQLite, the
+/// commit that grows the WAL past 1,000 pages runs it, fsync included, while it still holds
+/// the write lock, and every writer behind it waits. Here no commit checkpoints
+/// (`wal_autocheckpoint = 0`); after a commit, once the last one is at least [`Self::EVERY`]
+/// old, a passive checkpoint runs on another connection, beside the writers instead of in
+/// front of them. One at a time.
+#[derive(Default)]
+struct Checkpoints {
+    running: std::sync::atomic::AtomicBool,
+    /// When the last one started (ms since the Unix epoch).
+    last: std::sync::atomic::AtomicI64,
+}
+
+impl Checkpoints {
+    const EVERY: chrono::Duration = chrono::Duration::seconds(1);
+
+    fn after_commit(self: &std::sync::Arc<Self>, pool: &AnyPool) {
+        use std::sync::atomic::Ordering;
+        let now = Utc::now().timestamp_millis();
+        if now - self.last.load(Ordering::SeqCst) < Self::EVERY.num_milliseconds() || self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.last.store(now, Ordering::SeqCst);
+        let (this, pool) = (self.clone(), pool.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                tracing::warn!(error = %e, "a WAL checkpoint failed; the next commit starts another");
+            }
+            this.running.store(false, Ordering::SeqCst);
+        });
+    }
 }
 
 impl std::ops::Deref for WriteTx {
@@ -149,6 +185,9 @@ impl WriteTx {
             Backend::Sqlite => {
                 audit::chain_and_write(&mut self.tx, records, self.backend).await?;
                 self.tx.commit().await?;
+                // The next writer goes first; the checkpoint runs beside it.
+                drop(self._turn.take());
+                self.checkpoints.after_commit(&self.pool);
             }
             Backend::Postgres => {
                 audit::write_unsealed(&mut self.tx, &records).await?;
@@ -534,7 +573,7 @@ impl Store {
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON",
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0",
                     )
                     .await?;
                     Ok(())
@@ -676,6 +715,7 @@ impl Store {
             path: None,
             writer_lock: None,
             writers: std::sync::Arc::default(),
+            checkpoints: std::sync::Arc::default(),
             marker_key: std::sync::Arc::new(marker_key),
             holder: holder.into(),
             lease: DEFAULT_LEASE,
@@ -737,6 +777,7 @@ impl Store {
             pool: self.pool.clone(),
             backend: self.backend,
             _turn: turn,
+            checkpoints: self.checkpoints.clone(),
         })
     }
 

@@ -495,3 +495,42 @@ async fn postgres_two_replicas_deciding_one_ticket_at_once_write_one_decision() 
     let records = a.audit_records().await.expect("records");
     assert_eq!(audit::verify(&records), Ok(records.len()));
 }
+
+/// No commit checkpoints SQLite's WAL while it holds the write lock: a checkpoint runs beside
+/// the writers after a commit, and the data reaches the database file without the store being
+/// closed.
+#[tokio::test]
+async fn the_wal_is_checkpointed_beside_the_writers_not_by_the_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path).await.expect("open");
+    let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(store.pool())
+        .await
+        .expect("pragma");
+    assert_eq!(autocheckpoint, 0, "commits do not checkpoint themselves");
+    let before = std::fs::metadata(&path).expect("db file").len();
+    let filler = "x".repeat(2_000);
+    let tickets: Vec<Ticket> = (0..200)
+        .map(|n| Ticket {
+            raw: json!({"k": n, "text": filler}),
+            ..ticket(&format!("t{n}"), "1")
+        })
+        .collect();
+    store
+        .ingest_page("snow", &tickets, &[], &Cursor(Some("c1".into())))
+        .await
+        .expect("ingest");
+    let mut grown = 0;
+    for _ in 0..100 {
+        grown = std::fs::metadata(&path).expect("db file").len().saturating_sub(before);
+        if grown > 400_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        grown > 400_000,
+        "the commit's 200 tickets reached the database file ({grown} bytes grown)"
+    );
+}
