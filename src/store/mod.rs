@@ -117,14 +117,28 @@ pub struct WriteTx {
     backend: Backend,
     /// This process's turn to write (SQLite), given up when the transaction ends. Declared
     /// after `tx`, so the transaction is rolled back before the next writer starts.
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _turn: Option<WriteTurn>,
+}
+
+/// This process's turn to write to its SQLite file (see [`Store::write_turn`]). Given up when
+/// dropped, and then, if one is due, a WAL checkpoint starts beside the next writer
+/// ([`Checkpoints`]): whatever the write was, a transaction or a single statement.
+pub(crate) struct WriteTurn {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
     checkpoints: std::sync::Arc<Checkpoints>,
+    pool: AnyPool,
+}
+
+impl Drop for WriteTurn {
+    fn drop(&mut self) {
+        self.checkpoints.after_write(&self.pool);
+    }
 }
 
 /// SQLite's WAL is copied back into the database file by a checkpoint. Left to SQLite, the
 /// commit that grows the WAL past 1,000 pages runs it, fsync included, while it still holds
 /// the write lock, and every writer behind it waits. Here no commit checkpoints
-/// (`wal_autocheckpoint = 0`); after a commit, once the last one is at least [`Self::EVERY`]
+/// (`wal_autocheckpoint = 0`); after a write, once the last one is at least [`Self::EVERY`]
 /// old, a passive checkpoint runs on another connection, beside the writers instead of in
 /// front of them. One at a time.
 #[derive(Default)]
@@ -137,17 +151,22 @@ struct Checkpoints {
 impl Checkpoints {
     const EVERY: chrono::Duration = chrono::Duration::seconds(1);
 
-    fn after_commit(self: &std::sync::Arc<Self>, pool: &AnyPool) {
+    fn after_write(self: &std::sync::Arc<Self>, pool: &AnyPool) {
         use std::sync::atomic::Ordering;
         let now = Utc::now().timestamp_millis();
+        // Outside a runtime (a turn dropped as the runtime shuts down) nothing is started: the
+        // last connection's close checkpoints.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if now - self.last.load(Ordering::SeqCst) < Self::EVERY.num_milliseconds() || self.running.swap(true, Ordering::SeqCst) {
             return;
         }
         self.last.store(now, Ordering::SeqCst);
         let (this, pool) = (self.clone(), pool.clone());
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-                tracing::warn!(error = %e, "a WAL checkpoint failed; the next commit starts another");
+                tracing::warn!(error = %e, "a WAL checkpoint failed; the next write starts another");
             }
             this.running.store(false, Ordering::SeqCst);
         });
@@ -185,9 +204,6 @@ impl WriteTx {
             Backend::Sqlite => {
                 audit::chain_and_write(&mut self.tx, records, self.backend).await?;
                 self.tx.commit().await?;
-                // The next writer goes first; the checkpoint runs beside it.
-                drop(self._turn.take());
-                self.checkpoints.after_commit(&self.pool);
             }
             Backend::Postgres => {
                 audit::write_unsealed(&mut self.tx, &records).await?;
@@ -777,7 +793,6 @@ impl Store {
             pool: self.pool.clone(),
             backend: self.backend,
             _turn: turn,
-            checkpoints: self.checkpoints.clone(),
         })
     }
 
@@ -790,13 +805,19 @@ impl Store {
     /// than the one ahead of it took. Another process on the same file is still kept out by
     /// SQLite's lock and `busy_timeout`, and a turn not given within that timeout fails as
     /// SQLite would. Never taken while holding it: the turn is not reentrant.
-    pub(crate) async fn write_turn(&self) -> anyhow::Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+    pub(crate) async fn write_turn(&self) -> anyhow::Result<Option<WriteTurn>> {
         match self.backend {
             Backend::Postgres => Ok(None),
-            Backend::Sqlite => tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.writers.clone().lock_owned())
-                .await
-                .map(Some)
-                .map_err(|_| anyhow::anyhow!("database is locked: waited {SQLITE_BUSY_TIMEOUT:?} for this process's other writes")),
+            Backend::Sqlite => {
+                let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.writers.clone().lock_owned())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("database is locked: waited {SQLITE_BUSY_TIMEOUT:?} for this process's other writes"))?;
+                Ok(Some(WriteTurn {
+                    _guard: guard,
+                    checkpoints: self.checkpoints.clone(),
+                    pool: self.pool.clone(),
+                }))
+            }
         }
     }
 
