@@ -10,6 +10,8 @@ use deskbridge::report::drift::{Format as DriftFormat, Options as DriftOptions};
 
 /// mimalloc instead of glibc's allocator: deskbridge allocates many short-lived values per
 /// ticket across the runtime's and the policy's threads (see the README's throughput figures).
+/// Built with `override`, it also serves the C code's `malloc` (SQLite's page caches), so one
+/// heap holds everything and gives freed pages back (see `Cargo.toml`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
