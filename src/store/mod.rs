@@ -588,8 +588,12 @@ impl Store {
             .max_connections(4)
             .after_connect(|conn, _| {
                 Box::pin(async move {
+                    // A 512 KiB page cache per connection, not SQLite's 2 MB: in WAL mode a
+                    // connection's cache is dropped whenever another has committed, which during
+                    // work is nearly always, so the larger cache only held memory (100,000
+                    // tickets side by side: peak RSS 101.1 -> 92.9 MiB at the same rate).
                     conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0",
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -512",
                     )
                     .await?;
                     Ok(())
