@@ -56,48 +56,78 @@ pub(crate) fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) 
     }
 }
 
+/// A claimed row, read before its batch is decided.
+enum Prepared {
+    /// Its connector is not in the configuration: the row is parked.
+    Unconfigured,
+    /// A newer version of the ticket was read meanwhile: this one is settled as stale.
+    Stale,
+    /// The ticket, normalized by its connector's mapping, with what identifies the request
+    /// version (none when it is not an access request).
+    Read { normalized: Normalized, hash: Option<String> },
+}
+
 impl Pipeline {
+    /// Parses and normalizes one claimed row's ticket.
+    fn prepare(&self, row: &InboxRow, prior: &Prior) -> anyhow::Result<Prepared> {
+        let Some(instance) = self.instances.get(&row.connector) else {
+            return Ok(Prepared::Unconfigured);
+        };
+        if prior.has_newer(row) {
+            return Ok(Prepared::Stale);
+        }
+        let normalized = instance.mapping.normalize(&row.ticket()?);
+        let hash = match &normalized {
+            Normalized::AccessRequest { request } => Some(request_hash(request)),
+            Normalized::Incomplete { problems, .. } => Some(problems_hash(problems)),
+            Normalized::NotAnAccessRequest { .. } => None,
+        };
+        Ok(Prepared::Read { normalized, hash })
+    }
+
     /// Normalizes and decides one claimed batch. What each row comes to is written in one
     /// transaction for the whole batch ([`crate::store::Store::finish`]); what the batch needs
     /// from earlier work is read in one query each ([`crate::store::Store::prior`]). Failures
     /// (a decision point or source of facts that cannot answer, a template that fails) are
-    /// written as they happen.
-    pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
+    /// written as they happen. Returns whether another batch may find more due: the claim
+    /// was full, or a row was given back to be decided again.
+    pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<bool> {
         let rows = self.store.claim_inbox(self.settings.batch_size, due_before).await?;
         if rows.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        if let Some(enricher) = &self.enricher {
-            let asks: Vec<AccessRequest> = rows
-                .iter()
-                .filter_map(|row| {
-                    let instance = self.instances.get(&row.connector)?;
-                    match instance.mapping.normalize(&row.ticket().ok()?) {
-                        Normalized::AccessRequest { request } => Some(*request),
-                        _ => None,
-                    }
-                })
-                .collect();
-            enricher.prefetch(&asks).await;
-        }
+        let mut more = rows.len() as i64 >= self.settings.batch_size;
         let prior = self.store.prior(&rows).await?;
+        // Each ticket is parsed and normalized once, for the prefetch and for its decision.
+        let prepared: Vec<anyhow::Result<Prepared>> = rows.iter().map(|row| self.prepare(row, &prior)).collect();
+        if let Some(enricher) = &self.enricher {
+            // The identities of the requests that will be decided; an unchanged request is not.
+            let asks = rows.iter().zip(&prepared).filter_map(|(row, prepared)| match prepared {
+                Ok(Prepared::Read {
+                    normalized: Normalized::AccessRequest { request },
+                    hash: Some(hash),
+                }) if prior.latest(row).is_none_or(|l| l.request_hash != *hash) => Some(request.as_ref()),
+                _ => None,
+            });
+            enricher.prefetch(asks).await;
+        }
         let mut finished = Vec::with_capacity(rows.len());
         // Beside each finished row, the request a shadow decision point is asked about it.
         let mut asks = Vec::with_capacity(rows.len());
         // Rows are decided a few at once (the decision point and the sources of facts answer
         // in parallel), their results kept in row order; after a failure, one at a time again.
         let mut failure = None;
-        let mut queue = rows.iter();
+        let mut queue = rows.iter().zip(prepared);
         let mut deciding = futures_util::stream::FuturesOrdered::new();
         let mut window = super::Window::new(DECIDE_AT_ONCE);
         loop {
             while deciding.len() < window.size() {
                 // Nothing new starts after a stop; unhandled claims are released by
                 // `release_all` on shutdown.
-                let Some(row) = queue.next().filter(|_| !self.stopping()) else {
+                let Some((row, prepared)) = queue.next().filter(|_| !self.stopping()) else {
                     break;
                 };
-                deciding.push_back(self.decide_one(row, &prior));
+                deciding.push_back(self.decide_one(row, prepared, &prior));
             }
             let Some((row, done, result)) = deciding.next().await else { break };
             window.answered(result.is_ok() && done.failed_decisions == 0);
@@ -130,6 +160,7 @@ impl Pipeline {
                 tracing::info!(ticket = %row.number, "another replica decided this ticket meanwhile; decided again next batch");
                 self.store.release(row).await?;
                 report.contended += 1;
+                more = true;
             } else if unwritten.lost.contains(&row.id) {
                 tracing::info!(ticket = %row.number, "left to the replica that took it over");
             } else if let Some(decision) = decided {
@@ -151,18 +182,22 @@ impl Pipeline {
                     .await?;
             }
         }
-        failure.map_or(Ok(()), Err)
+        failure.map_or(Ok(more), Err)
     }
 
     /// Decides one row of a batch, with what it adds to the pass's report.
     async fn decide_one<'r>(
         &self,
         row: &'r InboxRow,
+        prepared: anyhow::Result<Prepared>,
         prior: &Prior,
     ) -> (&'r InboxRow, Report, anyhow::Result<Option<(Finished<'r>, Option<AccessRequest>)>>) {
         self.beat();
         let mut done = Report::default();
-        let result = self.decide_row(row, prior, &mut done).await;
+        let result = match prepared {
+            Ok(prepared) => self.decide_row(row, prepared, prior, &mut done).await,
+            Err(e) => Err(e),
+        };
         (row, done, result)
     }
 
@@ -262,16 +297,10 @@ impl Pipeline {
     async fn decide_row<'r>(
         &self,
         row: &'r InboxRow,
+        prepared: Prepared,
         prior: &Prior,
         report: &mut Report,
     ) -> anyhow::Result<Option<(Finished<'r>, Option<AccessRequest>)>> {
-        let Some(instance) = self.instances.get(&row.connector) else {
-            let why = format!("connector {:?} is not in the configuration", row.connector);
-            tracing::warn!(%why, "ticket version parked");
-            self.store.park_ticket(row, &why).await?;
-            report.parked += 1;
-            return Ok(None);
-        };
         let settled = |status, normalized, request_hash, evidence| {
             Ok(Some((
                 Finished::Settled {
@@ -284,20 +313,34 @@ impl Pipeline {
                 None,
             )))
         };
-        if prior.has_newer(row) {
-            return settled("stale", json!({"status": "stale"}), None, Vec::new());
-        }
-        let ticket = row.ticket()?;
-        let normalized = instance.mapping.normalize(&ticket);
+        let (instance, normalized, hash) = match prepared {
+            Prepared::Unconfigured => {
+                let why = format!("connector {:?} is not in the configuration", row.connector);
+                tracing::warn!(%why, "ticket version parked");
+                self.store.park_ticket(row, &why).await?;
+                report.parked += 1;
+                return Ok(None);
+            }
+            Prepared::Stale => return settled("stale", json!({"status": "stale"}), None, Vec::new()),
+            Prepared::Read { normalized, hash } => {
+                // `prepare` reads only rows of configured connectors.
+                let Some(instance) = self.instances.get(&row.connector) else {
+                    anyhow::bail!("connector {:?} is not in the configuration", row.connector);
+                };
+                (instance, normalized, hash)
+            }
+        };
         let normalized_json = serde_json::to_value(&normalized)?;
-        let (hash, request) = match &normalized {
-            Normalized::NotAnAccessRequest { reason, .. } => {
-                tracing::debug!(%reason, "not an access request");
+        let (hash, request) = match (&normalized, hash) {
+            (Normalized::AccessRequest { request }, Some(hash)) => (hash, Ok(request.as_ref())),
+            // Required fields are missing: deskbridge asks for them without consulting the policy.
+            (Normalized::Incomplete { problems, .. }, Some(hash)) => (hash, Err(problems.as_slice())),
+            (normalized, _) => {
+                if let Normalized::NotAnAccessRequest { reason, .. } = normalized {
+                    tracing::debug!(%reason, "not an access request");
+                }
                 return settled("not_access", normalized_json, None, Vec::new());
             }
-            // Required fields are missing: deskbridge asks for them without consulting the policy.
-            Normalized::Incomplete { problems, .. } => (problems_hash(problems), Err(problems.as_slice())),
-            Normalized::AccessRequest { request } => (request_hash(request), Ok(request.as_ref())),
         };
         let mut evidence = Self::itsm_change(row, prior.previous(row), &normalized_json);
         let latest = prior.latest(row);

@@ -115,7 +115,7 @@ impl Enricher {
     /// Looks up everyone a page of requests names in one go (the directory batches the keys
     /// and caches the answers), so deciding the page asks the directory nothing more. A failure
     /// here is not final: each request's own lookup fails closed.
-    pub async fn prefetch(&self, requests: &[AccessRequest]) {
+    pub async fn prefetch<'a>(&self, requests: impl IntoIterator<Item = &'a AccessRequest>) {
         let Some(directory) = &self.directory else { return };
         let mut keys: Vec<String> = Vec::new();
         for r in requests {

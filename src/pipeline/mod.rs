@@ -655,7 +655,9 @@ impl Pipeline {
     }
 
     /// Decides every new inbox row and every pending one due before `pass_start` (a request
-    /// that fails during the pass is not retried within it).
+    /// that fails during the pass is not retried within it). A batch that claimed less than
+    /// it could is the last: nothing else was due when it was claimed, and what arrives later
+    /// signals its own round ([`Pipeline::versions_stored`]).
     async fn decide_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
         loop {
             let before = (
@@ -665,8 +667,9 @@ impl Pipeline {
                 report.contended,
                 report.parked,
             );
-            self.decide_due(report, pass_start).await?;
-            if self.stopping()
+            let more = self.decide_due(report, pass_start).await?;
+            if !more
+                || self.stopping()
                 || (
                     report.decided,
                     report.settled,
@@ -686,12 +689,13 @@ impl Pipeline {
     }
 
     /// Posts every comment queued, and every retry due before `pass_start` (a post that fails
-    /// during the pass is not tried again within it).
+    /// during the pass is not tried again within it); a batch that claimed less than it could
+    /// is the last (decisions signal their own round, [`Pipeline::decisions_recorded`]).
     async fn post_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
         loop {
             let before = (report.posted, report.failed_posts, report.parked);
-            self.post_due(report, pass_start).await?;
-            if self.stopping() || (report.posted, report.failed_posts, report.parked) == before {
+            let more = self.post_due(report, pass_start).await?;
+            if !more || self.stopping() || (report.posted, report.failed_posts, report.parked) == before {
                 return Ok(());
             }
         }

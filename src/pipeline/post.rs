@@ -47,10 +47,12 @@ impl Pipeline {
     /// narrows it to one again: a throttled or failing ITSM is not sent a burst, and a refused
     /// write halts the connector before the next one is sent. A batch goes on at the width
     /// the batch before it ended at, so a steady stream of small batches (webhooks) is not
-    /// posted one at a time; after a failure the next batch starts alone.
-    pub(super) async fn post_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<()> {
+    /// posted one at a time; after a failure the next batch starts alone. Returns whether
+    /// another batch may find more due (the claim was full).
+    pub(super) async fn post_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<bool> {
         use futures_util::stream::StreamExt as _;
         let rows = self.store.claim_outbox(self.settings.batch_size, due_before).await?;
+        let more = rows.len() as i64 >= self.settings.batch_size;
         let mut tickets: Vec<Vec<OutboxRow>> = Vec::new();
         let mut index: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
         for row in rows {
@@ -105,7 +107,7 @@ impl Pipeline {
             tracing::info!(connector = %row.connector, ticket = %row.ticket_key, comment = %id, existing, "comment posted");
             report.posted += 1;
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(more), Err)
     }
 
     /// How many comments are posted at once: the connectors' `max_concurrency`, summed.

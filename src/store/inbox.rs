@@ -118,7 +118,9 @@ impl Store {
         let now = now();
         // Due retries first (few), then new versions in arrival order. Each is one status, so
         // it walks an index in id order and stops at the limit: a large backlog of received
-        // versions is not sorted (nor checked for claims) in full on every claim.
+        // versions is not sorted (nor checked for claims) in full on every claim. The two
+        // statements take one turn among this process's writes.
+        let _turn = self.write_turn().await?;
         let mut rows = self
             .claim_status(limit, "i.status = 'pending' AND i.next_attempt_at < $5", Some(due_before), &now)
             .await?;
@@ -133,9 +135,8 @@ impl Store {
     }
 
     /// Claims up to `limit` rows meeting `status` (a condition on `i`; `$5` is `due_before`
-    /// when given), oldest first (see [`Store::claim_inbox`]).
+    /// when given), oldest first (see [`Store::claim_inbox`]), in the caller's write turn.
     async fn claim_status(&self, limit: i64, status: &str, due_before: Option<&str>, now: &str) -> anyhow::Result<Vec<InboxRow>> {
-        let _turn = self.write_turn().await?;
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
                 SELECT i.id FROM inbox i

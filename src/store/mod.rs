@@ -586,6 +586,10 @@ impl Store {
         let options = AnyConnectOptions::from_url(&url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
+            // A file on this host cannot drop a connection the way a server can; sqlx's ping
+            // before every acquire was one more round trip to the connection's thread per
+            // statement.
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // A 512 KiB page cache per connection, not SQLite's 2 MB: in WAL mode a
