@@ -140,7 +140,10 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             poll_interval_secs: 30,
-            batch_size: 500,
+            // What a batch holds while it is decided and posted is most of serve's peak RSS
+            // with a large backlog: 250 keeps it near 82 MiB at 100,000 waiting, 500 near 105 MiB,
+            // at the same rate.
+            batch_size: 250,
             decision_retry_base_secs: 5,
             decision_retry_max_secs: 600,
             comment_template: None,

@@ -57,7 +57,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 250,
             decision_retry_base: Duration::from_secs(5),
             decision_retry_max: Duration::from_secs(600),
             max_pages_per_pass: 1000,
