@@ -57,19 +57,23 @@ pub(crate) fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) 
 }
 
 /// A claimed row, read before its batch is decided.
-enum Prepared {
+enum Prepared<'p> {
     /// Its connector is not in the configuration: the row is parked.
     Unconfigured,
     /// A newer version of the ticket was read meanwhile: this one is settled as stale.
     Stale,
-    /// The ticket, normalized by its connector's mapping, with what identifies the request
-    /// version (none when it is not an access request).
-    Read { normalized: Normalized, hash: Option<String> },
+    /// The ticket, normalized by its connector instance's mapping, with what identifies the
+    /// request version (none when it is not an access request).
+    Read {
+        instance: &'p super::Instance,
+        normalized: Normalized,
+        hash: Option<String>,
+    },
 }
 
 impl Pipeline {
     /// Parses and normalizes one claimed row's ticket.
-    fn prepare(&self, row: &InboxRow, prior: &Prior) -> anyhow::Result<Prepared> {
+    fn prepare(&self, row: &InboxRow, prior: &Prior) -> anyhow::Result<Prepared<'_>> {
         let Some(instance) = self.instances.get(&row.connector) else {
             return Ok(Prepared::Unconfigured);
         };
@@ -82,7 +86,11 @@ impl Pipeline {
             Normalized::Incomplete { problems, .. } => Some(problems_hash(problems)),
             Normalized::NotAnAccessRequest { .. } => None,
         };
-        Ok(Prepared::Read { normalized, hash })
+        Ok(Prepared::Read {
+            instance,
+            normalized,
+            hash,
+        })
     }
 
     /// Normalizes and decides one claimed batch. What each row comes to is written in one
@@ -99,13 +107,14 @@ impl Pipeline {
         let mut more = rows.len() as i64 >= self.settings.batch_size;
         let prior = self.store.prior(&rows).await?;
         // Each ticket is parsed and normalized once, for the prefetch and for its decision.
-        let prepared: Vec<anyhow::Result<Prepared>> = rows.iter().map(|row| self.prepare(row, &prior)).collect();
+        let prepared: Vec<anyhow::Result<Prepared<'_>>> = rows.iter().map(|row| self.prepare(row, &prior)).collect();
         if let Some(enricher) = &self.enricher {
             // The identities of the requests that will be decided; an unchanged request is not.
             let asks = rows.iter().zip(&prepared).filter_map(|(row, prepared)| match prepared {
                 Ok(Prepared::Read {
                     normalized: Normalized::AccessRequest { request },
                     hash: Some(hash),
+                    ..
                 }) if prior.latest(row).is_none_or(|l| l.request_hash != *hash) => Some(request.as_ref()),
                 _ => None,
             });
@@ -189,7 +198,7 @@ impl Pipeline {
     async fn decide_one<'r>(
         &self,
         row: &'r InboxRow,
-        prepared: anyhow::Result<Prepared>,
+        prepared: anyhow::Result<Prepared<'_>>,
         prior: &Prior,
     ) -> (&'r InboxRow, Report, anyhow::Result<Option<(Finished<'r>, Option<AccessRequest>)>>) {
         self.beat();
@@ -297,7 +306,7 @@ impl Pipeline {
     async fn decide_row<'r>(
         &self,
         row: &'r InboxRow,
-        prepared: Prepared,
+        prepared: Prepared<'_>,
         prior: &Prior,
         report: &mut Report,
     ) -> anyhow::Result<Option<(Finished<'r>, Option<AccessRequest>)>> {
@@ -322,13 +331,11 @@ impl Pipeline {
                 return Ok(None);
             }
             Prepared::Stale => return settled("stale", json!({"status": "stale"}), None, Vec::new()),
-            Prepared::Read { normalized, hash } => {
-                // `prepare` reads only rows of configured connectors.
-                let Some(instance) = self.instances.get(&row.connector) else {
-                    anyhow::bail!("connector {:?} is not in the configuration", row.connector);
-                };
-                (instance, normalized, hash)
-            }
+            Prepared::Read {
+                instance,
+                normalized,
+                hash,
+            } => (instance, normalized, hash),
         };
         let normalized_json = serde_json::to_value(&normalized)?;
         let (hash, request) = match (&normalized, hash) {
