@@ -3,7 +3,9 @@
 //!     cargo run --release --example throughput -- [TICKETS] [sqlite|postgres] [backfill]
 //!         [--latency-ms N] [--concurrency N] [--pipeline-only] [--replicas N]
 //!
-//! 1. normalize + decide per ticket, in-process (the shipped mapping and Rego policy);
+//! 1. normalize + enrich + decide per ticket, in-process (the shipped mapping, the example
+//!    catalog and directory, the shipped Rego policy), with the policy evaluated on the calling
+//!    thread by the interpreter and by regorus's register VM beside it;
 //! 2. the pipeline against a ServiceNow simulator on loopback seeded with TICKETS synthetic
 //!    access requests: the read path (poll → inbox → normalize → decide) and the write-back,
 //!    on a SQLite file or a fresh schema of `DESKBRIDGE_TEST_POSTGRES`; beside it, the same
@@ -38,8 +40,21 @@ use deskbridge_connector::{Connector as _, Ticket};
 use deskbridge_servicenow::simulator::{Fault, SimConfig, Simulator};
 use deskbridge_servicenow::ServiceNow;
 
-fn in_process(iterations: usize) -> anyhow::Result<()> {
+/// The catalog and directory `serve` decides with in the demo: the facts a decision rests on.
+fn example_enricher() -> anyhow::Result<deskbridge::pipeline::enrich::Enricher> {
+    Ok(deskbridge::pipeline::enrich::Enricher {
+        catalog: deskbridge::commands::demo::example_catalog()?,
+        directory: Some(Arc::new(deskbridge::directory::file::FileDirectory::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/directory.json"),
+        )?)),
+    })
+}
+
+/// Per ticket, in this process: normalize, enrich (catalog and directory, as the pipeline
+/// does, so the policy walks the rules a real decision walks) and decide.
+async fn in_process(iterations: usize) -> anyhow::Result<()> {
     let (mapping, policy) = shipped()?;
+    let enricher = example_enricher()?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/servicenow");
     let mut tickets: Vec<Ticket> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -50,6 +65,8 @@ fn in_process(iterations: usize) -> anyhow::Result<()> {
         let ticket = &tickets[i % tickets.len()];
         let started = Instant::now();
         if let Normalized::AccessRequest { request } = mapping.normalize(ticket) {
+            let mut request = *request;
+            enricher.enrich(&mut request).await.map_err(anyhow::Error::msg)?;
             let decided_at = Instant::now();
             policy.decide_now(&request)?;
             decide_only.push(decided_at.elapsed());
@@ -59,19 +76,22 @@ fn in_process(iterations: usize) -> anyhow::Result<()> {
     both.sort();
     decide_only.sort();
     println!(
-        "normalize + decide: median {:.1} µs, p99 {:.1} µs per ticket ({} tickets)",
+        "normalize + enrich + decide: median {:.1} µs, p99 {:.1} µs per ticket ({} tickets)",
         common::percentile(&both, 0.5).as_secs_f64() * 1e6,
         common::percentile(&both, 0.99).as_secs_f64() * 1e6,
         iterations
     );
     print_times("embedded Rego decision alone (interpreter)", &decide_only);
-    let requests: Vec<AccessRequest> = tickets
+    let mut requests: Vec<AccessRequest> = tickets
         .iter()
         .filter_map(|t| match mapping.normalize(t) {
             Normalized::AccessRequest { request } => Some(*request),
             _ => None,
         })
         .collect();
+    for request in &mut requests {
+        enricher.enrich(request).await.map_err(anyhow::Error::msg)?;
+    }
     // Beside it, the same policy evaluated by regorus on this thread: what the hop to the
     // evaluation threads (which give decisions their wall-clock limit) costs.
     let mut engine = regorus::Engine::new();
@@ -97,6 +117,29 @@ fn in_process(iterations: usize) -> anyhow::Result<()> {
         Ok(started.elapsed())
     })?;
     print_times("  for comparison, regorus's register VM", &vm_only);
+    // And the VM on this thread: the evaluation alone, as the interpreter's line above.
+    let policy_text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/access.rego"))?;
+    let mut compiled = regorus::Engine::new();
+    compiled
+        .add_policy("access.rego".into(), policy_text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let entrypoint = "data.deskbridge.access.decision";
+    let compiled = compiled
+        .compile_with_entrypoint(&regorus::Rc::from(entrypoint))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let program =
+        regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &[entrypoint]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut machine = regorus::rvm::vm::RegoVM::new();
+    machine.load_program(program);
+    machine.set_max_instructions(50_000_000);
+    let vm_inline = time_each(&requests, iterations, |request| {
+        let input = regorus::Value::from(serde_json::to_value(request)?);
+        let started = Instant::now();
+        machine.set_input(input);
+        let _ = machine.execute();
+        Ok(started.elapsed())
+    })?;
+    print_times("  the register VM on the calling thread", &vm_inline);
     Ok(())
 }
 
@@ -294,12 +337,7 @@ fn pipeline_for(sim: &Simulator, store: &Store, options: &Options) -> anyhow::Re
         CommentRenderer::new(None)?,
         Settings::default(),
     )
-    .with_enricher(Some(Arc::new(deskbridge::pipeline::enrich::Enricher {
-        catalog: deskbridge::commands::demo::example_catalog()?,
-        directory: Some(Arc::new(deskbridge::directory::file::FileDirectory::load(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/directory.json"),
-        )?)),
-    }))))
+    .with_enricher(Some(Arc::new(example_enricher()?))))
 }
 
 /// A fresh store: a SQLite file in `dir`, or a fresh schema of `DESKBRIDGE_TEST_POSTGRES`.
@@ -471,7 +509,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // `--pipeline-only` skips the in-process figures (for a profiler's view of the pipeline).
     if !options.backfill && !args.iter().any(|a| a == "--pipeline-only") {
-        in_process(20_000)?;
+        in_process(20_000).await?;
     }
     end_to_end(&options).await?;
     println!("peak RSS: {:.1} MiB", common::peak_rss_mib("self"));
