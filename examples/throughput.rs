@@ -94,6 +94,7 @@ async fn in_process(iterations: usize) -> anyhow::Result<()> {
     }
     // Beside it, the same policy evaluated by regorus on this thread: what the hop to the
     // evaluation threads (which give decisions their wall-clock limit) costs.
+    let entrypoint = "data.deskbridge.access.decision";
     let mut engine = regorus::Engine::new();
     engine
         .add_policy(
@@ -105,7 +106,7 @@ async fn in_process(iterations: usize) -> anyhow::Result<()> {
         let input = regorus::Value::from(serde_json::to_value(request)?);
         let started = Instant::now();
         engine.set_input(input);
-        let _ = engine.eval_rule("data.deskbridge.access.decision".into());
+        let _ = engine.eval_rule(entrypoint.into());
         Ok(started.elapsed())
     })?;
     print_times("  the same evaluation on the calling thread (no time limit)", &inline);
@@ -117,26 +118,22 @@ async fn in_process(iterations: usize) -> anyhow::Result<()> {
         Ok(started.elapsed())
     })?;
     print_times("  for comparison, regorus's register VM", &vm_only);
-    // And the VM on this thread: the evaluation alone, as the interpreter's line above.
-    let policy_text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/access.rego"))?;
-    let mut compiled = regorus::Engine::new();
-    compiled
-        .add_policy("access.rego".into(), policy_text)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let entrypoint = "data.deskbridge.access.decision";
-    let compiled = compiled
+    // And the VM on this thread, compiled from the interpreter's engine above: the evaluation
+    // alone, as the interpreter's line.
+    let compiled = engine
+        .clone()
         .compile_with_entrypoint(&regorus::Rc::from(entrypoint))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let program =
         regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &[entrypoint]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut machine = regorus::rvm::vm::RegoVM::new();
     machine.load_program(program);
-    machine.set_max_instructions(50_000_000);
+    machine.set_max_instructions(deskbridge::decision::rego::MAX_INSTRUCTIONS);
     let vm_inline = time_each(&requests, iterations, |request| {
         let input = regorus::Value::from(serde_json::to_value(request)?);
         let started = Instant::now();
         machine.set_input(input);
-        let _ = machine.execute();
+        machine.execute().map_err(|e| anyhow::anyhow!("the register VM: {e}"))?;
         Ok(started.elapsed())
     })?;
     print_times("  the register VM on the calling thread", &vm_inline);

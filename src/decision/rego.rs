@@ -30,7 +30,7 @@ use super::{Decided, DecisionError, DecisionPoint, PolicyOutput};
 use crate::schema::AccessRequest;
 
 /// Instruction budget of one RVM evaluation, far above any real decision policy.
-const MAX_INSTRUCTIONS: usize = 50_000_000;
+pub const MAX_INSTRUCTIONS: usize = 50_000_000;
 
 /// Evaluation threads that may still be running past their limit at one time.
 pub const MAX_OVERRUNS: usize = 4;
