@@ -401,7 +401,10 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
 /// Writes chained records in multi-row inserts.
 pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[AuditRecord], backend: super::Backend) -> sqlx::Result<()> {
     for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
-        let mut sql = String::from("INSERT INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ");
+        let mut sql = format!(
+            "INSERT{} INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ",
+            backend.or_fail()
+        );
         super::push_placeholders(&mut sql, chunk.len(), 9, backend);
         let mut query = sqlx::query(&sql);
         for r in chunk {

@@ -465,11 +465,12 @@ async fn mark_normalized(tx: &mut super::WriteTx, holder: &str, marks: &[Mark<'_
     for chunk in marks.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from("WITH v (id, status, normalized, request_hash) AS (VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 4, tx.backend);
-        sql.push_str(
-            ") UPDATE inbox SET status = v.status, normalized = v.normalized, request_hash = v.request_hash, last_error = NULL,
+        sql.push_str(&format!(
+            ") UPDATE{} inbox SET status = v.status, normalized = v.normalized, request_hash = v.request_hash, last_error = NULL,
                 claimed_by = NULL, claimed_until = NULL
              FROM v WHERE inbox.id = v.id AND inbox.claimed_by = ",
-        );
+            tx.backend.or_fail()
+        ));
         sql.push_str(&super::next_placeholder(tx.backend, chunk.len() * 4 + 1));
         sql.push_str(" RETURNING inbox.id");
         let mut query = sqlx::query_scalar::<_, i64>(&sql);
@@ -702,8 +703,9 @@ async fn insert_tickets(
     }
     let mut inserted = std::collections::HashSet::new();
     for chunk in rows.chunks(super::ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, content_sha256, received_at) VALUES ",
+        let mut sql = format!(
+            "INSERT{} INTO inbox (connector, ticket_key, version, number, url, updated, raw, raw_sha256, content_sha256, received_at) VALUES ",
+            tx.backend.or_fail()
         );
         super::push_placeholders(&mut sql, chunk.len(), 10, tx.backend);
         sql.push_str(" ON CONFLICT (connector, ticket_key, version) DO NOTHING RETURNING ticket_key, version");

@@ -57,6 +57,21 @@ impl Backend {
             Self::Postgres => " FOR UPDATE SKIP LOCKED",
         }
     }
+
+    /// The conflict clause of a multi-row write inside a transaction (`INSERT{}`, `UPDATE{}`).
+    /// On SQLite, `OR FAIL`: a failing row stops the statement but keeps the rows it wrote
+    /// before, so SQLite need not journal the pages the statement changes in order to undo it
+    /// alone. Under the default (`ABORT`) every such statement copied the pages earlier
+    /// statements of its transaction had changed to a temporary file first: about 40 % of the
+    /// process's `pwrite` calls in a backlog. Nothing is kept either way, because every caller
+    /// gives up the whole transaction on an error. PostgreSQL has no such clause; its statement
+    /// is undone whole as before.
+    pub(crate) fn or_fail(self) -> &'static str {
+        match self {
+            Self::Sqlite => " OR FAIL",
+            Self::Postgres => "",
+        }
+    }
 }
 
 /// The store.

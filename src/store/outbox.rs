@@ -97,9 +97,10 @@ impl Store {
             let mut sql = String::from("WITH v (id, comment_id) AS (VALUES ");
             super::push_placeholders(&mut sql, chunk.len(), 2, tx.backend);
             sql.push_str(&format!(
-                ") UPDATE outbox SET status = 'posted', comment_id = v.comment_id, posted_at = {}, last_error = NULL, claimed_by = NULL,
+                ") UPDATE{} outbox SET status = 'posted', comment_id = v.comment_id, posted_at = {}, last_error = NULL, claimed_by = NULL,
                     claimed_until = NULL
                  FROM v WHERE outbox.id = v.id AND outbox.claimed_by = {} RETURNING outbox.id",
+                tx.backend.or_fail(),
                 super::next_placeholder(tx.backend, chunk.len() * 2 + 1),
                 super::next_placeholder(tx.backend, chunk.len() * 2 + 2),
             ));
@@ -166,8 +167,9 @@ pub(super) async fn queue_comments<'a>(
     let mut fresh = std::collections::HashSet::with_capacity(comments.len());
     let at = now();
     for chunk in comments.chunks(super::ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at) VALUES ",
+        let mut sql = format!(
+            "INSERT{} INTO outbox (connector, ticket_key, request_hash, decision_id, marker, body, next_attempt_at, created_at) VALUES ",
+            tx.backend.or_fail()
         );
         super::push_placeholders(&mut sql, chunk.len(), 8, tx.backend);
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING marker");

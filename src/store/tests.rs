@@ -176,6 +176,45 @@ async fn audit_chain(backend: Backend) {
     assert!(delete.expect_err("append-only").to_string().contains("append-only"));
 }
 
+on_both!(
+    a_multi_row_write_that_fails_part_way_leaves_nothing_of_its_transaction,
+    failed_write
+);
+/// Multi-row writes run `OR FAIL` on SQLite ([`Backend::or_fail`]): a failing row keeps the
+/// statement's earlier rows until the transaction ends, so the transaction must be given up
+/// whole. Here a statement writes one record and then fails on a duplicate; nothing of it, nor
+/// of the statement before it in the same transaction, is kept.
+async fn failed_write(backend: Backend) {
+    let (store, _dir) = store(backend).await;
+    store
+        .ingest_page("snow", &[ticket("a", "1"), ticket("b", "1")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
+    let record = |seq: i64| audit::AuditRecord {
+        seq,
+        at: now(),
+        connector: Some("snow".into()),
+        ticket_key: Some("a".into()),
+        kind: "test".into(),
+        payload: "{}".into(),
+        prev_hash: "p".into(),
+        hash: format!("h{seq}"),
+        scheme: audit::JCS_SCHEME,
+    };
+    {
+        let mut tx = store.begin_write().await.expect("begin");
+        audit::write_records(&mut tx.tx, &[record(50)], backend)
+            .await
+            .expect("an earlier statement");
+        let failed = audit::write_records(&mut tx.tx, &[record(60), record(61), record(60)], backend).await;
+        assert!(failed.is_err(), "the duplicate fails the statement");
+        // Dropped without a commit, as every caller's `?` drops it.
+    }
+    let records = store.audit_records().await.expect("records");
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(audit::verify(&records), Ok(2));
+}
+
 on_both!(replicas_writing_at_once_never_fork_the_audit_chain, concurrent_chain);
 async fn concurrent_chain(backend: Backend) {
     let (a, b, _dir) = replicas(backend).await;
