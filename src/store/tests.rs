@@ -215,6 +215,51 @@ async fn failed_write(backend: Backend) {
     assert_eq!(audit::verify(&records), Ok(2));
 }
 
+/// With writes back to back, as in a backlog, every passive checkpoint ran while frames were
+/// added, so the WAL never started again from its beginning and grew past 4 GB. Once the log
+/// is past the limit, a checkpoint holds the writers back and the log starts again.
+#[tokio::test]
+async fn the_wal_starts_again_under_writes_back_to_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("t.db")).await.expect("open");
+    store.checkpoints = std::sync::Arc::new(Checkpoints::restarting_past(64));
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (store, writing) = (store.clone(), writing.clone());
+        tokio::spawn(async move {
+            let text = "x".repeat(500);
+            let mut written = 0;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let tickets: Vec<Ticket> = (0..10)
+                    .map(|i| Ticket {
+                        raw: json!({"k": i, "text": text}),
+                        ..ticket(&format!("t{written}-{i}"), "1")
+                    })
+                    .collect();
+                store.ingest_page("snow", &tickets, &[], &Cursor::start()).await.expect("ingest");
+                written += tickets.len() as i64;
+            }
+            written
+        })
+    };
+    // Checkpoints start one a second, the first with the first write. By the second the log
+    // is past the limit; from then on it starts again once a second, and its file (written
+    // over, never shrunk) stops growing. A log that never starts again grows all along.
+    let every = Checkpoints::EVERY.to_std().expect("positive");
+    let log = || std::fs::metadata(dir.path().join("t.db-wal")).expect("the log").len();
+    tokio::time::sleep(every * 3 / 2).await;
+    let early = log();
+    tokio::time::sleep(every * 2).await;
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.expect("writer");
+    let late = log();
+    assert!(
+        late < early * 2,
+        "the log's file stopped growing: {early} bytes after 1.5 s, {late} after 3.5 s"
+    );
+    assert_eq!(store.counts().await.expect("counts").inbox, written, "nothing written was lost");
+}
+
 on_both!(replicas_writing_at_once_never_fork_the_audit_chain, concurrent_chain);
 async fn concurrent_chain(backend: Backend) {
     let (a, b, _dir) = replicas(backend).await;
