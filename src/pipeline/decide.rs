@@ -71,6 +71,20 @@ enum Prepared<'p> {
     },
 }
 
+/// A claimed batch, decided, to be written by [`Pipeline::write_batch`].
+pub(super) struct Batch<'r> {
+    /// The claimed rows.
+    rows: &'r [InboxRow],
+    /// What each row decided came to, in row order (rows whose failure was written already,
+    /// or that another replica holds, are not here).
+    finished: Vec<Finished<'r>>,
+    /// Beside each finished row, the request a shadow decision point is asked about it.
+    asks: Vec<Option<AccessRequest>>,
+    /// The first failure that is not another replica's claim: the pass fails once the rest
+    /// of the batch is written.
+    failure: Option<anyhow::Error>,
+}
+
 impl Pipeline {
     /// Parses and normalizes one claimed row's ticket.
     fn prepare(&self, row: &InboxRow, prior: &Prior) -> anyhow::Result<Prepared<'_>> {
@@ -93,19 +107,65 @@ impl Pipeline {
         })
     }
 
-    /// Normalizes and decides one claimed batch. What each row comes to is written in one
-    /// transaction for the whole batch ([`crate::store::Store::finish`]); what the batch needs
-    /// from earlier work is read in one query each ([`crate::store::Store::prior`]). Failures
-    /// (a decision point or source of facts that cannot answer, a template that fails) are
-    /// written as they happen. Returns whether another batch may find more due: the claim
-    /// was full, or a row was given back to be decided again.
-    pub(super) async fn decide_due(&self, report: &mut Report, due_before: &str) -> anyhow::Result<bool> {
-        let rows = self.store.claim_inbox(self.settings.batch_size, due_before).await?;
-        if rows.is_empty() {
-            return Ok(false);
-        }
-        let mut more = rows.len() as i64 >= self.settings.batch_size;
-        let prior = self.store.prior(&rows).await?;
+    /// One step through the due inbox rows: claims the next batch into `slot` (when `claim`
+    /// says to, and beside `previous`, the batch decided in the step before), then writes
+    /// `previous` while the new batch is decided, the two overlapping. Returns the new batch,
+    /// to be written by the next step, and whether the next step should claim: this claim was
+    /// full, or writing `previous` gave a row back to be decided again.
+    ///
+    /// A failed write of `previous` still writes what the new batch decided, then fails.
+    pub(super) async fn decide_step<'s>(
+        &'s self,
+        slot: &'s mut Vec<InboxRow>,
+        previous: Option<Batch<'_>>,
+        claim: bool,
+        report: &mut Report,
+        due_before: &str,
+    ) -> anyhow::Result<(Option<Batch<'s>>, bool)> {
+        *slot = match (claim && !self.stopping(), &previous) {
+            (false, _) => Vec::new(),
+            (true, None) => self.store.claim_inbox(self.settings.batch_size, due_before).await?,
+            (true, Some(_)) => self.store.claim_inbox_beside_own(self.settings.batch_size, due_before).await?,
+        };
+        let rows: &'s [InboxRow] = slot;
+        let (mut wrote, mut decided) = (Report::default(), Report::default());
+        let write = async {
+            match previous {
+                Some(batch) => self.write_batch(batch, &mut wrote).await,
+                None => Ok(false),
+            }
+        };
+        let decide = async {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            self.decide_batch(rows, &mut decided).await.map(Some)
+        };
+        let (written, next) = tokio::join!(write, decide);
+        report.absorb(wrote);
+        report.absorb(decided);
+        let next = next?;
+        let again = match written {
+            Ok(again) => again,
+            Err(e) => {
+                if let Some(next) = next {
+                    if let Err(also) = self.write_batch(next, report).await {
+                        tracing::error!(error = %format!("{also:#}"), "writing a decided batch failed after the batch before it failed");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let full = next.as_ref().is_some_and(|n| n.rows.len() as i64 >= self.settings.batch_size);
+        Ok((next, full || again))
+    }
+
+    /// Normalizes and decides one claimed batch, to be written by [`Pipeline::write_batch`].
+    /// What the batch needs from earlier work is read in one query each
+    /// ([`crate::store::Store::prior`]). Failures (a decision point or source of facts that
+    /// cannot answer, a template that fails) are written as they happen.
+    async fn decide_batch<'r>(&self, rows: &'r [InboxRow], report: &mut Report) -> anyhow::Result<Batch<'r>> {
+        let prior = self.store.prior(rows).await?;
         // Each ticket is parsed and normalized once, for the prefetch and for its decision.
         let prepared: Vec<anyhow::Result<Prepared<'_>>> = rows.iter().map(|row| self.prepare(row, &prior)).collect();
         if let Some(enricher) = &self.enricher {
@@ -120,12 +180,14 @@ impl Pipeline {
             });
             enricher.prefetch(asks).await;
         }
-        let mut finished = Vec::with_capacity(rows.len());
-        // Beside each finished row, the request a shadow decision point is asked about it.
-        let mut asks = Vec::with_capacity(rows.len());
+        let mut batch = Batch {
+            rows,
+            finished: Vec::with_capacity(rows.len()),
+            asks: Vec::with_capacity(rows.len()),
+            failure: None,
+        };
         // Rows are decided a few at once (the decision point and the sources of facts answer
         // in parallel), their results kept in row order; after a failure, one at a time again.
-        let mut failure = None;
         let mut queue = rows.iter().zip(prepared);
         let mut deciding = futures_util::stream::FuturesOrdered::new();
         let mut window = super::Window::new(DECIDE_AT_ONCE);
@@ -143,18 +205,30 @@ impl Pipeline {
             report.absorb(done);
             match result {
                 Ok(Some((done, ask))) => {
-                    finished.push(done);
-                    asks.push(ask);
+                    batch.finished.push(done);
+                    batch.asks.push(ask);
                 }
                 Ok(None) => {}
                 Err(e) if super::contended(&e) => {
                     tracing::info!(ticket = %row.number, reason = %e, "left to the replica that holds it");
                 }
                 Err(e) => {
-                    failure.get_or_insert(e);
+                    batch.failure.get_or_insert(e);
                 }
             }
         }
+        Ok(batch)
+    }
+
+    /// Writes what a decided batch came to, in one transaction for the whole batch
+    /// ([`crate::store::Store::finish`]), then asks the shadow decision point. Returns whether a
+    /// row was given back to be decided again, or the batch's first failure once the rest is
+    /// written.
+    async fn write_batch(&self, batch: Batch<'_>, report: &mut Report) -> anyhow::Result<bool> {
+        let Batch {
+            finished, asks, failure, ..
+        } = batch;
+        let mut again = false;
         // What was decided is written even when another row failed.
         let unwritten = self.store.finish(&finished).await?;
         if finished.iter().any(|f| matches!(f, Finished::Decided(_))) {
@@ -169,7 +243,7 @@ impl Pipeline {
                 tracing::info!(ticket = %row.number, "another replica decided this ticket meanwhile; decided again next batch");
                 self.store.release(row).await?;
                 report.contended += 1;
-                more = true;
+                again = true;
             } else if unwritten.lost.contains(&row.id) {
                 tracing::info!(ticket = %row.number, "left to the replica that took it over");
             } else if let Some(decision) = decided {
@@ -191,7 +265,7 @@ impl Pipeline {
                     .await?;
             }
         }
-        failure.map_or(Ok(more), Err)
+        failure.map_or(Ok(again), Err)
     }
 
     /// Decides one row of a batch, with what it adds to the pass's report.

@@ -657,27 +657,22 @@ impl Pipeline {
     /// Decides every new inbox row and every pending one due before `pass_start` (a request
     /// that fails during the pass is not retried within it). A batch that claimed less than
     /// it could is the last: nothing else was due when it was claimed, and what arrives later
-    /// signals its own round ([`Pipeline::versions_stored`]).
+    /// signals its own round ([`Pipeline::versions_stored`]). Each batch is written while the
+    /// next is decided (see [`Pipeline::decide_step`]); the two take turns in two slots.
     async fn decide_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        // The batch in the second slot, decided and not yet written.
+        let mut in_flight = None;
+        let mut claim = true;
         loop {
-            let before = (
-                report.decided,
-                report.settled,
-                report.failed_decisions,
-                report.contended,
-                report.parked,
-            );
-            let more = self.decide_due(report, pass_start).await?;
-            if !more
-                || self.stopping()
-                || (
-                    report.decided,
-                    report.settled,
-                    report.failed_decisions,
-                    report.contended,
-                    report.parked,
-                ) == before
-            {
+            let before = progress(report);
+            let (batch, again) = self.decide_step(&mut first, in_flight.take(), claim, report, pass_start).await?;
+            let (batch, again) = self.decide_step(&mut second, batch, again, report, pass_start).await?;
+            // Two steps that moved no row on end the round once nothing waits to be written (a
+            // row that neither decides nor fails is not claimed over and over).
+            let stuck = progress(report) == before;
+            (in_flight, claim) = (batch, again);
+            if in_flight.is_none() && (!claim || stuck) {
                 return Ok(());
             }
         }
@@ -700,6 +695,17 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// What a report counts of deciding: whether a step moved any row on.
+fn progress(report: &Report) -> (usize, usize, usize, usize, usize) {
+    (
+        report.decided,
+        report.settled,
+        report.failed_decisions,
+        report.contended,
+        report.parked,
+    )
 }
 
 /// The later stages of an overlapped pass (see [`Pipeline::poll_decide_post`]).

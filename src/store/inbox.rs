@@ -115,6 +115,18 @@ impl Store {
     /// skipped, and so is any version of a ticket that has one; a claim whose lease expired is
     /// taken over.
     pub async fn claim_inbox(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
+        self.claim(limit, due_before, false).await
+    }
+
+    /// [`Store::claim_inbox`] while this process is still writing a batch it claimed: no row of
+    /// a ticket this process holds a live claim on is claimed, so no version is decided on what
+    /// was read before the batch of an earlier version is written. (A claim this process left
+    /// behind, say after a failed pass, is taken again by the next plain claim.)
+    pub async fn claim_inbox_beside_own(&self, limit: i64, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
+        self.claim(limit, due_before, true).await
+    }
+
+    async fn claim(&self, limit: i64, due_before: &str, beside_own: bool) -> anyhow::Result<Vec<InboxRow>> {
         let now = now();
         // Due retries first (few), then new versions in arrival order. Each is one status, so
         // it walks an index in id order and stops at the limit: a large backlog of received
@@ -122,11 +134,17 @@ impl Store {
         // statements take one turn among this process's writes.
         let _turn = self.write_turn().await?;
         let mut rows = self
-            .claim_status(limit, "i.status = 'pending' AND i.next_attempt_at < $5", Some(due_before), &now)
+            .claim_status(
+                limit,
+                "i.status = 'pending' AND i.next_attempt_at < $5",
+                Some(due_before),
+                beside_own,
+                &now,
+            )
             .await?;
         if (rows.len() as i64) < limit {
             let more = self
-                .claim_status(limit - rows.len() as i64, "i.status = 'received'", None, &now)
+                .claim_status(limit - rows.len() as i64, "i.status = 'received'", None, beside_own, &now)
                 .await?;
             rows.extend(more);
         }
@@ -135,15 +153,30 @@ impl Store {
     }
 
     /// Claims up to `limit` rows meeting `status` (a condition on `i`; `$5` is `due_before`
-    /// when given), oldest first (see [`Store::claim_inbox`]), in the caller's write turn.
-    async fn claim_status(&self, limit: i64, status: &str, due_before: Option<&str>, now: &str) -> anyhow::Result<Vec<InboxRow>> {
+    /// when given), oldest first (see [`Store::claim_inbox`] and
+    /// [`Store::claim_inbox_beside_own`]), in the caller's write turn.
+    async fn claim_status(
+        &self,
+        limit: i64,
+        status: &str,
+        due_before: Option<&str>,
+        beside_own: bool,
+        now: &str,
+    ) -> anyhow::Result<Vec<InboxRow>> {
+        // Which live claims on another version of the ticket (or, beside this process's own
+        // batch, on any version including this one) keep a row from being claimed.
+        let holders = if beside_own {
+            ""
+        } else {
+            "AND j.id != i.id AND j.claimed_by != $1"
+        };
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
                 SELECT i.id FROM inbox i
                 WHERE {status}
                   AND (i.claimed_until IS NULL OR i.claimed_until < $3 OR i.claimed_by = $1)
                   AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
-                                  AND j.id != i.id AND j.claimed_until >= $3 AND j.claimed_by != $1
+                                  {holders} AND j.claimed_until >= $3
                                   AND j.status IN ('received', 'pending'))
                 ORDER BY i.id LIMIT $4{})
              RETURNING id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at",

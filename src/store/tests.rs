@@ -306,6 +306,46 @@ async fn claims(backend: Backend) {
     assert!(a.claim_inbox(10, &now()).await.expect("claim").is_empty(), "nothing is free for a");
 }
 
+on_both!(a_claim_beside_a_batch_in_flight_takes_none_of_its_tickets, beside_own);
+async fn beside_own(backend: Backend) {
+    let (store, _dir) = store(backend).await;
+    store
+        .ingest_page("snow", &[ticket("t1", "1"), ticket("t2", "1")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
+    let in_flight = store.claim_inbox(1, &now()).await.expect("claim");
+    assert_eq!(in_flight.iter().map(|r| r.ticket_key.as_str()).collect::<Vec<_>>(), ["t1"]);
+    // A newer version of t1 arrives while the batch holding t1's first is still being written.
+    store
+        .ingest_page("snow", &[ticket("t1", "2")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
+    let next = store.claim_inbox_beside_own(10, &now()).await.expect("claim");
+    assert_eq!(
+        next.iter().map(|r| (r.ticket_key.as_str(), r.version.as_str())).collect::<Vec<_>>(),
+        [("t2", "1")],
+        "neither the row in flight nor another version of its ticket"
+    );
+    store
+        .settle(&in_flight[0], "not_access", &json!({}), None, &[])
+        .await
+        .expect("settle");
+    let after = store.claim_inbox_beside_own(10, &now()).await.expect("claim");
+    assert_eq!(
+        after
+            .iter()
+            .map(|r| (r.ticket_key.as_str(), r.version.as_str()))
+            .collect::<Vec<_>>(),
+        [("t1", "2")],
+        "once the batch is written, t1's newer version is claimed"
+    );
+    // A plain claim takes back what this process still holds (after a failed pass, say).
+    let plain = store.claim_inbox(10, &now()).await.expect("claim");
+    let mut plain: Vec<_> = plain.iter().map(|r| (r.ticket_key.as_str(), r.version.as_str())).collect();
+    plain.sort_unstable();
+    assert_eq!(plain, [("t1", "2"), ("t2", "1")]);
+}
+
 on_both!(one_poller_per_connector_holds_the_lease_until_it_stops_renewing, poller_lease);
 async fn poller_lease(backend: Backend) {
     let (a, b, _dir) = replicas(backend).await;
