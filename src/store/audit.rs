@@ -154,20 +154,32 @@ pub fn record_hash(scheme: i64, c: &Content<'_>) -> Result<String, String> {
 /// `{seq, at, connector, ticket_key, kind, payload, prev_hash, scheme}` with its members in
 /// JCS order (all names are ASCII, so by their bytes).
 pub fn write_record_jcs(c: &Content<'_>, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    write_record_head(c.at, c.connector, c.kind, c.payload, out)?;
+    write_record_tail(c.prev, c.seq, c.ticket_key, out)
+}
+
+/// The members of a record's JCS form before `prev_hash` (see [`write_record_jcs`]): all a
+/// record's own content, known before it joins the chain.
+fn write_record_head(at: &str, connector: &str, kind: &str, payload: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
     out.write_all(b"{\"at\":")?;
-    serde_json::to_writer(&mut *out, c.at)?;
+    serde_json::to_writer(&mut *out, at)?;
     out.write_all(b",\"connector\":")?;
-    serde_json::to_writer(&mut *out, c.connector)?;
+    serde_json::to_writer(&mut *out, connector)?;
     out.write_all(b",\"kind\":")?;
-    serde_json::to_writer(&mut *out, c.kind)?;
+    serde_json::to_writer(&mut *out, kind)?;
     out.write_all(b",\"payload\":")?;
-    write_jcs(c.payload, out)?;
+    write_jcs(payload, out)
+}
+
+/// The members of a record's JCS form from `prev_hash` on (see [`write_record_jcs`]): its place
+/// in the chain, and its ticket key, which sorts last.
+fn write_record_tail(prev: &str, seq: i64, ticket_key: &str, out: &mut impl std::io::Write) -> std::io::Result<()> {
     out.write_all(b",\"prev_hash\":")?;
-    serde_json::to_writer(&mut *out, c.prev)?;
+    serde_json::to_writer(&mut *out, prev)?;
     write!(out, ",\"scheme\":{JCS_SCHEME},\"seq\":")?;
-    write_jcs(&Value::from(c.seq), out)?;
+    write_jcs(&Value::from(seq), out)?;
     out.write_all(b",\"ticket_key\":")?;
-    serde_json::to_writer(&mut *out, c.ticket_key)?;
+    serde_json::to_writer(&mut *out, ticket_key)?;
     out.write_all(b"}")
 }
 
@@ -260,15 +272,22 @@ fn legacy_json(value: &Value, out: &mut String) {
 /// sequence number and hash when it joins the chain (see [`super::WriteTx::commit`]).
 #[derive(Default)]
 pub(crate) struct Pending {
-    /// Records not yet written, with their payloads.
-    pub(crate) records: Vec<(AuditRecord, Value)>,
+    /// Records not yet written.
+    pub(crate) records: Vec<Ready>,
 }
 
-/// Appends one record inside the caller's transaction. It joins the chain when the
-/// transaction commits: on SQLite chained to the last record inside the transaction (SQLite
-/// has one writer); on PostgreSQL sealed into the chain just after the commit (see [`seal`]),
-/// so replicas' write transactions never wait for one another to append.
-pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
+/// An audit record ready to join the chain: its payload's text, and its hash with every member
+/// before `prev_hash` already taken in (SHA-256 takes its input in order), so joining the chain
+/// hashes only the previous record's hash, the position and the ticket key. Made before the
+/// write that appends it, where it can be ([`ready`]): the walk over the payload in canonical
+/// form is most of a record's hashing, and no writer waits while it runs.
+pub(crate) struct Ready {
+    record: AuditRecord,
+    head: Sha256,
+}
+
+/// A record of `event` on a ticket, stamped now, ready to join the chain (see [`Ready`]).
+pub(crate) fn ready(connector: &str, ticket_key: &str, event: Event, payload: &Value) -> sqlx::Result<Ready> {
     let record = AuditRecord::unchained(
         super::now(),
         connector.to_owned(),
@@ -276,33 +295,45 @@ pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, 
         event.as_str().to_owned(),
         payload.to_string(),
     );
-    tx.chain.records.push((record, payload));
+    ready_record(record, payload)
+}
+
+/// `record` (unchained, its payload `payload` as text) ready to join the chain.
+fn ready_record(record: AuditRecord, payload: &Value) -> sqlx::Result<Ready> {
+    let mut head = Sha256::new();
+    write_record_head(
+        &record.at,
+        record.connector.as_deref().unwrap_or_default(),
+        &record.kind,
+        payload,
+        &mut head,
+    )
+    .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
+    Ok(Ready { record, head })
+}
+
+/// Appends one record inside the caller's transaction. It joins the chain when the
+/// transaction commits: on SQLite chained to the last record inside the transaction (SQLite
+/// has one writer); on PostgreSQL sealed into the chain just after the commit (see [`seal`]),
+/// so replicas' write transactions never wait for one another to append.
+pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
+    tx.chain.records.push(ready(connector, ticket_key, event, &payload)?);
     Ok(())
 }
 
 /// Chains `records`, in order, after the last record in the log (read inside `tx`, which must
 /// be the only writer of the chain: SQLite's one writer, or PostgreSQL's sealing lock).
-async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<(AuditRecord, Value)>) -> sqlx::Result<Vec<AuditRecord>> {
+async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<Ready>) -> sqlx::Result<Vec<AuditRecord>> {
     let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await?;
     let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
     let mut chained = Vec::with_capacity(records.len());
-    for (mut record, payload) in records {
+    for Ready { mut record, mut head } in records {
         seq += 1;
-        record.hash = record_hash(
-            JCS_SCHEME,
-            &Content {
-                seq,
-                at: &record.at,
-                connector: record.connector.as_deref().unwrap_or_default(),
-                ticket_key: record.ticket_key.as_deref().unwrap_or_default(),
-                kind: &record.kind,
-                payload: &payload,
-                prev: &prev,
-            },
-        )
-        .map_err(sqlx::Error::Protocol)?;
+        write_record_tail(&prev, seq, record.ticket_key.as_deref().unwrap_or_default(), &mut head)
+            .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
+        record.hash = hex::encode(head.finalize());
         record.seq = seq;
         record.prev_hash = std::mem::replace(&mut prev, record.hash.clone());
         chained.push(record);
@@ -312,11 +343,7 @@ async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<(AuditRecord, Value)>
 
 /// Chains a transaction's records after the last record and writes them, inside `tx`: the
 /// SQLite path, where the transaction is the one writer.
-pub(super) async fn chain_and_write(
-    tx: &mut Transaction<'_, Any>,
-    records: Vec<(AuditRecord, Value)>,
-    backend: super::Backend,
-) -> sqlx::Result<()> {
+pub(super) async fn chain_and_write(tx: &mut Transaction<'_, Any>, records: Vec<Ready>, backend: super::Backend) -> sqlx::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
@@ -326,12 +353,12 @@ pub(super) async fn chain_and_write(
 
 /// Writes a transaction's records to `audit_unsealed`, to be sealed into the chain after the
 /// commit: the PostgreSQL path, where write transactions run side by side.
-pub(super) async fn write_unsealed(tx: &mut Transaction<'_, Any>, records: &[(AuditRecord, Value)]) -> sqlx::Result<()> {
+pub(super) async fn write_unsealed(tx: &mut Transaction<'_, Any>, records: &[Ready]) -> sqlx::Result<()> {
     for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from("INSERT INTO audit_unsealed (at, connector, ticket_key, kind, payload) VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 5, super::Backend::Postgres);
         let mut query = sqlx::query(&sql);
-        for (r, _) in chunk {
+        for Ready { record: r, .. } in chunk {
             query = query
                 .bind(&r.at)
                 .bind(r.connector.as_deref().unwrap_or_default())
@@ -387,7 +414,10 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
         for (id, at, connector, ticket_key, kind, payload) in rows {
             let value: Value = serde_json::from_str(&payload)
                 .map_err(|e| anyhow::anyhow!("audit_unsealed id {id}: the payload is not JSON ({e}); nothing was sealed"))?;
-            records.push((AuditRecord::unchained(at, connector, ticket_key, kind, payload), value));
+            records.push(ready_record(
+                AuditRecord::unchained(at, connector, ticket_key, kind, payload),
+                &value,
+            )?);
         }
         chain_and_write(&mut tx, records, super::Backend::Postgres).await?;
         tx.commit().await?;

@@ -306,6 +306,10 @@ impl Store {
         if items.is_empty() {
             return Ok(unwritten);
         }
+        // Every text and audit record the rows may write, made before the write turn: on SQLite
+        // every other write of this process waits while a transaction runs.
+        let (texts, mut records): (Vec<Texts>, Vec<ReadyRecords>) =
+            items.iter().map(ready).collect::<anyhow::Result<Vec<_>>>()?.into_iter().unzip();
         let mut tx = self.begin_write().await?;
         let decided: Vec<&DecidedRow> = items
             .iter()
@@ -327,21 +331,16 @@ impl Store {
         // Which rows to write: a decision is left out when another replica decided its ticket
         // after this one read it (a batch decides each ticket once).
         let mut marks = Vec::with_capacity(items.len());
-        for item in items {
+        for (index, (item, texts)) in items.iter().zip(&texts).enumerate() {
             let mark = match item {
                 Finished::Settled {
-                    row,
-                    status,
-                    normalized,
-                    request_hash,
-                    evidence,
+                    row, status, request_hash, ..
                 } => Mark {
+                    index,
                     row,
                     status,
-                    audit_status: status,
-                    normalized,
+                    normalized: &texts.normalized,
                     request_hash: request_hash.as_deref(),
-                    evidence,
                     decided: None,
                 },
                 Finished::Decided(d) => {
@@ -363,12 +362,11 @@ impl Store {
                         },
                     );
                     Mark {
+                        index,
                         row,
                         status: "decided",
-                        audit_status: "access_request",
-                        normalized: &d.normalized,
+                        normalized: &texts.normalized,
                         request_hash: Some(&d.request_hash),
-                        evidence: &d.evidence,
                         decided: Some((d, earlier)),
                     }
                 }
@@ -384,10 +382,10 @@ impl Store {
             }
             kept
         });
-        let written: Vec<(&DecidedRow, Value)> = marks
+        let written: Vec<(&DecidedRow, &DecisionTexts)> = marks
             .iter()
-            .filter_map(|m| m.decided.map(|(d, _)| serde_json::to_value(&d.decision).map(|json| (d, json))))
-            .collect::<Result<_, _>>()?;
+            .filter_map(|m| Some((m.decided?.0, texts[m.index].decision.as_ref()?)))
+            .collect();
         insert_decisions(&mut tx, &written).await?;
         let queued: Vec<super::outbox::Queued<'_>> = written
             .iter()
@@ -402,32 +400,27 @@ impl Store {
             .collect();
         let fresh = super::outbox::queue_comments(&mut tx, &queued).await?;
         // The audit records, row by row in batch order, as if each row were written alone.
-        let mut decided_rows = written.iter().map(|(_, json)| json).zip(&queued);
+        let mut approvals = Vec::new();
         for m in &marks {
-            let row = m.row;
-            let payload =
-                json!({"version": row.version, "status": m.audit_status, "request_hash": m.request_hash, "normalized": m.normalized});
-            audit::append(&mut tx, &row.connector, &row.ticket_key, Event::Normalized, payload).await?;
-            for (event, payload) in m.evidence {
-                audit::append(&mut tx, &row.connector, &row.ticket_key, *event, payload.clone()).await?;
-            }
+            let records = &mut records[m.index];
+            tx.chain.records.append(&mut records.written);
             let Some((d, earlier)) = m.decided else { continue };
-            let (json, comment) = decided_rows
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("a decided row without its decision"))?;
-            audit::append(
+            if fresh.contains(&d.marker) {
+                tx.chain.records.extend(records.queued.take());
+            }
+            super::lifecycle::on_decision(
                 &mut tx,
-                &row.connector,
-                &row.ticket_key,
-                Event::Decided,
-                json!({"decision": json, "pdp_raw": d.raw}),
+                m.row,
+                &d.normalized,
+                &d.request_hash,
+                &d.decision,
+                earlier,
+                &mut facts,
+                &mut approvals,
             )
             .await?;
-            if fresh.contains(comment.marker) {
-                super::outbox::record_queued(&mut tx, comment).await?;
-            }
-            super::lifecycle::on_decision(&mut tx, row, &d.normalized, &d.request_hash, &d.decision, earlier, &mut facts).await?;
         }
+        super::lifecycle::insert_approvals(&mut tx, &approvals).await?;
         tx.commit().await?;
         Ok(unwritten)
     }
@@ -481,14 +474,82 @@ fn backfill_key(connector: &str, since: &str) -> String {
 
 /// One row of a batch as `finish` writes it.
 struct Mark<'a> {
+    /// Its place in the batch (and in what was made ready for it).
+    index: usize,
     row: &'a InboxRow,
     status: &'a str,
-    audit_status: &'a str,
-    normalized: &'a Value,
+    /// Its normalized form, as text.
+    normalized: &'a str,
     request_hash: Option<&'a str>,
-    evidence: &'a [(Event, Value)],
     /// The decision, and whether the ticket had an earlier one.
     decided: Option<(&'a DecidedRow<'a>, bool)>,
+}
+
+/// The texts of the columns `finish` may write for one row.
+struct Texts {
+    normalized: String,
+    decision: Option<DecisionTexts>,
+}
+
+/// A decision's columns as text.
+struct DecisionTexts {
+    decision: String,
+    raw: String,
+}
+
+/// A row's audit records, in the order it appends them.
+struct ReadyRecords {
+    /// Written with the row: `normalized`, its further evidence, then `decided`.
+    written: Vec<super::audit::Ready>,
+    /// `comment_queued`, written when the decision's comment is queued now.
+    queued: Option<super::audit::Ready>,
+}
+
+/// What `finish` may write for one row, made before the write turn: the texts of its columns
+/// and its audit records, ready to join the chain.
+fn ready(item: &Finished<'_>) -> anyhow::Result<(Texts, ReadyRecords)> {
+    let (row, status, normalized, request_hash, evidence) = match item {
+        Finished::Settled {
+            row,
+            status,
+            normalized,
+            request_hash,
+            evidence,
+        } => (*row, *status, normalized, request_hash.as_deref(), evidence),
+        Finished::Decided(d) => (d.row, "access_request", &d.normalized, Some(d.request_hash.as_str()), &d.evidence),
+    };
+    let record = |event, payload: &Value| audit::ready(&row.connector, &row.ticket_key, event, payload);
+    let mut written = Vec::with_capacity(evidence.len() + 2);
+    written.push(record(
+        Event::Normalized,
+        &json!({"version": row.version, "status": status, "request_hash": request_hash, "normalized": normalized}),
+    )?);
+    for (event, payload) in evidence {
+        written.push(record(*event, payload)?);
+    }
+    let (decision, queued) = match item {
+        Finished::Settled { .. } => (None, None),
+        Finished::Decided(d) => {
+            let json = serde_json::to_value(&d.decision)?;
+            written.push(record(Event::Decided, &json!({"decision": json, "pdp_raw": d.raw}))?);
+            let queued = record(
+                Event::CommentQueued,
+                &super::outbox::queued_payload(&d.marker, &d.body, &d.decision.decision_id),
+            )?;
+            let texts = DecisionTexts {
+                decision: json.to_string(),
+                raw: d.raw.to_string(),
+            };
+            (Some(texts), Some(queued))
+        }
+    };
+    Ok((
+        Texts {
+            normalized: normalized.to_string(),
+            decision,
+        },
+        ReadyRecords { written, queued },
+    ))
 }
 
 /// Sets the rows' status and normalized form and gives up their claims, fenced: only rows this
@@ -508,11 +569,7 @@ async fn mark_normalized(tx: &mut super::WriteTx, holder: &str, marks: &[Mark<'_
         sql.push_str(" RETURNING inbox.id");
         let mut query = sqlx::query_scalar::<_, i64>(&sql);
         for m in chunk {
-            query = query
-                .bind(m.row.id)
-                .bind(m.status)
-                .bind(m.normalized.to_string())
-                .bind(m.request_hash);
+            query = query.bind(m.row.id).bind(m.status).bind(m.normalized).bind(m.request_hash);
         }
         held.extend(query.bind(holder).fetch_all(&mut **tx).await?);
     }
@@ -520,13 +577,13 @@ async fn mark_normalized(tx: &mut super::WriteTx, holder: &str, marks: &[Mark<'_
 }
 
 /// Inserts decisions, with each one's JSON, in multi-row inserts.
-async fn insert_decisions(tx: &mut super::WriteTx, written: &[(&DecidedRow<'_>, Value)]) -> anyhow::Result<()> {
+async fn insert_decisions(tx: &mut super::WriteTx, written: &[(&DecidedRow<'_>, &DecisionTexts)]) -> anyhow::Result<()> {
     for chunk in written.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql =
             String::from("INSERT INTO decisions (decision_id, inbox_id, connector, ticket_key, request_hash, outcome, decision, raw, decided_at) VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 9, tx.backend);
         let mut query = sqlx::query(&sql);
-        for (d, json) in chunk {
+        for (d, texts) in chunk {
             let decision = &d.decision;
             query = query
                 .bind(&decision.decision_id)
@@ -535,8 +592,8 @@ async fn insert_decisions(tx: &mut super::WriteTx, written: &[(&DecidedRow<'_>, 
                 .bind(&d.row.ticket_key)
                 .bind(&d.request_hash)
                 .bind(decision.outcome.as_str())
-                .bind(json.to_string())
-                .bind(d.raw.to_string())
+                .bind(&texts.decision)
+                .bind(&texts.raw)
                 .bind(decision.decided_at.to_rfc3339());
         }
         query.execute(&mut **tx).await?;

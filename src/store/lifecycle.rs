@@ -353,6 +353,7 @@ impl BatchFacts {
 /// approvals not yet granted. When the beneficiary already holds the access under an earlier
 /// decision (an extension), no new grant will be seen: the new decision continues the access
 /// from now, the earlier lifecycle becomes `extended`, and its expiry finding closes.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn on_decision(
     tx: &mut super::WriteTx,
     row: &InboxRow,
@@ -361,6 +362,7 @@ pub(super) async fn on_decision(
     decision: &crate::schema::Decision,
     earlier_decision: bool,
     facts: &mut BatchFacts,
+    approvals: &mut Vec<Approval>,
 ) -> anyhow::Result<()> {
     // Only an earlier decision on the ticket can have started a lifecycle to supersede.
     if earlier_decision {
@@ -397,34 +399,30 @@ pub(super) async fn on_decision(
     let already = !held.is_empty() || present;
     let approved_at = stamp(decision.decided_at);
     let expires_at = expiry(days.map(i64::from), request["expires_at"].as_str(), decision.decided_at).map(stamp);
-    let (state, granted_at) = if already {
-        ("granted", Some(approved_at.clone()))
-    } else {
-        ("approved", None)
+    let approval = Approval {
+        decision_id: decision.decision_id.clone(),
+        connector: row.connector.clone(),
+        ticket_key: row.ticket_key.clone(),
+        number: row.number.clone(),
+        request_hash: request_hash.to_owned(),
+        beneficiary: beneficiary.clone(),
+        system: system.to_owned(),
+        entitlement: entitlement.to_owned(),
+        group: group.clone(),
+        owner: catalog["owner"].as_str().unwrap_or_default().to_owned(),
+        approved_at: approved_at.clone(),
+        max_days: days.map(i64::from),
+        end_date: request["expires_at"].as_str().map(str::to_owned),
+        granted: already.then(|| (approved_at.clone(), expires_at.clone())),
     };
-    let inserted = sqlx::query(
-        "INSERT INTO access_lifecycle (decision_id, connector, ticket_key, number, request_hash, beneficiary, system_id, entitlement, group_name, owner, approved_at, max_days, end_date, state, granted_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING",
-    )
-    .bind(&decision.decision_id)
-    .bind(&row.connector)
-    .bind(&row.ticket_key)
-    .bind(&row.number)
-    .bind(request_hash)
-    .bind(&beneficiary)
-    .bind(system)
-    .bind(entitlement)
-    .bind(&group)
-    .bind(catalog["owner"].as_str().unwrap_or_default())
-    .bind(&approved_at)
-    .bind(days.map(i64::from))
-    .bind(request["expires_at"].as_str())
-    .bind(state)
-    .bind(&granted_at)
-    .bind(if already { expires_at.clone() } else { None })
-    .execute(&mut **tx)
-    .await?;
-    if !already || inserted.rows_affected() == 0 {
+    if !already {
+        // Waits for its grant: nothing later in the batch reads it (the facts are of access
+        // held), so it is inserted with the batch's others, in one statement per chunk.
+        approvals.push(approval);
+        return Ok(());
+    }
+    let inserted = insert_approvals(tx, std::slice::from_ref(&approval)).await?;
+    if inserted == 0 {
         return Ok(());
     }
     facts.granted(&beneficiary, &group, &decision.decision_id);
@@ -450,6 +448,64 @@ pub(super) async fn on_decision(
     )
     .await?;
     Ok(())
+}
+
+/// A lifecycle an approval starts (see [`on_decision`]).
+pub(super) struct Approval {
+    decision_id: String,
+    connector: String,
+    ticket_key: String,
+    number: String,
+    request_hash: String,
+    beneficiary: String,
+    system: String,
+    entitlement: String,
+    group: String,
+    owner: String,
+    approved_at: String,
+    max_days: Option<i64>,
+    end_date: Option<String>,
+    /// When the beneficiary holds the access already: granted now, with its expiry.
+    granted: Option<(String, Option<String>)>,
+}
+
+/// Inserts lifecycles in multi-row inserts, each unless its decision has one. Returns how many
+/// were inserted.
+pub(super) async fn insert_approvals(tx: &mut super::WriteTx, approvals: &[Approval]) -> anyhow::Result<u64> {
+    let mut inserted = 0;
+    for chunk in approvals.chunks(super::ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO access_lifecycle (decision_id, connector, ticket_key, number, request_hash, beneficiary, system_id, entitlement, group_name, owner, approved_at, max_days, end_date, state, granted_at, expires_at) VALUES ",
+        );
+        super::push_placeholders(&mut sql, chunk.len(), 16, tx.backend);
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        let mut query = sqlx::query(&sql);
+        for a in chunk {
+            let (granted_at, expires_at) = match &a.granted {
+                Some((at, expires)) => (Some(at.as_str()), expires.as_deref()),
+                None => (None, None),
+            };
+            query = query
+                .bind(&a.decision_id)
+                .bind(&a.connector)
+                .bind(&a.ticket_key)
+                .bind(&a.number)
+                .bind(&a.request_hash)
+                .bind(&a.beneficiary)
+                .bind(&a.system)
+                .bind(&a.entitlement)
+                .bind(&a.group)
+                .bind(&a.owner)
+                .bind(&a.approved_at)
+                .bind(a.max_days)
+                .bind(&a.end_date)
+                .bind(if a.granted.is_some() { "granted" } else { "approved" })
+                .bind(granted_at)
+                .bind(expires_at);
+        }
+        inserted += query.execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(inserted)
 }
 
 impl Store {

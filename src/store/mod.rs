@@ -373,9 +373,11 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
-/// Rows per multi-row statement (at most 10 parameters each, so at most 500 parameters: far
-/// inside both databases' limits).
-pub(crate) const ROWS_PER_STATEMENT: usize = 50;
+/// Rows per multi-row statement (at most 16 parameters each, so at most 4,000 parameters: far
+/// inside both databases' limits, 32,766 for SQLite and 65,535 for PostgreSQL). A batch's
+/// write takes one statement per table this way: on SQLite every other write of this process
+/// waits while it runs, and each statement costs a round trip to the database's thread.
+pub(crate) const ROWS_PER_STATEMENT: usize = 250;
 
 /// The placeholder of parameter `n` when the ones before it were written by
 /// [`push_placeholders`]: `$n` on PostgreSQL, `?` on SQLite.

@@ -192,8 +192,13 @@ pub(super) async fn queue_comments<'a>(
 
 /// The audit record of a comment queued now.
 pub(super) async fn record_queued(tx: &mut super::WriteTx, c: &Queued<'_>) -> anyhow::Result<()> {
-    let payload = json!({"marker": c.marker, "body_sha256": sha256_hex(c.body.as_bytes()), "decision_id": c.decision_id});
+    let payload = queued_payload(c.marker, c.body, c.decision_id);
     Ok(audit::append(tx, c.connector, c.ticket_key, Event::CommentQueued, payload).await?)
+}
+
+/// The payload of a `comment_queued` record.
+pub(super) fn queued_payload(marker: &str, body: &str, decision_id: &str) -> serde_json::Value {
+    json!({"marker": marker, "body_sha256": sha256_hex(body.as_bytes()), "decision_id": decision_id})
 }
 
 /// Queues a comment in the caller's transaction, once per (ticket, request hash); records it
