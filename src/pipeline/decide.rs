@@ -113,7 +113,8 @@ impl Pipeline {
     /// to be written by the next step, and whether the next step should claim: this claim was
     /// full, or writing `previous` gave a row back to be decided again.
     ///
-    /// A failed write of `previous` still writes what the new batch decided, then fails.
+    /// A failed claim still writes `previous`, and a failed write of `previous` still writes what
+    /// the new batch decided; then the step fails.
     pub(super) async fn decide_step<'s>(
         &'s self,
         slot: &'s mut Vec<InboxRow>,
@@ -122,10 +123,20 @@ impl Pipeline {
         report: &mut Report,
         due_before: &str,
     ) -> anyhow::Result<(Option<Batch<'s>>, bool)> {
-        *slot = match (claim && !self.stopping(), &previous) {
-            (false, _) => Vec::new(),
-            (true, None) => self.store.claim_inbox(self.settings.batch_size, due_before).await?,
-            (true, Some(_)) => self.store.claim_inbox_beside_own(self.settings.batch_size, due_before).await?,
+        let claimed = match (claim && !self.stopping(), &previous) {
+            (false, _) => Ok(Vec::new()),
+            (true, None) => self.store.claim_inbox(self.settings.batch_size, due_before).await,
+            (true, Some(_)) => self.store.claim_inbox_beside_own(self.settings.batch_size, due_before).await,
+        };
+        *slot = match claimed {
+            Ok(rows) => rows,
+            Err(e) => {
+                // What the batch before decided is still written.
+                if let Some(previous) = previous {
+                    self.write_after_failure(previous, report).await;
+                }
+                return Err(e);
+            }
         };
         let rows: &'s [InboxRow] = slot;
         let (mut wrote, mut decided) = (Report::default(), Report::default());
@@ -149,15 +160,21 @@ impl Pipeline {
             Ok(again) => again,
             Err(e) => {
                 if let Some(next) = next {
-                    if let Err(also) = self.write_batch(next, report).await {
-                        tracing::error!(error = %format!("{also:#}"), "writing a decided batch failed after the batch before it failed");
-                    }
+                    self.write_after_failure(next, report).await;
                 }
                 return Err(e);
             }
         };
         let full = next.as_ref().is_some_and(|n| n.rows.len() as i64 >= self.settings.batch_size);
         Ok((next, full || again))
+    }
+
+    /// Writes a decided batch when the step it belongs to failed otherwise; the step's own
+    /// failure is the one returned, this one's is logged.
+    async fn write_after_failure(&self, batch: Batch<'_>, report: &mut Report) {
+        if let Err(e) = self.write_batch(batch, report).await {
+            tracing::error!(error = %format!("{e:#}"), "writing a decided batch failed after its step failed");
+        }
     }
 
     /// Normalizes and decides one claimed batch, to be written by [`Pipeline::write_batch`].

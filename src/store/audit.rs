@@ -276,18 +276,19 @@ pub(crate) struct Pending {
     pub(crate) records: Vec<Ready>,
 }
 
-/// An audit record ready to join the chain: its payload's text, and its hash with every member
-/// before `prev_hash` already taken in (SHA-256 takes its input in order), so joining the chain
-/// hashes only the previous record's hash, the position and the ticket key. Made before the
-/// write that appends it, where it can be ([`ready`]): the walk over the payload in canonical
-/// form is most of a record's hashing, and no writer waits while it runs.
+/// An audit record ready to join the chain: its payload's text, and on SQLite its hash with
+/// every member before `prev_hash` already taken in (SHA-256 takes its input in order), so
+/// joining the chain hashes only the previous record's hash, the position and the ticket key.
+/// Made before the write that appends it, where it can be ([`ready`]): the walk over the payload
+/// in canonical form is most of a record's hashing, and no writer waits while it runs. On
+/// PostgreSQL records are hashed when they are sealed, from their stored text.
 pub(crate) struct Ready {
     record: AuditRecord,
-    head: Sha256,
+    head: Option<Sha256>,
 }
 
 /// A record of `event` on a ticket, stamped now, ready to join the chain (see [`Ready`]).
-pub(crate) fn ready(connector: &str, ticket_key: &str, event: Event, payload: &Value) -> sqlx::Result<Ready> {
+pub(crate) fn ready(backend: super::Backend, connector: &str, ticket_key: &str, event: Event, payload: &Value) -> sqlx::Result<Ready> {
     let record = AuditRecord::unchained(
         super::now(),
         connector.to_owned(),
@@ -295,11 +296,17 @@ pub(crate) fn ready(connector: &str, ticket_key: &str, event: Event, payload: &V
         event.as_str().to_owned(),
         payload.to_string(),
     );
-    ready_record(record, payload)
+    Ok(Ready {
+        head: match backend {
+            super::Backend::Sqlite => Some(head(&record, payload)?),
+            super::Backend::Postgres => None,
+        },
+        record,
+    })
 }
 
-/// `record` (unchained, its payload `payload` as text) ready to join the chain.
-fn ready_record(record: AuditRecord, payload: &Value) -> sqlx::Result<Ready> {
+/// `record`'s hash input up to its payload (see [`Ready`]); `payload` is its payload's value.
+fn head(record: &AuditRecord, payload: &Value) -> sqlx::Result<Sha256> {
     let mut head = Sha256::new();
     write_record_head(
         &record.at,
@@ -309,7 +316,7 @@ fn ready_record(record: AuditRecord, payload: &Value) -> sqlx::Result<Ready> {
         &mut head,
     )
     .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
-    Ok(Ready { record, head })
+    Ok(head)
 }
 
 /// Appends one record inside the caller's transaction. It joins the chain when the
@@ -317,7 +324,7 @@ fn ready_record(record: AuditRecord, payload: &Value) -> sqlx::Result<Ready> {
 /// has one writer); on PostgreSQL sealed into the chain just after the commit (see [`seal`]),
 /// so replicas' write transactions never wait for one another to append.
 pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, event: Event, payload: Value) -> sqlx::Result<()> {
-    tx.chain.records.push(ready(connector, ticket_key, event, &payload)?);
+    tx.chain.records.push(ready(tx.backend, connector, ticket_key, event, &payload)?);
     Ok(())
 }
 
@@ -329,8 +336,16 @@ async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<Ready>) -> sqlx::Resu
         .await?;
     let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
     let mut chained = Vec::with_capacity(records.len());
-    for Ready { mut record, mut head } in records {
+    for Ready { mut record, head: made } in records {
         seq += 1;
+        let mut head = match made {
+            Some(head) => head,
+            None => {
+                let payload: Value =
+                    serde_json::from_str(&record.payload).map_err(|e| sqlx::Error::Protocol(format!("audit payload: {e}")))?;
+                head(&record, &payload)?
+            }
+        };
         write_record_tail(&prev, seq, record.ticket_key.as_deref().unwrap_or_default(), &mut head)
             .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
         record.hash = hex::encode(head.finalize());
@@ -414,10 +429,11 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
         for (id, at, connector, ticket_key, kind, payload) in rows {
             let value: Value = serde_json::from_str(&payload)
                 .map_err(|e| anyhow::anyhow!("audit_unsealed id {id}: the payload is not JSON ({e}); nothing was sealed"))?;
-            records.push(ready_record(
-                AuditRecord::unchained(at, connector, ticket_key, kind, payload),
-                &value,
-            )?);
+            let record = AuditRecord::unchained(at, connector, ticket_key, kind, payload);
+            records.push(Ready {
+                head: Some(head(&record, &value)?),
+                record,
+            });
         }
         chain_and_write(&mut tx, records, super::Backend::Postgres).await?;
         tx.commit().await?;

@@ -308,8 +308,12 @@ impl Store {
         }
         // Every text and audit record the rows may write, made before the write turn: on SQLite
         // every other write of this process waits while a transaction runs.
-        let (texts, mut records): (Vec<Texts>, Vec<ReadyRecords>) =
-            items.iter().map(ready).collect::<anyhow::Result<Vec<_>>>()?.into_iter().unzip();
+        let (texts, mut records): (Vec<Texts>, Vec<ReadyRecords>) = items
+            .iter()
+            .map(|item| ready(self.backend, item))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let mut tx = self.begin_write().await?;
         let decided: Vec<&DecidedRow> = items
             .iter()
@@ -507,7 +511,7 @@ struct ReadyRecords {
 
 /// What `finish` may write for one row, made before the write turn: the texts of its columns
 /// and its audit records, ready to join the chain.
-fn ready(item: &Finished<'_>) -> anyhow::Result<(Texts, ReadyRecords)> {
+fn ready(backend: super::Backend, item: &Finished<'_>) -> anyhow::Result<(Texts, ReadyRecords)> {
     let (row, status, normalized, request_hash, evidence) = match item {
         Finished::Settled {
             row,
@@ -518,7 +522,7 @@ fn ready(item: &Finished<'_>) -> anyhow::Result<(Texts, ReadyRecords)> {
         } => (*row, *status, normalized, request_hash.as_deref(), evidence),
         Finished::Decided(d) => (d.row, "access_request", &d.normalized, Some(d.request_hash.as_str()), &d.evidence),
     };
-    let record = |event, payload: &Value| audit::ready(&row.connector, &row.ticket_key, event, payload);
+    let record = |event, payload: &Value| audit::ready(backend, &row.connector, &row.ticket_key, event, payload);
     let mut written = Vec::with_capacity(evidence.len() + 2);
     written.push(record(
         Event::Normalized,
