@@ -512,15 +512,22 @@ struct ReadyRecords {
 /// What `finish` may write for one row, made before the write turn: the texts of its columns
 /// and its audit records, ready to join the chain.
 fn ready(backend: super::Backend, item: &Finished<'_>) -> anyhow::Result<(Texts, ReadyRecords)> {
-    let (row, status, normalized, request_hash, evidence) = match item {
+    let (row, status, normalized, request_hash, evidence, decided) = match item {
         Finished::Settled {
             row,
             status,
             normalized,
             request_hash,
             evidence,
-        } => (*row, *status, normalized, request_hash.as_deref(), evidence),
-        Finished::Decided(d) => (d.row, "access_request", &d.normalized, Some(d.request_hash.as_str()), &d.evidence),
+        } => (*row, *status, normalized, request_hash.as_deref(), evidence, None),
+        Finished::Decided(d) => (
+            d.row,
+            "access_request",
+            &d.normalized,
+            Some(d.request_hash.as_str()),
+            &d.evidence,
+            Some(&**d),
+        ),
     };
     let record = |event, payload: &Value| audit::ready(backend, &row.connector, &row.ticket_key, event, payload);
     let mut written = Vec::with_capacity(evidence.len() + 2);
@@ -531,9 +538,9 @@ fn ready(backend: super::Backend, item: &Finished<'_>) -> anyhow::Result<(Texts,
     for (event, payload) in evidence {
         written.push(record(*event, payload)?);
     }
-    let (decision, queued) = match item {
-        Finished::Settled { .. } => (None, None),
-        Finished::Decided(d) => {
+    let (decision, queued) = match decided {
+        None => (None, None),
+        Some(d) => {
             let json = serde_json::to_value(&d.decision)?;
             written.push(record(Event::Decided, &json!({"decision": json, "pdp_raw": d.raw}))?);
             let queued = record(

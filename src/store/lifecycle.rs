@@ -413,7 +413,8 @@ pub(super) async fn on_decision(
         approved_at: approved_at.clone(),
         max_days: days.map(i64::from),
         end_date: request["expires_at"].as_str().map(str::to_owned),
-        granted: already.then(|| (approved_at.clone(), expires_at.clone())),
+        granted: already,
+        expires_at: expires_at.clone().filter(|_| already),
     };
     if !already {
         // Waits for its grant: nothing later in the batch reads it (the facts are of access
@@ -465,8 +466,11 @@ pub(super) struct Approval {
     approved_at: String,
     max_days: Option<i64>,
     end_date: Option<String>,
-    /// When the beneficiary holds the access already: granted now, with its expiry.
-    granted: Option<(String, Option<String>)>,
+    /// Whether the beneficiary holds the access already: granted now, at `approved_at`.
+    granted: bool,
+    /// The access's expiry, set when it is granted now (an approval waiting for its grant
+    /// gets its expiry from the grant).
+    expires_at: Option<String>,
 }
 
 /// Inserts lifecycles in multi-row inserts, each unless its decision has one. Returns how many
@@ -481,10 +485,6 @@ pub(super) async fn insert_approvals(tx: &mut super::WriteTx, approvals: &[Appro
         sql.push_str(" ON CONFLICT DO NOTHING");
         let mut query = sqlx::query(&sql);
         for a in chunk {
-            let (granted_at, expires_at) = match &a.granted {
-                Some((at, expires)) => (Some(at.as_str()), expires.as_deref()),
-                None => (None, None),
-            };
             query = query
                 .bind(&a.decision_id)
                 .bind(&a.connector)
@@ -499,9 +499,9 @@ pub(super) async fn insert_approvals(tx: &mut super::WriteTx, approvals: &[Appro
                 .bind(&a.approved_at)
                 .bind(a.max_days)
                 .bind(&a.end_date)
-                .bind(if a.granted.is_some() { "granted" } else { "approved" })
-                .bind(granted_at)
-                .bind(expires_at);
+                .bind(if a.granted { "granted" } else { "approved" })
+                .bind(a.granted.then_some(&a.approved_at))
+                .bind(&a.expires_at);
         }
         inserted += query.execute(&mut **tx).await?.rows_affected();
     }
