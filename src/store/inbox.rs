@@ -58,8 +58,9 @@ impl Store {
         volatile: &[&str],
         next: &Cursor,
     ) -> anyhow::Result<usize> {
+        let incoming = incoming(tickets, volatile);
         let mut tx = self.begin_write().await?;
-        let inserted = insert_tickets(&mut tx, connector, tickets, volatile, "poll").await?;
+        let inserted = insert_tickets(&mut tx, connector, &incoming, "poll").await?;
         sqlx::query("INSERT INTO cursors (connector, cursor, updated_at) VALUES ($1, $2, $3) ON CONFLICT (connector) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at")
             .bind(cursor_key)
             .bind(&next.0)
@@ -90,6 +91,7 @@ impl Store {
         tickets: &[Ticket],
         volatile: &[&str],
     ) -> anyhow::Result<Option<usize>> {
+        let incoming = incoming(tickets, volatile);
         let mut tx = self.begin_write().await?;
         if let Some(id) = delivery_id {
             let fresh = sqlx::query(
@@ -104,7 +106,7 @@ impl Store {
                 return Ok(None);
             }
         }
-        let inserted = insert_tickets(&mut tx, connector, tickets, volatile, "webhook").await?;
+        let inserted = insert_tickets(&mut tx, connector, &incoming, "webhook").await?;
         tx.commit().await?;
         Ok(Some(inserted))
     }
@@ -775,32 +777,57 @@ pub fn content_digest(raw: &Value, volatile: &[&str]) -> String {
     sha256_hex(content.to_string().as_bytes())
 }
 
+/// A ticket version to store, with its texts: made before the write that stores it
+/// ([`incoming`]), so no writer waits while a page is serialized and hashed.
+struct Incoming<'a> {
+    ticket: &'a Ticket,
+    /// The version as stored.
+    raw: String,
+    /// SHA-256 of `raw`.
+    digest: String,
+    /// [`content_digest`] of the version.
+    content: String,
+}
+
+/// The texts of a page's ticket versions (see [`Incoming`]).
+fn incoming<'a>(tickets: &'a [Ticket], volatile: &[&str]) -> Vec<Incoming<'a>> {
+    tickets
+        .iter()
+        .map(|ticket| {
+            let raw = ticket.raw.to_string();
+            let digest = sha256_hex(raw.as_bytes());
+            let content = if volatile.is_empty() {
+                digest.clone()
+            } else {
+                content_digest(&ticket.raw, volatile)
+            };
+            Incoming {
+                ticket,
+                raw,
+                digest,
+                content,
+            }
+        })
+        .collect()
+}
+
 /// Inserts new ticket versions with a `ticket_seen` audit record each, in one multi-row insert.
 /// Known versions are skipped, and so is a version whose content (without the `volatile`
 /// fields) equals the ticket's latest stored version: only fields every write bumps changed
 /// (deskbridge's own comment bumps them), so there is nothing to read, store or decide again.
-async fn insert_tickets(
-    tx: &mut super::WriteTx,
-    connector: &str,
-    tickets: &[Ticket],
-    volatile: &[&str],
-    via: &str,
-) -> anyhow::Result<usize> {
-    if tickets.is_empty() {
+async fn insert_tickets(tx: &mut super::WriteTx, connector: &str, incoming: &[Incoming<'_>], via: &str) -> anyhow::Result<usize> {
+    if incoming.is_empty() {
         return Ok(0);
     }
-    let mut latest = latest_content(tx, connector, tickets).await?;
+    let mut latest = latest_content(tx, connector, incoming).await?;
     let received_at = now();
-    let mut rows = Vec::with_capacity(tickets.len());
-    for t in tickets {
-        let content = content_digest(&t.raw, volatile);
-        if latest.get(&t.key) == Some(&Some(content.clone())) {
+    let mut rows = Vec::with_capacity(incoming.len());
+    for new in incoming {
+        if latest.get(&new.ticket.key) == Some(&Some(new.content.clone())) {
             continue;
         }
-        latest.insert(t.key.clone(), Some(content.clone()));
-        let raw = t.raw.to_string();
-        let digest = sha256_hex(raw.as_bytes());
-        rows.push((t, raw, digest, content));
+        latest.insert(new.ticket.key.clone(), Some(new.content.clone()));
+        rows.push(new);
     }
     let mut inserted = std::collections::HashSet::new();
     for chunk in rows.chunks(super::ROWS_PER_STATEMENT) {
@@ -811,7 +838,13 @@ async fn insert_tickets(
         super::push_placeholders(&mut sql, chunk.len(), 10, tx.backend);
         sql.push_str(" ON CONFLICT (connector, ticket_key, version) DO NOTHING RETURNING ticket_key, version");
         let mut query = sqlx::query_as::<_, (String, String)>(&sql);
-        for (t, raw, digest, content) in chunk {
+        for Incoming {
+            ticket: t,
+            raw,
+            digest,
+            content,
+        } in chunk.iter().copied()
+        {
             query = query
                 .bind(connector)
                 .bind(&t.key)
@@ -827,7 +860,7 @@ async fn insert_tickets(
         inserted.extend(query.fetch_all(&mut **tx).await?);
     }
     let mut count = 0;
-    for (t, _, digest, _) in &rows {
+    for Incoming { ticket: t, digest, .. } in rows {
         // In page order, once per new version.
         if inserted.remove(&(t.key.clone(), t.version.clone())) {
             count += 1;
@@ -849,10 +882,10 @@ async fn insert_tickets(
 async fn latest_content(
     tx: &mut super::WriteTx,
     connector: &str,
-    tickets: &[Ticket],
+    incoming: &[Incoming<'_>],
 ) -> anyhow::Result<std::collections::HashMap<String, Option<String>>> {
     let mut latest = std::collections::HashMap::new();
-    for chunk in distinct(tickets.iter().map(|t| t.key.as_str())).chunks(CHUNK) {
+    for chunk in distinct(incoming.iter().map(|new| new.ticket.key.as_str())).chunks(CHUNK) {
         let sql = format!(
             "SELECT i.ticket_key, i.content_sha256 FROM inbox i WHERE i.connector = $1 AND i.id = \
              (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key) AND i.ticket_key IN ({})",

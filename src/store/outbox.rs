@@ -90,6 +90,19 @@ impl Store {
         if posted.is_empty() {
             return Ok(lost);
         }
+        // The records are made before the write, as a batch's are (see `audit::Ready`).
+        let records = posted
+            .iter()
+            .map(|(row, comment_id, found_existing)| {
+                audit::ready(
+                    self.backend,
+                    &row.connector,
+                    &row.ticket_key,
+                    Event::CommentPosted,
+                    &json!({"marker": row.marker, "comment_id": comment_id.0, "decision_id": row.decision_id, "found_existing": found_existing}),
+                )
+            })
+            .collect::<sqlx::Result<Vec<_>>>()?;
         let mut tx = self.begin_write().await?;
         let at = now();
         let mut held = std::collections::HashSet::with_capacity(posted.len());
@@ -110,19 +123,12 @@ impl Store {
             }
             held.extend(query.bind(&at).bind(&*self.holder).fetch_all(&mut *tx).await?);
         }
-        for (row, comment_id, found_existing) in posted {
-            if !held.contains(&row.id) {
+        for ((row, _, _), record) in posted.iter().zip(records) {
+            if held.contains(&row.id) {
+                tx.chain.records.push(record);
+            } else {
                 lost.push(row.id);
-                continue;
             }
-            audit::append(
-                &mut tx,
-                &row.connector,
-                &row.ticket_key,
-                Event::CommentPosted,
-                json!({"marker": row.marker, "comment_id": comment_id.0, "decision_id": row.decision_id, "found_existing": found_existing}),
-            )
-            .await?;
         }
         tx.commit().await?;
         Ok(lost)
