@@ -139,7 +139,13 @@ pub struct ConnectorState {
 }
 
 /// The pipeline over a set of connector instances.
-pub struct Pipeline {
+///
+/// Its state is behind an [`Arc`], so the stages of a pass run as tasks of their own, each with
+/// a handle on it, side by side on the runtime's threads (see [`StageTask`]).
+pub struct Pipeline(Arc<State>);
+
+/// What a [`Pipeline`] handle shares.
+pub struct State {
     store: Store,
     instances: HashMap<String, Instance>,
     order: Vec<String>,
@@ -167,6 +173,13 @@ pub struct Pipeline {
     /// The last failure of the decision point and of the facts (catalog and directory), cleared
     /// by the next success: readiness says why requests stay pending.
     last_failures: std::sync::Mutex<LastFailures>,
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
 }
 
 /// A provisioning pass runs on the pipeline's store, catalog, heartbeat and connectors.
@@ -224,7 +237,7 @@ impl Pipeline {
             })
             .collect();
         let instances = instances.into_iter().map(|i| (i.connector.id().to_owned(), i)).collect();
-        Self {
+        Self(Arc::new(State {
             store,
             instances,
             order,
@@ -244,20 +257,30 @@ impl Pipeline {
             queued: tokio::sync::Notify::new(),
             post_window: std::sync::Mutex::new(1),
             decision_point,
-        }
+        }))
+    }
+
+    /// The state, while the pipeline is assembled: before a pass gives a stage a handle.
+    fn assembling(&mut self) -> &mut State {
+        Arc::get_mut(&mut self.0).expect("a pipeline is assembled before its first pass")
+    }
+
+    /// Another handle on this pipeline, for a stage's task.
+    fn handle(&self) -> Self {
+        Self(self.0.clone())
     }
 
     /// Decides on facts from the entitlement catalog and the identity directory (see
     /// [`enrich`]); without it, requests carry no facts and the policy reviews them.
     pub fn with_enricher(mut self, enricher: Option<Arc<enrich::Enricher>>) -> Self {
-        self.enricher = enricher;
+        self.assembling().enricher = enricher;
         self
     }
 
     /// Matches entitlement changes to decisions and times the access lifecycle (see
     /// [`crate::provisioning`]).
     pub fn with_provisioning(mut self, provisioning: Option<Arc<crate::provisioning::Provisioning>>) -> Self {
-        self.provisioning = provisioning;
+        self.assembling().provisioning = provisioning;
         self
     }
 
@@ -279,7 +302,7 @@ impl Pipeline {
     /// Evaluates `shadow` beside the primary decision point for every request; it never
     /// changes an outcome.
     pub fn with_shadow(mut self, shadow: Option<Arc<dyn DecisionPoint>>) -> Self {
-        self.shadow = shadow;
+        self.assembling().shadow = shadow;
         self
     }
 
@@ -507,26 +530,27 @@ impl Pipeline {
     pub async fn run_stored(&self, until: tokio::time::Instant) -> anyhow::Result<Report> {
         let mut report = Report::default();
         self.beat();
-        let (intake, deciding) = (AtomicBool::new(true), AtomicBool::new(true));
-        let mut posted = Report::default();
-        let (decided, post) = {
+        let intake = AtomicBool::new(true);
+        let deciding = Arc::new(AtomicBool::new(true));
+        let post = self.spawn_rounds(Stage::Post, deciding.clone(), Some(until));
+        let decided = {
             let decide = async {
                 let result = self.rounds(Stage::Decide, &intake, &mut report, Some(until)).await;
                 self.stage_ended(&deciding, &self.queued);
                 result
             };
-            let stages = async { tokio::join!(decide, self.rounds(Stage::Post, &deciding, &mut posted, Some(until))) };
-            tokio::pin!(stages);
+            tokio::pin!(decide);
             // On stop the stages end by themselves (stop signals them); at `until` the intake
             // closes and they finish what is stored.
             tokio::select! {
-                done = &mut stages => done,
+                done = &mut decide => done,
                 () = tokio::time::sleep_until(until) => {
                     self.stage_ended(&intake, &self.stored);
-                    stages.await
+                    decide.await
                 }
             }
         };
+        let (posted, post) = post.join().await;
         report.absorb(posted);
         decided?;
         post?;
@@ -576,37 +600,48 @@ impl Pipeline {
     }
 
     /// Polls every connector and decides what arrives, the two overlapping: stored batches are
-    /// decided while the next pages are read.
+    /// decided (on a task of their own) while the next pages are read.
     pub async fn poll_and_decide(&self, report: &mut Report) -> anyhow::Result<()> {
-        let polling = AtomicBool::new(true);
-        let (mut polled, mut decided) = (Report::default(), Report::default());
-        let poll = async {
-            let result = self.poll(&mut polled).await;
-            self.stage_ended(&polling, &self.stored);
-            result
-        };
-        let (polled_result, decided_result) = tokio::join!(poll, self.rounds(Stage::Decide, &polling, &mut decided, None));
+        let polling = Arc::new(AtomicBool::new(true));
+        let decide = self.spawn_rounds(Stage::Decide, polling.clone(), None);
+        let mut polled = Report::default();
+        let polled_result = self.poll(&mut polled).await;
+        self.stage_ended(&polling, &self.stored);
+        let (decided, decided_result) = decide.join().await;
         report.absorb(polled);
         report.absorb(decided);
         polled_result?;
         decided_result
     }
 
-    /// Polls, decides and posts, the three overlapping: comments are posted while later pages
-    /// are still read and decided, so a large backlog does not hold every comment back until
-    /// the whole of it is decided.
+    /// Polls, decides and posts, the three overlapping: comments are posted (on a task of their
+    /// own) while later pages are still read and decided, so a large backlog does not hold
+    /// every comment back until the whole of it is decided.
     pub async fn poll_decide_post(&self, report: &mut Report) -> anyhow::Result<()> {
-        let deciding = AtomicBool::new(true);
-        let mut posted = Report::default();
-        let read = async {
-            let result = self.poll_and_decide(report).await;
-            self.stage_ended(&deciding, &self.queued);
-            result
-        };
-        let (read_result, post_result) = tokio::join!(read, self.rounds(Stage::Post, &deciding, &mut posted, None));
+        let deciding = Arc::new(AtomicBool::new(true));
+        let post = self.spawn_rounds(Stage::Post, deciding.clone(), None);
+        let read_result = self.poll_and_decide(report).await;
+        self.stage_ended(&deciding, &self.queued);
+        let (posted, post_result) = post.join().await;
         report.absorb(posted);
         read_result?;
         post_result
+    }
+
+    /// Runs [`Pipeline::rounds`] of `stage` on a task of its own (see [`StageTask`]), while
+    /// `running` says the stage before it goes on.
+    fn spawn_rounds(
+        &self,
+        stage: Stage,
+        running: Arc<AtomicBool>,
+        until: Option<tokio::time::Instant>,
+    ) -> StageTask<(Report, anyhow::Result<()>)> {
+        let this = self.handle();
+        StageTask(tokio::spawn(async move {
+            let mut report = Report::default();
+            let result = this.rounds(stage, &running, &mut report, until).await;
+            (report, result)
+        }))
     }
 
     /// Says the stage before `signal`'s has ended, so the stage after it does its last round
@@ -706,6 +741,30 @@ fn progress(report: &Report) -> (usize, usize, usize, usize, usize) {
         report.contended,
         report.parked,
     )
+}
+
+/// A stage of a pass on a task of its own, so the stages' work (a page parsed and stored, a
+/// batch decided and written, comments posted) runs side by side on the runtime's threads
+/// instead of taking turns on one. Joined by the pass that started it; aborted when that pass
+/// is dropped unfinished, as a stage joined in the pass's own task would be.
+struct StageTask<T>(tokio::task::JoinHandle<T>);
+
+impl StageTask<(Report, anyhow::Result<()>)> {
+    /// The stage's report and result. A stage that panicked panics here, as it would have in
+    /// the pass's own task.
+    async fn join(mut self) -> (Report, anyhow::Result<()>) {
+        match (&mut self.0).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => (Report::default(), Err(anyhow::anyhow!("a stage of the pass was cancelled: {e}"))),
+        }
+    }
+}
+
+impl<T> Drop for StageTask<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The later stages of an overlapped pass (see [`Pipeline::poll_decide_post`]).
