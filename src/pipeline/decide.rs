@@ -73,8 +73,6 @@ enum Prepared<'p> {
 
 /// A claimed batch, decided, to be written by [`Pipeline::write_batch`].
 pub(super) struct Batch<'r> {
-    /// The claimed rows.
-    rows: &'r [InboxRow],
     /// What each row decided came to, in row order (rows whose failure was written already,
     /// or that another replica holds, are not here).
     finished: Vec<Finished<'r>>,
@@ -107,74 +105,47 @@ impl Pipeline {
         })
     }
 
-    /// One step through the due inbox rows: claims the next batch into `slot` (when `claim`
-    /// says to, and beside `previous`, the batch decided in the step before), then writes
-    /// `previous` while the new batch is decided, the two overlapping. Returns the new batch,
-    /// to be written by the next step, and whether the next step should claim: this claim was
-    /// full, or writing `previous` gave a row back to be decided again.
-    ///
-    /// A failed claim still writes `previous`, and a failed write of `previous` still writes what
-    /// the new batch decided; then the step fails.
-    pub(super) async fn decide_step<'s>(
-        &'s self,
-        slot: &'s mut Vec<InboxRow>,
-        previous: Option<Batch<'_>>,
-        claim: bool,
-        report: &mut Report,
-        due_before: &str,
-    ) -> anyhow::Result<(Option<Batch<'s>>, bool)> {
-        let claimed = match (claim && !self.stopping(), &previous) {
-            (false, _) => Ok(Vec::new()),
-            (true, None) => self.store.claim_inbox(self.settings.batch_size, due_before).await,
-            (true, Some(_)) => self.store.claim_inbox_beside_own(self.settings.batch_size, due_before).await,
-        };
-        *slot = match claimed {
-            Ok(rows) => rows,
-            Err(e) => {
-                // What the batch before decided is still written.
-                if let Some(previous) = previous {
-                    self.write_after_failure(previous, report).await;
-                }
-                return Err(e);
-            }
-        };
-        let rows: &'s [InboxRow] = slot;
-        let (mut wrote, mut decided) = (Report::default(), Report::default());
-        let write = async {
-            match previous {
-                Some(batch) => self.write_batch(batch, &mut wrote).await,
-                None => Ok(false),
-            }
-        };
-        let decide = async {
-            if rows.is_empty() {
-                return Ok(None);
-            }
-            self.decide_batch(rows, &mut decided).await.map(Some)
-        };
-        let (written, next) = tokio::join!(write, decide);
-        report.absorb(wrote);
-        report.absorb(decided);
-        let next = next?;
-        let again = match written {
-            Ok(again) => again,
-            Err(e) => {
-                if let Some(next) = next {
-                    self.write_after_failure(next, report).await;
-                }
-                return Err(e);
-            }
-        };
-        let full = next.as_ref().is_some_and(|n| n.rows.len() as i64 >= self.settings.batch_size);
-        Ok((next, full || again))
+    /// Claims the next batch of due rows: beside the batches in flight when there are any (see
+    /// [`crate::store::Store::claim_inbox_beside_own`]), so no version is decided on what was
+    /// read before the batch holding an earlier version of its ticket is written.
+    pub(super) async fn claim_batch(&self, beside_own: bool, due_before: &str) -> anyhow::Result<Vec<InboxRow>> {
+        if beside_own {
+            self.store.claim_inbox_beside_own(self.settings.batch_size, due_before).await
+        } else {
+            self.store.claim_inbox(self.settings.batch_size, due_before).await
+        }
     }
 
-    /// Writes a decided batch when the step it belongs to failed otherwise; the step's own
-    /// failure is the one returned, this one's is logged.
-    async fn write_after_failure(&self, batch: Batch<'_>, report: &mut Report) {
-        if let Err(e) = self.write_batch(batch, report).await {
-            tracing::error!(error = %format!("{e:#}"), "writing a decided batch failed after its step failed");
-        }
+    /// Decides a claimed batch and writes it on a task of its own, so a batch is written while
+    /// the next is decided on the runtime's other thread. It says when it has decided
+    /// (`decided`), and writes only once the batch before it (`after`) is written, then says so
+    /// (`written`): batches are written in the order they were claimed. Answers the task's
+    /// report and whether a row was given back to be decided again (or the batch's first
+    /// failure once the rest is written).
+    pub(super) fn spawn_batch(
+        &self,
+        rows: Vec<InboxRow>,
+        after: Option<tokio::sync::oneshot::Receiver<()>>,
+        decided: tokio::sync::oneshot::Sender<()>,
+        written: tokio::sync::oneshot::Sender<()>,
+    ) -> super::BatchTask {
+        let this = self.handle();
+        super::StageTask(tokio::spawn(async move {
+            let mut report = Report::default();
+            let batch = match this.decide_batch(&rows, &mut report).await {
+                Ok(batch) => batch,
+                Err(e) => return (report, Err(e)),
+            };
+            let _ = decided.send(());
+            if let Some(after) = after {
+                // Sent when the batch before is written, or dropped when its task ended
+                // without writing: either way it no longer writes.
+                let _ = after.await;
+            }
+            let again = this.write_batch(batch, &mut report).await;
+            let _ = written.send(());
+            (report, again)
+        }))
     }
 
     /// Normalizes and decides one claimed batch, to be written by [`Pipeline::write_batch`].
@@ -198,7 +169,6 @@ impl Pipeline {
             enricher.prefetch(asks).await;
         }
         let mut batch = Batch {
-            rows,
             finished: Vec::with_capacity(rows.len()),
             asks: Vec::with_capacity(rows.len()),
             failure: None,
@@ -242,9 +212,7 @@ impl Pipeline {
     /// row was given back to be decided again, or the batch's first failure once the rest is
     /// written.
     async fn write_batch(&self, batch: Batch<'_>, report: &mut Report) -> anyhow::Result<bool> {
-        let Batch {
-            finished, asks, failure, ..
-        } = batch;
+        let Batch { finished, asks, failure } = batch;
         let mut again = false;
         // What was decided is written even when another row failed.
         let unwritten = self.store.finish(&finished).await?;

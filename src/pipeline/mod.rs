@@ -692,23 +692,60 @@ impl Pipeline {
     /// Decides every new inbox row and every pending one due before `pass_start` (a request
     /// that fails during the pass is not retried within it). A batch that claimed less than
     /// it could is the last: nothing else was due when it was claimed, and what arrives later
-    /// signals its own round ([`Pipeline::versions_stored`]). Each batch is written while the
-    /// next is decided (see [`Pipeline::decide_step`]); the two take turns in two slots.
+    /// signals its own round ([`Pipeline::versions_stored`]). Each batch is decided and written
+    /// on a task of its own ([`Pipeline::spawn_batch`]): the next batch is claimed and decided
+    /// while the one before it is written, two in flight at most. After a failure nothing more
+    /// is claimed; what is in flight is still written, then the round fails.
     async fn decide_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
-        let (mut first, mut second) = (Vec::new(), Vec::new());
-        // The batch in the second slot, decided and not yet written.
-        let mut in_flight = None;
+        // The batch decided and being written, and when it is written.
+        let mut in_flight: Option<(BatchTask, tokio::sync::oneshot::Receiver<()>)> = None;
         let mut claim = true;
+        let mut failure = None;
         loop {
             let before = progress(report);
-            let (batch, again) = self.decide_step(&mut first, in_flight.take(), claim, report, pass_start).await?;
-            let (batch, again) = self.decide_step(&mut second, batch, again, report, pass_start).await?;
-            // Two steps that moved no row on end the round once nothing waits to be written (a
-            // row that neither decides nor fails is not claimed over and over).
+            let rows = if claim && failure.is_none() && !self.stopping() {
+                match self.claim_batch(in_flight.is_some(), pass_start).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        failure = Some(e);
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let full = rows.len() as i64 >= self.settings.batch_size;
+            let (previous, previous_written) = in_flight.take().unzip();
+            let next = if rows.is_empty() {
+                None
+            } else {
+                let (decided_tx, decided) = tokio::sync::oneshot::channel();
+                let (written_tx, written) = tokio::sync::oneshot::channel();
+                let task = self.spawn_batch(rows, previous_written, decided_tx, written_tx);
+                Some((task, decided, written))
+            };
+            let mut again = false;
+            if let Some(previous) = previous {
+                let (done, result) = previous.join().await;
+                report.absorb(done);
+                match result {
+                    Ok(given_back) => again = given_back,
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some((task, decided, written)) = next {
+                // Sent once decided, or dropped when the task failed before.
+                let _ = decided.await;
+                in_flight = Some((task, written));
+            }
+            // A round that moved no row on ends once nothing is in flight (a row that neither
+            // decides nor fails is not claimed over and over).
             let stuck = progress(report) == before;
-            (in_flight, claim) = (batch, again);
-            if in_flight.is_none() && (!claim || stuck) {
-                return Ok(());
+            claim = full || again;
+            if in_flight.is_none() && (!claim || stuck || failure.is_some()) {
+                return failure.map_or(Ok(()), Err);
             }
         }
     }
@@ -749,10 +786,10 @@ fn progress(report: &Report) -> (usize, usize, usize, usize, usize) {
 /// is dropped unfinished, as a stage joined in the pass's own task would be.
 struct StageTask<T>(tokio::task::JoinHandle<T>);
 
-impl StageTask<(Report, anyhow::Result<()>)> {
-    /// The stage's report and result. A stage that panicked panics here, as it would have in
+impl<T> StageTask<(Report, anyhow::Result<T>)> {
+    /// The task's report and result. A task that panicked panics here, as it would have in
     /// the pass's own task.
-    async fn join(mut self) -> (Report, anyhow::Result<()>) {
+    async fn join(mut self) -> (Report, anyhow::Result<T>) {
         match (&mut self.0).await {
             Ok(done) => done,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -760,6 +797,10 @@ impl StageTask<(Report, anyhow::Result<()>)> {
         }
     }
 }
+
+/// A batch decided and written on a task of its own (see [`Pipeline::spawn_batch`]): its report
+/// and whether a row was given back to be decided again.
+type BatchTask = StageTask<(Report, anyhow::Result<bool>)>;
 
 impl<T> Drop for StageTask<T> {
     fn drop(&mut self) {
