@@ -769,7 +769,7 @@ impl Pipeline {
     }
 }
 
-/// What a report counts of deciding: whether a step moved any row on.
+/// What a report counts of deciding: whether a turn of the decide loop moved any row on.
 fn progress(report: &Report) -> (usize, usize, usize, usize, usize) {
     (
         report.decided,

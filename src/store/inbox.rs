@@ -796,6 +796,8 @@ fn incoming<'a>(tickets: &'a [Ticket], volatile: &[&str]) -> Vec<Incoming<'a>> {
         .map(|ticket| {
             let raw = ticket.raw.to_string();
             let digest = sha256_hex(raw.as_bytes());
+            // Without volatile fields the content digest is the stored text's (as
+            // `content_digest` computes it), so the text is not serialized twice.
             let content = if volatile.is_empty() {
                 digest.clone()
             } else {
@@ -823,7 +825,7 @@ async fn insert_tickets(tx: &mut super::WriteTx, connector: &str, incoming: &[In
     let received_at = now();
     let mut rows = Vec::with_capacity(incoming.len());
     for new in incoming {
-        if latest.get(&new.ticket.key) == Some(&Some(new.content.clone())) {
+        if latest.get(&new.ticket.key).is_some_and(|c| c.as_ref() == Some(&new.content)) {
             continue;
         }
         latest.insert(new.ticket.key.clone(), Some(new.content.clone()));
