@@ -117,26 +117,24 @@ impl Pipeline {
     }
 
     /// Decides a claimed batch and writes it on a task of its own, so a batch is written while
-    /// the next is decided on the runtime's other thread. It says when it has decided
-    /// (`decided`), and writes only once the batch before it (`after`) is written, then says so
-    /// (`written`): batches are written in the order they were claimed. Answers the task's
+    /// later ones are decided on the runtime's other threads. It writes only once the batch
+    /// before it (`after`) is written, then says so (`written`): batches are written in the
+    /// order they were claimed. Answers the task's
     /// report and whether a row was given back to be decided again (or the batch's first
     /// failure once the rest is written).
     pub(super) fn spawn_batch(
         &self,
         rows: Vec<InboxRow>,
         after: Option<tokio::sync::oneshot::Receiver<()>>,
-        decided: tokio::sync::oneshot::Sender<()>,
         written: tokio::sync::oneshot::Sender<()>,
     ) -> super::BatchTask {
         let this = self.handle();
-        super::StageTask(tokio::spawn(async move {
+        super::StageTask::spawn(async move {
             let mut report = Report::default();
             let batch = match this.decide_batch(&rows, &mut report).await {
                 Ok(batch) => batch,
                 Err(e) => return (report, Err(e)),
             };
-            let _ = decided.send(());
             if let Some(after) = after {
                 // Sent when the batch before is written, or dropped when its task ended
                 // without writing: either way it no longer writes.
@@ -145,7 +143,7 @@ impl Pipeline {
             let again = this.write_batch(batch, &mut report).await;
             let _ = written.send(());
             (report, again)
-        }))
+        })
     }
 
     /// Normalizes and decides one claimed batch, to be written by [`Pipeline::write_batch`].

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deskbridge_connector::{Connector, ConnectorError};
+use deskbridge_connector::{Connector, ConnectorError, Page};
 
 use crate::decision::DecisionPoint;
 use crate::mapping::Mapping;
@@ -369,11 +369,18 @@ impl Pipeline {
     }
 
     /// Polls every connector until it has nothing more (or the per-pass page bound).
+    ///
+    /// The next page is fetched while the current one is stored, on a task of its own (a
+    /// prefetch). A page is stored, and the cursor after it with it, only once the one before
+    /// it is stored and the poller's lease has been renewed for it; a prefetched page that is
+    /// not stored (the lease lost, a store failure, a stop) is dropped unread, and the next
+    /// pass asks for it again from the stored cursor.
     pub async fn poll(&self, report: &mut Report) -> anyhow::Result<()> {
         for id in &self.order {
             let Some(instance) = self.instances.get(id) else { continue };
             let mut cursor = self.store.cursor(id).await?;
             let started = chrono::Utc::now();
+            let mut prefetched: Option<StageTask<Result<Page, ConnectorError>>> = None;
             for page_number in 0..self.settings.max_pages_per_pass {
                 // One poller per connector instance across replicas; renewed every page.
                 if self.stopping() {
@@ -386,7 +393,11 @@ impl Pipeline {
                     break;
                 }
                 self.beat();
-                let page = match instance.connector.poll(&cursor).await {
+                let fetched = match prefetched.take() {
+                    Some(task) => task.outcome().await?,
+                    None => instance.connector.poll(&cursor).await,
+                };
+                let page = match fetched {
                     Ok(page) => page,
                     Err(e) => {
                         let fatal = is_fatal(&e);
@@ -404,6 +415,11 @@ impl Pipeline {
                         break;
                     }
                 };
+                if page.more && page_number + 1 < self.settings.max_pages_per_pass && !self.stopping() {
+                    let connector = instance.connector.clone();
+                    let next = page.next.clone();
+                    prefetched = Some(StageTask::spawn(async move { connector.poll(&next).await }));
+                }
                 let stored = self
                     .store
                     .ingest_page(id, &page.tickets, instance.connector.volatile_fields(), &page.next)
@@ -637,11 +653,11 @@ impl Pipeline {
         until: Option<tokio::time::Instant>,
     ) -> StageTask<(Report, anyhow::Result<()>)> {
         let this = self.handle();
-        StageTask(tokio::spawn(async move {
+        StageTask::spawn(async move {
             let mut report = Report::default();
             let result = this.rounds(stage, &running, &mut report, until).await;
             (report, result)
-        }))
+        })
     }
 
     /// Says the stage before `signal`'s has ended, so the stage after it does its last round
@@ -693,59 +709,44 @@ impl Pipeline {
     /// that fails during the pass is not retried within it). A batch that claimed less than
     /// it could is the last: nothing else was due when it was claimed, and what arrives later
     /// signals its own round ([`Pipeline::versions_stored`]). Each batch is decided and written
-    /// on a task of its own ([`Pipeline::spawn_batch`]): the next batch is claimed and decided
-    /// while the one before it is written, two in flight at most. After a failure nothing more
-    /// is claimed; what is in flight is still written, then the round fails.
+    /// on a task of its own ([`Pipeline::spawn_batch`]), up to [`BATCHES_IN_FLIGHT`] at once:
+    /// the next batch is claimed and decided while the one before it is written, and batches
+    /// are written in the order they were claimed. After a failure nothing more is claimed; what is
+    /// in flight is still written, then the round fails.
     async fn decide_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
-        // The batch decided and being written, and when it is written.
-        let mut in_flight: Option<(BatchTask, tokio::sync::oneshot::Receiver<()>)> = None;
+        // The batches claimed and not yet joined, oldest first, and when the newest is written.
+        let mut in_flight: std::collections::VecDeque<BatchTask> = std::collections::VecDeque::new();
+        let mut last_written: Option<tokio::sync::oneshot::Receiver<()>> = None;
         let mut claim = true;
         let mut failure = None;
         loop {
-            let before = progress(report);
-            let rows = if claim && failure.is_none() && !self.stopping() {
-                match self.claim_batch(in_flight.is_some(), pass_start).await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        failure = Some(e);
-                        Vec::new()
+            if claim && failure.is_none() && !self.stopping() && in_flight.len() < BATCHES_IN_FLIGHT {
+                match self.claim_batch(!in_flight.is_empty(), pass_start).await {
+                    Ok(rows) => {
+                        // A batch that claimed less than it could is the last one due.
+                        claim = rows.len() as i64 >= self.settings.batch_size;
+                        if !rows.is_empty() {
+                            let (written_tx, written) = tokio::sync::oneshot::channel();
+                            in_flight.push_back(self.spawn_batch(rows, last_written.replace(written), written_tx));
+                        }
                     }
+                    Err(e) => failure = Some(e),
                 }
-            } else {
-                Vec::new()
-            };
-            let full = rows.len() as i64 >= self.settings.batch_size;
-            let (previous, previous_written) = in_flight.take().unzip();
-            let next = if rows.is_empty() {
-                None
-            } else {
-                let (decided_tx, decided) = tokio::sync::oneshot::channel();
-                let (written_tx, written) = tokio::sync::oneshot::channel();
-                let task = self.spawn_batch(rows, previous_written, decided_tx, written_tx);
-                Some((task, decided, written))
-            };
-            let mut again = false;
-            if let Some(previous) = previous {
-                let (done, result) = previous.join().await;
-                report.absorb(done);
-                match result {
-                    Ok(given_back) => again = given_back,
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
-                }
+                continue;
             }
-            if let Some((task, decided, written)) = next {
-                // Sent once decided, or dropped when the task failed before.
-                let _ = decided.await;
-                in_flight = Some((task, written));
-            }
-            // A round that moved no row on ends once nothing is in flight (a row that neither
-            // decides nor fails is not claimed over and over).
-            let stuck = progress(report) == before;
-            claim = full || again;
-            if in_flight.is_none() && (!claim || stuck || failure.is_some()) {
+            let Some(oldest) = in_flight.pop_front() else {
                 return failure.map_or(Ok(()), Err);
+            };
+            let (done, result) = oldest.join().await;
+            // A batch that moved no row on ends the claiming (a row that neither decides nor
+            // fails is not claimed over and over); one that gave rows back claims them again.
+            let moved = progress(&done) != progress(&Report::default());
+            report.absorb(done);
+            match result {
+                Ok(given_back) => claim = moved && (claim || given_back),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
     }
@@ -786,15 +787,26 @@ fn progress(report: &Report) -> (usize, usize, usize, usize, usize) {
 /// is dropped unfinished, as a stage joined in the pass's own task would be.
 struct StageTask<T>(tokio::task::JoinHandle<T>);
 
-impl<T> StageTask<(Report, anyhow::Result<T>)> {
-    /// The task's report and result. A task that panicked panics here, as it would have in
-    /// the pass's own task.
-    async fn join(mut self) -> (Report, anyhow::Result<T>) {
+impl<T: Send + 'static> StageTask<T> {
+    fn spawn(work: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Self(tokio::spawn(work))
+    }
+
+    /// What the task gave, or an error if it was cancelled. A task that panicked panics here,
+    /// as it would have in the pass's own task.
+    async fn outcome(mut self) -> anyhow::Result<T> {
         match (&mut self.0).await {
-            Ok(done) => done,
+            Ok(done) => Ok(done),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => (Report::default(), Err(anyhow::anyhow!("a stage of the pass was cancelled: {e}"))),
+            Err(e) => Err(anyhow::anyhow!("a stage of the pass was cancelled: {e}")),
         }
+    }
+}
+
+impl<T: Send + 'static> StageTask<(Report, anyhow::Result<T>)> {
+    /// The task's report and result (see [`StageTask::outcome`]).
+    async fn join(self) -> (Report, anyhow::Result<T>) {
+        self.outcome().await.unwrap_or_else(|e| (Report::default(), Err(e)))
     }
 }
 
@@ -816,6 +828,11 @@ enum Stage {
     /// Posting what deciding queued.
     Post,
 }
+
+/// Batches claimed at once by a decide round: one decided while the one before it is written.
+/// Three (two decided side by side) measured slower on two cores: 1,867–2,234 against
+/// 2,376–2,584 tickets/s end to end, with 10–20 % more CPU per ticket.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// The longest a stage of an overlapped pass waits for the stage before it to signal more work.
 const STAGE_WAIT: Duration = Duration::from_millis(10);

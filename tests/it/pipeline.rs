@@ -318,3 +318,117 @@ async fn a_stop_lets_the_post_in_flight_finish_and_starts_no_other() {
     app.pipeline().run_once().await.expect("next run");
     assert_one_comment_each(&app);
 }
+
+/// A pipeline whose ServiceNow connector reads two records a page, so a poll has several pages
+/// and fetches each next one while it stores the one before.
+fn two_a_page(app: &TestApp) -> deskbridge::pipeline::Pipeline {
+    let mut config = deskbridge::commands::demo::servicenow_config(app.sim.base_url()).expect("config");
+    config.page_size = 2;
+    let connector = Arc::new(deskbridge_servicenow::ServiceNow::new(CONNECTOR, config).expect("connector"));
+    deskbridge::pipeline::Pipeline::new(
+        app.store.clone(),
+        vec![deskbridge::pipeline::Instance {
+            connector,
+            mapping: Arc::new(crate::helpers::shipped_mapping()),
+        }],
+        Arc::new(crate::helpers::shipped_policy()),
+        deskbridge::render::CommentRenderer::new(None).expect("template"),
+        deskbridge::pipeline::Settings::default(),
+    )
+}
+
+/// Every stored version per ticket key, and the stored cursor.
+async fn stored(app: &TestApp) -> (BTreeMap<String, i64>, Option<String>) {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT ticket_key, COUNT(*) FROM inbox GROUP BY ticket_key")
+        .fetch_all(app.store.pool())
+        .await
+        .expect("inbox");
+    (rows.into_iter().collect(), app.store.cursor(CONNECTOR).await.expect("cursor").0)
+}
+
+/// The query of each page request the simulator answered for requested items, in order.
+fn page_requests(app: &TestApp) -> Vec<Vec<(String, String)>> {
+    app.sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/sc_req_item"))
+        .map(|r| r.query)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_page_that_fails_to_store_leaves_the_cursor_at_the_last_stored_page_and_the_prefetch_unstored() {
+    let app = TestApp::spawn().await;
+    let pipeline = two_a_page(&app);
+    // The disk refuses the second page's first ticket, while the third page is being fetched.
+    sqlx::query(
+        "CREATE TRIGGER refuse_second_page BEFORE INSERT ON inbox WHEN (SELECT COUNT(*) FROM inbox) >= 2
+         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END",
+    )
+    .execute(app.store.pool())
+    .await
+    .expect("trigger");
+    let failed = pipeline.poll(&mut Report::default()).await;
+    assert!(failed.is_err(), "the store failure fails the poll");
+    let (tickets, cursor) = stored(&app).await;
+    assert_eq!(tickets.len(), 2, "only the first page is stored: {tickets:?}");
+    assert!(cursor.is_some(), "the first page's cursor is stored with it");
+    let first_poll = page_requests(&app);
+    assert!(first_poll.len() >= 2, "the second page was fetched: {first_poll:?}");
+
+    // The disk recovers: the next poll asks again from the first page's cursor, and every
+    // ticket is stored once, the prefetched page included.
+    sqlx::query("DROP TRIGGER refuse_second_page")
+        .execute(app.store.pool())
+        .await
+        .expect("drop");
+    app.sim.clear_requests();
+    pipeline.poll(&mut Report::default()).await.expect("poll");
+    let again = page_requests(&app);
+    assert_eq!(again.first(), first_poll.get(1), "the poll resumes at the page that was not stored");
+    let (tickets, cursor_after) = stored(&app).await;
+    assert_eq!(
+        tickets.len(),
+        SEEDED_ACCESS_TICKETS.len() + 1,
+        "every requested item is stored: {tickets:?}"
+    );
+    assert!(tickets.values().all(|n| *n == 1), "none twice: {tickets:?}");
+    assert_ne!(cursor_after, cursor, "the cursor moved on with the pages stored");
+}
+
+#[tokio::test]
+async fn a_prefetched_page_is_not_stored_once_another_replica_holds_the_poll_lease() {
+    let app = TestApp::spawn().await;
+    let pipeline = two_a_page(&app);
+    // As the first page is stored, another replica takes the poller's lease (this one
+    // stalled past its expiry).
+    sqlx::query(
+        "CREATE TRIGGER taken_over AFTER INSERT ON cursors
+         BEGIN UPDATE leases SET holder = 'another-replica', expires_at = '9999-12-31T00:00:00Z' WHERE name = 'poll:' || NEW.connector; END",
+    )
+    .execute(app.store.pool())
+    .await
+    .expect("trigger");
+    pipeline
+        .poll(&mut Report::default())
+        .await
+        .expect("a lost lease ends the poll quietly");
+    let (tickets, cursor) = stored(&app).await;
+    assert_eq!(tickets.len(), 2, "nothing is stored after the lease was lost: {tickets:?}");
+    assert!(cursor.is_some());
+
+    // The other replica lets go: polling resumes where the stored cursor says.
+    sqlx::query("DROP TRIGGER taken_over")
+        .execute(app.store.pool())
+        .await
+        .expect("drop");
+    sqlx::query("DELETE FROM leases").execute(app.store.pool()).await.expect("release");
+    pipeline.poll(&mut Report::default()).await.expect("poll");
+    let (tickets, _) = stored(&app).await;
+    assert_eq!(
+        tickets.len(),
+        SEEDED_ACCESS_TICKETS.len() + 1,
+        "every requested item is stored: {tickets:?}"
+    );
+    assert!(tickets.values().all(|n| *n == 1), "none twice: {tickets:?}");
+}
