@@ -22,7 +22,8 @@
 //!
 //! `DESKBRIDGE_BIN=path` runs that build of `deskbridge serve` instead of
 //! `target/release/deskbridge`, so two builds can be compared side by side in one session; the
-//! simulators always run from `target/release/deskbridge`. `POLL_SECS=n` sets serve's poll
+//! simulators always run from `target/release/deskbridge`. `KEEP_LOG=path` and `KEEP_STORE=path`
+//! keep serve's log and its SQLite store (with its WAL) after the run. `POLL_SECS=n` sets serve's poll
 //! interval (default 1 s: the poll, the webhooks' safety net, reads every changed ticket again).
 
 #[allow(dead_code)]
@@ -483,6 +484,22 @@ async fn main() -> anyhow::Result<()> {
 
 /// One run of `deskbridge serve` over `count` waiting tickets, then `seconds` of webhooks at
 /// `rate` per second.
+/// Copies serve's log (`KEEP_LOG=path`) and its SQLite store with its WAL (`KEEP_STORE=path`)
+/// out of the run's directory, once serve has stopped.
+fn keep(dir: &Path) -> anyhow::Result<()> {
+    if let Ok(keep) = std::env::var("KEEP_LOG") {
+        std::fs::copy(dir.join("serve.log"), keep)?;
+    }
+    if let Ok(keep) = std::env::var("KEEP_STORE") {
+        for (side, to) in [("serve.db", keep.clone()), ("serve.db-wal", format!("{keep}-wal"))] {
+            if dir.join(side).exists() {
+                std::fs::copy(dir.join(side), to)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) -> anyhow::Result<Backlog> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // `DESKBRIDGE_BIN` names another build (an earlier commit's, say) to compare side by side.
@@ -593,6 +610,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
             println!("  (the steady webhook phase runs against ServiceNow only)");
         }
         child.kill().await?;
+        keep(dir.path())?;
         return Ok(backlog);
     }
 
@@ -748,9 +766,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
         println!("  serve.log ends:\n    {}", tail.join("\n    "));
     }
     child.kill().await?;
-    if let Ok(keep) = std::env::var("KEEP_LOG") {
-        std::fs::copy(dir.path().join("serve.log"), keep)?;
-    }
+    keep(dir.path())?;
     drop(sims);
     Ok(backlog)
 }
