@@ -117,11 +117,10 @@ impl Pipeline {
     }
 
     /// Decides a claimed batch and writes it on a task of its own, so a batch is written while
-    /// later ones are decided on the runtime's other threads. It writes only once the batch
-    /// before it (`after`) is written, then says so (`written`): batches are written in the
-    /// order they were claimed. Answers the task's
-    /// report and whether a row was given back to be decided again (or the batch's first
-    /// failure once the rest is written).
+    /// the next is decided on the runtime's other thread. It writes only once the batch before
+    /// it (`after`) is written, then says so (`written`): batches are written in the order they
+    /// were claimed. Answers the task's report and whether a row was given back to be decided
+    /// again (or the batch's first failure once the rest is written).
     pub(super) fn spawn_batch(
         &self,
         rows: Vec<InboxRow>,

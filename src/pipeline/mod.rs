@@ -711,8 +711,8 @@ impl Pipeline {
     /// signals its own round ([`Pipeline::versions_stored`]). Each batch is decided and written
     /// on a task of its own ([`Pipeline::spawn_batch`]), up to [`BATCHES_IN_FLIGHT`] at once:
     /// the next batch is claimed and decided while the one before it is written, and batches
-    /// are written in the order they were claimed. After a failure nothing more is claimed; what is
-    /// in flight is still written, then the round fails.
+    /// are written in the order they were claimed. After a failure nothing more is claimed;
+    /// what is in flight is still written, then the round fails.
     async fn decide_due_before(&self, report: &mut Report, pass_start: &str) -> anyhow::Result<()> {
         // The batches claimed and not yet joined, oldest first, and when the newest is written.
         let mut in_flight: std::collections::VecDeque<BatchTask> = std::collections::VecDeque::new();

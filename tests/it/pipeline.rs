@@ -346,6 +346,19 @@ async fn stored(app: &TestApp) -> (BTreeMap<String, i64>, Option<String>) {
     (rows.into_iter().collect(), app.store.cursor(CONNECTOR).await.expect("cursor").0)
 }
 
+/// Asserts every seeded requested item (the support ticket too) is stored, none twice; answers
+/// the stored cursor.
+async fn every_item_stored_once(app: &TestApp) -> Option<String> {
+    let (tickets, cursor) = stored(app).await;
+    assert_eq!(
+        tickets.len(),
+        SEEDED_ACCESS_TICKETS.len() + 1,
+        "every requested item is stored: {tickets:?}"
+    );
+    assert!(tickets.values().all(|n| *n == 1), "none twice: {tickets:?}");
+    cursor
+}
+
 /// The query of each page request the simulator answered for requested items, in order.
 fn page_requests(app: &TestApp) -> Vec<Vec<(String, String)>> {
     app.sim
@@ -386,13 +399,7 @@ async fn a_page_that_fails_to_store_leaves_the_cursor_at_the_last_stored_page_an
     pipeline.poll(&mut Report::default()).await.expect("poll");
     let again = page_requests(&app);
     assert_eq!(again.first(), first_poll.get(1), "the poll resumes at the page that was not stored");
-    let (tickets, cursor_after) = stored(&app).await;
-    assert_eq!(
-        tickets.len(),
-        SEEDED_ACCESS_TICKETS.len() + 1,
-        "every requested item is stored: {tickets:?}"
-    );
-    assert!(tickets.values().all(|n| *n == 1), "none twice: {tickets:?}");
+    let cursor_after = every_item_stored_once(&app).await;
     assert_ne!(cursor_after, cursor, "the cursor moved on with the pages stored");
 }
 
@@ -424,11 +431,5 @@ async fn a_prefetched_page_is_not_stored_once_another_replica_holds_the_poll_lea
         .expect("drop");
     sqlx::query("DELETE FROM leases").execute(app.store.pool()).await.expect("release");
     pipeline.poll(&mut Report::default()).await.expect("poll");
-    let (tickets, _) = stored(&app).await;
-    assert_eq!(
-        tickets.len(),
-        SEEDED_ACCESS_TICKETS.len() + 1,
-        "every requested item is stored: {tickets:?}"
-    );
-    assert!(tickets.values().all(|n| *n == 1), "none twice: {tickets:?}");
+    every_item_stored_once(&app).await;
 }
