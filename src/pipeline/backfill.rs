@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{is_fatal, Pipeline, Report};
+use deskbridge_connector::{ConnectorError, Page};
+
+use super::{is_fatal, Pipeline, Report, StageTask};
 
 /// Where a backfill stands, reported after every page.
 #[derive(Debug, Clone, Default)]
@@ -17,10 +19,12 @@ pub struct Progress {
 
 impl Pipeline {
     /// Reads every ticket updated at or after `since` from every connector, deciding and
-    /// posting as it goes. Memory stays flat whatever the backlog: one page is held at a time,
-    /// and decisions and comments run in batches from the store. Each page is stored with the
-    /// backfill's own cursor, so running the same backfill again after an interruption resumes
-    /// after the last stored page. The live poll cursor is not touched.
+    /// posting as it goes. Memory stays flat whatever the backlog: two pages are held at a time
+    /// (the one being stored, decided and posted, and the next, fetched meanwhile on a task of
+    /// its own), and decisions and comments run in batches from the store. Each page is stored
+    /// with the backfill's own cursor, only after the page before it, so running the same
+    /// backfill again after an interruption resumes after the last stored page; a page fetched
+    /// ahead and not stored is dropped and read again. The live poll cursor is not touched.
     pub async fn backfill(&self, since: DateTime<Utc>, mut progress: impl FnMut(&Progress, &Report)) -> anyhow::Result<Report> {
         let since_key = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut report = Report::default();
@@ -37,8 +41,13 @@ impl Pipeline {
                 None => instance.connector.cursor_since(since)?,
             };
             progress(&state, &report);
+            let mut prefetched: Option<StageTask<Result<Page, ConnectorError>>> = None;
             while !self.stopping() {
-                let page = instance.connector.poll(&cursor).await.map_err(|e| {
+                let fetched = match prefetched.take() {
+                    Some(task) => task.outcome().await?,
+                    None => instance.connector.poll(&cursor).await,
+                };
+                let page = fetched.map_err(|e| {
                     let hint = if is_fatal(&e) {
                         ""
                     } else {
@@ -46,6 +55,11 @@ impl Pipeline {
                     };
                     anyhow::anyhow!("backfill of {id} stopped after {} tickets: {e}{hint}", state.read)
                 })?;
+                if page.more && !self.stopping() {
+                    let connector = instance.connector.clone();
+                    let next = page.next.clone();
+                    prefetched = Some(StageTask::spawn(async move { connector.poll(&next).await }));
+                }
                 report.ingested += self
                     .store
                     .ingest_backfill_page(id, &since_key, &page.tickets, instance.connector.volatile_fields(), &page.next)

@@ -106,3 +106,40 @@ async fn an_interrupted_backfill_resumes_after_its_last_page_and_reads_only_sinc
         deskbridge_connector::Cursor::start()
     );
 }
+
+#[tokio::test]
+async fn a_backfill_page_that_fails_to_store_is_read_again_with_the_page_fetched_ahead() {
+    let app = TestApp::spawn().await;
+    let since = Utc::now() - TimeDelta::minutes(5);
+    let generated = app.sim.generate(GENERATED);
+    // The disk refuses the second page's first ticket, while the third page is fetched ahead.
+    sqlx::query(
+        "CREATE TRIGGER refuse_second_page BEFORE INSERT ON inbox WHEN (SELECT COUNT(*) FROM inbox) >= 100
+         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END",
+    )
+    .execute(app.store.pool())
+    .await
+    .expect("trigger");
+    let mut read = 0;
+    let failed = pipeline(&app).backfill(since, |progress, _| read = progress.read).await;
+    assert!(failed.is_err(), "the store failure stops the backfill");
+    assert_eq!(read, 100, "the first page was stored, decided and posted");
+
+    // The disk recovers: the same backfill resumes at the second page, and every generated
+    // ticket, those of the page that was fetched ahead included, is commented once.
+    sqlx::query("DROP TRIGGER refuse_second_page")
+        .execute(app.store.pool())
+        .await
+        .expect("drop");
+    let mut resumed = false;
+    pipeline(&app)
+        .backfill(since, |progress, _| resumed = progress.resumed)
+        .await
+        .expect("second run");
+    assert!(resumed, "the second run resumes");
+    for number in &generated {
+        let id = app.sim.sys_id_of("sc_req_item", number).expect("generated");
+        let ours = app.sim.journal(&id).iter().filter(|e| e.created_by == INTEGRATION_USER).count();
+        assert_eq!(ours, 1, "{number}");
+    }
+}
