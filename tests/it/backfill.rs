@@ -113,13 +113,7 @@ async fn a_backfill_page_that_fails_to_store_is_read_again_with_the_page_fetched
     let since = Utc::now() - TimeDelta::minutes(5);
     let generated = app.sim.generate(GENERATED);
     // The disk refuses the second page's first ticket, while the third page is fetched ahead.
-    sqlx::query(
-        "CREATE TRIGGER refuse_second_page BEFORE INSERT ON inbox WHEN (SELECT COUNT(*) FROM inbox) >= 100
-         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END",
-    )
-    .execute(app.store.pool())
-    .await
-    .expect("trigger");
+    crate::helpers::refuse_inbox_inserts_after(&app.store, 100).await;
     let mut read = 0;
     let failed = pipeline(&app).backfill(since, |progress, _| read = progress.read).await;
     assert!(failed.is_err(), "the store failure stops the backfill");
@@ -127,10 +121,7 @@ async fn a_backfill_page_that_fails_to_store_is_read_again_with_the_page_fetched
 
     // The disk recovers: the same backfill resumes at the second page, and every generated
     // ticket, those of the page that was fetched ahead included, is commented once.
-    sqlx::query("DROP TRIGGER refuse_second_page")
-        .execute(app.store.pool())
-        .await
-        .expect("drop");
+    crate::helpers::accept_inbox_inserts(&app.store).await;
     let mut resumed = false;
     pipeline(&app)
         .backfill(since, |progress, _| resumed = progress.resumed)

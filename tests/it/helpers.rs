@@ -197,3 +197,23 @@ pub fn enricher_with(directory: Arc<dyn deskbridge::directory::Directory>) -> Ar
         directory: Some(directory),
     })
 }
+
+/// The store's disk refuses every inbox insert once `stored` rows are in: a trigger raises
+/// SQLite's I/O error, as a full or failing disk would, until [`accept_inbox_inserts`].
+pub async fn refuse_inbox_inserts_after(store: &Store, stored: usize) {
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_inbox_inserts BEFORE INSERT ON inbox WHEN (SELECT COUNT(*) FROM inbox) >= {stored}
+         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    ))
+    .execute(store.pool())
+    .await
+    .expect("trigger");
+}
+
+/// The disk recovers (see [`refuse_inbox_inserts_after`]).
+pub async fn accept_inbox_inserts(store: &Store) {
+    sqlx::query("DROP TRIGGER refuse_inbox_inserts")
+        .execute(store.pool())
+        .await
+        .expect("drop the trigger");
+}

@@ -374,13 +374,7 @@ async fn a_page_that_fails_to_store_leaves_the_cursor_at_the_last_stored_page_an
     let app = TestApp::spawn().await;
     let pipeline = two_a_page(&app);
     // The disk refuses the second page's first ticket, while the third page is being fetched.
-    sqlx::query(
-        "CREATE TRIGGER refuse_second_page BEFORE INSERT ON inbox WHEN (SELECT COUNT(*) FROM inbox) >= 2
-         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END",
-    )
-    .execute(app.store.pool())
-    .await
-    .expect("trigger");
+    crate::helpers::refuse_inbox_inserts_after(&app.store, 2).await;
     let failed = pipeline.poll(&mut Report::default()).await;
     assert!(failed.is_err(), "the store failure fails the poll");
     let (tickets, cursor) = stored(&app).await;
@@ -391,10 +385,7 @@ async fn a_page_that_fails_to_store_leaves_the_cursor_at_the_last_stored_page_an
 
     // The disk recovers: the next poll asks again from the first page's cursor, and every
     // ticket is stored once, the prefetched page included.
-    sqlx::query("DROP TRIGGER refuse_second_page")
-        .execute(app.store.pool())
-        .await
-        .expect("drop");
+    crate::helpers::accept_inbox_inserts(&app.store).await;
     app.sim.clear_requests();
     pipeline.poll(&mut Report::default()).await.expect("poll");
     let again = page_requests(&app);
