@@ -2,9 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use deskbridge_connector::{ConnectorError, Page};
-
-use super::{is_fatal, Pipeline, Report, StageTask};
+use super::{is_fatal, PageReader, Pipeline, Report};
 
 /// Where a backfill stands, reported after every page.
 #[derive(Debug, Clone, Default)]
@@ -41,13 +39,9 @@ impl Pipeline {
                 None => instance.connector.cursor_since(since)?,
             };
             progress(&state, &report);
-            let mut prefetched: Option<StageTask<Result<Page, ConnectorError>>> = None;
+            let mut pages = PageReader::new(&instance.connector);
             while !self.stopping() {
-                let fetched = match prefetched.take() {
-                    Some(task) => task.outcome().await?,
-                    None => instance.connector.poll(&cursor).await,
-                };
-                let page = fetched.map_err(|e| {
+                let page = pages.page(&cursor).await?.map_err(|e| {
                     let hint = if is_fatal(&e) {
                         ""
                     } else {
@@ -56,9 +50,7 @@ impl Pipeline {
                     anyhow::anyhow!("backfill of {id} stopped after {} tickets: {e}{hint}", state.read)
                 })?;
                 if page.more && !self.stopping() {
-                    let connector = instance.connector.clone();
-                    let next = page.next.clone();
-                    prefetched = Some(StageTask::spawn(async move { connector.poll(&next).await }));
+                    pages.fetch_ahead(&page.next);
                 }
                 report.ingested += self
                     .store

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deskbridge_connector::{Connector, ConnectorError, Page};
+use deskbridge_connector::{Connector, ConnectorError, Cursor, Page};
 
 use crate::decision::DecisionPoint;
 use crate::mapping::Mapping;
@@ -380,7 +380,7 @@ impl Pipeline {
             let Some(instance) = self.instances.get(id) else { continue };
             let mut cursor = self.store.cursor(id).await?;
             let started = chrono::Utc::now();
-            let mut prefetched: Option<StageTask<Result<Page, ConnectorError>>> = None;
+            let mut pages = PageReader::new(&instance.connector);
             for page_number in 0..self.settings.max_pages_per_pass {
                 // One poller per connector instance across replicas; renewed every page.
                 if self.stopping() {
@@ -393,11 +393,7 @@ impl Pipeline {
                     break;
                 }
                 self.beat();
-                let fetched = match prefetched.take() {
-                    Some(task) => task.outcome().await?,
-                    None => instance.connector.poll(&cursor).await,
-                };
-                let page = match fetched {
+                let page = match pages.page(&cursor).await? {
                     Ok(page) => page,
                     Err(e) => {
                         let fatal = is_fatal(&e);
@@ -416,9 +412,7 @@ impl Pipeline {
                     }
                 };
                 if page.more && page_number + 1 < self.settings.max_pages_per_pass && !self.stopping() {
-                    let connector = instance.connector.clone();
-                    let next = page.next.clone();
-                    prefetched = Some(StageTask::spawn(async move { connector.poll(&next).await }));
+                    pages.fetch_ahead(&page.next);
                 }
                 let stored = self
                     .store
@@ -807,6 +801,39 @@ impl<T: Send + 'static> StageTask<(Report, anyhow::Result<T>)> {
     /// The task's report and result (see [`StageTask::outcome`]).
     async fn join(self) -> (Report, anyhow::Result<T>) {
         self.outcome().await.unwrap_or_else(|e| (Report::default(), Err(e)))
+    }
+}
+
+/// A connector's pages, read in order, the next one fetched ahead on a task of its own while
+/// the caller stores the current one ([`Pipeline::poll`], [`Pipeline::backfill`]). A page
+/// fetched ahead is only handed out for the cursor it was fetched from; dropping the reader
+/// drops it unread.
+struct PageReader {
+    connector: Arc<dyn Connector>,
+    ahead: Option<(Cursor, StageTask<Result<Page, ConnectorError>>)>,
+}
+
+impl PageReader {
+    fn new(connector: &Arc<dyn Connector>) -> Self {
+        Self {
+            connector: connector.clone(),
+            ahead: None,
+        }
+    }
+
+    /// The page at `cursor`: the one fetched ahead from it, or else fetched now. The outer
+    /// error is the fetching task's (a cancel); the inner one is the connector's.
+    async fn page(&mut self, cursor: &Cursor) -> anyhow::Result<Result<Page, ConnectorError>> {
+        match self.ahead.take() {
+            Some((from, task)) if from == *cursor => task.outcome().await,
+            _ => Ok(self.connector.poll(cursor).await),
+        }
+    }
+
+    /// Starts fetching the page at `next` (the page being stored's `next`).
+    fn fetch_ahead(&mut self, next: &Cursor) {
+        let (connector, from) = (self.connector.clone(), next.clone());
+        self.ahead = Some((next.clone(), StageTask::spawn(async move { connector.poll(&from).await })));
     }
 }
 
