@@ -192,7 +192,7 @@ impl Store {
         if let Some(due) = due_before {
             query = query.bind(due);
         }
-        Ok(query.fetch_all(&self.pool).await?)
+        Ok(query.fetch_all(&self.writer).await?)
     }
 
     /// What deciding a claimed batch needs to know from earlier work, read in one query each:
@@ -437,7 +437,7 @@ impl Store {
         sqlx::query("UPDATE inbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
             .bind(row.id)
             .bind(&*self.holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -17,7 +17,7 @@ impl Store {
         .bind(&*self.holder)
         .bind(later(self.lease))
         .bind(now())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(taken.rows_affected() > 0)
     }
@@ -29,7 +29,7 @@ impl Store {
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(&*self.holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -42,7 +42,7 @@ impl Store {
                 "UPDATE {table} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1"
             ))
             .bind(&*self.holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         }
         Ok(())

@@ -589,7 +589,7 @@ impl Store {
         sqlx::query("UPDATE access_events SET attempts = attempts + 1, last_error = $1 WHERE id = $2")
             .bind(crate::text::cap(error, 500))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -661,7 +661,7 @@ impl Store {
         sqlx::query("INSERT INTO reconciliations (group_name, read_at) VALUES ($1, $2) ON CONFLICT (group_name) DO UPDATE SET read_at = excluded.read_at")
             .bind(group.to_lowercase())
             .bind(at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

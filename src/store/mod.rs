@@ -78,6 +78,9 @@ impl Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where this process writes: on SQLite one connection of its own, used only in a write
+    /// turn (see [`Store::open`]); on PostgreSQL the pool itself.
+    writer: AnyPool,
     backend: Backend,
     /// The SQLite file, when the store is one.
     path: Option<std::sync::Arc<std::path::PathBuf>>,
@@ -668,6 +671,31 @@ fn later(delay: Duration) -> String {
     stamp(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()))
 }
 
+/// The SQLite writer connection's page cache (KiB): SQLite's default size.
+const SQLITE_WRITER_CACHE_KIB: u32 = 2048;
+
+/// A pool of `connections` to one SQLite file, each with a `cache_kib` page cache.
+async fn sqlite_pool(options: &AnyConnectOptions, connections: u32, cache_kib: u32) -> anyhow::Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(connections)
+        // A file on this host cannot drop a connection the way a server can; sqlx's ping
+        // before every acquire was one more round trip to the connection's thread per
+        // statement.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{cache_kib}",
+                    busy_timeout(SQLITE_BUSY_TIMEOUT)
+                );
+                conn.execute(pragmas.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.clone())
+        .await?)
+}
+
 /// SHA-256 hex of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -690,35 +718,23 @@ impl Store {
         // opens as written (sqlx percent-encodes it into the URL and decodes it back).
         let url = SqliteConnectOptions::new().filename(path).create_if_missing(true).to_url_lossy();
         let options = AnyConnectOptions::from_url(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            // A file on this host cannot drop a connection the way a server can; sqlx's ping
-            // before every acquire was one more round trip to the connection's thread per
-            // statement.
-            .test_before_acquire(false)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // A 512 KiB page cache per connection, not SQLite's 2 MB: in WAL mode a
-                    // connection's cache is dropped whenever another has committed, which during
-                    // work is nearly always, so the larger cache only held memory (100,000
-                    // tickets side by side: peak RSS 101.1 -> 92.9 MiB at the same rate).
-                    let pragmas = format!(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -512",
-                        busy_timeout(SQLITE_BUSY_TIMEOUT)
-                    );
-                    conn.execute(pragmas.as_str()).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
+        // Readers: a 512 KiB page cache per connection, not SQLite's 2 MB: in WAL mode a
+        // connection's cache is dropped whenever another has committed, which during work is
+        // nearly always, so the larger cache only held memory (100,000 tickets side by side:
+        // peak RSS 101.1 -> 92.9 MiB at the same rate).
+        let pool = sqlite_pool(&options, 4, 512).await?;
         {
             let lock = open_lock_file(path, "migrate.lock")?;
             let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await??;
             SQLITE_MIGRATOR.run(&pool).await?;
             drop(lock);
         }
-        let mut store = Self::new(pool, Backend::Sqlite).await?;
+        // The writer: every write of this process takes its turn (`Store::write_turn`) on this
+        // one connection. Nothing else in the process writes, so its cache stays valid from one
+        // write to the next (the index and table pages a claim, a batch and an audit append
+        // touch), instead of each write starting cold on whichever connection it got.
+        let writer = sqlite_pool(&options, 1, SQLITE_WRITER_CACHE_KIB).await?;
+        let mut store = Self::new(pool, writer, Backend::Sqlite).await?;
         store.path = Some(std::sync::Arc::new(path.to_owned()));
         Ok(store)
     }
@@ -789,7 +805,7 @@ impl Store {
             .connect_with(options)
             .await?;
         POSTGRES_MIGRATOR.run(&pool).await?;
-        let store = Self::new(pool, Backend::Postgres).await?;
+        let store = Self::new(pool.clone(), pool, Backend::Postgres).await?;
         // Records a replica left unsealed when it died between a commit and its sealing.
         if let Err(e) = store.seal_audit().await {
             tracing::warn!(error = %e, "sealing audit records left by an earlier process failed; the next write seals them");
@@ -828,7 +844,7 @@ impl Store {
         })
     }
 
-    async fn new(pool: AnyPool, backend: Backend) -> anyhow::Result<Self> {
+    async fn new(pool: AnyPool, writer: AnyPool, backend: Backend) -> anyhow::Result<Self> {
         // SQLite serves one process, so a restarted process is the same holder and resumes its
         // claims at once. On PostgreSQL each process is a new holder unless a stable
         // `replica_id` is configured; a dead one's work is taken over when its lease ends.
@@ -842,6 +858,7 @@ impl Store {
         let marker_key = installation_secret(&pool, "marker_key").await?;
         Ok(Self {
             pool,
+            writer,
             backend,
             path: None,
             writer_lock: None,
@@ -897,10 +914,10 @@ impl Store {
     pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
         let turn = self.write_turn().await?;
         let tx = match self.backend {
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Postgres => self.writer.begin().await?,
             // The write lock up front (waiting `busy_timeout` for it): a transaction that
-            // reads first could not take it later once another connection wrote.
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            // reads first could not take it later once another process wrote.
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
         };
         Ok(WriteTx {
             tx,

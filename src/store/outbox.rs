@@ -49,7 +49,7 @@ impl Store {
             .bind(due_before)
             .bind(now())
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writer)
             .await?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -65,7 +65,7 @@ impl Store {
                 .bind(later(self.lease))
                 .bind(row.id)
                 .bind(&*self.holder)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?,
         )?;
         Ok(())
@@ -77,7 +77,7 @@ impl Store {
         sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
             .bind(row.id)
             .bind(&*self.holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -147,7 +147,7 @@ impl Store {
             .bind(error)
             .bind(row.id)
             .bind(&*self.holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?,
         )?;
         Ok(())

@@ -275,7 +275,7 @@ impl Store {
             .bind(&cp.at)
             .bind(&cp.public_key)
             .bind(&cp.signature)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -658,3 +658,39 @@ async fn the_wal_is_checkpointed_beside_the_writers_not_by_the_commit() {
         "the commit's 200 tickets reached the database file ({grown} bytes grown)"
     );
 }
+
+/// Every write of a SQLite store runs in its turn on the one writer connection; reads use the
+/// others. A write transaction held open (a batch being written) holds later writes back until
+/// it ends, and then every one of them commits (none fails on SQLite's lock), but never a read
+/// (the console, a report).
+#[tokio::test]
+async fn an_open_write_holds_back_later_writes_but_not_reads() {
+    let (store, _dir) = store(Backend::Sqlite).await;
+    store
+        .ingest_page("snow", &[ticket("a", "1")], &[], &Cursor::start())
+        .await
+        .expect("ingest");
+    let open = store.begin_write().await.expect("begin");
+    let counts = tokio::time::timeout(Duration::from_secs(5), store.counts())
+        .await
+        .expect("a read answers while a write is open")
+        .expect("counts");
+    assert_eq!(counts.inbox, 1);
+    let writes: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .ingest_page("snow", &[ticket(&format!("w{i}"), "1")], &[], &Cursor::start())
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(writes.iter().all(|w| !w.is_finished()), "no write ran beside the open one");
+    drop(open);
+    for write in writes {
+        write.await.expect("the task").expect("each write commits once the turn is free");
+    }
+    assert_eq!(store.counts().await.expect("counts").inbox, 9);
+}

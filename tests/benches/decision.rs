@@ -14,6 +14,11 @@
 
 use std::sync::Arc;
 
+/// The allocator the `deskbridge` binary ships with (src/main.rs), so each step allocates here as
+/// it does in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use axum::routing::post;
 use axum::{Json, Router};
 use criterion::{criterion_group, criterion_main, Criterion};
