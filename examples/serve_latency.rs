@@ -482,8 +482,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One run of `deskbridge serve` over `count` waiting tickets, then `seconds` of webhooks at
-/// `rate` per second.
 /// Copies serve's log (`KEEP_LOG=path`) and its SQLite store with its WAL (`KEEP_STORE=path`)
 /// out of the run's directory, once serve has stopped.
 fn keep(dir: &Path) -> anyhow::Result<()> {
@@ -500,6 +498,8 @@ fn keep(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One run of `deskbridge serve` over `count` waiting tickets, then `seconds` of webhooks at
+/// `rate` per second.
 async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) -> anyhow::Result<Backlog> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // `DESKBRIDGE_BIN` names another build (an earlier commit's, say) to compare side by side.
