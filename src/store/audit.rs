@@ -328,13 +328,17 @@ pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, 
     Ok(())
 }
 
-/// Chains `records`, in order, after the last record in the log (read inside `tx`, which must
-/// be the only writer of the chain: SQLite's one writer, or PostgreSQL's sealing lock).
-async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<Ready>) -> sqlx::Result<Vec<AuditRecord>> {
+/// The chain's last record, `(seq, hash)`, read inside `tx` (the genesis hash when the log is
+/// empty).
+async fn read_head(tx: &mut Transaction<'_, Any>) -> sqlx::Result<(i64, String)> {
     let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await?;
-    let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
+    Ok(last.unwrap_or((0, GENESIS.to_owned())))
+}
+
+/// Chains `records`, in order, after the record `(seq, prev)`.
+fn chain(records: Vec<Ready>, (mut seq, mut prev): (i64, String)) -> sqlx::Result<Vec<AuditRecord>> {
     let mut chained = Vec::with_capacity(records.len());
     for Ready { mut record, head: made } in records {
         seq += 1;
@@ -356,14 +360,53 @@ async fn chain(tx: &mut Transaction<'_, Any>, records: Vec<Ready>) -> sqlx::Resu
     Ok(chained)
 }
 
-/// Chains a transaction's records after the last record and writes them, inside `tx`: the
-/// SQLite path, where the transaction is the one writer.
-pub(super) async fn chain_and_write(tx: &mut Transaction<'_, Any>, records: Vec<Ready>, backend: super::Backend) -> sqlx::Result<()> {
+/// Chains a transaction's records and writes them, inside `tx`, which must be the only writer
+/// of the chain: SQLite's one writer, or PostgreSQL's sealing lock. They follow `cached`, the
+/// head this process last committed, when given; when another writer appended since, the first
+/// insert collides on the sequence number and the records are chained again after the head
+/// read inside `tx`, from their stored texts. Returns the new head, `None` when there were no
+/// records.
+pub(super) async fn chain_and_write(
+    tx: &mut Transaction<'_, Any>,
+    records: Vec<Ready>,
+    backend: super::Backend,
+    cached: Option<(i64, String)>,
+) -> sqlx::Result<Option<(i64, String)>> {
     if records.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let chained = chain(tx, records).await?;
-    write_records(tx, &chained, backend).await
+    let trusted = cached.is_some();
+    let after = match cached {
+        Some(head) => head,
+        None => read_head(tx).await?,
+    };
+    let mut chained = chain(records, after)?;
+    match write_records(tx, &chained, backend).await {
+        Ok(()) => {}
+        Err(e) if trusted && e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+            // The chain has no gaps, so a stale head collides on the statement's first row
+            // and nothing of it was written; should the log's head be one of these records
+            // after all, the write fails (and the transaction rolls back) rather than chain
+            // them twice.
+            let head = read_head(tx).await?;
+            if chained.iter().any(|r| r.hash == head.1) {
+                return Err(e);
+            }
+            tracing::debug!("another writer appended to the audit chain; chaining after its head");
+            let again = chained
+                .into_iter()
+                .map(|mut record| {
+                    record.hash.clear();
+                    record.prev_hash.clear();
+                    Ready { record, head: None }
+                })
+                .collect();
+            chained = chain(again, head)?;
+            write_records(tx, &chained, backend).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(chained.last().map(|r| (r.seq, r.hash.clone())))
 }
 
 /// Writes a transaction's records to `audit_unsealed`, to be sealed into the chain after the
@@ -435,7 +478,7 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
                 record,
             });
         }
-        chain_and_write(&mut tx, records, super::Backend::Postgres).await?;
+        chain_and_write(&mut tx, records, super::Backend::Postgres, None).await?;
         tx.commit().await?;
         sealed += count;
         if (count as i64) < SEAL_BATCH {

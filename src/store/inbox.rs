@@ -128,43 +128,13 @@ impl Store {
         self.claim(limit, due_before, true).await
     }
 
+    /// Claims up to `limit` rows, oldest first: due retries first (few), then new versions in
+    /// arrival order, in one statement (see [`Store::claim_inbox`] and
+    /// [`Store::claim_inbox_beside_own`]). Each part is one status, so it walks an index in id
+    /// order and stops at the limit: a large backlog of received versions is not sorted (nor
+    /// checked for claims) in full on every claim.
     async fn claim(&self, limit: i64, due_before: &str, beside_own: bool) -> anyhow::Result<Vec<InboxRow>> {
         let now = now();
-        // Due retries first (few), then new versions in arrival order. Each is one status, so
-        // it walks an index in id order and stops at the limit: a large backlog of received
-        // versions is not sorted (nor checked for claims) in full on every claim. The two
-        // statements take one turn among this process's writes.
-        let _turn = self.write_turn().await?;
-        let mut rows = self
-            .claim_status(
-                limit,
-                "i.status = 'pending' AND i.next_attempt_at < $5",
-                Some(due_before),
-                beside_own,
-                &now,
-            )
-            .await?;
-        if (rows.len() as i64) < limit {
-            let more = self
-                .claim_status(limit - rows.len() as i64, "i.status = 'received'", None, beside_own, &now)
-                .await?;
-            rows.extend(more);
-        }
-        rows.sort_by_key(|r| r.id);
-        Ok(rows)
-    }
-
-    /// Claims up to `limit` rows meeting `status` (a condition on `i`; `$5` is `due_before`
-    /// when given), oldest first (see [`Store::claim_inbox`] and
-    /// [`Store::claim_inbox_beside_own`]), in the caller's write turn.
-    async fn claim_status(
-        &self,
-        limit: i64,
-        status: &str,
-        due_before: Option<&str>,
-        beside_own: bool,
-        now: &str,
-    ) -> anyhow::Result<Vec<InboxRow>> {
         // Which live claims on another version of the ticket (or, beside this process's own
         // batch, on any version including this one) keep a row from being claimed.
         let holders = if beside_own {
@@ -172,75 +142,102 @@ impl Store {
         } else {
             "AND j.id != i.id AND j.claimed_by != $1"
         };
+        let part = |rank: u8, status: &str| {
+            format!(
+                "SELECT * FROM (SELECT i.id AS id, {rank} AS due FROM inbox i
+                    WHERE {status}
+                      AND (i.claimed_until IS NULL OR i.claimed_until < $3 OR i.claimed_by = $1)
+                      AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
+                                      {holders} AND j.claimed_until >= $3
+                                      AND j.status IN ('received', 'pending'))
+                    ORDER BY i.id LIMIT $4{}) p{rank}",
+                self.backend.skip_locked()
+            )
+        };
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (
-                SELECT i.id FROM inbox i
-                WHERE {status}
-                  AND (i.claimed_until IS NULL OR i.claimed_until < $3 OR i.claimed_by = $1)
-                  AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
-                                  {holders} AND j.claimed_until >= $3
-                                  AND j.status IN ('received', 'pending'))
-                ORDER BY i.id LIMIT $4{})
+                SELECT id FROM ({} UNION ALL {}) c ORDER BY due, id LIMIT $4)
              RETURNING id, connector, ticket_key, version, number, url, updated, raw, attempts, received_at",
-            self.backend.skip_locked()
+            part(0, "i.status = 'pending' AND i.next_attempt_at < $5"),
+            part(1, "i.status = 'received'"),
         );
-        let mut query = sqlx::query_as(&sql)
+        let _turn = self.write_turn().await?;
+        let mut rows: Vec<InboxRow> = sqlx::query_as(&sql)
             .bind(&*self.holder)
             .bind(later(self.lease))
-            .bind(now)
-            .bind(limit);
-        if let Some(due) = due_before {
-            query = query.bind(due);
-        }
-        Ok(query.fetch_all(&self.writer).await?)
+            .bind(&now)
+            .bind(limit)
+            .bind(due_before)
+            .fetch_all(&self.writer)
+            .await?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
     }
 
-    /// What deciding a claimed batch needs to know from earlier work, read in one query each:
-    /// which rows have a newer version, each ticket's latest earlier normalized form, and each
-    /// ticket's latest decision.
+    /// What deciding a claimed batch needs to know from earlier work: which rows have a newer
+    /// version, each ticket's latest earlier normalized form, and each ticket's latest decision,
+    /// read in one statement per connector and chunk of ticket keys (one for a webhook's batch):
+    /// each statement is a round trip to a database connection, and a webhook's batch is small.
     pub async fn prior(&self, rows: &[InboxRow]) -> anyhow::Result<Prior> {
         let mut prior = Prior::default();
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT i.id FROM inbox i WHERE i.id IN ({}) AND EXISTS \
-                 (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key AND j.id > i.id)",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query_scalar::<_, i64>(&sql);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            prior.newer.extend(query.fetch_all(&self.pool).await?);
-        }
         for (connector, keys) in by_connector(rows.iter().map(|r| (r.connector.as_str(), r.ticket_key.as_str()))) {
             for chunk in keys.chunks(CHUNK) {
-                // The latest earlier version that was read (not a stale one, not one of this
-                // batch: a batch's older versions of a ticket are settled stale). The connector
-                // and the keys select through the (connector, ticket_key) index.
+                let ids: Vec<i64> = rows
+                    .iter()
+                    .filter(|r| r.connector == connector && chunk.binary_search(&r.ticket_key.as_str()).is_ok())
+                    .map(|r| r.id)
+                    .collect();
+                let (keys_at, ids_at) = (placeholders(2, chunk.len()), placeholders(2 + chunk.len(), ids.len()));
+                // Three parts, told apart by the first column; texts a part does not have are
+                // empty. The previous form is the latest earlier version that was read (not a
+                // stale one, not one of this batch: a batch's older versions of a ticket are
+                // settled stale). The connector and the keys select through the
+                // (connector, ticket_key) indexes.
                 let sql = format!(
-                    "SELECT connector, ticket_key, normalized FROM inbox WHERE id IN \
-                     (SELECT MAX(id) FROM inbox WHERE connector = $1 AND ticket_key IN ({}) AND normalized IS NOT NULL AND status != 'stale' \
-                      AND id NOT IN ({}) GROUP BY connector, ticket_key)",
-                    placeholders(2, chunk.len()),
-                    placeholders(2 + chunk.len(), ids.len())
+                    "SELECT 'newer' AS part, i.id AS id, i.ticket_key AS ticket_key, '' AS a, '' AS b, '' AS c FROM inbox i \
+                     WHERE i.id IN ({ids_at}) AND EXISTS \
+                     (SELECT 1 FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key AND j.id > i.id) \
+                     UNION ALL \
+                     SELECT 'previous', id, ticket_key, normalized, '', '' FROM inbox WHERE id IN \
+                     (SELECT MAX(id) FROM inbox WHERE connector = $1 AND ticket_key IN ({keys_at}) AND normalized IS NOT NULL \
+                      AND status != 'stale' AND id NOT IN ({ids_at}) GROUP BY connector, ticket_key) \
+                     UNION ALL \
+                     SELECT 'latest', inbox_id, ticket_key, request_hash, decision_id, outcome FROM decisions WHERE id IN \
+                     (SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({keys_at}) GROUP BY connector, ticket_key)"
                 );
-                let mut query = sqlx::query_as::<_, (String, String, String)>(&sql).bind(connector);
+                let mut query = sqlx::query_as::<_, (String, i64, String, String, String, String)>(&sql).bind(connector);
                 for key in chunk {
                     query = query.bind(*key);
                 }
                 for id in &ids {
                     query = query.bind(*id);
                 }
-                for (connector, key, text) in query.fetch_all(&self.pool).await? {
-                    if let Ok(value) = serde_json::from_str(&text) {
-                        prior.previous.insert((connector, key), value);
+                for (part, id, key, a, b, c) in query.fetch_all(&self.pool).await? {
+                    let ticket = (connector.to_owned(), key);
+                    match part.as_str() {
+                        "newer" => {
+                            prior.newer.insert(id);
+                        }
+                        "previous" => {
+                            if let Ok(value) = serde_json::from_str(&a) {
+                                prior.previous.insert(ticket, value);
+                            }
+                        }
+                        _ => {
+                            prior.latest.insert(
+                                ticket,
+                                LatestDecision {
+                                    request_hash: a,
+                                    decision_id: b,
+                                    outcome: c,
+                                    inbox_id: id,
+                                },
+                            );
+                        }
                     }
                 }
             }
         }
-        let rows: Vec<&InboxRow> = rows.iter().collect();
-        prior.latest = latest_decisions(&mut *self.pool.acquire().await?, &rows).await?;
         Ok(prior)
     }
 

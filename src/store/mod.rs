@@ -91,6 +91,9 @@ pub struct Store {
     writers: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The WAL's checkpoints, run beside the writers (see [`Checkpoints`]).
     checkpoints: std::sync::Arc<Checkpoints>,
+    /// The audit chain's last record as this process last wrote it (SQLite; see
+    /// [`WriteTx::commit`]).
+    audit_head: AuditHead,
     /// Keys comment markers; made once per installation, kept in the store.
     marker_key: std::sync::Arc<secrecy::SecretString>,
     /// Who this process is when it claims work.
@@ -121,6 +124,13 @@ fn still_claimed(result: sqlx::any::AnyQueryResult) -> anyhow::Result<()> {
 #[error("another replica decided this ticket meanwhile; nothing was written")]
 pub struct ChangedMeanwhile;
 
+/// The sequence number and hash of the audit chain's last record, as this process last
+/// committed it (SQLite): the next transaction's records are chained after it without reading
+/// the chain's head, one statement fewer per write. Another writer of the file (a second
+/// process) may have appended since; the first insert then collides on the sequence number,
+/// and the head is read again ([`audit::chain_and_write`]).
+type AuditHead = std::sync::Arc<std::sync::Mutex<Option<(i64, String)>>>;
+
 /// A write transaction: the database transaction and the audit records appended in it.
 ///
 /// Audit records are kept in memory ([`audit::append`]) and join the chain when the
@@ -133,6 +143,7 @@ pub struct WriteTx {
     chain: audit::Pending,
     pool: AnyPool,
     backend: Backend,
+    audit_head: AuditHead,
     /// This process's turn to write (SQLite), given up when the transaction ends. Declared
     /// after `tx`, so the transaction is rolled back before the next writer starts.
     _turn: Option<WriteTurn>,
@@ -304,8 +315,22 @@ impl WriteTx {
         let records = std::mem::take(&mut self.chain.records);
         match self.backend {
             Backend::Sqlite => {
-                audit::chain_and_write(&mut self.tx, records, self.backend).await?;
+                // Chained after the head this process last committed, without reading it:
+                // `audit::chain_and_write` reads it again if another writer of the file
+                // appended since. Kept only once the records are committed.
+                let cached = self
+                    .audit_head
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the audit head lock was poisoned"))?
+                    .clone();
+                let head = audit::chain_and_write(&mut self.tx, records, self.backend, cached).await?;
                 self.tx.commit().await?;
+                if let Some(head) = head {
+                    *self
+                        .audit_head
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("the audit head lock was poisoned"))? = Some(head);
+                }
             }
             Backend::Postgres => {
                 audit::write_unsealed(&mut self.tx, &records).await?;
@@ -864,6 +889,7 @@ impl Store {
             writer_lock: None,
             writers: std::sync::Arc::default(),
             checkpoints: std::sync::Arc::default(),
+            audit_head: AuditHead::default(),
             marker_key: std::sync::Arc::new(marker_key),
             holder: holder.into(),
             lease: DEFAULT_LEASE,
@@ -924,6 +950,7 @@ impl Store {
             chain: audit::Pending::default(),
             pool: self.pool.clone(),
             backend: self.backend,
+            audit_head: self.audit_head.clone(),
             _turn: turn,
         })
     }

@@ -694,3 +694,29 @@ async fn an_open_write_holds_back_later_writes_but_not_reads() {
     }
     assert_eq!(store.counts().await.expect("counts").inbox, 9);
 }
+
+/// Each process chains its records after the head it last committed, without reading it
+/// (SQLite). Two processes on one file take turns appending: each write after the other's
+/// collides on the sequence number and is chained again after the head it then reads, so the
+/// log stays one unbroken chain and nothing is lost.
+async fn two_writers_take_turns_on_one_audit_chain(backend: Backend) {
+    let (a, b, _dir) = replicas(backend).await;
+    for round in 0..3 {
+        for (store, name) in [(&a, "a"), (&b, "b"), (&a, "a")] {
+            let mut tx = store.begin_write().await.expect("begin");
+            for n in 0..2 {
+                audit::append(&mut tx, "snow", name, Event::TicketSeen, json!({"round": round, "n": n}))
+                    .await
+                    .expect("append");
+            }
+            tx.commit().await.expect("commit");
+        }
+    }
+    a.seal_audit().await.expect("seal");
+    let records = a.audit_records().await.expect("records");
+    assert_eq!(records.len(), 18, "every record of every turn is in the log");
+    assert_eq!(audit::verify(&records), Ok(18));
+    let order: Vec<&str> = records.iter().map(|r| r.ticket_key.as_deref().unwrap_or_default()).collect();
+    assert_eq!(order[..6], ["a", "a", "b", "b", "a", "a"], "in the order the turns committed");
+}
+on_both!(two_writers_take_turns_on_one_audit_chain, two_writers_take_turns_on_one_audit_chain);
