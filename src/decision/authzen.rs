@@ -517,7 +517,7 @@ impl DecisionPoint for AuthzenDecisionPoint {
             decision: output.into_decision(
                 self.policy_id.clone(),
                 self.config.policy_version.clone().unwrap_or_else(|| "unversioned".into()),
-                uuid::Uuid::new_v4().to_string(),
+                super::new_decision_id(),
             ),
             raw: json!({"calls": calls}),
         })

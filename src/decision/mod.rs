@@ -16,6 +16,14 @@ use crate::schema::{AccessRequest, Decision};
 
 pub use output::PolicyOutput;
 
+/// A new decision id: a UUID of version 7, which begins with the time it was made. The stores
+/// keep decision ids in unique indexes; ids made in order land at the index's end, where a
+/// random one (version 4) lands on a random page, so each insert writes (and in a large store
+/// first reads) a page of its own. Measured with a 100,000-ticket backlog (README, Throughput).
+pub fn new_decision_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// A decision and the decision point's raw answer, kept as evidence.
 #[derive(Debug, Clone)]
 pub struct Decided {
@@ -60,4 +68,18 @@ pub trait DecisionPoint: Send + Sync {
 
     /// Decides one request.
     async fn decide(&self, request: &AccessRequest) -> Result<Decided, DecisionError>;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Decision ids made one after another sort in the order they were made, as text (the
+    /// stores' unique indexes compare them as text), so each lands at its index's end.
+    #[test]
+    fn decision_ids_sort_in_the_order_they_were_made() {
+        let ids: Vec<String> = (0..2000).map(|_| super::new_decision_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order");
+        assert!(ids
+            .iter()
+            .all(|id| uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 7)));
+    }
 }

@@ -78,7 +78,7 @@ impl DecisionPoint for OpaDecisionPoint {
             .get("decision_id")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(super::new_decision_id);
         Ok(Decided {
             decision: output.into_decision(self.policy_id.clone(), self.policy_version.clone(), decision_id),
             raw,

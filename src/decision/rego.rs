@@ -365,11 +365,7 @@ impl RegoDecisionPoint {
 
     fn decided(&self, raw: serde_json::Value) -> Result<Decided, DecisionError> {
         let output = PolicyOutput::from_json(&raw)?;
-        let decision = output.into_decision(
-            self.policy_id.clone(),
-            self.policy_version.clone(),
-            uuid::Uuid::new_v4().to_string(),
-        );
+        let decision = output.into_decision(self.policy_id.clone(), self.policy_version.clone(), super::new_decision_id());
         Ok(Decided { decision, raw })
     }
 

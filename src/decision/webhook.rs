@@ -92,7 +92,7 @@ impl DecisionPoint for WebhookDecisionPoint {
     }
 
     async fn decide(&self, request: &AccessRequest) -> Result<Decided, DecisionError> {
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = super::new_decision_id();
         let body = serde_json::to_vec(&json!({"request_id": request_id, "sent_at": chrono::Utc::now(), "request": request}))
             .map_err(|e| DecisionError::Engine(e.to_string()))?;
         let signature = sign(&self.config.secret, &body);

@@ -47,7 +47,7 @@ pub(crate) fn incomplete_decision(mapping: &Mapping, problems: &[FieldProblem]) 
         obligations: Obligations::default(),
         policy_id: format!("deskbridge.mapping/{}", mapping.name),
         policy_version: mapping.version.clone(),
-        decision_id: uuid::Uuid::new_v4().to_string(),
+        decision_id: crate::decision::new_decision_id(),
         decided_at: chrono::Utc::now(),
     };
     Decided {
