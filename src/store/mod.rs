@@ -696,8 +696,12 @@ fn later(delay: Duration) -> String {
     stamp(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()))
 }
 
-/// The SQLite writer connection's page cache (KiB): SQLite's default size.
-const SQLITE_WRITER_CACHE_KIB: u32 = 2048;
+/// The SQLite writer connection's page cache (KiB). Its pages stay valid from one write to the
+/// next, so it holds the indexes' pages that writes touch; ticket keys arrive in no order, so a
+/// large store's writes touch many. With a 100,000-ticket backlog, two pairs against SQLite's
+/// default 2 MiB: CPU per ticket 647 and 622 µs against 690 and 660, the rate 1,674 and
+/// 1,760/s against 1,602 and 1,671/s, peak RSS 93.1 and 89.4 MiB against 87.8 and 85.6.
+const SQLITE_WRITER_CACHE_KIB: u32 = 8192;
 
 /// A pool of `connections` to one SQLite file, each with a `cache_kib` page cache.
 async fn sqlite_pool(options: &AnyConnectOptions, connections: u32, cache_kib: u32) -> anyhow::Result<AnyPool> {
