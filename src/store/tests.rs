@@ -720,3 +720,40 @@ async fn two_writers_take_turns_on_one_audit_chain(backend: Backend) {
     assert_eq!(order[..6], ["a", "a", "b", "b", "a", "a"], "in the order the turns committed");
 }
 on_both!(two_writers_take_turns_on_one_audit_chain, two_writers_take_turns_on_one_audit_chain);
+
+/// One claim takes due retries before new versions, even older ones, each part oldest first,
+/// up to the limit in all; a retry not yet due stays where it is.
+async fn due_retries_first(backend: Backend) {
+    let (store, _dir) = store(backend).await;
+    let ingest = |keys: &'static [&'static str]| {
+        let store = store.clone();
+        async move {
+            let tickets: Vec<Ticket> = keys.iter().map(|k| ticket(k, "1")).collect();
+            store.ingest_page("snow", &tickets, &[], &Cursor::start()).await.expect("ingest");
+        }
+    };
+    ingest(&["a", "b", "w"]).await;
+    let first = store.claim_inbox(10, &now()).await.expect("claim");
+    assert_eq!(first.len(), 3);
+    // `a` goes back unclaimed (a new version again), `b` fails and is due again at once, `w`
+    // fails and waits an hour.
+    store.release(&first[0]).await.expect("release");
+    store
+        .decision_failed(&first[1], &json!({}), "pdp down", Duration::ZERO)
+        .await
+        .expect("failed");
+    store
+        .decision_failed(&first[2], &json!({}), "pdp down", Duration::from_secs(3600))
+        .await
+        .expect("failed");
+    ingest(&["c"]).await;
+    let due_before = later(Duration::from_secs(60));
+    let keys = |rows: Vec<InboxRow>| rows.into_iter().map(|r| r.ticket_key).collect::<Vec<_>>();
+    assert_eq!(keys(store.claim_inbox(1, &due_before).await.expect("claim")), ["b"]);
+    // Beside the claim just taken (a plain claim takes this process's own claims again).
+    assert_eq!(
+        keys(store.claim_inbox_beside_own(10, &due_before).await.expect("claim")),
+        ["a", "c"]
+    );
+}
+on_both!(one_claim_takes_due_retries_before_new_versions, due_retries_first);
