@@ -393,14 +393,9 @@ pub(super) async fn chain_and_write(
                 return Err(e);
             }
             tracing::debug!("another writer appended to the audit chain; chaining after its head");
-            let again = chained
-                .into_iter()
-                .map(|mut record| {
-                    record.hash.clear();
-                    record.prev_hash.clear();
-                    Ready { record, head: None }
-                })
-                .collect();
+            // Chaining sets each record's position and hashes again; the hashes' heads are made
+            // again from the stored texts.
+            let again = chained.into_iter().map(|record| Ready { record, head: None }).collect();
             chained = chain(again, head)?;
             write_records(tx, &chained, backend).await?;
         }

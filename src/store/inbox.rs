@@ -202,8 +202,8 @@ impl Store {
                      (SELECT MAX(id) FROM inbox WHERE connector = $1 AND ticket_key IN ({keys_at}) AND normalized IS NOT NULL \
                       AND status != 'stale' AND id NOT IN ({ids_at}) GROUP BY connector, ticket_key) \
                      UNION ALL \
-                     SELECT 'latest', inbox_id, ticket_key, request_hash, decision_id, outcome FROM decisions WHERE id IN \
-                     (SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({keys_at}) GROUP BY connector, ticket_key)"
+                     SELECT 'latest', inbox_id, ticket_key, request_hash, decision_id, outcome FROM decisions WHERE id IN ({})",
+                    latest_decision_ids(&keys_at)
                 );
                 let mut query = sqlx::query_as::<_, (String, i64, String, String, String, String)>(&sql).bind(connector);
                 for key in chunk {
@@ -213,19 +213,18 @@ impl Store {
                     query = query.bind(*id);
                 }
                 for (part, id, key, a, b, c) in query.fetch_all(&self.pool).await? {
-                    let ticket = (connector.to_owned(), key);
                     match part.as_str() {
                         "newer" => {
                             prior.newer.insert(id);
                         }
                         "previous" => {
                             if let Ok(value) = serde_json::from_str(&a) {
-                                prior.previous.insert(ticket, value);
+                                prior.previous.insert((connector.to_owned(), key), value);
                             }
                         }
                         _ => {
                             prior.latest.insert(
-                                ticket,
+                                (connector.to_owned(), key),
                                 LatestDecision {
                                     request_hash: a,
                                     decision_id: b,
@@ -635,6 +634,12 @@ fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     keys
 }
 
+/// The ids of the latest decision on each ticket of connector `$1` whose key is among
+/// `keys_at` (placeholders): what [`Store::prior`] and [`latest_decisions`] both read.
+fn latest_decision_ids(keys_at: &str) -> String {
+    format!("SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({keys_at}) GROUP BY connector, ticket_key")
+}
+
 /// The latest decision on each ticket of `rows`, one query per connector and chunk of keys.
 async fn latest_decisions(
     conn: &mut sqlx::AnyConnection,
@@ -644,9 +649,8 @@ async fn latest_decisions(
     for (connector, keys) in by_connector(rows.iter().map(|r| (r.connector.as_str(), r.ticket_key.as_str()))) {
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
-                "SELECT connector, ticket_key, request_hash, decision_id, outcome, inbox_id FROM decisions WHERE id IN \
-                 (SELECT MAX(id) FROM decisions WHERE connector = $1 AND ticket_key IN ({}) GROUP BY connector, ticket_key)",
-                placeholders(2, chunk.len())
+                "SELECT connector, ticket_key, request_hash, decision_id, outcome, inbox_id FROM decisions WHERE id IN ({})",
+                latest_decision_ids(&placeholders(2, chunk.len()))
             );
             let mut query = sqlx::query_as::<_, (String, String, String, String, String, i64)>(&sql).bind(connector);
             for key in chunk {

@@ -318,18 +318,14 @@ impl WriteTx {
                 // Chained after the head this process last committed, without reading it:
                 // `audit::chain_and_write` reads it again if another writer of the file
                 // appended since. Kept only once the records are committed.
-                let cached = self
-                    .audit_head
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("the audit head lock was poisoned"))?
-                    .clone();
-                let head = audit::chain_and_write(&mut self.tx, records, self.backend, cached).await?;
+                // A poisoned lock's value is still a head some write committed: only a hint,
+                // which the sequence number's uniqueness checks.
+                let cached = || self.audit_head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let after = cached().clone();
+                let head = audit::chain_and_write(&mut self.tx, records, self.backend, after).await?;
                 self.tx.commit().await?;
                 if let Some(head) = head {
-                    *self
-                        .audit_head
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("the audit head lock was poisoned"))? = Some(head);
+                    *cached() = Some(head);
                 }
             }
             Backend::Postgres => {

@@ -696,9 +696,9 @@ async fn an_open_write_holds_back_later_writes_but_not_reads() {
 }
 
 /// Each process chains its records after the head it last committed, without reading it
-/// (SQLite). Two processes on one file take turns appending: each write after the other's
-/// collides on the sequence number and is chained again after the head it then reads, so the
-/// log stays one unbroken chain and nothing is lost.
+/// (SQLite). Two processes on one file take turns appending: once a process has a head, each of
+/// its writes after the other's collides on the sequence number and is chained again after the
+/// head it then reads, so the log stays one unbroken chain and nothing is lost.
 async fn two_writers_take_turns_on_one_audit_chain(backend: Backend) {
     let (a, b, _dir) = replicas(backend).await;
     for round in 0..3 {
