@@ -25,14 +25,17 @@ pub(crate) fn carries_outcome(found_text: &str, body: &str) -> bool {
 #[derive(Default)]
 struct TicketPosts {
     report: Report,
-    posted: Vec<(OutboxRow, deskbridge_connector::CommentId, bool)>,
+    /// Each comment, its id (`None` while the connector reads it back with the batch's
+    /// others, [`deskbridge_connector::Connector::posted_comment_ids`]), and whether it was
+    /// found on the ticket rather than posted.
+    posted: Vec<(OutboxRow, Option<deskbridge_connector::CommentId>, bool)>,
     error: Option<anyhow::Error>,
 }
 
 /// What a post attempt came to.
 enum Attempt {
     Posted {
-        id: deskbridge_connector::CommentId,
+        id: Option<deskbridge_connector::CommentId>,
         existing: bool,
     },
     Failed(ConnectorError),
@@ -94,6 +97,7 @@ impl Pipeline {
                 first_error.get_or_insert(e);
             }
         }
+        let posted = self.read_back_ids(posted).await;
         // What was posted is recorded even when something else failed.
         let records: Vec<(&OutboxRow, &deskbridge_connector::CommentId, bool)> =
             posted.iter().map(|(row, id, existing)| (row, id, *existing)).collect();
@@ -108,6 +112,43 @@ impl Pipeline {
             report.posted += 1;
         }
         first_error.map_or(Ok(more), Err)
+    }
+
+    /// Fills in the ids of the batch's comments posted without one: each connector reads its
+    /// comments back together, a few requests for the batch instead of one per comment. Only
+    /// reads (the comments are on their tickets already), and never fails: a comment its
+    /// connector cannot read back is recorded with a stable reference.
+    async fn read_back_ids(
+        &self,
+        posted: Vec<(OutboxRow, Option<deskbridge_connector::CommentId>, bool)>,
+    ) -> Vec<(OutboxRow, deskbridge_connector::CommentId, bool)> {
+        let mut ids: Vec<Option<deskbridge_connector::CommentId>> = posted.iter().map(|(_, id, _)| id.clone()).collect();
+        let mut waiting: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, (row, id, _)) in posted.iter().enumerate() {
+            if id.is_none() {
+                waiting.entry(row.connector.as_str()).or_default().push(i);
+            }
+        }
+        for (connector, at) in waiting {
+            let asked: Vec<(&str, &str)> = at
+                .iter()
+                .map(|&i| (posted[i].0.ticket_key.as_str(), posted[i].0.marker.as_str()))
+                .collect();
+            // Posted through this instance moments ago, so it is there.
+            let Some(instance) = self.instances.get(connector) else { continue };
+            for (&i, id) in at.iter().zip(instance.connector.posted_comment_ids(&asked).await) {
+                ids[i] = Some(id);
+            }
+        }
+        posted
+            .into_iter()
+            .zip(ids)
+            .map(|((row, _, existing), id)| {
+                // The reference the connector contract's default gives (not reached: see above).
+                let id = id.unwrap_or_else(|| deskbridge_connector::CommentId(format!("{}#{}", row.ticket_key, row.marker)));
+                (row, id, existing)
+            })
+            .collect()
     }
 
     /// How many comments are posted at once: the connectors' `max_concurrency`, summed.
@@ -206,7 +247,7 @@ impl Pipeline {
         match earlier {
             Ok(Some(found)) if carries_outcome(&found.text, &row.body) => {
                 return Ok(Attempt::Posted {
-                    id: found.id,
+                    id: Some(found.id),
                     existing: true,
                 })
             }
@@ -226,7 +267,7 @@ impl Pipeline {
             marker: row.marker.clone(),
             body: row.body.clone(),
         };
-        Ok(match connector.post_comment(&row.ticket_key, &comment).await {
+        Ok(match connector.post_comment_in_batch(&row.ticket_key, &comment).await {
             Ok(id) => Attempt::Posted { id, existing: false },
             Err(e) => Attempt::Failed(e),
         })
@@ -240,7 +281,7 @@ impl Pipeline {
         row: &OutboxRow,
         report: &mut Report,
         claimed_at: std::time::Instant,
-    ) -> anyhow::Result<Option<(deskbridge_connector::CommentId, bool)>> {
+    ) -> anyhow::Result<Option<(Option<deskbridge_connector::CommentId>, bool)>> {
         let Some(instance) = self.instances.get(&row.connector) else {
             let why = format!("connector {:?} is not in the configuration", row.connector);
             tracing::warn!(%why, "comment parked");

@@ -51,6 +51,29 @@ async fn every_seeded_access_ticket_gets_exactly_one_comment_matching_the_policy
     );
     let records = app.store.audit_records().await.expect("audit");
     assert_eq!(deskbridge::store::audit::verify(&records), Ok(records.len()));
+    // Each comment is recorded with its own journal entry's id, read back with the batch's
+    // others in one request rather than one per comment.
+    let recorded: Vec<String> = records
+        .iter()
+        .filter(|r| r.kind == "comment_posted")
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.payload).expect("payload")["comment_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for number in SEEDED_ACCESS_TICKETS {
+        let entry = &app.journal_of(number)[0];
+        assert!(recorded.contains(&entry.sys_id), "{number}: {} not in {recorded:?}", entry.sys_id);
+    }
+    let reads = app
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/sys_journal_field"))
+        .count();
+    assert_eq!(reads, 1, "one read-back for the batch");
 }
 
 #[tokio::test]

@@ -34,6 +34,23 @@ pub trait Connector: Send + Sync {
     /// idempotent (setting a comment property to a fixed value) may be retried.
     async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError>;
 
+    /// Writes `comment` as [`Connector::post_comment`] does (sent once, the same guarantees),
+    /// for a caller that posts many comments and records them together. A connector whose
+    /// write does not answer the new comment's id may leave reading it back for later:
+    /// `Ok(None)`, and [`Connector::posted_comment_ids`] then reads the ids of many such
+    /// comments in a few requests instead of one request each.
+    async fn post_comment_in_batch(&self, key: &str, comment: &Comment) -> Result<Option<CommentId>, ConnectorError> {
+        self.post_comment(key, comment).await.map(Some)
+    }
+
+    /// The ids of comments that [`Connector::post_comment_in_batch`] posted without one, given
+    /// as `(ticket key, marker)`, in the same order. Only reads. Never fails: a comment it
+    /// cannot read back gets a stable reference instead (by default `key#marker`, which the
+    /// marker makes unique).
+    async fn posted_comment_ids(&self, posted: &[(&str, &str)]) -> Vec<CommentId> {
+        posted.iter().map(|(key, marker)| CommentId(format!("{key}#{marker}"))).collect()
+    }
+
     /// Looks for a comment this connector posted earlier carrying `marker`. Only a comment
     /// authored by the integration user that carries the marker as a whole line of its own
     /// ([`crate::has_marker_line`]) counts: text quoting a marker, or a comment by anyone else,

@@ -288,7 +288,19 @@ impl Connector for ServiceNow {
     }
 
     async fn post_comment(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError> {
-        self.post_journal(key, comment).await
+        self.patch_journal(key, comment).await?;
+        let found = self.find_journal(key, &comment.marker).await;
+        Ok(self.posted_id(key, found.ok().flatten().map(|f| f.id)))
+    }
+
+    /// The journal write only: the Table API's answer is the ticket, not the new journal
+    /// entry, so its id is read back later with the batch's others.
+    async fn post_comment_in_batch(&self, key: &str, comment: &Comment) -> Result<Option<CommentId>, ConnectorError> {
+        self.patch_journal(key, comment).await.map(|()| None)
+    }
+
+    async fn posted_comment_ids(&self, posted: &[(&str, &str)]) -> Vec<CommentId> {
+        self.journal_ids(posted).await
     }
 
     async fn find_comment(&self, key: &str, marker: &str) -> Result<Option<FoundComment>, ConnectorError> {
@@ -440,11 +452,12 @@ impl ServiceNow {
             .collect()
     }
 
-    async fn post_journal(&self, key: &str, comment: &Comment) -> Result<CommentId, ConnectorError> {
+    /// Appends `comment` to the ticket's journal field. Sent once: a journal append that
+    /// landed and lost its answer must not land twice.
+    async fn patch_journal(&self, key: &str, comment: &Comment) -> Result<(), ConnectorError> {
         let field = self.config.comment_field.as_str();
         let url = format!("{}/{key}", self.table_url(&self.config.table));
         let body = serde_json::json!({ field: comment.body });
-        // Sent once: a journal append that landed and lost its answer must not land twice.
         self.http
             .send_write(|c| {
                 c.patch(&url)
@@ -453,12 +466,76 @@ impl ServiceNow {
                     .json(&body)
             })
             .await?;
-        match self.find_comment(key, &comment.marker).await {
-            Ok(Some(found)) => Ok(found.id),
-            // Posted, but the journal row is not readable (ACL): keep a stable reference.
-            Ok(None) | Err(_) => {
-                tracing::warn!(connector = %self.id, ticket = %key, "posted comment not found in sys_journal_field; check the integration user can read it");
-                Ok(CommentId(format!("{}/{key}#{field}", self.config.table)))
+        Ok(())
+    }
+
+    /// A posted comment's id: its journal entry's `sys_id` when it was read back, else (the
+    /// integration user cannot read `sys_journal_field`) a stable reference to the field.
+    fn posted_id(&self, key: &str, read_back: Option<CommentId>) -> CommentId {
+        read_back.unwrap_or_else(|| {
+            tracing::warn!(connector = %self.id, ticket = %key, "posted comment not found in sys_journal_field; check the integration user can read it");
+            CommentId(format!("{}/{key}#{}", self.config.table, self.config.comment_field.as_str()))
+        })
+    }
+
+    /// The journal entries of comments just posted, `(ticket key, marker)`: every entry the
+    /// integration user wrote on those tickets that mentions a marker, read in chunks of
+    /// tickets and fully paged, then each comment's by its marker line. A failed read leaves
+    /// the comments of its chunk with the stable reference, as [`Connector::post_comment`]
+    /// does when it cannot read its comment back.
+    async fn journal_ids(&self, posted: &[(&str, &str)]) -> Vec<CommentId> {
+        let mut keys: Vec<&str> = posted.iter().map(|(key, _)| *key).filter(|key| is_sys_id(key)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut entries: std::collections::HashMap<String, Vec<(String, String)>> = std::collections::HashMap::new();
+        for chunk in keys.chunks(IN_CHUNK) {
+            match self.own_marked_entries(chunk).await {
+                Ok(rows) => {
+                    for row in rows {
+                        if let (Some(ticket), Some(id), Some(text)) =
+                            (str_field(&row, "element_id"), str_field(&row, "sys_id"), str_field(&row, "value"))
+                        {
+                            entries.entry(ticket.to_owned()).or_default().push((id.to_owned(), text.to_owned()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %self.id, error = %e, tickets = chunk.len(), "reading back posted comments failed; they keep a reference to the field");
+                }
+            }
+        }
+        posted
+            .iter()
+            .map(|(key, marker)| {
+                let found = entries
+                    .get(*key)
+                    .and_then(|on| on.iter().find(|(_, text)| has_marker_line(text, marker)))
+                    .map(|(id, _)| CommentId(id.clone()));
+                self.posted_id(key, found)
+            })
+            .collect()
+    }
+
+    /// The integration user's entries in the comment field of `tickets` that mention a marker.
+    async fn own_marked_entries(&self, tickets: &[&str]) -> Result<Vec<Record>, ConnectorError> {
+        let query = Query::new(None)
+            .one_of("element_id", tickets)
+            .and_then(|q| q.eq("element", self.config.comment_field.as_str()))
+            .and_then(|q| q.like("value", deskbridge_connector::MARKER_PREFIX));
+        let query = match self.http.auth().username() {
+            Some(user) => query.and_then(|q| q.eq("sys_created_by", user)),
+            None => query,
+        };
+        let query = query.map_err(|e| self.permanent(e.to_string()))?.order_by("sys_id").build();
+        let mut rows = Vec::new();
+        loop {
+            let page = self
+                .list("sys_journal_field", &query, "sys_id,element_id,value", SIDE_PAGE, rows.len())
+                .await?;
+            let n = page.len();
+            rows.extend(page);
+            if n < SIDE_PAGE {
+                return Ok(rows);
             }
         }
     }

@@ -286,6 +286,60 @@ async fn the_marker_prevents_a_second_post() {
     assert_eq!(connector.find_comment(&other, &comment.marker).await.expect("find"), None);
 }
 
+/// Comments posted in a batch are read back together: one journal read per hundred tickets,
+/// not one per comment, and each comment gets its own journal entry's id even beside an
+/// earlier deskbridge comment and a requester's copy of its marker on the same ticket. A
+/// read-back that fails leaves each comment the stable reference, as `post_comment` does.
+#[tokio::test]
+async fn a_batch_of_posts_reads_its_ids_back_together() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let connector = ServiceNow::new("snow", config(&sim, basic(INTEGRATION_USER, INTEGRATION_PASSWORD), 100)).expect("connector");
+    let keys: Vec<String> = sim.numbers("sc_req_item").into_iter().map(|(_, key)| key).take(3).collect();
+    assert_eq!(keys.len(), 3, "seeded");
+    let earlier = Comment {
+        marker: "deskbridge-id:earlier".into(),
+        body: "Decision: deny\n[deskbridge-id:earlier]".into(),
+    };
+    let earlier_id = connector.post_comment(&keys[0], &earlier).await.expect("post");
+    sim.add_journal("sc_req_item", &keys[1], "work_notes", "[deskbridge-id:batch1]", "beth.anglin");
+    let before = sim.requests().len();
+    let mut asked = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let marker = format!("deskbridge-id:batch{i}");
+        let comment = Comment {
+            body: format!("Decision: approve\n[{marker}]"),
+            marker: marker.clone(),
+        };
+        assert_eq!(
+            connector.post_comment_in_batch(key, &comment).await.expect("post"),
+            None,
+            "the id is read back later"
+        );
+        asked.push((key.clone(), marker));
+    }
+    let pairs: Vec<(&str, &str)> = asked.iter().map(|(k, m)| (k.as_str(), m.as_str())).collect();
+    let ids = connector.posted_comment_ids(&pairs).await;
+    let sent: Vec<(String, String)> = sim.requests()[before..]
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(sent.iter().filter(|(m, _)| m == "PATCH").count(), 3, "{sent:?}");
+    assert_eq!(
+        sent.iter().filter(|(m, p)| m == "GET" && p.ends_with("/sys_journal_field")).count(),
+        1,
+        "one read for the batch: {sent:?}"
+    );
+    for ((key, marker), id) in asked.iter().zip(&ids) {
+        let found = connector.find_comment(key, marker).await.expect("find").expect("posted");
+        assert_eq!(&found.id, id, "{key}");
+        assert_ne!(id, &earlier_id);
+    }
+
+    sim.inject_on(Target::route("GET", "/api/now/table/sys_journal_field"), Fault::Status(500), 10);
+    let ids = connector.posted_comment_ids(&pairs[..1]).await;
+    assert_eq!(ids[0].0, format!("sc_req_item/{}#work_notes", keys[0]), "the stable reference");
+}
+
 #[tokio::test]
 async fn oauth_password_grant_then_refresh_token_grant() {
     let sim = Simulator::start(SimConfig {
