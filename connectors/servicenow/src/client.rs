@@ -6,6 +6,7 @@ use deskbridge_connector::auth::Auth;
 use deskbridge_connector::http::HttpClient;
 use deskbridge_connector::webhook::{WebhookEvent, WebhookVerifier};
 use deskbridge_connector::{has_marker_line, Comment, CommentId, Connector, ConnectorError, Cursor, FoundComment, Markup, Page, Ticket};
+use futures_util::StreamExt as _;
 use serde_json::{Map, Value};
 
 use crate::config::ServiceNowConfig;
@@ -488,8 +489,14 @@ impl ServiceNow {
         keys.sort_unstable();
         keys.dedup();
         let mut entries: std::collections::HashMap<String, Vec<(String, String)>> = std::collections::HashMap::new();
-        for chunk in keys.chunks(IN_CHUNK) {
-            match self.own_marked_entries(chunk).await {
+        // The chunks are read concurrently, up to the connector's bound on requests at once.
+        let reads: Vec<_> = keys
+            .chunks(IN_CHUNK)
+            .map(|chunk| async move { (chunk.len(), self.own_marked_entries(chunk).await) })
+            .collect();
+        let mut reads = futures_util::stream::iter(reads).buffer_unordered(self.http.max_concurrency().max(1));
+        while let Some((tickets, read)) = reads.next().await {
+            match read {
                 Ok(rows) => {
                     for row in rows {
                         if let (Some(ticket), Some(id), Some(text)) =
@@ -500,7 +507,7 @@ impl ServiceNow {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(connector = %self.id, error = %e, tickets = chunk.len(), "reading back posted comments failed; they keep a reference to the field");
+                    tracing::warn!(connector = %self.id, error = %e, tickets, "reading back posted comments failed; they keep a reference to the field");
                 }
             }
         }
