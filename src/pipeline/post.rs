@@ -144,8 +144,8 @@ impl Pipeline {
             .into_iter()
             .zip(ids)
             .map(|((row, _, existing), id)| {
-                // The reference the connector contract's default gives (not reached: see above).
-                let id = id.unwrap_or_else(|| deskbridge_connector::CommentId(format!("{}#{}", row.ticket_key, row.marker)));
+                // Not reached (see above); the contract's default reference.
+                let id = id.unwrap_or_else(|| deskbridge_connector::CommentId::by_marker(&row.ticket_key, &row.marker));
                 (row, id, existing)
             })
             .collect()

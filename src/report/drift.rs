@@ -65,18 +65,54 @@ fn itsm_says_approved(ctx: &Value) -> bool {
     text(&ctx["itsm_approval"]).as_deref() == Some("approved") || text(&ctx["itsm_state"]).as_deref() == Some("closed_complete")
 }
 
-/// Every finding, sorted by kind then ticket.
+/// Every finding, sorted by kind then ticket. The tickets' states are streamed from the store
+/// and looked at one at a time, so memory does not grow with the number of tickets (serve
+/// counts the findings for its metrics every few minutes).
 pub async fn drift(store: &Store, options: &Options) -> anyhow::Result<Vec<Finding>> {
-    drift_of(store, &store.ticket_states().await?, options).await
+    use futures_util::TryStreamExt as _;
+    let mut scan = Scan::new(options);
+    let mut states = store.ticket_states_streamed();
+    while let Some(state) = states.try_next().await? {
+        scan.ticket(&state);
+    }
+    drop(states);
+    scan.finish(store).await
 }
 
 /// [`drift`] over ticket states the caller already read ([`Store::ticket_states`]).
 pub async fn drift_of(store: &Store, states: &[crate::store::TicketState], options: &Options) -> anyhow::Result<Vec<Finding>> {
-    let mut findings = Vec::new();
-    let mut repeats: BTreeMap<(String, String, String, String), Vec<String>> = BTreeMap::new();
-    let now = chrono::Utc::now();
-    let sla = chrono::Duration::from_std(options.sla).unwrap_or(chrono::Duration::MAX);
-    for t in states {
+    let mut scan = Scan::new(options);
+    for state in states {
+        scan.ticket(state);
+    }
+    scan.finish(store).await
+}
+
+/// The findings so far, ticket by ticket.
+struct Scan<'o> {
+    options: &'o Options,
+    findings: Vec<Finding>,
+    repeats: BTreeMap<(String, String, String, String), Vec<String>>,
+    now: chrono::DateTime<chrono::Utc>,
+    sla: chrono::Duration,
+}
+
+impl<'o> Scan<'o> {
+    fn new(options: &'o Options) -> Self {
+        Self {
+            options,
+            findings: Vec::new(),
+            repeats: BTreeMap::new(),
+            now: chrono::Utc::now(),
+            sla: chrono::Duration::from_std(options.sla).unwrap_or(chrono::Duration::MAX),
+        }
+    }
+
+    /// One ticket's findings.
+    fn ticket(&mut self, t: &crate::store::TicketState) {
+        let (now, sla) = (self.now, self.sla);
+        let findings = &mut self.findings;
+        let repeats = &mut self.repeats;
         let mut add = |kind: &'static str, detail: String| {
             findings.push(Finding {
                 kind,
@@ -100,7 +136,7 @@ pub async fn drift_of(store: &Store, states: &[crate::store::TicketState], optio
         }
         let request = &normalized["request"];
         if request.is_null() {
-            continue;
+            return;
         }
         let ctx = &request["approver_context"];
         let approved_in_itsm = itsm_says_approved(ctx);
@@ -201,50 +237,62 @@ pub async fn drift_of(store: &Store, states: &[crate::store::TicketState], optio
             repeats.entry(group).or_default().push(t.number.clone());
         }
     }
-    for ((connector, beneficiary, system, entitlement), tickets) in repeats {
-        if tickets.len() >= options.repeat_threshold.max(2) {
+
+    /// The findings across tickets (repeated requests), those of the outbox and the access
+    /// lifecycles, all sorted.
+    async fn finish(self, store: &Store) -> anyhow::Result<Vec<Finding>> {
+        let Self {
+            options,
+            mut findings,
+            repeats,
+            now,
+            sla,
+        } = self;
+        for ((connector, beneficiary, system, entitlement), tickets) in repeats {
+            if tickets.len() >= options.repeat_threshold.max(2) {
+                findings.push(Finding {
+                    kind: "repeated_request",
+                    connector,
+                    ticket: tickets.join(" "),
+                    detail: format!(
+                        "{beneficiary} asked for {entitlement} on {system} {} times: consider a role or a standing entitlement",
+                        tickets.len()
+                    ),
+                });
+            }
+        }
+        for (connector, number, created_at) in store.undelivered_comments().await? {
+            let since = chrono::DateTime::parse_from_rfc3339(&created_at)
+                .map(|d| d.with_timezone(&chrono::Utc))
+                .unwrap_or(now);
+            if now - since > sla {
+                findings.push(Finding {
+                    kind: "pending_beyond_sla",
+                    connector,
+                    ticket: number,
+                    detail: format!("decision made {created_at} but not yet on the ticket"),
+                });
+            }
+        }
+        // Provisioning findings, recorded once each by the lifecycle and open until later evidence
+        // closes them (see `crate::provisioning`).
+        for f in store.open_access_findings().await? {
+            let Some(kind) = KINDS.iter().find(|k| **k == f.kind) else {
+                continue;
+            };
             findings.push(Finding {
-                kind: "repeated_request",
-                connector,
-                ticket: tickets.join(" "),
-                detail: format!(
-                    "{beneficiary} asked for {entitlement} on {system} {} times: consider a role or a standing entitlement",
-                    tickets.len()
-                ),
+                kind,
+                connector: f.connector,
+                ticket: if f.number.is_empty() { "-".into() } else { f.number },
+                detail: f.detail,
             });
         }
-    }
-    for (connector, number, created_at) in store.undelivered_comments().await? {
-        let since = chrono::DateTime::parse_from_rfc3339(&created_at)
-            .map(|d| d.with_timezone(&chrono::Utc))
-            .unwrap_or(now);
-        if now - since > sla {
-            findings.push(Finding {
-                kind: "pending_beyond_sla",
-                connector,
-                ticket: number,
-                detail: format!("decision made {created_at} but not yet on the ticket"),
-            });
-        }
-    }
-    // Provisioning findings, recorded once each by the lifecycle and open until later evidence
-    // closes them (see `crate::provisioning`).
-    for f in store.open_access_findings().await? {
-        let Some(kind) = KINDS.iter().find(|k| **k == f.kind) else {
-            continue;
-        };
-        findings.push(Finding {
-            kind,
-            connector: f.connector,
-            ticket: if f.number.is_empty() { "-".into() } else { f.number },
-            detail: f.detail,
+        findings.sort_by(|a, b| {
+            let rank = |k: &str| KINDS.iter().position(|x| *x == k).unwrap_or(usize::MAX);
+            (rank(a.kind), &a.ticket).cmp(&(rank(b.kind), &b.ticket))
         });
+        Ok(findings)
     }
-    findings.sort_by(|a, b| {
-        let rank = |k: &str| KINDS.iter().position(|x| *x == k).unwrap_or(usize::MAX);
-        (rank(a.kind), &a.ticket).cmp(&(rank(b.kind), &b.ticket))
-    });
-    Ok(findings)
 }
 
 /// Output format.

@@ -156,6 +156,16 @@ impl Store {
         self.ticket_page("", i64::MAX, 0).await
     }
 
+    /// [`Store::ticket_states`], in the same order, as the rows arrive: for a caller that looks
+    /// at each ticket once and keeps little, so its memory does not grow with the tickets.
+    pub fn ticket_states_streamed(&self) -> impl futures_util::Stream<Item = anyhow::Result<TicketState>> + Send + '_ {
+        use futures_util::TryStreamExt as _;
+        static ALL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{LATEST_STATES} ORDER BY i.connector, i.number"));
+        sqlx::query_as::<_, TicketState>(ALL.as_str())
+            .fetch(&self.pool)
+            .map_err(anyhow::Error::from)
+    }
+
     /// A page of [`Store::ticket_states`] in the same order: `limit` tickets after `offset`,
     /// only those whose number, key or normalized request contains `search` (any case; all when
     /// empty). The filter and the page run in SQL.

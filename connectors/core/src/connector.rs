@@ -45,10 +45,9 @@ pub trait Connector: Send + Sync {
 
     /// The ids of comments that [`Connector::post_comment_in_batch`] posted without one, given
     /// as `(ticket key, marker)`, in the same order. Only reads. Never fails: a comment it
-    /// cannot read back gets a stable reference instead (by default `key#marker`, which the
-    /// marker makes unique).
+    /// cannot read back gets a stable reference instead (by default [`CommentId::by_marker`]).
     async fn posted_comment_ids(&self, posted: &[(&str, &str)]) -> Vec<CommentId> {
-        posted.iter().map(|(key, marker)| CommentId(format!("{key}#{marker}"))).collect()
+        posted.iter().map(|(key, marker)| CommentId::by_marker(key, marker)).collect()
     }
 
     /// Looks for a comment this connector posted earlier carrying `marker`. Only a comment

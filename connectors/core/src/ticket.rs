@@ -102,6 +102,14 @@ pub fn neutralize_markers(text: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommentId(pub String);
 
+impl CommentId {
+    /// A stable reference to a posted comment whose own id is not known: `key#marker`, which
+    /// the marker makes unique.
+    pub fn by_marker(key: &str, marker: &str) -> Self {
+        Self(format!("{key}#{marker}"))
+    }
+}
+
 impl std::fmt::Display for CommentId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
