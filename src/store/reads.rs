@@ -12,6 +12,9 @@ const LATEST_STATES: &str = "SELECT i.connector, i.ticket_key, i.number, i.url, 
     WHERE i.id = (SELECT MAX(j.id) FROM inbox j WHERE j.connector = i.connector AND j.ticket_key = i.ticket_key
                   AND j.normalized IS NOT NULL AND j.status != 'stale')";
 
+/// The order of [`Store::ticket_states`] and its pages.
+const STATES_ORDER: &str = "ORDER BY i.connector, i.number";
+
 impl Store {
     /// Records what the shadow decision point said beside the primary decision.
     pub async fn record_shadow(
@@ -153,14 +156,15 @@ impl Store {
     /// The latest normalized state of every ticket with its latest decision (for reports and
     /// the demo table; a ticket not yet normalized is left out).
     pub async fn ticket_states(&self) -> anyhow::Result<Vec<TicketState>> {
-        self.ticket_page("", i64::MAX, 0).await
+        use futures_util::TryStreamExt as _;
+        self.ticket_states_streamed().try_collect().await
     }
 
     /// [`Store::ticket_states`], in the same order, as the rows arrive: for a caller that looks
     /// at each ticket once and keeps little, so its memory does not grow with the tickets.
     pub fn ticket_states_streamed(&self) -> impl futures_util::Stream<Item = anyhow::Result<TicketState>> + Send + '_ {
         use futures_util::TryStreamExt as _;
-        static ALL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{LATEST_STATES} ORDER BY i.connector, i.number"));
+        static ALL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{LATEST_STATES} {STATES_ORDER}"));
         sqlx::query_as::<_, TicketState>(ALL.as_str())
             .fetch(&self.pool)
             .map_err(anyhow::Error::from)
@@ -178,7 +182,7 @@ impl Store {
             "{LATEST_STATES}
                AND ($1 = '' OR LOWER(i.number) LIKE $2 ESCAPE '\\' OR LOWER(i.ticket_key) LIKE $2 ESCAPE '\\'
                     OR LOWER(i.normalized) LIKE $2 ESCAPE '\\')
-             ORDER BY i.connector, i.number
+             {STATES_ORDER}
              LIMIT $3 OFFSET $4"
         ))
         .bind(search)

@@ -113,18 +113,23 @@ impl ServiceNow {
                 .map_err(|e| self.permanent(e.to_string()))?
                 .order_by("sys_id")
                 .build();
-            let mut offset = 0;
-            loop {
-                let page = self.list(table, &query, fields, SIDE_PAGE, offset).await?;
-                let n = page.len();
-                rows.extend(page);
-                if n < SIDE_PAGE {
-                    break;
-                }
-                offset += n;
-            }
+            rows.extend(self.all_rows(table, &query, fields).await?);
         }
         Ok(rows)
+    }
+
+    /// Every row `query` selects (it orders by a unique field, so pages neither skip nor
+    /// repeat), read `SIDE_PAGE` at a time.
+    async fn all_rows(&self, table: &str, query: &str, fields: &str) -> Result<Vec<Record>, ConnectorError> {
+        let mut rows = Vec::new();
+        loop {
+            let page = self.list(table, query, fields, SIDE_PAGE, rows.len()).await?;
+            let n = page.len();
+            rows.extend(page);
+            if n < SIDE_PAGE {
+                return Ok(rows);
+            }
+        }
     }
 
     /// Catalog variables of each record, `{ritm sys_id: {variable name: value}}`.
@@ -216,17 +221,21 @@ impl ServiceNow {
     }
 
     fn journal_query(&self, key: &str, marker: &str) -> Result<String, ConnectorError> {
-        let query = Query::new(None)
-            .eq("element_id", key)
+        self.own_entries(Query::new(None).eq("element_id", key), marker).map(|q| q.build())
+    }
+
+    /// The integration user's entries in the comment field that contain `text`, on the tickets
+    /// `tickets` selects. Only our own entries count: a requester who pastes a marker into a
+    /// comment must not be able to suppress the decision.
+    fn own_entries(&self, tickets: Result<Query, crate::query::BadValue>, text: &str) -> Result<Query, ConnectorError> {
+        let query = tickets
             .and_then(|q| q.eq("element", self.config.comment_field.as_str()))
-            .and_then(|q| q.like("value", marker));
-        // Only our own entries count: a requester who pastes a marker into a comment must not
-        // be able to suppress the decision.
+            .and_then(|q| q.like("value", text));
         let query = match self.http.auth().username() {
             Some(user) => query.and_then(|q| q.eq("sys_created_by", user)),
             None => query,
         };
-        query.map(|q| q.build()).map_err(|e| self.permanent(e.to_string()))
+        query.map_err(|e| self.permanent(e.to_string()))
     }
 }
 
@@ -525,26 +534,11 @@ impl ServiceNow {
 
     /// The integration user's entries in the comment field of `tickets` that mention a marker.
     async fn own_marked_entries(&self, tickets: &[&str]) -> Result<Vec<Record>, ConnectorError> {
-        let query = Query::new(None)
-            .one_of("element_id", tickets)
-            .and_then(|q| q.eq("element", self.config.comment_field.as_str()))
-            .and_then(|q| q.like("value", deskbridge_connector::MARKER_PREFIX));
-        let query = match self.http.auth().username() {
-            Some(user) => query.and_then(|q| q.eq("sys_created_by", user)),
-            None => query,
-        };
-        let query = query.map_err(|e| self.permanent(e.to_string()))?.order_by("sys_id").build();
-        let mut rows = Vec::new();
-        loop {
-            let page = self
-                .list("sys_journal_field", &query, "sys_id,element_id,value", SIDE_PAGE, rows.len())
-                .await?;
-            let n = page.len();
-            rows.extend(page);
-            if n < SIDE_PAGE {
-                return Ok(rows);
-            }
-        }
+        let query = self
+            .own_entries(Query::new(None).one_of("element_id", tickets), deskbridge_connector::MARKER_PREFIX)?
+            .order_by("sys_id")
+            .build();
+        self.all_rows("sys_journal_field", &query, "sys_id,element_id,value").await
     }
 
     /// The integration user's journal entries on the ticket that mention the marker, then only
