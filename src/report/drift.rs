@@ -69,11 +69,22 @@ fn itsm_says_approved(ctx: &Value) -> bool {
 /// and looked at one at a time, so memory does not grow with the number of tickets (serve
 /// counts the findings for its metrics every few minutes).
 pub async fn drift(store: &Store, options: &Options) -> anyhow::Result<Vec<Finding>> {
+    drift_each(store, options, |_| {}).await
+}
+
+/// [`drift`], showing `each` every ticket's state as it is looked at (the admin API charts
+/// them), without holding them.
+pub async fn drift_each(
+    store: &Store,
+    options: &Options,
+    mut each: impl FnMut(&crate::store::TicketState),
+) -> anyhow::Result<Vec<Finding>> {
     use futures_util::TryStreamExt as _;
     let mut scan = Scan::new(options);
     let mut states = store.ticket_states_streamed();
     while let Some(state) = states.try_next().await? {
         scan.ticket(&state);
+        each(&state);
     }
     drop(states);
     scan.finish(store).await

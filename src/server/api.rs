@@ -419,9 +419,10 @@ pub struct DriftReport {
 /// The drift report: where the service desk and the policy disagree.
 #[utoipa::path(get, path = "/api/reports/drift", responses((status = 200, body = DriftReport), (status = 401, description = "no valid token")))]
 async fn drift(State(state): State<AppState>, _caller: Viewer) -> ApiResult<DriftReport> {
-    let store = state.pipeline.store();
-    let states = store.ticket_states().await?;
-    let findings = crate::report::drift::drift_of(store, &states, &crate::report::drift::Options::default()).await?;
+    // The states are charted as they stream past the report, not read into memory first: at
+    // 100,000 tickets they are about 300 MB.
+    let mut charts = Charts::new(chrono::Utc::now());
+    let findings = crate::report::drift::drift_each(state.pipeline.store(), &Default::default(), |t| charts.add(&ticket_row(t))).await?;
     crate::metrics::global().findings(&findings);
     let by_kind = crate::report::drift::KINDS
         .iter()
@@ -430,59 +431,76 @@ async fn drift(State(state): State<AppState>, _caller: Viewer) -> ApiResult<Drif
             count: findings.iter().filter(|f| f.kind == *k).count(),
         })
         .collect();
-    let rows: Vec<TicketRow> = states.iter().map(ticket_row).collect();
+    let (repeated_by_system, pending_age) = charts.bars();
     Ok(Json(DriftReport {
         findings,
         by_kind,
-        repeated_by_system: repeated_by_system(&rows),
-        pending_age: pending_age(&rows, chrono::Utc::now()),
+        repeated_by_system,
+        pending_age,
     }))
 }
 
-fn repeated_by_system(rows: &[TicketRow]) -> Vec<Bar> {
-    use std::collections::BTreeMap;
-    let mut asks: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
-    for r in rows {
-        if let (Some(s), Some(b), Some(e)) = (&r.system, &r.beneficiary, &r.entitlement) {
-            *asks.entry((s, b, e)).or_default() += 1;
-        }
-    }
-    let mut by_system: BTreeMap<&str, usize> = BTreeMap::new();
-    for ((system, _, _), n) in asks {
-        if n >= 2 {
-            *by_system.entry(system).or_default() += n;
-        }
-    }
-    let mut bars: Vec<Bar> = by_system.into_iter().map(|(s, count)| Bar { label: s.into(), count }).collect();
-    bars.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
-    bars
+/// How long requests have waited for a decision, the console's buckets.
+const PENDING_AGE: [(&str, i64); 5] = [
+    ("under 1 h", 3600),
+    ("1–4 h", 4 * 3600),
+    ("4–24 h", 24 * 3600),
+    ("1–3 days", 72 * 3600),
+    ("over 3 days", i64::MAX),
+];
+
+/// The drift report's charts, counted ticket by ticket.
+struct Charts {
+    now: chrono::DateTime<chrono::Utc>,
+    /// Requests per (target system, beneficiary, entitlement).
+    asks: std::collections::BTreeMap<(String, String, String), usize>,
+    /// Requests waiting, per [`PENDING_AGE`] bucket.
+    waiting: [usize; PENDING_AGE.len()],
 }
 
-fn pending_age(rows: &[TicketRow], now: chrono::DateTime<chrono::Utc>) -> Vec<Bar> {
-    const BUCKETS: [(&str, i64); 5] = [
-        ("under 1 h", 3600),
-        ("1–4 h", 4 * 3600),
-        ("4–24 h", 24 * 3600),
-        ("1–3 days", 72 * 3600),
-        ("over 3 days", i64::MAX),
-    ];
-    let mut counts = [0usize; 5];
-    for r in rows.iter().filter(|r| matches!(r.state.as_str(), "pending" | "received")) {
-        let age = chrono::DateTime::parse_from_rfc3339(&r.received_at)
-            .map(|at| (now - at.with_timezone(&chrono::Utc)).num_seconds())
-            .unwrap_or(0);
-        if let Some(i) = BUCKETS.iter().position(|(_, limit)| age < *limit) {
-            counts[i] += 1;
+impl Charts {
+    fn new(now: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            now,
+            asks: Default::default(),
+            waiting: [0; PENDING_AGE.len()],
         }
     }
-    BUCKETS
-        .iter()
-        .zip(counts)
-        .map(|((label, _), count)| Bar {
-            label: (*label).into(),
-            count,
-        })
-        .collect()
+
+    fn add(&mut self, r: &TicketRow) {
+        if let (Some(s), Some(b), Some(e)) = (&r.system, &r.beneficiary, &r.entitlement) {
+            *self.asks.entry((s.clone(), b.clone(), e.clone())).or_default() += 1;
+        }
+        if matches!(r.state.as_str(), "pending" | "received") {
+            let age = chrono::DateTime::parse_from_rfc3339(&r.received_at)
+                .map(|at| (self.now - at.with_timezone(&chrono::Utc)).num_seconds())
+                .unwrap_or(0);
+            if let Some(i) = PENDING_AGE.iter().position(|(_, limit)| age < *limit) {
+                self.waiting[i] += 1;
+            }
+        }
+    }
+
+    /// Repeated requests per target system (the most first), and the waiting requests' ages.
+    fn bars(self) -> (Vec<Bar>, Vec<Bar>) {
+        let mut by_system: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for ((system, _, _), n) in self.asks {
+            if n >= 2 {
+                *by_system.entry(system).or_default() += n;
+            }
+        }
+        let mut repeated: Vec<Bar> = by_system.into_iter().map(|(label, count)| Bar { label, count }).collect();
+        repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
+        let ages = PENDING_AGE
+            .iter()
+            .zip(self.waiting)
+            .map(|((label, _), count)| Bar {
+                label: (*label).into(),
+                count,
+            })
+            .collect();
+        (repeated, ages)
+    }
 }
 
 /// Shadow agreement.
@@ -646,13 +664,17 @@ mod tests {
             row("sap", "bob", "pending", "2026-01-01T10:00:00Z"),
             row("git", "ann", "received", "2026-01-01T11:30:00Z"),
         ];
-        let repeated = repeated_by_system(&rows);
-        assert_eq!(repeated.len(), 1);
-        assert_eq!((repeated[0].label.as_str(), repeated[0].count), ("sap", 2));
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
             .expect("time")
             .with_timezone(&chrono::Utc);
-        let ages: Vec<usize> = pending_age(&rows, now).iter().map(|b| b.count).collect();
+        let mut charts = Charts::new(now);
+        for r in &rows {
+            charts.add(r);
+        }
+        let (repeated, ages) = charts.bars();
+        assert_eq!(repeated.len(), 1);
+        assert_eq!((repeated[0].label.as_str(), repeated[0].count), ("sap", 2));
+        let ages: Vec<usize> = ages.iter().map(|b| b.count).collect();
         assert_eq!(ages, vec![1, 1, 0, 0, 0]);
     }
 

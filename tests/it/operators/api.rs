@@ -243,6 +243,88 @@ async fn operator_actions_are_audited_with_who_asked() {
 }
 
 #[tokio::test]
+async fn the_drift_report_charts_every_ticket_the_store_holds() {
+    let console = Console::start().await;
+    // More requests arrive while the policy answers nothing usable: those it is asked about
+    // wait for a decision.
+    console.app.sim.generate(6);
+    let broken = "package deskbridge.access\ndecision := {\"outcome\": \"approve\"}\n";
+    console
+        .app
+        .pipeline_with(std::sync::Arc::new(crate::helpers::policy_from_text(broken)))
+        .run_once()
+        .await
+        .expect("pass");
+    let report: Value = console
+        .client()
+        .get(format!("{}/api/reports/drift", console.url))
+        .bearer_auth(&console.tokens.viewer)
+        .send()
+        .await
+        .expect("report")
+        .json()
+        .await
+        .expect("json");
+    // The findings are the CLI report's.
+    let findings = deskbridge::report::drift::drift(&console.app.store, &Default::default())
+        .await
+        .expect("findings");
+    assert_eq!(report["findings"], serde_json::to_value(&findings).expect("json"));
+    let by_kind: Vec<(String, u64)> = report["by_kind"]
+        .as_array()
+        .expect("by kind")
+        .iter()
+        .map(|b| (b["label"].as_str().expect("label").to_owned(), b["count"].as_u64().expect("count")))
+        .collect();
+    assert_eq!(by_kind.len(), deskbridge::report::drift::KINDS.len());
+    for (kind, count) in &by_kind {
+        assert_eq!(*count as usize, findings.iter().filter(|f| f.kind == kind).count(), "{kind}");
+    }
+    // The charts count every ticket's latest state, as read whole from the store.
+    let states = console.app.store.ticket_states().await.expect("states");
+    let waiting = states
+        .iter()
+        .filter(|t| matches!(t.status.as_str(), "pending" | "received"))
+        .count();
+    assert!(
+        waiting >= 1,
+        "{:?}",
+        states.iter().map(|t| (&t.number, &t.status)).collect::<Vec<_>>()
+    );
+    let charted: u64 = report["pending_age"]
+        .as_array()
+        .expect("ages")
+        .iter()
+        .map(|b| b["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(charted as usize, waiting, "{}", report["pending_age"]);
+    let mut asks: std::collections::BTreeMap<(String, String, String), usize> = Default::default();
+    for t in &states {
+        let request = &t.parsed().0["request"];
+        let field = |v: &Value| v.as_str().map(str::to_owned);
+        if let (Some(s), Some(b), Some(e)) = (
+            field(&request["target"]["system"]),
+            field(&request["beneficiary"]["id"]),
+            field(&request["entitlement"]["id"]),
+        ) {
+            *asks.entry((s, b, e)).or_default() += 1;
+        }
+    }
+    let mut repeated: std::collections::BTreeMap<String, u64> = Default::default();
+    for ((system, _, _), n) in asks.into_iter().filter(|(_, n)| *n >= 2) {
+        *repeated.entry(system).or_default() += n as u64;
+    }
+    assert!(!repeated.is_empty(), "the seeded tickets repeat a request");
+    let charted: std::collections::BTreeMap<String, u64> = report["repeated_by_system"]
+        .as_array()
+        .expect("repeats")
+        .iter()
+        .map(|b| (b["label"].as_str().expect("label").to_owned(), b["count"].as_u64().expect("count")))
+        .collect();
+    assert_eq!(charted, repeated);
+}
+
+#[tokio::test]
 async fn readiness_names_a_decision_point_that_fails() {
     let app = crate::helpers::TestApp::spawn().await;
     // A policy whose decision is undefined: every request stays pending (fail closed).
