@@ -131,9 +131,11 @@ pub struct Content<'a> {
 pub fn record_hash(scheme: i64, c: &Content<'_>) -> Result<String, String> {
     let bytes = match scheme {
         JCS_SCHEME => {
-            // Streamed into the digest: no copy of the payload, no canonical text in memory.
-            let mut digest = Sha256::new();
+            // Streamed into the digest through a buffer: no copy of the payload, and the digest
+            // takes the canonical text in blocks, not a call per token.
+            let mut digest = std::io::BufWriter::with_capacity(4096, Sha256::new());
             write_record_jcs(c, &mut digest).map_err(|e| format!("canonical JSON: {e}"))?;
+            let digest = digest.into_inner().map_err(|e| format!("canonical JSON: {}", e.error()))?;
             return Ok(hex::encode(digest.finalize()));
         }
         LEGACY_SCHEME => {
@@ -161,14 +163,19 @@ pub fn write_record_jcs(c: &Content<'_>, out: &mut impl std::io::Write) -> std::
 /// The members of a record's JCS form before `prev_hash` (see [`write_record_jcs`]): all a
 /// record's own content, known before it joins the chain.
 fn write_record_head(at: &str, connector: &str, kind: &str, payload: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    write_record_prefix(at, connector, kind, out)?;
+    write_jcs(payload, out)
+}
+
+/// The members of a record's JCS form before its payload's value (see [`write_record_jcs`]).
+fn write_record_prefix(at: &str, connector: &str, kind: &str, out: &mut impl std::io::Write) -> std::io::Result<()> {
     out.write_all(b"{\"at\":")?;
     serde_json::to_writer(&mut *out, at)?;
     out.write_all(b",\"connector\":")?;
     serde_json::to_writer(&mut *out, connector)?;
     out.write_all(b",\"kind\":")?;
     serde_json::to_writer(&mut *out, kind)?;
-    out.write_all(b",\"payload\":")?;
-    write_jcs(payload, out)
+    out.write_all(b",\"payload\":")
 }
 
 /// The members of a record's JCS form from `prev_hash` on (see [`write_record_jcs`]): its place
@@ -288,26 +295,39 @@ pub(crate) struct Ready {
 }
 
 /// A record of `event` on a ticket, stamped now, ready to join the chain (see [`Ready`]).
+///
+/// The payload is walked once: its canonical (JCS) form is both the stored text and the hash
+/// input. Without non-ASCII member names or fractions that is the text serde_json writes, and
+/// either way it is JSON that parses to the same value, which is what verification hashes.
 pub(crate) fn ready(backend: super::Backend, connector: &str, ticket_key: &str, event: Event, payload: &Value) -> sqlx::Result<Ready> {
+    let canonical = |e: std::io::Error| sqlx::Error::Protocol(format!("canonical JSON: {e}"));
+    let mut text = Vec::with_capacity(1024);
+    write_jcs(payload, &mut text).map_err(canonical)?;
+    let text = String::from_utf8(text).map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
     let record = AuditRecord::unchained(
         super::now(),
         connector.to_owned(),
         ticket_key.to_owned(),
         event.as_str().to_owned(),
-        payload.to_string(),
+        text,
     );
-    Ok(Ready {
-        head: match backend {
-            super::Backend::Sqlite => Some(head(&record, payload)?),
-            super::Backend::Postgres => None,
-        },
-        record,
-    })
+    let head = match backend {
+        super::Backend::Sqlite => {
+            let mut head = Sha256::new();
+            write_record_prefix(&record.at, record.connector.as_deref().unwrap_or_default(), &record.kind, &mut head).map_err(canonical)?;
+            head.update(record.payload.as_bytes());
+            Some(head)
+        }
+        super::Backend::Postgres => None,
+    };
+    Ok(Ready { head, record })
 }
 
 /// `record`'s hash input up to its payload (see [`Ready`]); `payload` is its payload's value.
 fn head(record: &AuditRecord, payload: &Value) -> sqlx::Result<Sha256> {
-    let mut head = Sha256::new();
+    let canonical = |e: std::io::Error| sqlx::Error::Protocol(format!("canonical JSON: {e}"));
+    // Buffered: the digest takes the canonical text in blocks, not a call per token.
+    let mut head = std::io::BufWriter::with_capacity(4096, Sha256::new());
     write_record_head(
         &record.at,
         record.connector.as_deref().unwrap_or_default(),
@@ -315,8 +335,8 @@ fn head(record: &AuditRecord, payload: &Value) -> sqlx::Result<Sha256> {
         payload,
         &mut head,
     )
-    .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
-    Ok(head)
+    .map_err(canonical)?;
+    head.into_inner().map_err(|e| canonical(e.into_error()))
 }
 
 /// Appends one record inside the caller's transaction. It joins the chain when the

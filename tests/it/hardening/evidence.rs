@@ -99,10 +99,18 @@ async fn record_hashes_are_rfc_8785_canonical_json() {
     // Key order by UTF-16 code units (RFC 8785 §3.2.3) differs from UTF-8 byte order for
     // characters beyond the BMP; numbers are written as ECMAScript writes them.
     let payload = json!({"\u{e000}": 1, "\u{1f600}": 2, "big": 1e21, "small": 0.000001, "n": -0.0, "text": "é\u{2028}"});
-    append(&mut tx, "c", "T1", Event::TicketSeen, payload).await.expect("append");
+    append(&mut tx, "c", "T1", Event::TicketSeen, payload.clone())
+        .await
+        .expect("append");
     tx.commit().await.expect("commit");
     let r = store.last_audit_record().await.expect("read").expect("a record");
     assert_eq!(r.scheme, JCS_SCHEME);
+    // The payload is stored in the canonical form it was hashed in (one walk makes both).
+    assert_eq!(
+        r.payload.as_bytes(),
+        serde_json_canonicalizer::to_vec(&payload).expect("jcs").as_slice()
+    );
+    assert!(audit::verify_store(store).await.expect("reads").is_ok());
     let stored: serde_json::Value = serde_json::from_str(&r.payload).expect("payload");
     let canonical = serde_json_canonicalizer::to_vec(&json!({
         "seq": r.seq, "at": r.at, "connector": "c", "ticket_key": "T1", "kind": "ticket_seen",
