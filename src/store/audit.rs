@@ -300,21 +300,38 @@ pub(crate) struct Ready {
 /// input. Without non-ASCII member names or fractions that is the text serde_json writes, and
 /// either way it is JSON that parses to the same value, which is what verification hashes.
 pub(crate) fn ready(backend: super::Backend, connector: &str, ticket_key: &str, event: Event, payload: &Value) -> sqlx::Result<Ready> {
-    let canonical = |e: std::io::Error| sqlx::Error::Protocol(format!("canonical JSON: {e}"));
+    ready_canonical(backend, connector, ticket_key, event, canonical_text(payload)?)
+}
+
+/// `value`'s RFC 8785 (JCS) text.
+pub(crate) fn canonical_text(value: &Value) -> sqlx::Result<String> {
     let mut text = Vec::with_capacity(1024);
-    write_jcs(payload, &mut text).map_err(canonical)?;
-    let text = String::from_utf8(text).map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
+    write_jcs(value, &mut text).map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
+    String::from_utf8(text).map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))
+}
+
+/// [`ready`] for a payload the caller already wrote in its canonical form (`payload` is
+/// [`write_jcs`]'s text of the payload; verification hashes the canonical form of the stored
+/// text parsed, so any other text fails verification).
+pub(crate) fn ready_canonical(
+    backend: super::Backend,
+    connector: &str,
+    ticket_key: &str,
+    event: Event,
+    payload: String,
+) -> sqlx::Result<Ready> {
     let record = AuditRecord::unchained(
         super::now(),
         connector.to_owned(),
         ticket_key.to_owned(),
         event.as_str().to_owned(),
-        text,
+        payload,
     );
     let head = match backend {
         super::Backend::Sqlite => {
             let mut head = Sha256::new();
-            write_record_prefix(&record.at, record.connector.as_deref().unwrap_or_default(), &record.kind, &mut head).map_err(canonical)?;
+            write_record_prefix(&record.at, record.connector.as_deref().unwrap_or_default(), &record.kind, &mut head)
+                .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
             head.update(record.payload.as_bytes());
             Some(head)
         }

@@ -529,9 +529,22 @@ fn ready(backend: super::Backend, item: &Finished<'_>) -> anyhow::Result<(Texts,
     };
     let record = |event, payload: &Value| audit::ready(backend, &row.connector, &row.ticket_key, event, payload);
     let mut written = Vec::with_capacity(evidence.len() + 2);
-    written.push(record(
+    // The normalized form (most of a version's evidence) is written out once: its canonical
+    // text is both the inbox column and, spliced in, the `normalized` record's payload, whose
+    // members are in canonical order (`normalized` < `request_hash` < `status` < `version`).
+    let normalized_text = audit::canonical_text(normalized)?;
+    let payload = format!(
+        "{{\"normalized\":{normalized_text},\"request_hash\":{},\"status\":{},\"version\":{}}}",
+        audit::canonical_text(&json!(request_hash))?,
+        audit::canonical_text(&json!(status))?,
+        audit::canonical_text(&json!(row.version))?,
+    );
+    written.push(audit::ready_canonical(
+        backend,
+        &row.connector,
+        &row.ticket_key,
         Event::Normalized,
-        &json!({"version": row.version, "status": status, "request_hash": request_hash, "normalized": normalized}),
+        payload,
     )?);
     for (event, payload) in evidence {
         written.push(record(*event, payload)?);
@@ -554,7 +567,7 @@ fn ready(backend: super::Backend, item: &Finished<'_>) -> anyhow::Result<(Texts,
     };
     Ok((
         Texts {
-            normalized: normalized.to_string(),
+            normalized: normalized_text,
             decision,
         },
         ReadyRecords { written, queued },

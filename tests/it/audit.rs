@@ -17,6 +17,41 @@ async fn decided_app() -> (TestApp, Vec<AuditRecord>) {
     (app, records)
 }
 
+#[tokio::test]
+async fn payloads_are_stored_in_the_canonical_form_they_are_hashed_in() {
+    let (app, records) = decided_app().await;
+    // Each payload's text is its own RFC 8785 form (it is written once, for both).
+    for r in &records {
+        let value: serde_json::Value = serde_json::from_str(&r.payload).expect("payload");
+        let canonical = serde_json_canonicalizer::to_string(&value).expect("jcs");
+        assert_eq!(r.payload, canonical, "record seq {}", r.seq);
+    }
+    // A version's `normalized` record carries the normalized form stored on its inbox row,
+    // with its version, request hash and classification beside it.
+    let rows: Vec<(String, String, Option<String>, String)> =
+        sqlx::query_as("SELECT ticket_key, version, request_hash, normalized FROM inbox WHERE normalized IS NOT NULL")
+            .fetch_all(app.store.pool())
+            .await
+            .expect("inbox");
+    assert!(rows.len() > 5, "{}", rows.len());
+    for (key, version, request_hash, normalized) in rows {
+        let (record, payload) = records
+            .iter()
+            .filter(|r| r.kind == "normalized" && r.ticket_key.as_deref() == Some(key.as_str()))
+            .map(|r| (r, serde_json::from_str::<serde_json::Value>(&r.payload).expect("payload")))
+            .find(|(_, p)| p["version"] == version.as_str())
+            .expect("the version's normalized record");
+        let stored: serde_json::Value = serde_json::from_str(&normalized).expect("normalized");
+        assert_eq!(
+            (&payload["normalized"], &payload["request_hash"], &payload["version"]),
+            (&stored, &serde_json::json!(request_hash), &serde_json::json!(version)),
+            "{key}"
+        );
+        assert!(payload["status"].is_string(), "{key}");
+        assert!(record.payload.starts_with(&format!("{{\"normalized\":{normalized},")), "{key}");
+    }
+}
+
 fn names(result: Result<usize, String>, seq: i64) {
     let problem = result.expect_err("tampering is detected");
     assert!(problem.contains(&format!("record seq {seq} ")), "names seq {seq}: {problem}");
