@@ -156,18 +156,13 @@ pub fn record_hash(scheme: i64, c: &Content<'_>) -> Result<String, String> {
 /// `{seq, at, connector, ticket_key, kind, payload, prev_hash, scheme}` with its members in
 /// JCS order (all names are ASCII, so by their bytes).
 pub fn write_record_jcs(c: &Content<'_>, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    write_record_head(c.at, c.connector, c.kind, c.payload, out)?;
+    write_record_prefix(c.at, c.connector, c.kind, out)?;
+    write_jcs(c.payload, out)?;
     write_record_tail(c.prev, c.seq, c.ticket_key, out)
 }
 
-/// The members of a record's JCS form before `prev_hash` (see [`write_record_jcs`]): all a
-/// record's own content, known before it joins the chain.
-fn write_record_head(at: &str, connector: &str, kind: &str, payload: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    write_record_prefix(at, connector, kind, out)?;
-    write_jcs(payload, out)
-}
-
-/// The members of a record's JCS form before its payload's value (see [`write_record_jcs`]).
+/// The members of a record's JCS form before its payload's value (see [`write_record_jcs`]):
+/// with the payload, all a record's own content, known before it joins the chain.
 fn write_record_prefix(at: &str, connector: &str, kind: &str, out: &mut impl std::io::Write) -> std::io::Result<()> {
     out.write_all(b"{\"at\":")?;
     serde_json::to_writer(&mut *out, at)?;
@@ -306,8 +301,13 @@ pub(crate) fn ready(backend: super::Backend, connector: &str, ticket_key: &str, 
 /// `value`'s RFC 8785 (JCS) text.
 pub(crate) fn canonical_text(value: &Value) -> sqlx::Result<String> {
     let mut text = Vec::with_capacity(1024);
-    write_jcs(value, &mut text).map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
-    String::from_utf8(text).map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))
+    write_jcs(value, &mut text).map_err(canonical_error)?;
+    String::from_utf8(text).map_err(canonical_error)
+}
+
+/// A failure to write a record's canonical form.
+fn canonical_error(e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("canonical JSON: {e}"))
 }
 
 /// [`ready`] for a payload the caller already wrote in its canonical form (`payload` is
@@ -328,13 +328,7 @@ pub(crate) fn ready_canonical(
         payload,
     );
     let head = match backend {
-        super::Backend::Sqlite => {
-            let mut head = Sha256::new();
-            write_record_prefix(&record.at, record.connector.as_deref().unwrap_or_default(), &record.kind, &mut head)
-                .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
-            head.update(record.payload.as_bytes());
-            Some(head)
-        }
+        super::Backend::Sqlite => Some(head_of(&record, &record.payload)?),
         super::Backend::Postgres => None,
     };
     Ok(Ready { head, record })
@@ -342,18 +336,15 @@ pub(crate) fn ready_canonical(
 
 /// `record`'s hash input up to its payload (see [`Ready`]); `payload` is its payload's value.
 fn head(record: &AuditRecord, payload: &Value) -> sqlx::Result<Sha256> {
-    let canonical = |e: std::io::Error| sqlx::Error::Protocol(format!("canonical JSON: {e}"));
-    // Buffered: the digest takes the canonical text in blocks, not a call per token.
-    let mut head = std::io::BufWriter::with_capacity(4096, Sha256::new());
-    write_record_head(
-        &record.at,
-        record.connector.as_deref().unwrap_or_default(),
-        &record.kind,
-        payload,
-        &mut head,
-    )
-    .map_err(canonical)?;
-    head.into_inner().map_err(|e| canonical(e.into_error()))
+    head_of(record, &canonical_text(payload)?)
+}
+
+/// `record`'s hash input up to its payload, given as its canonical text.
+fn head_of(record: &AuditRecord, canonical_payload: &str) -> sqlx::Result<Sha256> {
+    let mut head = Sha256::new();
+    write_record_prefix(&record.at, record.connector.as_deref().unwrap_or_default(), &record.kind, &mut head).map_err(canonical_error)?;
+    head.update(canonical_payload.as_bytes());
+    Ok(head)
 }
 
 /// Appends one record inside the caller's transaction. It joins the chain when the
@@ -387,8 +378,7 @@ fn chain(records: Vec<Ready>, (mut seq, mut prev): (i64, String)) -> sqlx::Resul
                 head(&record, &payload)?
             }
         };
-        write_record_tail(&prev, seq, record.ticket_key.as_deref().unwrap_or_default(), &mut head)
-            .map_err(|e| sqlx::Error::Protocol(format!("canonical JSON: {e}")))?;
+        write_record_tail(&prev, seq, record.ticket_key.as_deref().unwrap_or_default(), &mut head).map_err(canonical_error)?;
         record.hash = hex::encode(head.finalize());
         record.seq = seq;
         record.prev_hash = std::mem::replace(&mut prev, record.hash.clone());
