@@ -255,13 +255,8 @@ async fn the_drift_report_charts_every_ticket_the_store_holds() {
         .run_once()
         .await
         .expect("pass");
-    let report: Value = console
-        .client()
-        .get(format!("{}/api/reports/drift", console.url))
-        .bearer_auth(&console.tokens.viewer)
-        .send()
+    let report: Value = call(&console, "GET", "/api/reports/drift", Some(&console.tokens.viewer))
         .await
-        .expect("report")
         .json()
         .await
         .expect("json");
