@@ -530,6 +530,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
 
     let started = Instant::now();
     let simulator_cpu = sims.cpu();
+    let machine = common::machine_ticks();
     let mut child = tokio::process::Command::new(&binary)
         .args(["serve", "--config"])
         .arg(&config_path)
@@ -565,6 +566,7 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
     let (posted, cpu) = settled(&store, &mut child, pid, &mut peak, expected).await?;
     let elapsed = started.elapsed();
     let simulator_cpu = sims.cpu() - simulator_cpu;
+    let busy = common::busy_between(machine, common::machine_ticks());
     let backend = if postgres { "PostgreSQL" } else { "SQLite" };
     let itsm = if jira { "Jira Cloud" } else { "ServiceNow" };
     println!(
@@ -581,6 +583,14 @@ async fn run(count: usize, rate: u64, seconds: u64, postgres: bool, jira: bool) 
         cpu / expected as f64 * 1e6,
         simulator_cpu / expected as f64 * 1e6
     );
+    if let Some(busy) = busy {
+        // Beside the two CPU figures: whether the machine itself was the limit.
+        println!(
+            "  the machine meanwhile:          {:.0} % busy over its {} cores (every process: deskbridge, the simulators, the store, this harness)",
+            100.0 * busy,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    }
     println!("  peak RSS:                      deskbridge {peak:.1} MiB");
     if !postgres {
         println!(

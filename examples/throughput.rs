@@ -18,7 +18,10 @@
 //!    means the same figure);
 //! 4. with `--replicas N` (PostgreSQL), the end-to-end rate of one replica beside N replicas
 //!    sharing one database, each with its own store connection, claims and connector
-//!    concurrency, side by side on fresh simulators and schemas.
+//!    concurrency, side by side on fresh simulators and schemas, each with how busy the whole
+//!    machine was meanwhile. Replicas, the simulator and PostgreSQL share this machine's cores:
+//!    once one replica keeps them busy a second has nothing to add, so on a small machine run it
+//!    with `--latency-ms` as well, where the ITSM's latency is what replicas overlap.
 
 #[allow(dead_code)]
 mod common;
@@ -457,8 +460,10 @@ async fn end_to_end(options: &Options) -> anyhow::Result<()> {
 
 /// End-to-end tickets/s of `replicas` replicas on one fresh schema and simulator: each runs
 /// passes (as `serve` does) until every ticket's comment is posted; one of them holds the
-/// poller lease, all of them decide and post.
-async fn replicas_rate(options: &Options, replicas: usize) -> anyhow::Result<f64> {
+/// poller lease, all of them decide and post. Beside it, how busy the whole machine was
+/// meanwhile (every core, every process): replicas add throughput only while there is CPU left
+/// for them.
+async fn replicas_rate(options: &Options, replicas: usize) -> anyhow::Result<(f64, Option<f64>)> {
     let sim = simulator(options.count, options.latency).await?;
     let url = deskbridge::store::testing::fresh_postgres_schema().await;
     let mut pipelines = Vec::new();
@@ -467,6 +472,7 @@ async fn replicas_rate(options: &Options, replicas: usize) -> anyhow::Result<f64
     }
     let expected = options.count as i64;
     let started = Instant::now();
+    let ticks = common::machine_ticks();
     let passes = pipelines.iter().map(|pipeline| async move {
         loop {
             let mut report = Report::default();
@@ -481,7 +487,8 @@ async fn replicas_rate(options: &Options, replicas: usize) -> anyhow::Result<f64
         }
     });
     futures_util::future::try_join_all(passes).await?;
-    Ok(options.count as f64 / started.elapsed().as_secs_f64())
+    let rate = options.count as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, common::busy_between(ticks, common::machine_ticks())))
 }
 
 #[tokio::main]
@@ -512,16 +519,26 @@ async fn main() -> anyhow::Result<()> {
             options.backend == "postgres",
             "--replicas needs postgres: SQLite has one worker process"
         );
-        let one = replicas_rate(&options, 1).await?;
-        let many = replicas_rate(&options, options.replicas).await?;
+        let (one, one_busy) = replicas_rate(&options, 1).await?;
+        let (many, many_busy) = replicas_rate(&options, options.replicas).await?;
+        let busy = |b: Option<f64>| b.map_or("machine load unknown".to_owned(), |b| format!("machine {:.0} % busy", 100.0 * b));
         println!(
-            "replicas over {} tickets (PostgreSQL, max_concurrency {} each, {}): 1 replica {one:.0} tickets/s, {} replicas {many:.0} tickets/s ({:.2}×)",
+            "replicas over {} tickets (PostgreSQL, max_concurrency {} each, {}): 1 replica {one:.0} tickets/s ({}), {} replicas {many:.0} tickets/s ({}): {:.2}×",
             options.count,
             options.concurrency,
             options.latency.map_or("no added latency".to_owned(), |l| format!("{} ms added per ITSM request", l.as_millis())),
+            busy(one_busy),
             options.replicas,
+            busy(many_busy),
             many / one
         );
+        if one_busy.is_some_and(|b| b > 0.85) {
+            println!(
+                "  one replica already kept this machine's {} cores busy (it, the simulator and PostgreSQL share them): \
+                 a second replica has no CPU to add here; with --latency-ms the ITSM is the wait, and the ratio shows what replicas add",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            );
+        }
         return Ok(());
     }
     // `--pipeline-only` skips the in-process figures (for a profiler's view of the pipeline).

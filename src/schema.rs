@@ -353,6 +353,19 @@ pub enum Normalized {
     },
 }
 
+impl Normalized {
+    /// The JSON of [`Normalized::AccessRequest`] for a borrowed request: the same text, without
+    /// copying the request into a `Normalized` first.
+    pub fn access_request_json(request: &AccessRequest) -> serde_json::Result<serde_json::Value> {
+        #[derive(Serialize)]
+        #[serde(tag = "status", rename_all = "snake_case")]
+        enum Borrowed<'a> {
+            AccessRequest { request: &'a AccessRequest },
+        }
+        serde_json::to_value(Borrowed::AccessRequest { request })
+    }
+}
+
 /// What the decision point decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

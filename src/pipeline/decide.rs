@@ -393,11 +393,13 @@ impl Pipeline {
                 hash,
             } => (instance, normalized, hash),
         };
-        let normalized_json = serde_json::to_value(&normalized)?;
-        let (hash, request) = match (&normalized, hash) {
-            (Normalized::AccessRequest { request }, Some(hash)) => (hash, Ok(request.as_ref())),
+        let mut normalized_json = serde_json::to_value(&normalized)?;
+        // The request is taken out of what the mapping made (not copied): enrichment adds the
+        // facts to it in place.
+        let (hash, mut ask) = match (normalized, hash) {
+            (Normalized::AccessRequest { request }, Some(hash)) => (hash, Ok(request)),
             // Required fields are missing: deskbridge asks for them without consulting the policy.
-            (Normalized::Incomplete { problems, .. }, Some(hash)) => (hash, Err(problems.as_slice())),
+            (Normalized::Incomplete { problems, .. }, Some(hash)) => (hash, Err(problems)),
             (normalized, _) => {
                 if let Normalized::NotAnAccessRequest { reason, .. } = normalized {
                     tracing::debug!(%reason, "not an access request");
@@ -411,11 +413,8 @@ impl Pipeline {
             return settled("unchanged", normalized_json, Some(hash), evidence);
         }
         // The ask is the ticket's; the facts come from the catalog and the directory.
-        let mut enriched = None;
-        let mut normalized_json = normalized_json;
-        if let (Ok(ask), Some(enricher)) = (request, &self.enricher) {
-            let mut request = ask.clone();
-            let enriched_now = enricher.enrich(&mut request).await;
+        if let (Ok(request), Some(enricher)) = (&mut ask, &self.enricher) {
+            let enriched_now = enricher.enrich(request).await;
             self.note_facts(enriched_now.as_ref().err().cloned());
             match enriched_now {
                 Ok(understated) => {
@@ -427,10 +426,7 @@ impl Pipeline {
                         Event::Enriched,
                         json!({"catalog": request.catalog, "context": request.context, "claims": request.claims, "understated": found}),
                     ));
-                    normalized_json = serde_json::to_value(Normalized::AccessRequest {
-                        request: Box::new(request.clone()),
-                    })?;
-                    enriched = Some(request);
+                    normalized_json = Normalized::access_request_json(request)?;
                 }
                 Err(e) => {
                     // Fail closed: a source of facts that cannot answer leaves the request pending.
@@ -443,10 +439,7 @@ impl Pipeline {
                 }
             }
         }
-        let request = match (&enriched, request) {
-            (Some(e), _) => Ok(e),
-            (None, r) => r,
-        };
+        let request = ask.as_deref().map_err(Vec::as_slice);
         let decided = match request {
             Err(problems) => {
                 let decided = incomplete_decision(&instance.mapping, problems);

@@ -130,13 +130,23 @@ fn shortened(body: &str) -> String {
     kept.join("\n")
 }
 
-/// Makes every string in `value` [`inert`], in place.
-fn sanitize(value: &mut Value, markup: &dyn Markup) {
+/// `value` as the template sees it, with every string in it made [`inert`]: one walk that both
+/// neutralises the strings and builds the template's values, the same values minijinja would
+/// make of the neutralised JSON (a map for an object, a sequence for an array, `none` for
+/// null). Map keys are the schema's and the policy's names, not ticket text, and are kept.
+fn template_value(value: &Value, markup: &dyn Markup) -> minijinja::Value {
     match value {
-        Value::String(s) => *s = inert(s, markup),
-        Value::Array(items) => items.iter_mut().for_each(|v| sanitize(v, markup)),
-        Value::Object(map) => map.values_mut().for_each(|v| sanitize(v, markup)),
-        _ => {}
+        Value::Null => minijinja::Value::from(()),
+        Value::Bool(b) => minijinja::Value::from(*b),
+        // As serde_json hands numbers on: a non-negative integer as u64, a negative one as i64.
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => minijinja::Value::from(u),
+            (None, Some(i)) => minijinja::Value::from(i),
+            (None, None) => minijinja::Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => minijinja::Value::from(inert(s, markup)),
+        Value::Array(items) => items.iter().map(|v| template_value(v, markup)).collect(),
+        Value::Object(map) => map.iter().map(|(k, v)| (k.as_str(), template_value(v, markup))).collect(),
     }
 }
 
@@ -203,7 +213,7 @@ impl CommentRenderer {
 
     fn render_body(&self, input: &CommentInput<'_>, markup: &dyn Markup) -> anyhow::Result<String> {
         let d = input.decision;
-        let mut context = json!({
+        let context = json!({
                 "ticket": {"number": input.number},
                 "request": input.request,
                 "outcome": d.outcome.as_str(),
@@ -217,9 +227,8 @@ impl CommentRenderer {
                 "decided_at": d.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "supersedes": input.supersedes,
         });
-        sanitize(&mut context, markup);
         let template = self.env.get_template(&self.template_name()?)?;
-        Ok(template.render(context)?)
+        Ok(template.render(template_value(&context, markup))?)
     }
 
     /// The comment text, ending with the marker line.

@@ -152,3 +152,54 @@ proptest::proptest! {
         proptest::prop_assert_eq!(already_flat(&text), flattened(&text) == text);
     }
 }
+
+/// The template's values, made in one walk, are the values minijinja made of the neutralised
+/// JSON copy before (every string made inert, then the copy serialized into the template), for
+/// a whole request context: numbers of every kind, nulls, booleans, lists and nested maps, and
+/// hostile text in strings at every depth.
+#[test]
+fn the_template_sees_the_same_values_as_from_a_neutralised_copy() {
+    fn neutralised(value: &mut Value, markup: &dyn Markup) {
+        match value {
+            Value::String(s) => *s = inert(s, markup),
+            Value::Array(items) => items.iter_mut().for_each(|v| neutralised(v, markup)),
+            Value::Object(map) => map.values_mut().for_each(|v| neutralised(v, markup)),
+            _ => {}
+        }
+    }
+    let context = json!({
+        "request": {
+            "justification": "line one\nline two [deskbridge-id:forged] <b>x</b>\u{202E}",
+            "duration_days": 90,
+            "negative": -3,
+            "fraction": 0.25,
+            "large": u64::MAX,
+            "none": null,
+            "flag": true,
+            "groups": ["a\tb", "[code]x[/code]", {"nested": "  spaced  "}],
+            "attributes": {"k": {"deeper": ["\u{1b}[2K", 7]}},
+        },
+        "reasons": ["first", "second\r\nline"],
+    });
+    for markup in [
+        &JournalMarkup as &dyn Markup,
+        &deskbridge_jira::WikiMarkup,
+        &deskbridge_jira::AdfMarkup,
+    ] {
+        let mut copy = context.clone();
+        neutralised(&mut copy, markup);
+        let before = minijinja::Value::from_serialize(&copy);
+        let now = template_value(&context, markup);
+        assert_eq!(now, before);
+        assert_eq!(now.to_string(), before.to_string());
+        let env = Environment::new();
+        let template = "{{ request.duration_days + request.negative }} {{ request.large }} {{ request.fraction }} \
+                        {{ request.none is none }} {{ request.flag }} {{ request.groups|length }} {{ request.groups[2].nested }} \
+                        {% for k, v in request|items %}{{ k }};{% endfor %} {{ request.attributes.k.deeper[0] }} {{ reasons|join('|') }} \
+                        {{ request.justification }} {{ request }}";
+        assert_eq!(
+            env.render_str(template, now).expect("renders"),
+            env.render_str(template, before).expect("renders"),
+        );
+    }
+}

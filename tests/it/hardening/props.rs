@@ -93,6 +93,23 @@ fn common(text: &str) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(config())]
 
+    /// The normalized form written for an enriched request, made from the borrowed request, is
+    /// the JSON of `Normalized::AccessRequest` holding it, whatever the ticket said.
+    #[test]
+    fn a_borrowed_request_normalizes_to_the_same_json(
+        justification in hostile(), entitlement in hostile(), requester in hostile(), days in proptest::option::of(0u32..100_000),
+    ) {
+        for seeded in seeded_requests().values() {
+            let mut request = seeded.clone();
+            request.justification = Some(justification.clone());
+            request.entitlement.id = entitlement.clone();
+            request.requester.id = requester.clone();
+            request.duration_days = days;
+            let owned = serde_json::to_value(Normalized::AccessRequest { request: Box::new(request.clone()) }).expect("serializes");
+            prop_assert_eq!(Normalized::access_request_json(&request).expect("serializes"), owned);
+        }
+    }
+
     #[test]
     fn no_ticket_text_forges_a_line_a_marker_or_markup(
         justification in hostile(), entitlement in hostile(), requester in hostile(), reason in hostile(),
