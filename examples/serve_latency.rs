@@ -360,24 +360,24 @@ async fn settled(store: &Store, child: &mut tokio::process::Child, pid: u32, pea
             cpu = c;
             *peak = peak.max(rss);
         }
+        // Versions not yet settled (received or pending) and comments not yet posted.
         let backlog = store.backlog().await?;
         let idle = backlog.received + backlog.pending + backlog.queued == 0;
         let every = if idle { Duration::from_millis(100) } else { Duration::from_secs(1) };
         if counted.is_none_or(|at| at.elapsed() >= every) {
             counted = Some(Instant::now());
-            let counts = store.counts().await?;
-            let (tickets, open): (i64, i64) = sqlx::query_as(
-                "SELECT COUNT(DISTINCT ticket_key), COALESCE(SUM(CASE WHEN status IN ('received', 'pending') THEN 1 ELSE 0 END), 0) FROM inbox",
+            let (tickets, posted): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT COUNT(DISTINCT ticket_key) FROM inbox), (SELECT COUNT(*) FROM outbox WHERE status = 'posted')",
             )
             .fetch_one(store.pool())
             .await?;
-            if (tickets, counts.posted) != progress.0 {
-                progress = ((tickets, counts.posted), Instant::now());
+            if (tickets, posted) != progress.0 {
+                progress = ((tickets, posted), Instant::now());
             }
-            if tickets >= expected && open == 0 && counts.queued == 0 {
+            if tickets >= expected && idle {
                 calm += 1;
                 if calm == 2 {
-                    return Ok((counts.posted, cpu));
+                    return Ok((posted, cpu));
                 }
             } else {
                 calm = 0;
