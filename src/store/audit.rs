@@ -17,7 +17,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::{Any, Transaction};
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -358,9 +357,9 @@ pub async fn append(tx: &mut super::WriteTx, connector: &str, ticket_key: &str, 
 
 /// The chain's last record, `(seq, hash)`, read inside `tx` (the genesis hash when the log is
 /// empty).
-async fn read_head(tx: &mut Transaction<'_, Any>) -> sqlx::Result<(i64, String)> {
+async fn read_head(tx: &mut sqlx::AnyConnection) -> sqlx::Result<(i64, String)> {
     let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
     Ok(last.unwrap_or((0, GENESIS.to_owned())))
 }
@@ -394,7 +393,7 @@ fn chain(records: Vec<Ready>, (mut seq, mut prev): (i64, String)) -> sqlx::Resul
 /// read inside `tx`, from their stored texts. Returns the new head, `None` when there were no
 /// records.
 pub(super) async fn chain_and_write(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut sqlx::AnyConnection,
     records: Vec<Ready>,
     backend: super::Backend,
     cached: Option<(i64, String)>,
@@ -433,7 +432,7 @@ pub(super) async fn chain_and_write(
 
 /// Writes a transaction's records to `audit_unsealed`, to be sealed into the chain after the
 /// commit: the PostgreSQL path, where write transactions run side by side.
-pub(super) async fn write_unsealed(tx: &mut Transaction<'_, Any>, records: &[Ready]) -> sqlx::Result<()> {
+pub(super) async fn write_unsealed(tx: &mut sqlx::AnyConnection, records: &[Ready]) -> sqlx::Result<()> {
     for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = String::from("INSERT INTO audit_unsealed (at, connector, ticket_key, kind, payload) VALUES ");
         super::push_placeholders(&mut sql, chunk.len(), 5, super::Backend::Postgres);
@@ -446,7 +445,7 @@ pub(super) async fn write_unsealed(tx: &mut Transaction<'_, Any>, records: &[Rea
                 .bind(&r.kind)
                 .bind(&r.payload);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -510,7 +509,7 @@ pub(super) async fn seal(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
 }
 
 /// Writes chained records in multi-row inserts.
-pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[AuditRecord], backend: super::Backend) -> sqlx::Result<()> {
+pub(super) async fn write_records(tx: &mut sqlx::AnyConnection, records: &[AuditRecord], backend: super::Backend) -> sqlx::Result<()> {
     for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
         let mut sql = format!(
             "INSERT{} INTO audit (seq, at, connector, ticket_key, kind, payload, prev_hash, hash, scheme) VALUES ",
@@ -530,7 +529,7 @@ pub(super) async fn write_records(tx: &mut Transaction<'_, Any>, records: &[Audi
                 .bind(&r.hash)
                 .bind(r.scheme);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *tx).await?;
     }
     Ok(())
 }

@@ -161,14 +161,15 @@ impl Store {
             part(0, "i.status = 'pending' AND i.next_attempt_at < $5"),
             part(1, "i.status = 'received'"),
         );
-        let _turn = self.write_turn().await?;
-        let mut rows: Vec<InboxRow> = sqlx::query_as(&sql)
-            .bind(&*self.holder)
-            .bind(later(self.lease))
-            .bind(&now)
-            .bind(limit)
-            .bind(due_before)
-            .fetch_all(&self.writer)
+        let mut rows: Vec<InboxRow> = self
+            .write_fetch_all(
+                sqlx::query_as(&sql)
+                    .bind(&*self.holder)
+                    .bind(later(self.lease))
+                    .bind(&now)
+                    .bind(limit)
+                    .bind(due_before),
+            )
             .await?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -429,12 +430,12 @@ impl Store {
 
     /// Gives up this replica's claim on a row without changing it, so it is taken again.
     pub async fn release(&self, row: &InboxRow) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await?;
-        sqlx::query("UPDATE inbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
-            .bind(row.id)
-            .bind(&*self.holder)
-            .execute(&self.writer)
-            .await?;
+        self.write_one(
+            sqlx::query("UPDATE inbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
+                .bind(row.id)
+                .bind(&*self.holder),
+        )
+        .await?;
         Ok(())
     }
 

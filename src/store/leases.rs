@@ -7,42 +7,43 @@ impl Store {
     /// does when nobody held it, when it held it already, or when the holder's lease expired
     /// (the holder died or stalled).
     pub async fn try_lease(&self, name: &str) -> anyhow::Result<bool> {
-        let _turn = self.write_turn().await?;
-        let taken = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+        let taken = self
+            .write_one(
+                sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
              WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
-        )
-        .bind(name)
-        .bind(&*self.holder)
-        .bind(later(self.lease))
-        .bind(now())
-        .execute(&self.writer)
-        .await?;
+                )
+                .bind(name)
+                .bind(&*self.holder)
+                .bind(later(self.lease))
+                .bind(now()),
+            )
+            .await?;
         Ok(taken.rows_affected() > 0)
     }
 
     /// Gives the lease `name` up if this process holds it (on shutdown, so a replica that
     /// stops cleanly hands over at once instead of after the lease runs out).
     pub async fn release_lease(&self, name: &str) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await?;
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(&*self.holder)
-            .execute(&self.writer)
-            .await?;
+        self.write_one(
+            sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(&*self.holder),
+        )
+        .await?;
         Ok(())
     }
 
     /// Releases every claim this process holds on inbox rows and comments.
     pub async fn release_claims(&self) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await?;
         for table in ["inbox", "outbox"] {
-            sqlx::query(&format!(
-                "UPDATE {table} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1"
-            ))
-            .bind(&*self.holder)
-            .execute(&self.writer)
+            self.write_one(
+                sqlx::query(&format!(
+                    "UPDATE {table} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1"
+                ))
+                .bind(&*self.holder),
+            )
             .await?;
         }
         Ok(())

@@ -78,8 +78,9 @@ impl Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// Where this process writes: on SQLite one connection of its own, used only in a write
-    /// turn (see [`Store::open`]); on PostgreSQL the pool itself.
+    /// Where this process writes: on PostgreSQL the pool itself; on SQLite a pool of one
+    /// connection that only makes the writer connection `writers` holds (and a new one should
+    /// that one fail).
     writer: AnyPool,
     backend: Backend,
     /// The SQLite file, when the store is one.
@@ -87,8 +88,9 @@ pub struct Store {
     /// Held while this process is the SQLite file's one worker (see [`Store::exclusive`]).
     writer_lock: Option<std::sync::Arc<std::fs::File>>,
     /// This process's SQLite writes queue here, first come first served, for the file's one
-    /// write lock (see [`Store::write_turn`]).
-    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// write lock and the one connection that writes (see [`Store::write_turn`]). `None` on
+    /// PostgreSQL.
+    writers: Option<std::sync::Arc<tokio::sync::Mutex<WriterSlot>>>,
     /// The WAL's checkpoints, run beside the writers (see [`Checkpoints`]).
     checkpoints: std::sync::Arc<Checkpoints>,
     /// The audit chain's last record as this process last wrote it (SQLite; see
@@ -139,29 +141,90 @@ type AuditHead = std::sync::Arc<std::sync::Mutex<Option<(i64, String)>>>;
 /// them hold ([`WriteTx::lock_tickets`], [`WriteTx::lock_lifecycles`]). Dropping a `WriteTx`
 /// without committing rolls back both.
 pub struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
+    tx: Tx,
     chain: audit::Pending,
     pool: AnyPool,
     backend: Backend,
     audit_head: AuditHead,
-    /// This process's turn to write (SQLite), given up when the transaction ends. Declared
-    /// after `tx`, so the transaction is rolled back before the next writer starts.
-    _turn: Option<WriteTurn>,
 }
 
-/// This process's turn to write to its SQLite file (see [`Store::write_turn`]). Given up when
-/// dropped, and then, if one is due, a WAL checkpoint starts beside the next writer
-/// ([`Checkpoints`]): whatever the write was, a transaction or a single statement.
+/// Where a write transaction runs.
+enum Tx {
+    /// PostgreSQL: a transaction on a connection of the pool.
+    Pooled(sqlx::Transaction<'static, sqlx::Any>),
+    /// SQLite: this process's writer connection, in its write turn, after `BEGIN IMMEDIATE`.
+    /// Not committed, it is rolled back before the next turn writes (see [`WriterSlot`]).
+    Turn(WriteTurn),
+}
+
+/// This process's one SQLite writer connection, held for good rather than taken from a pool
+/// for each write and given back: sqlx pings a connection given back to its pool, a round trip
+/// to the connection's thread after every transaction and every single write statement.
+pub(crate) struct WriterSlot {
+    conn: sqlx::AnyConnection,
+    /// A transaction was begun on `conn` and not committed: it is rolled back before anything
+    /// else runs on it.
+    open: bool,
+    /// Makes a new writer connection should this one fail.
+    factory: AnyPool,
+}
+
+impl WriterSlot {
+    /// Rolls back a transaction its last turn left open (dropped before its commit, or its
+    /// commit interrupted). A rollback that fails for any reason but there being no
+    /// transaction (its commit had gone through) replaces the connection: closing the old
+    /// one rolls its transaction back.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        if !self.open {
+            return Ok(());
+        }
+        if let Err(e) = self.conn.execute("ROLLBACK").await {
+            let none_open = e
+                .as_database_error()
+                .is_some_and(|d| d.message().contains("no transaction is active"));
+            if !none_open {
+                tracing::warn!(error = %e, "rolling back an unfinished write failed; opening a new writer connection");
+                self.conn = self.factory.acquire().await?.detach();
+            }
+        }
+        self.open = false;
+        Ok(())
+    }
+}
+
+/// This process's turn to write to its SQLite file (see [`Store::write_turn`]), with the writer
+/// connection. Given up when dropped, and then, if one is due, a WAL checkpoint starts beside
+/// the next writer ([`Checkpoints`]): whatever the write was, a transaction or a single
+/// statement. A transaction left open is rolled back at once, in a turn of its own.
 pub(crate) struct WriteTurn {
-    guard: tokio::sync::OwnedMutexGuard<()>,
+    guard: tokio::sync::OwnedMutexGuard<WriterSlot>,
     checkpoints: std::sync::Arc<Checkpoints>,
     pool: AnyPool,
 }
 
+impl WriteTurn {
+    /// The writer connection.
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.guard.conn
+    }
+}
+
 impl Drop for WriteTurn {
     fn drop(&mut self) {
-        self.checkpoints
-            .after_write(&self.pool, tokio::sync::OwnedMutexGuard::mutex(&self.guard));
+        let writers = tokio::sync::OwnedMutexGuard::mutex(&self.guard);
+        if self.guard.open {
+            // Waits behind this guard (and any writer already queued, which settles it first).
+            // Outside a runtime nothing is started: the next turn settles it.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let writers = writers.clone();
+                runtime.spawn(async move {
+                    if let Err(e) = writers.lock().await.settle().await {
+                        tracing::warn!(error = %e, "rolling back an unfinished write failed; the next write tries again");
+                    }
+                });
+            }
+        }
+        self.checkpoints.after_write(&self.pool, writers);
     }
 }
 
@@ -221,7 +284,7 @@ impl Checkpoints {
         }
     }
 
-    fn after_write(self: &std::sync::Arc<Self>, pool: &AnyPool, writers: &std::sync::Arc<tokio::sync::Mutex<()>>) {
+    fn after_write(self: &std::sync::Arc<Self>, pool: &AnyPool, writers: &std::sync::Arc<tokio::sync::Mutex<WriterSlot>>) {
         use std::sync::atomic::Ordering;
         let now = Utc::now().timestamp_millis();
         // Outside a runtime (a turn dropped as the runtime shuts down) nothing is started: the
@@ -244,7 +307,7 @@ impl Checkpoints {
 
     /// A passive checkpoint beside the writers, then, if the log is longer than
     /// `restart_frames`, a restarting one with them held back (see [`Checkpoints`]).
-    async fn checkpoint(&self, pool: &AnyPool, writers: &std::sync::Arc<tokio::sync::Mutex<()>>) -> anyhow::Result<()> {
+    async fn checkpoint(&self, pool: &AnyPool, writers: &std::sync::Arc<tokio::sync::Mutex<WriterSlot>>) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering;
         // (busy, frames in the log, frames copied)
         let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await?;
@@ -252,9 +315,11 @@ impl Checkpoints {
             return Ok(());
         }
         // Not through `Store::write_turn`: giving that up would start another checkpoint.
-        let Ok(_turn) = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, writers.lock()).await else {
+        let Ok(mut turn) = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, writers.lock()).await else {
             anyhow::bail!("waited {SQLITE_BUSY_TIMEOUT:?} for this process's writes to restart the WAL");
         };
+        // A transaction left open would keep the log from starting again.
+        turn.settle().await?;
         let mut conn = pool.acquire().await?;
         let restarted = async {
             sqlx::query(&busy_timeout(Self::RESTART_WAIT)).execute(&mut *conn).await?;
@@ -289,13 +354,19 @@ impl Checkpoints {
 impl std::ops::Deref for WriteTx {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        match &self.tx {
+            Tx::Pooled(tx) => tx,
+            Tx::Turn(turn) => &turn.guard.conn,
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        match &mut self.tx {
+            Tx::Pooled(tx) => tx,
+            Tx::Turn(turn) => turn.conn(),
+        }
     }
 }
 
@@ -311,28 +382,36 @@ impl WriteTx {
     /// are committed with the transaction's other writes as unsealed records, then sealed into
     /// the chain; a sealing that fails after the commit is logged, not returned (the writes
     /// stand, and the next sealing by any replica, or the next start, seals the records).
-    pub async fn commit(mut self) -> anyhow::Result<()> {
-        let records = std::mem::take(&mut self.chain.records);
-        match self.backend {
-            Backend::Sqlite => {
+    pub async fn commit(self) -> anyhow::Result<()> {
+        let WriteTx {
+            tx,
+            chain,
+            pool,
+            audit_head,
+            ..
+        } = self;
+        let records = chain.records;
+        match tx {
+            Tx::Turn(mut turn) => {
                 // Chained after the head this process last committed, without reading it:
                 // `audit::chain_and_write` reads it again if another writer of the file
                 // appended since. Kept only once the records are committed.
                 // A poisoned lock's value is still a head some write committed: only a hint,
                 // which the sequence number's uniqueness checks.
-                let cached = || self.audit_head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let cached = || audit_head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let after = cached().clone();
-                let head = audit::chain_and_write(&mut self.tx, records, self.backend, after).await?;
-                self.tx.commit().await?;
+                let head = audit::chain_and_write(turn.conn(), records, Backend::Sqlite, after).await?;
+                turn.conn().execute("COMMIT").await?;
+                turn.guard.open = false;
                 if let Some(head) = head {
                     *cached() = Some(head);
                 }
             }
-            Backend::Postgres => {
-                audit::write_unsealed(&mut self.tx, &records).await?;
-                self.tx.commit().await?;
+            Tx::Pooled(mut tx) => {
+                audit::write_unsealed(&mut tx, &records).await?;
+                tx.commit().await?;
                 if !records.is_empty() {
-                    if let Err(e) = audit::seal(&self.pool).await {
+                    if let Err(e) = audit::seal(&pool).await {
                         tracing::warn!(error = %e, "sealing audit records into the chain failed; they are committed and the next sealing takes them");
                     }
                 }
@@ -352,7 +431,7 @@ impl WriteTx {
         }
         sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind(LIFECYCLE_LOCK)
-            .execute(&mut *self.tx)
+            .execute(&mut **self)
             .await?;
         // Keys sorted here, across every chunk: all writers lock in one global order.
         let mut keys: Vec<i32> = subjects
@@ -373,7 +452,7 @@ impl WriteTx {
             for key in chunk {
                 query = query.bind(*key);
             }
-            query.execute(&mut *self.tx).await?;
+            query.execute(&mut **self).await?;
         }
         Ok(())
     }
@@ -385,7 +464,7 @@ impl WriteTx {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(LIFECYCLE_LOCK)
-                .execute(&mut *self.tx)
+                .execute(&mut **self)
                 .await?;
         }
         Ok(())
@@ -759,7 +838,13 @@ impl Store {
         // write to the next (the index and table pages a claim, a batch and an audit append
         // touch), instead of each write starting cold on whichever connection it got.
         let writer = sqlite_pool(&options, 1, SQLITE_WRITER_CACHE_KIB).await?;
-        let mut store = Self::new(pool, writer, Backend::Sqlite).await?;
+        let conn = writer.acquire().await?.detach();
+        let mut store = Self::new(pool, writer.clone(), Backend::Sqlite).await?;
+        store.writers = Some(std::sync::Arc::new(tokio::sync::Mutex::new(WriterSlot {
+            conn,
+            open: false,
+            factory: writer,
+        })));
         store.path = Some(std::sync::Arc::new(path.to_owned()));
         Ok(store)
     }
@@ -887,7 +972,7 @@ impl Store {
             backend,
             path: None,
             writer_lock: None,
-            writers: std::sync::Arc::default(),
+            writers: None,
             checkpoints: std::sync::Arc::default(),
             audit_head: AuditHead::default(),
             marker_key: std::sync::Arc::new(marker_key),
@@ -938,12 +1023,17 @@ impl Store {
     /// locks that make them hold ([`WriteTx::lock_tickets`], [`WriteTx::lock_lifecycles`]).
     /// SQLite has one writer.
     pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
-        let turn = self.write_turn().await?;
-        let tx = match self.backend {
-            Backend::Postgres => self.writer.begin().await?,
-            // The write lock up front (waiting `busy_timeout` for it): a transaction that
-            // reads first could not take it later once another process wrote.
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+        let tx = match self.write_turn().await? {
+            None => Tx::Pooled(self.writer.begin().await?),
+            Some(mut turn) => {
+                // Marked open first: a `BEGIN` interrupted after SQLite ran it is still rolled
+                // back (a rollback with nothing open is harmless).
+                turn.guard.open = true;
+                // The write lock up front (waiting `busy_timeout` for it): a transaction that
+                // reads first could not take it later once another process wrote.
+                turn.conn().execute("BEGIN IMMEDIATE").await?;
+                Tx::Turn(turn)
+            }
         };
         Ok(WriteTx {
             tx,
@@ -951,7 +1041,32 @@ impl Store {
             pool: self.pool.clone(),
             backend: self.backend,
             audit_head: self.audit_head.clone(),
-            _turn: turn,
+        })
+    }
+
+    /// Runs one write statement in this process's turn to write: on SQLite on the writer
+    /// connection, on PostgreSQL on the pool.
+    pub(crate) async fn write_one<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> anyhow::Result<sqlx::any::AnyQueryResult> {
+        Ok(match self.write_turn().await? {
+            Some(mut turn) => query.execute(turn.conn()).await?,
+            None => query.execute(&self.writer).await?,
+        })
+    }
+
+    /// [`Store::write_one`] for a write that answers rows (`RETURNING`).
+    pub(crate) async fn write_fetch_all<'q, O>(
+        &self,
+        query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
+    ) -> anyhow::Result<Vec<O>>
+    where
+        O: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        Ok(match self.write_turn().await? {
+            Some(mut turn) => query.fetch_all(turn.conn()).await?,
+            None => query.fetch_all(&self.writer).await?,
         })
     }
 
@@ -965,19 +1080,18 @@ impl Store {
     /// SQLite's lock and `busy_timeout`, and a turn not given within that timeout fails as
     /// SQLite would. Never taken while holding it: the turn is not reentrant.
     pub(crate) async fn write_turn(&self) -> anyhow::Result<Option<WriteTurn>> {
-        match self.backend {
-            Backend::Postgres => Ok(None),
-            Backend::Sqlite => {
-                let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.writers.clone().lock_owned())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("database is locked: waited {SQLITE_BUSY_TIMEOUT:?} for this process's other writes"))?;
-                Ok(Some(WriteTurn {
-                    guard,
-                    checkpoints: self.checkpoints.clone(),
-                    pool: self.pool.clone(),
-                }))
-            }
-        }
+        let Some(writers) = &self.writers else {
+            return Ok(None);
+        };
+        let mut guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, writers.clone().lock_owned())
+            .await
+            .map_err(|_| anyhow::anyhow!("database is locked: waited {SQLITE_BUSY_TIMEOUT:?} for this process's other writes"))?;
+        guard.settle().await?;
+        Ok(Some(WriteTurn {
+            guard,
+            checkpoints: self.checkpoints.clone(),
+            pool: self.pool.clone(),
+        }))
     }
 
     /// Seals audit records committed but not yet in the chain (PostgreSQL; a no-op on SQLite,

@@ -42,14 +42,15 @@ impl Store {
              RETURNING id, connector, ticket_key, marker, body, decision_id, attempts, claims",
             self.backend.skip_locked()
         );
-        let _turn = self.write_turn().await?;
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(&sql)
-            .bind(&*self.holder)
-            .bind(later(self.lease))
-            .bind(due_before)
-            .bind(now())
-            .bind(limit)
-            .fetch_all(&self.writer)
+        let mut rows: Vec<OutboxRow> = self
+            .write_fetch_all(
+                sqlx::query_as(&sql)
+                    .bind(&*self.holder)
+                    .bind(later(self.lease))
+                    .bind(due_before)
+                    .bind(now())
+                    .bind(limit),
+            )
             .await?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -59,26 +60,26 @@ impl Store {
     /// the post itself. Fails with [`LostClaim`] when another replica took the comment over;
     /// the caller must then not post.
     pub async fn renew_outbox_claim(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await?;
         still_claimed(
-            sqlx::query("UPDATE outbox SET claimed_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'queued'")
-                .bind(later(self.lease))
-                .bind(row.id)
-                .bind(&*self.holder)
-                .execute(&self.writer)
-                .await?,
+            self.write_one(
+                sqlx::query("UPDATE outbox SET claimed_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'queued'")
+                    .bind(later(self.lease))
+                    .bind(row.id)
+                    .bind(&*self.holder),
+            )
+            .await?,
         )?;
         Ok(())
     }
 
     /// Gives up this replica's claim on a comment without changing it.
     pub async fn release_comment(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await?;
-        sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
-            .bind(row.id)
-            .bind(&*self.holder)
-            .execute(&self.writer)
-            .await?;
+        self.write_one(
+            sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
+                .bind(row.id)
+                .bind(&*self.holder),
+        )
+        .await?;
         Ok(())
     }
 
@@ -137,9 +138,8 @@ impl Store {
     /// Reschedules a comment after a retryable failure: its next attempt looks for the marker
     /// first.
     pub async fn comment_failed(&self, row: &OutboxRow, error: &str, retry_in: Duration) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await?;
         still_claimed(
-            sqlx::query(
+            self.write_one(sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, claimed_by = NULL, claimed_until = NULL
              WHERE id = $3 AND claimed_by = $4",
             )
@@ -147,7 +147,7 @@ impl Store {
             .bind(error)
             .bind(row.id)
             .bind(&*self.holder)
-            .execute(&self.writer)
+            )
             .await?,
         )?;
         Ok(())

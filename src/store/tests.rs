@@ -203,10 +203,10 @@ async fn failed_write(backend: Backend) {
     };
     {
         let mut tx = store.begin_write().await.expect("begin");
-        audit::write_records(&mut tx.tx, &[record(50)], backend)
+        audit::write_records(&mut tx, &[record(50)], backend)
             .await
             .expect("an earlier statement");
-        let failed = audit::write_records(&mut tx.tx, &[record(60), record(61), record(60)], backend).await;
+        let failed = audit::write_records(&mut tx, &[record(60), record(61), record(60)], backend).await;
         assert!(failed.is_err(), "the duplicate fails the statement");
         // Dropped without a commit, as every caller's `?` drops it.
     }
@@ -693,6 +693,46 @@ async fn an_open_write_holds_back_later_writes_but_not_reads() {
         write.await.expect("the task").expect("each write commits once the turn is free");
     }
     assert_eq!(store.counts().await.expect("counts").inbox, 9);
+}
+
+/// The writer connection is held for good (SQLite), so a write transaction dropped before its
+/// commit is rolled back on it by the store itself: at once, not when this process next writes.
+/// Another process can take SQLite's write lock though this one writes nothing more, nothing
+/// of the dropped write is kept, and this process's next write starts clean.
+#[tokio::test]
+async fn a_write_dropped_before_its_commit_gives_the_lock_back_at_once() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path).await.expect("open");
+    {
+        let mut tx = store.begin_write().await.expect("begin");
+        sqlx::query("INSERT INTO leases (name, holder, expires_at) VALUES ('dropped', 'me', 'never')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        // Dropped without a commit, as every caller's `?` drops it.
+    }
+    let other = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(Duration::from_secs(3));
+    let mut other = sqlx::SqliteConnection::connect_with(&other).await.expect("another connection");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("another process takes the write lock while this one writes nothing");
+    sqlx::query("INSERT INTO leases (name, holder, expires_at) VALUES ('other', 'them', 'never')")
+        .execute(&mut other)
+        .await
+        .expect("insert");
+    sqlx::query("COMMIT").execute(&mut other).await.expect("commit");
+    assert!(store.try_lease("mine").await.expect("this process writes again"));
+    let mut names: Vec<String> = sqlx::query_scalar("SELECT name FROM leases")
+        .fetch_all(store.pool())
+        .await
+        .expect("leases");
+    names.sort();
+    assert_eq!(names, ["mine", "other"], "nothing of the dropped write is kept");
 }
 
 /// Each process chains its records after the head it last committed, without reading it
