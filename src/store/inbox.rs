@@ -162,14 +162,14 @@ impl Store {
             part(1, "i.status = 'received'"),
         );
         let mut rows: Vec<InboxRow> = self
-            .write_fetch_all(
+            .write_fetch_all(|| {
                 sqlx::query_as(&sql)
                     .bind(&*self.holder)
                     .bind(later(self.lease))
                     .bind(&now)
                     .bind(limit)
-                    .bind(due_before),
-            )
+                    .bind(due_before)
+            })
             .await?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -430,11 +430,11 @@ impl Store {
 
     /// Gives up this replica's claim on a row without changing it, so it is taken again.
     pub async fn release(&self, row: &InboxRow) -> anyhow::Result<()> {
-        self.write_one(
+        self.write_one(|| {
             sqlx::query("UPDATE inbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
                 .bind(row.id)
-                .bind(&*self.holder),
-        )
+                .bind(&*self.holder)
+        })
         .await?;
         Ok(())
     }

@@ -8,7 +8,7 @@ impl Store {
     /// (the holder died or stalled).
     pub async fn try_lease(&self, name: &str) -> anyhow::Result<bool> {
         let taken = self
-            .write_one(
+            .write_one(|| {
                 sqlx::query(
                     "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -17,8 +17,8 @@ impl Store {
                 .bind(name)
                 .bind(&*self.holder)
                 .bind(later(self.lease))
-                .bind(now()),
-            )
+                .bind(now())
+            })
             .await?;
         Ok(taken.rows_affected() > 0)
     }
@@ -26,11 +26,11 @@ impl Store {
     /// Gives the lease `name` up if this process holds it (on shutdown, so a replica that
     /// stops cleanly hands over at once instead of after the lease runs out).
     pub async fn release_lease(&self, name: &str) -> anyhow::Result<()> {
-        self.write_one(
+        self.write_one(|| {
             sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
                 .bind(name)
-                .bind(&*self.holder),
-        )
+                .bind(&*self.holder)
+        })
         .await?;
         Ok(())
     }
@@ -38,13 +38,8 @@ impl Store {
     /// Releases every claim this process holds on inbox rows and comments.
     pub async fn release_claims(&self) -> anyhow::Result<()> {
         for table in ["inbox", "outbox"] {
-            self.write_one(
-                sqlx::query(&format!(
-                    "UPDATE {table} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1"
-                ))
-                .bind(&*self.holder),
-            )
-            .await?;
+            let sql = format!("UPDATE {table} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1");
+            self.write_one(|| sqlx::query(&sql).bind(&*self.holder)).await?;
         }
         Ok(())
     }

@@ -585,11 +585,11 @@ impl Store {
     /// Notes that processing a change failed (the directory could not answer); it is tried
     /// again next pass, before any later change.
     pub async fn access_event_failed(&self, id: i64, error: &str) -> anyhow::Result<()> {
-        self.write_one(
+        self.write_one(|| {
             sqlx::query("UPDATE access_events SET attempts = attempts + 1, last_error = $1 WHERE id = $2")
                 .bind(crate::text::cap(error, 500))
-                .bind(id),
-        )
+                .bind(id)
+        })
         .await?;
         Ok(())
     }
@@ -657,7 +657,7 @@ impl Store {
 
     /// Records that `group` was read at `at`.
     pub async fn set_reconciled(&self, group: &str, at: &str) -> anyhow::Result<()> {
-        self.write_one(sqlx::query("INSERT INTO reconciliations (group_name, read_at) VALUES ($1, $2) ON CONFLICT (group_name) DO UPDATE SET read_at = excluded.read_at")
+        self.write_one(|| sqlx::query("INSERT INTO reconciliations (group_name, read_at) VALUES ($1, $2) ON CONFLICT (group_name) DO UPDATE SET read_at = excluded.read_at")
             .bind(group.to_lowercase())
             .bind(at)
             )

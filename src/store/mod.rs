@@ -1045,28 +1045,29 @@ impl Store {
     }
 
     /// Runs one write statement in this process's turn to write: on SQLite on the writer
-    /// connection, on PostgreSQL on the pool.
+    /// connection, on PostgreSQL on the pool. The statement is made once the turn is given, so
+    /// the times it binds (a claim's expiry, "now") are the write's, not from before the wait.
     pub(crate) async fn write_one<'q>(
         &self,
-        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        query: impl FnOnce() -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> anyhow::Result<sqlx::any::AnyQueryResult> {
         Ok(match self.write_turn().await? {
-            Some(mut turn) => query.execute(turn.conn()).await?,
-            None => query.execute(&self.writer).await?,
+            Some(mut turn) => query().execute(turn.conn()).await?,
+            None => query().execute(&self.writer).await?,
         })
     }
 
     /// [`Store::write_one`] for a write that answers rows (`RETURNING`).
     pub(crate) async fn write_fetch_all<'q, O>(
         &self,
-        query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
+        query: impl FnOnce() -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
     ) -> anyhow::Result<Vec<O>>
     where
         O: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
     {
         Ok(match self.write_turn().await? {
-            Some(mut turn) => query.fetch_all(turn.conn()).await?,
-            None => query.fetch_all(&self.writer).await?,
+            Some(mut turn) => query().fetch_all(turn.conn()).await?,
+            None => query().fetch_all(&self.writer).await?,
         })
     }
 

@@ -43,14 +43,14 @@ impl Store {
             self.backend.skip_locked()
         );
         let mut rows: Vec<OutboxRow> = self
-            .write_fetch_all(
+            .write_fetch_all(|| {
                 sqlx::query_as(&sql)
                     .bind(&*self.holder)
                     .bind(later(self.lease))
                     .bind(due_before)
                     .bind(now())
-                    .bind(limit),
-            )
+                    .bind(limit)
+            })
             .await?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -61,12 +61,12 @@ impl Store {
     /// the caller must then not post.
     pub async fn renew_outbox_claim(&self, row: &OutboxRow) -> anyhow::Result<()> {
         still_claimed(
-            self.write_one(
+            self.write_one(|| {
                 sqlx::query("UPDATE outbox SET claimed_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'queued'")
                     .bind(later(self.lease))
                     .bind(row.id)
-                    .bind(&*self.holder),
-            )
+                    .bind(&*self.holder)
+            })
             .await?,
         )?;
         Ok(())
@@ -74,11 +74,11 @@ impl Store {
 
     /// Gives up this replica's claim on a comment without changing it.
     pub async fn release_comment(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        self.write_one(
+        self.write_one(|| {
             sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2")
                 .bind(row.id)
-                .bind(&*self.holder),
-        )
+                .bind(&*self.holder)
+        })
         .await?;
         Ok(())
     }
@@ -139,7 +139,8 @@ impl Store {
     /// first.
     pub async fn comment_failed(&self, row: &OutboxRow, error: &str, retry_in: Duration) -> anyhow::Result<()> {
         still_claimed(
-            self.write_one(sqlx::query(
+            self.write_one(|| {
+                sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, claimed_by = NULL, claimed_until = NULL
              WHERE id = $3 AND claimed_by = $4",
             )
@@ -147,7 +148,7 @@ impl Store {
             .bind(error)
             .bind(row.id)
             .bind(&*self.holder)
-            )
+            })
             .await?,
         )?;
         Ok(())

@@ -282,14 +282,14 @@ impl Store {
 
     /// Stores a checkpoint.
     pub async fn insert_checkpoint(&self, cp: &audit::Checkpoint) -> anyhow::Result<()> {
-        self.write_one(
+        self.write_one(|| {
             sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature) VALUES ($1, $2, $3, $4, $5)")
                 .bind(cp.seq)
                 .bind(&cp.hash)
                 .bind(&cp.at)
                 .bind(&cp.public_key)
-                .bind(&cp.signature),
-        )
+                .bind(&cp.signature)
+        })
         .await?;
         Ok(())
     }
